@@ -1,0 +1,379 @@
+"""The change procedure: diff, test, keep history, install, reload, verify, restore.
+
+Works on a `LiveNginx` (nginx in a running container) and rendered text; reads no inventory file.
+State kept with the target, beside the config file in the container:
+  .nginxctl/history/NNNN-HASH.conf   every config the target has run under nginxctl, numbered
+  .nginxctl/state.json               the phase of the last apply, so an interrupted one is finished
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import ApplyFailure, ConfigRejected, UsageError
+from .nginx import LiveNginx, Processes, TargetLock, config_from_dump
+
+Progress = Callable[[str], None]
+RELOAD_TIMEOUT = 20.0
+POLL = 0.1
+
+
+def sha(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+def unified_diff(old: str | None, new: str, old_label: str, new_label: str) -> str:
+    return "".join(difflib.unified_diff((old or "").splitlines(keepends=True), new.splitlines(keepends=True),
+                                        old_label, new_label))
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    time: float
+    hash: str
+    text: str
+
+
+class History:
+    """Configs the target has run, kept in the container next to the config file."""
+
+    def __init__(self, live: LiveNginx, config_path: str) -> None:
+        self.live = live
+        self.dir = os.path.join(os.path.dirname(config_path), ".nginxctl")
+
+    def entries(self) -> list[Entry]:
+        """Newest first."""
+        out = []
+        for name, (content, mtime) in self.live.list_dir(f"{self.dir}/history").items():
+            m = re.fullmatch(r"(\d+)-([0-9a-f]{12})\.conf", name)
+            if m:
+                text = content.decode()
+                out.append(Entry(int(m.group(1)), mtime, sha(text), text))
+        return sorted(out, key=lambda e: e.id, reverse=True)
+
+    def record(self, text: str) -> Entry:
+        """Add `text` unless it is already the newest entry."""
+        entries = self.entries()
+        if entries and entries[0].hash == sha(text):
+            return entries[0]
+        entry = Entry((entries[0].id + 1) if entries else 1, time.time(), sha(text), text)
+        self.live.put_files(self.dir, {f"history/{entry.id:04d}-{entry.hash[:12]}.conf": text})
+        return entry
+
+    def state(self) -> dict[str, str]:
+        raw = self.live.read_file(f"{self.dir}/state.json")
+        try:
+            return dict(json.loads(raw)) if raw else {}
+        except ValueError:
+            return {}
+
+    def set_state(self, **state: str) -> None:
+        self.live.put_files(self.dir, {"state.json": json.dumps(state, sort_keys=True) + "\n"})
+
+
+@dataclass
+class Generation:
+    """Old workers from one earlier reload, still serving connections they had."""
+
+    pids: list[int]
+    connections: int | None
+
+    def describe(self) -> str:
+        held = "connections unknown" if self.connections is None else f"{self.connections} connection(s)"
+        return f"{len(self.pids)} old worker(s) {', '.join(map(str, self.pids))}: {held}"
+
+
+@dataclass
+class ReloadState:
+    processes: Processes
+    generations: list[Generation]
+    workers_connections: int | None
+    shutdown_timeout: str | None
+
+    def summary(self) -> list[str]:
+        lines = []
+        for i, gen in enumerate(self.generations, 1):
+            lines.append(f"lingering generation {i}: {gen.describe()}")
+        if self.workers_connections is not None:
+            lines.append(f"current workers hold {self.workers_connections} client connection(s)")
+        if self.shutdown_timeout:
+            lines.append(f"a reload moves them to old workers, cut after worker_shutdown_timeout "
+                         f"{self.shutdown_timeout}")
+        else:
+            lines.append("a reload moves them to old workers that keep them until clients close "
+                         "(no worker_shutdown_timeout)")
+        return lines
+
+
+def _client_sockets(live: LiveNginx, pids: list[int]) -> dict[int, int] | None:
+    """Established client-side sockets per worker: local port is one nginx listens on."""
+    socks = live.sockets(pids)
+    if socks is None:
+        return None
+    listening = {s.local[1] for lst in socks.values() for s in lst if s.state == "LISTEN"}
+    master = live.processes().master
+    if master is not None:
+        master_socks = live.sockets([master.pid]) or {}
+        listening |= {s.local[1] for lst in master_socks.values() for s in lst if s.state == "LISTEN"}
+    return {pid: sum(1 for s in lst if s.state == "ESTABLISHED" and s.local[1] in listening)
+            for pid, lst in socks.items()}
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def reload_state(live: LiveNginx, shutdown_timeout: str | None) -> ReloadState:
+    """Old worker generations still shutting down, with the connections each holds."""
+    procs = live.processes()
+    old = sorted(procs.old_workers, key=lambda p: p.pid)
+    counts = _client_sockets(live, [p.pid for p in old + procs.workers])
+    generations: list[Generation] = []
+    ticks = {p.pid: _start_ticks(p.pid) for p in old}
+    if old and all(t is not None for t in ticks.values()):
+        # workers of one reload are forked within a moment; a second (100 ticks) separates reloads
+        group: list[int] = []
+        last = None
+        for proc in sorted(old, key=lambda p: ticks[p.pid] or 0):
+            tick = ticks[proc.pid] or 0
+            if last is not None and tick - last > 100:
+                generations.append(_generation(group, counts))
+                group = []
+            group.append(proc.pid)
+            last = tick
+        generations.append(_generation(group, counts))
+    elif old:
+        per = max(1, len(procs.workers))
+        pids = [p.pid for p in old]
+        generations = [_generation(pids[i:i + per], counts) for i in range(0, len(pids), per)]
+    current = None if counts is None else sum(counts.get(p.pid, 0) for p in procs.workers)
+    return ReloadState(procs, generations, current, shutdown_timeout)
+
+
+def _generation(pids: list[int], counts: dict[int, int] | None) -> Generation:
+    return Generation(list(pids), None if counts is None else sum(counts.get(p, 0) for p in pids))
+
+
+def _error_log_of(config: str | None) -> str:
+    m = re.search(r"^\s*error_log\s+([^\s;]+)", config or "", re.M)
+    return m.group(1) if m else "stderr"
+
+
+def _shutdown_timeout_of(config: str | None) -> str | None:
+    m = re.search(r"^\s*worker_shutdown_timeout\s+([^\s;]+)", config or "", re.M)
+    return m.group(1) if m else None
+
+
+@dataclass
+class ReloadResult:
+    old_workers: set[int]
+    new_workers: set[int]
+    master: int
+
+
+def reload_and_verify(live: LiveNginx, expected: str, config_path: str, error_log: str,
+                      timeout: float = RELOAD_TIMEOUT) -> ReloadResult:
+    """Reload nginx and prove the new config runs: a new worker generation under the same master,
+    no [emerg] logged since the signal, and `nginx -T` shows exactly `expected` at `config_path`.
+
+    Raises ApplyFailure(restored=False) with what was seen when any of these fails.
+    """
+    before = live.processes()
+    if before.master is None:
+        raise ApplyFailure("no nginx master process in the container", restored=False)
+    cursor = live.log_cursor(error_log)
+    live.signal_reload()
+    deadline = time.monotonic() + timeout
+    while True:
+        log = live.log_since(cursor)
+        emerg = [line for line in log.splitlines() if "[emerg]" in line]
+        if emerg:
+            raise ApplyFailure("nginx refused the new config at reload", restored=False, details=emerg)
+        now = live.processes()
+        if now.master is None or now.master.pid != before.master.pid:
+            raise ApplyFailure("the nginx master process exited during the reload", restored=False)
+        new = now.worker_pids - before.worker_pids
+        if new and not (now.worker_pids & before.worker_pids):
+            break
+        if time.monotonic() > deadline:
+            raise ApplyFailure(f"no new worker generation within {timeout:.0f}s of the reload signal",
+                               restored=False, details=log.splitlines()[-5:])
+        time.sleep(POLL)
+    emerg = [line for line in live.log_since(cursor).splitlines() if "[emerg]" in line]
+    if emerg:
+        raise ApplyFailure("nginx logged an error after the reload", restored=False, details=emerg)
+    dump = live.exec(["-T"])
+    loaded = config_from_dump(dump.output, config_path)
+    if loaded is None or sha(loaded) != sha(expected):
+        raise ApplyFailure(f"nginx -T does not show the rendered config at {config_path}", restored=False)
+    return ReloadResult(before.worker_pids, now.worker_pids, now.master.pid)
+
+
+@dataclass
+class Outcome:
+    changed: bool
+    reloaded: bool
+    diff: str
+    previous_hash: str | None
+    new_hash: str
+    messages: list[str] = field(default_factory=list)
+    reload: ReloadResult | None = None
+
+
+@dataclass
+class Deployer:
+    """Applies configs to one target. `test_path` is where a candidate is staged for `nginx -t`."""
+
+    live: LiveNginx
+    config_path: str = "/etc/nginx/nginx.conf"
+    stream_only: bool = False
+    progress: Progress = lambda _: None
+    lock_wait: float = 30.0
+    max_generations: int | None = None
+    wait_generations: float | None = None
+
+    @property
+    def history(self) -> History:
+        return History(self.live, self.config_path)
+
+    def deployed(self) -> str | None:
+        raw = self.live.read_file(self.config_path)
+        return raw.decode() if raw is not None else None
+
+    def diff(self, rendered: str) -> str:
+        return unified_diff(self.deployed(), rendered, f"{self.live.name}:{self.config_path}", "rendered")
+
+    def test(self, candidate: str) -> None:
+        """`nginx -t` with the container's own binary, modules and network. Raises ConfigRejected."""
+        directory, name = os.path.split(self.config_path)
+        if self.stream_only:
+            return  # tested in place by `apply` (an included file cannot be tested alone)
+        staged = f".{name}.nginxctl-new"
+        self.live.put_files(directory, {staged: candidate})
+        result = self.live.exec(["-t", "-c", f"{directory}/{staged}"])
+        if result.exit_code != 0:
+            raise ConfigRejected(result)
+
+    def apply(self, rendered: str, *, reload: bool, dry_run: bool = False) -> Outcome:
+        """Install `rendered` (and with `reload`, reload and verify it), or change nothing.
+
+        Raises ConfigRejected (nothing changed), ApplyFailure (restored), EnvironmentProblem, LockBusy.
+        """
+        with TargetLock(self.live.client, self.live, wait=self.lock_wait, progress=self.progress):
+            return self._apply_locked(rendered, reload=reload, dry_run=dry_run)
+
+    def _apply_locked(self, rendered: str, *, reload: bool, dry_run: bool) -> Outcome:
+        deployed = self.deployed()
+        history = self.history
+        state = history.state()
+        diff = unified_diff(deployed, rendered, f"{self.live.name}:{self.config_path}", "rendered")
+        changed = deployed != rendered
+        # An apply killed after installing but before its reload left the file ahead of nginx.
+        unfinished = state.get("phase") not in (None, "done") and state.get("hash") == sha(rendered)
+        outcome = Outcome(changed, False, diff, sha(deployed) if deployed is not None else None, sha(rendered))
+        if dry_run:
+            return outcome
+        if not changed and not (reload and unfinished):
+            outcome.messages.append("no changes: nothing installed, no reload")
+            return outcome
+        if reload:
+            self._check_generations(deployed, outcome)
+        self.progress("testing the new config with the container's nginx")
+        self.test(rendered)
+        if deployed is not None and changed:
+            history.record(deployed)
+        if changed:
+            history.set_state(phase="installing", hash=sha(rendered), previous=sha(deployed or ""))
+            self.live.install_file(self.config_path, rendered)
+            if self.stream_only:
+                self._test_in_place(deployed)
+        if not reload:
+            history.set_state(phase="installed", hash=sha(rendered), previous=sha(deployed or ""))
+            outcome.messages.append("installed; not reloaded (use --reload)")
+            return outcome
+        history.set_state(phase="reloading", hash=sha(rendered), previous=sha(deployed or ""))
+        self.progress("reloading nginx and verifying the new config runs")
+        try:
+            outcome.reload = reload_and_verify(self.live, rendered, self.config_path, _error_log_of(deployed))
+        except ApplyFailure as failure:
+            if deployed is None or not changed:
+                raise
+            self._restore(deployed, failure)
+        history.record(rendered)
+        history.set_state(phase="done", hash=sha(rendered))
+        outcome.reloaded = True
+        return outcome
+
+    def _test_in_place(self, previous: str | None) -> None:
+        result = self.live.exec(["-t"])
+        if result.exit_code != 0:
+            if previous is not None:
+                self.live.install_file(self.config_path, previous)
+            self.history.set_state(phase="done", hash=sha(previous or ""))
+            raise ConfigRejected(result)
+
+    def _restore(self, previous: str, failure: ApplyFailure) -> None:
+        self.progress("the new config did not take; restoring the previous one")
+        self.live.install_file(self.config_path, previous)
+        try:
+            reload_and_verify(self.live, previous, self.config_path, _error_log_of(previous))
+            restored = True
+        except ApplyFailure as again:
+            failure.details.append(f"restoring: {again.reason}")
+            restored = False
+        self.history.set_state(phase="done" if restored else "restore-failed", hash=sha(previous))
+        raise ApplyFailure(failure.reason, restored=restored, details=failure.details)
+
+    def _check_generations(self, deployed: str | None, outcome: Outcome) -> None:
+        state = reload_state(self.live, _shutdown_timeout_of(deployed))
+        outcome.messages.extend(state.summary())
+        for line in state.summary():
+            self.progress(line)
+        limit = self.max_generations
+        if limit is None or len(state.generations) < limit:
+            return
+        if self.wait_generations:
+            deadline = time.monotonic() + self.wait_generations
+            while len(state.generations) >= limit and time.monotonic() < deadline:
+                self.progress(f"waiting for old workers to drain: {len(state.generations)} lingering "
+                              f"generation(s), at most {limit - 1} may linger before a reload")
+                time.sleep(1.0)
+                state = reload_state(self.live, state.shutdown_timeout)
+            if len(state.generations) < limit:
+                return
+        raise ApplyFailure(
+            f"refused: {len(state.generations)} old worker generation(s) still shutting down "
+            f"(--max-generations {limit}); a reload now would add one more. Wait for them to drain "
+            "(--wait), or set worker_shutdown_timeout", restored=True, touched=False,
+            details=[g.describe() for g in state.generations])
+
+    def rollback(self, to: int | None, *, reload: bool = True) -> tuple[Entry, Outcome]:
+        """Re-apply an earlier config from the history (default: the one before the current)."""
+        entries = self.history.entries()
+        current = sha(self.deployed() or "")
+        if to is None:
+            idx = next((i for i, e in enumerate(entries) if e.hash == current), None)
+            older = entries[idx + 1:] if idx is not None else entries
+            older = [e for e in older if e.hash != current]
+            if not older:
+                raise UsageError(f"no earlier config in the history of {self.live.name} to roll back to")
+            target = older[0]
+        else:
+            target = next((e for e in entries if e.id == to), None)  # type: ignore[assignment]
+            if target is None:
+                ids = ", ".join(str(e.id) for e in entries) or "none"
+                raise UsageError(f"no history entry {to} on {self.live.name} (entries: {ids})")
+        return target, self.apply(target.text, reload=reload)
+

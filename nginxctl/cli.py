@@ -1,0 +1,462 @@
+"""The command line: each command loads, calls one core function, and prints.
+
+Errors from the core (`errors.NginxctlError`) become one message on stderr and the class's exit
+code; `--debug` shows the traceback as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import ConfigRejected, InventoryError, Location, NginxctlError, Problem, UsageError
+from .inventory import Inventory, json_schema, parse_inventory
+
+app = typer.Typer(
+    name="nginxctl", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
+    help="nginx as a TCP/UDP (L4) load balancer, from one inventory file.\n\n"
+         "Exit codes: 0 success; 1 nginx rejected the config, or diff found changes; 2 usage or "
+         "inventory error; 3 environment error (Docker, image, container); 4 apply or reload failed "
+         "and the previous config is running.")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+_debug = False
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+InventoryOpt = Annotated[Path, typer.Option("--inventory", "-i", help="Inventory file.",
+                                            envvar="NGINXCTL_INVENTORY")]
+ContainerOpt = Annotated[Optional[str], typer.Option(
+    "--container", "-c", help="The nginx container (default: the inventory's target.container).")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="text for people, json for scripts.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only results and errors.")]
+TemplatesOpt = Annotated[Optional[Path], typer.Option(
+    "--templates", "-t", help="Folder of templates that override the shipped ones.", file_okay=False)]
+StreamOnlyOpt = Annotated[Optional[bool], typer.Option(
+    "--stream-only/--full-config", help="Deploy only the stream {} block (for an nginx.conf that "
+    "includes it) or the whole nginx.conf (default).")]
+ConfigPathOpt = Annotated[Optional[str], typer.Option(
+    "--config-path", help="The file nginxctl owns in the container (default /etc/nginx/nginx.conf).")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handled(func: F) -> F:
+    """Turn nginxctl's errors into a message and an exit code, for every command."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except NginxctlError as exc:
+            if _debug:
+                err.print_exception()
+            if isinstance(exc, InventoryError):
+                for problem in exc.problems:
+                    print(problem, file=sys.stderr)
+                print(f"error: {len(exc.problems)} problem(s) in the inventory; nothing was written",
+                      file=sys.stderr)
+            else:
+                for i, line in enumerate(str(exc).splitlines()):
+                    print(("error: " if i == 0 else "  ") + line, file=sys.stderr)
+            raise typer.Exit(exc.exit_code) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    if quiet:
+        return lambda _: None
+    return lambda message: err.print(f"[dim]· {message}[/]")
+
+
+def load(path: Path) -> Inventory:
+    """Read and validate the inventory file. Raises InventoryError (exit 2)."""
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError([Problem(Location(name), "", "inventory file not found: create it (see the "
+                                      "README) or pass -i PATH")]) from None
+    except IsADirectoryError:
+        raise InventoryError([Problem(Location(name), "", "is a folder, not an inventory file")]) from None
+    except UnicodeDecodeError as exc:
+        raise InventoryError([Problem(Location(name), "", f"not UTF-8 text ({exc.reason})")]) from None
+    except OSError as exc:
+        raise InventoryError([Problem(Location(name), "", f"cannot read: {exc.strerror}")]) from None
+    return parse_inventory(text, name)
+
+
+def _env(inv: Inventory, inventory_path: Path, templates: Path | None):  # type: ignore[no-untyped-def]
+    from .render import template_env
+
+    if templates is None and inv.templates:
+        templates = (inventory_path.parent / inv.templates)
+    return template_env(templates)
+
+
+def _render(inv: Inventory, inventory_path: Path, templates: Path | None, *, full: bool,
+            modules: tuple[str, ...] = ()) -> str:
+    from .render import render
+
+    return render(inv, _env(inv, inventory_path, templates), full=full, modules=modules)
+
+
+def _notes(inv: Inventory, quiet: bool) -> None:
+    if not quiet:
+        for note in inv.nginx.notes:
+            err.print(f"[yellow]note:[/] {note}")
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+    if version:
+        print(f"nginxctl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+@handled
+def render(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    full: Annotated[bool, typer.Option("--full", help="A whole nginx.conf (main, events, stream).")] = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to FILE (atomically) "
+                                                   "instead of stdout.", dir_okay=False)] = None,
+    templates: TemplatesOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Print the nginx stream {} block (or with --full a whole nginx.conf) for the inventory."""
+    from .render import write_atomic
+
+    inv = load(inventory)
+    text = _render(inv, inventory, templates, full=full)
+    _notes(inv, quiet)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        write_atomic(output, text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    if not quiet:
+        err.print(f"wrote {output}")
+
+
+@app.command()
+@handled
+def schema() -> None:
+    """Print the inventory's JSON Schema (for yaml-language-server and other editors)."""
+    print(json.dumps(json_schema(), indent=2))
+
+
+def _client(inv: Inventory | None):  # type: ignore[no-untyped-def]
+    from .nginx import connect
+
+    return connect(inv.target.docker_host if inv else None)
+
+
+def _container_name(inv: Inventory | None, container: str | None) -> str:
+    name = container or (inv.target.container if inv else None)
+    if not name:
+        raise UsageError("no container: pass --container NAME or set target.container in the inventory")
+    return name
+
+
+@app.command()
+@handled
+def validate(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    image: Annotated[Optional[str], typer.Option("--image", help="nginx image to test with (default: "
+                     "nginx.image, else the --container's image, else $NGINXCTL_IMAGE or nginx:stable).")] = None,
+    container: Annotated[Optional[str], typer.Option("--container", "-c", help="Test as this running "
+                         "container would: its image and its network (names resolve as it resolves them).")] = None,
+    resolve: Annotated[bool, typer.Option("--resolve", help="Resolve upstream host names for real (host "
+                       "network) instead of mapping them to a placeholder.")] = False,
+    templates: TemplatesOpt = None,
+    fmt: FormatOpt = Format.text,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run nginx -t on the rendered config in a throwaway, locked-down container."""
+    from . import nginx
+    from .trace import trace
+
+    progress = _progress(quiet or fmt is Format.json)
+    inv = load(inventory)
+    client = _client(inv)
+    network = "host" if resolve else "none"
+    live = None
+    if container:
+        live = nginx.LiveNginx.attach(client, container)
+        network = live.network_mode
+    chosen = image or inv.nginx.image or (live.image if live else None) \
+        or os.environ.get("NGINXCTL_IMAGE") or nginx.DEFAULT_IMAGE
+    chosen = nginx.ensure_image(client, chosen, progress)
+    progress(f"inspecting nginx in {chosen}")
+    build = nginx.image_build(client, chosen)
+    modules = _stream_module(inv, build)
+    text = _render(inv, inventory, templates, full=True, modules=modules)
+    names = sorted({s.address.host for g in inv.upstreams for s in g.servers if s.address.is_name
+                    and s.address.host} | {a.host for g in inv.upstreams for a in g.listen
+                                           if a.is_name and a.host})
+    placeholders = {} if (live or resolve) else {n: nginx.PLACEHOLDER_IP for n in names if n != "localhost"}
+    progress(f"nginx -t in a throwaway {chosen} container")
+    result = nginx.test_config(client, chosen, text, network=network, hosts=placeholders)
+    located = trace(result.output, text, inv)
+    report = {"ok": result.exit_code == 0, "image": chosen, "nginx_version": build.version,
+              "stream_module_loaded": list(modules), "unchecked_names": sorted(placeholders),
+              "network": "container" if live else network, "inventory_sha256": inv.digest,
+              "output": result.output.strip(), "errors": located, "exit_code": 0 if result.exit_code == 0 else 1}
+    if fmt is Format.json:
+        print(json.dumps(report, indent=2))
+        if result.exit_code != 0:
+            raise typer.Exit(1)
+        return
+    if result.exit_code != 0:
+        raise ConfigRejected(result, located)
+    _notes(inv, quiet)
+    if placeholders and not quiet:
+        err.print(f"[yellow]note:[/] not resolved (mapped to a placeholder): {', '.join(sorted(placeholders))}; "
+                  "use --resolve or --container to check them")
+    print(f"ok: nginx {build.version} ({chosen}) accepts the config for {inventory} "
+          f"({len(inv.upstreams)} group(s))")
+
+
+def _stream_module(inv: Inventory, build: Any) -> tuple[str, ...]:
+    has = any(m.endswith("ngx_stream_module.so") for m in inv.nginx.load_modules)
+    return (build.stream_module,) if build.dynamic_stream and not has else ()
+
+
+def _deployer(inv: Inventory, container: str | None, *, quiet: bool, stream_only: bool | None = None,
+              config_path: str | None = None, **kwargs: Any):  # type: ignore[no-untyped-def]
+    from .apply import Deployer
+    from .nginx import LiveNginx
+
+    client = _client(inv)
+    live = LiveNginx.attach(client, _container_name(inv, container))
+    return Deployer(live, config_path=config_path or inv.target.config_path,
+                    stream_only=inv.target.stream_only if stream_only is None else stream_only,
+                    progress=_progress(quiet), **kwargs)
+
+
+def _render_for(inv: Inventory, inventory: Path, deployer: Any, templates: Path | None) -> str:
+    modules: tuple[str, ...] = ()
+    if not deployer.stream_only:
+        modules = _stream_module(inv, deployer.live.build())
+    return _render(inv, inventory, templates, full=not deployer.stream_only, modules=modules)
+
+
+def _print_diff(diff: str) -> None:
+    if diff:
+        out.print(diff, end="", markup=False)
+
+
+@app.command()
+@handled
+def apply(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    container: ContainerOpt = None,
+    reload: Annotated[bool, typer.Option("--reload", help="Reload nginx and verify the new config runs.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff; change nothing.")] = False,
+    stream_only: StreamOnlyOpt = None,
+    config_path: ConfigPathOpt = None,
+    max_generations: Annotated[int, typer.Option("--max-generations", min=1, help="Refuse to reload while "
+                               "this many old worker generations are still shutting down.")] = 3,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for old generations to drain instead of "
+                    "refusing.")] = False,
+    wait_timeout: Annotated[float, typer.Option("--wait-timeout", help="Seconds --wait waits.")] = 600.0,
+    templates: TemplatesOpt = None,
+    fmt: FormatOpt = Format.text,
+    quiet: QuietOpt = False,
+) -> None:
+    """Render, diff, test, install and (with --reload) reload and verify, restoring on failure."""
+    inv = load(inventory)
+    deployer = _deployer(inv, container, quiet=quiet or fmt is Format.json, stream_only=stream_only,
+                         config_path=config_path, max_generations=max_generations,
+                         wait_generations=wait_timeout if wait else None)
+    rendered = _render_for(inv, inventory, deployer, templates)
+    outcome = deployer.apply(rendered, reload=reload, dry_run=dry_run)
+    if fmt is Format.json:
+        print(json.dumps({"changed": outcome.changed, "reloaded": outcome.reloaded, "dry_run": dry_run,
+                          "previous_sha256": outcome.previous_hash, "new_sha256": outcome.new_hash,
+                          "diff": outcome.diff, "messages": outcome.messages}, indent=2))
+        return
+    if not quiet:
+        _print_diff(outcome.diff)
+        for message in outcome.messages:
+            err.print(f"· {message}")
+    if dry_run:
+        print("dry run: " + ("changes shown above; nothing changed" if outcome.changed else "no changes"))
+    elif outcome.reloaded:
+        r = outcome.reload
+        gen = f" (workers {sorted(r.old_workers)} -> {sorted(r.new_workers)})" if r else ""
+        print(f"applied and reloaded: nginx in {deployer.live.name} runs config sha256:{outcome.new_hash[:12]}{gen}")
+    elif outcome.changed:
+        print(f"installed config sha256:{outcome.new_hash[:12]} in {deployer.live.name}; not reloaded "
+              "(use --reload)")
+    else:
+        print(f"no changes: {deployer.live.name} already has this config; nothing done")
+
+
+@app.command()
+@handled
+def diff(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    container: ContainerOpt = None,
+    stream_only: StreamOnlyOpt = None,
+    config_path: ConfigPathOpt = None,
+    templates: TemplatesOpt = None,
+) -> None:
+    """Show what apply would change. Exit 0: no difference; 1: differences."""
+    inv = load(inventory)
+    deployer = _deployer(inv, container, quiet=True, stream_only=stream_only, config_path=config_path)
+    text = deployer.diff(_render_for(inv, inventory, deployer, templates))
+    _print_diff(text)
+    if text:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handled
+def status(
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    container: ContainerOpt = None,
+    stream_only: StreamOnlyOpt = None,
+    config_path: ConfigPathOpt = None,
+    templates: TemplatesOpt = None,
+    fmt: FormatOpt = Format.text,
+) -> None:
+    """nginx version, processes, lingering generations, deployed vs inventory config, drift."""
+    from .apply import _shutdown_timeout_of, reload_state, sha
+
+    inv = load(inventory)
+    deployer = _deployer(inv, container, quiet=True, stream_only=stream_only, config_path=config_path)
+    live = deployer.live
+    rendered = _render_for(inv, inventory, deployer, templates)
+    deployed = deployer.deployed()
+    state = reload_state(live, _shutdown_timeout_of(deployed))
+    version = live.exec(["-v"]).output.strip().rsplit("/", 1)[-1]
+    history_state = deployer.history.state()
+    report = {
+        "container": live.name, "nginx_version": version,
+        "master_pid": state.processes.master.pid if state.processes.master else None,
+        "worker_pids": sorted(state.processes.worker_pids),
+        "lingering_generations": [{"pids": g.pids, "connections": g.connections} for g in state.generations],
+        "client_connections": state.workers_connections,
+        "worker_shutdown_timeout": state.shutdown_timeout,
+        "config_path": deployer.config_path,
+        "deployed_sha256": sha(deployed) if deployed is not None else None,
+        "inventory_config_sha256": sha(rendered), "inventory_sha256": inv.digest,
+        "drift": deployed != rendered,
+        "last_apply": history_state.get("phase", "none"),
+        "groups": [{"name": g.name, "protocol": g.protocol, "balance": g.balance,
+                    "listen": [a.text for a in g.listen],
+                    "servers": [{"address": s.address.text, "flags": s.params} for s in g.servers]}
+                   for g in inv.upstreams],
+    }
+    if fmt is Format.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"container   {live.name}  nginx {version}")
+    print(f"master      {report['master_pid']}  workers {', '.join(map(str, report['worker_pids'])) or '-'}")
+    for line in state.summary():
+        print(f"            {line}")
+    dep = report["deployed_sha256"]
+    print(f"deployed    {dep[:12] if dep else 'none'}  {deployer.config_path}")
+    print(f"inventory   {str(report['inventory_config_sha256'])[:12]}  {inventory}")
+    print(f"drift       {'yes (nginxctl diff shows it)' if report['drift'] else 'no'}")
+    if report["last_apply"] not in ("done", "none"):
+        print(f"last apply  unfinished ({report['last_apply']}): the next apply --reload completes it")
+    for g in inv.upstreams:
+        print(f"\n{g.name}  {g.protocol} {' '.join(a.text for a in g.listen)}  {g.balance}")
+        for s in g.servers:
+            print(f"  {s.address.text}  {' '.join(s.params)}".rstrip())
+
+
+@app.command()
+@handled
+def history(
+    container: ContainerOpt = None,
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    config_path: ConfigPathOpt = None,
+    fmt: FormatOpt = Format.text,
+) -> None:
+    """The configs the target has run, newest first."""
+    inv = load(inventory) if container is None or inventory.exists() else None
+    deployer = _deployer_for(inv, container, config_path)
+    entries = deployer.history.entries()
+    current = deployer.deployed()
+    from .apply import sha
+
+    rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
+             "current": current is not None and e.hash == sha(current)} for e in entries]
+    if fmt is Format.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no history on {deployer.live.name} yet (apply records it)")
+    for row in rows:
+        print(f"{row['id']:>4}  {row['time']}  {str(row['sha256'])[:12]}{'  current' if row['current'] else ''}")
+
+
+def _deployer_for(inv: Inventory | None, container: str | None, config_path: str | None, **kw: Any):  # type: ignore[no-untyped-def]
+    from .apply import Deployer
+    from .nginx import LiveNginx, connect
+
+    name = _container_name(inv, container)
+    client = connect(inv.target.docker_host if inv else None)
+    return Deployer(LiveNginx.attach(client, name),
+                    config_path=config_path or (inv.target.config_path if inv else "/etc/nginx/nginx.conf"), **kw)
+
+
+@app.command()
+@handled
+def rollback(
+    container: ContainerOpt = None,
+    to: Annotated[Optional[int], typer.Option("--to", help="History id (see nginxctl history); default: "
+                  "the config before the current one.")] = None,
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    config_path: ConfigPathOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Re-apply an earlier config from the target's history: tested, reloaded, verified."""
+    inv = load(inventory) if container is None or inventory.exists() else None
+    deployer = _deployer_for(inv, container, config_path, progress=_progress(quiet))
+    entry, outcome = deployer.rollback(to)
+    if not quiet:
+        _print_diff(outcome.diff)
+    state = "rolled back and reloaded" if outcome.reloaded else "already running"
+    print(f"{state}: {deployer.live.name} runs history entry {entry.id} (sha256:{entry.hash[:12]})")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
+

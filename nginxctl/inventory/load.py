@@ -1,0 +1,287 @@
+"""Inventory text -> validated `Inventory`, or one InventoryError listing every problem found.
+
+Pure: takes the text and a name for messages; reads no file. Rules are checked in one pass and
+all failures are collected, so a user fixing a file sees every problem at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import fields, is_dataclass
+from typing import Any, Callable
+
+from .. import capacity
+from ..errors import InventoryError, Location, Problem
+from . import grammar as gr
+from .model import Group, Inventory, NginxSettings, Server, Target
+from .schema import (GROUP_KEYS, NGINX_KEYS, NOT_DEFAULTABLE, SERVER_KEYS, TARGET_KEYS, TOP_KEYS, Key)
+from .yamlsource import KeyPath, Positions, format_path, parse_yaml
+
+BACKUP_UNSUPPORTED = {"hash", "random", "random_two_least_conn"}
+
+
+class _Report:
+    def __init__(self, positions: Positions) -> None:
+        self.positions = positions
+        self.problems: list[Problem] = []
+
+    def __call__(self, path: KeyPath, message: str, *, key: bool = False) -> None:
+        self.problems.append(Problem(self.positions.locate(path, key=key), format_path(path), message))
+
+
+def _mapping(value: Any, path: KeyPath, keys: list[Key], report: _Report, what: str,
+             required: tuple[str, ...] = (), use_defaults: bool = True) -> dict[str, Any] | None:
+    """Check one mapping against its key table; return parsed values (None: not a mapping)."""
+    if not isinstance(value, dict):
+        report(path, f"expected {what} (a mapping of key: value), got {gr.describe(value)}")
+        return None
+    by_name = {k.name: k for k in keys}
+    out: dict[str, Any] = {}
+    for name, raw in value.items():
+        key = by_name.get(name)
+        if key is None:
+            close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(by_name)}"
+            report(path + (name,), f"unknown key '{name}' in {what}{hint}", key=True)
+            continue
+        try:
+            out[name] = key.parse(raw)
+        except gr.Invalid as exc:
+            report(path + (name,), str(exc))
+    for name in required:
+        if name not in value:
+            report(path, f"missing required key '{name}' in {what}")
+    if use_defaults:
+        for key in keys:
+            if key.default is not None and key.name not in out and key.name not in value:
+                out[key.name] = key.parse(key.default)
+    return out
+
+
+def _server(raw: Any, path: KeyPath, report: _Report) -> Server | None:
+    if isinstance(raw, str):  # `- 10.0.0.5:6666` is short for {address: 10.0.0.5:6666}
+        try:
+            return Server(address=gr.parse_server_address(raw))
+        except gr.Invalid as exc:
+            report(path, str(exc))
+            return None
+    parsed = _mapping(raw, path, SERVER_KEYS, report, "a server", ("address",))
+    if parsed is None or "address" not in parsed:
+        return None
+    return Server(**parsed)
+
+
+def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report: _Report) -> Group | None:
+    parsed = _mapping(raw, path, GROUP_KEYS, report, f"group '{name}'", ("listen", "servers"),
+                      use_defaults=False)
+    if parsed is None:
+        return None
+    raw_keys = set(raw)
+    merged = {**defaults, **parsed}
+    for key in GROUP_KEYS:  # the table's defaults come last: inventory `defaults:` win over them
+        if key.default is not None and key.name not in merged and key.name not in raw_keys:
+            merged[key.name] = key.parse(key.default)
+    servers_raw = merged.pop("servers", None)
+    servers: list[Server] = []
+    if "servers" in raw_keys:
+        if not isinstance(servers_raw, list) or not servers_raw:
+            report(path + ("servers",), f"expected a non-empty list of servers, got {gr.describe(servers_raw)}")
+        else:
+            for i, item in enumerate(servers_raw):
+                server = _server(item, path + ("servers", i), report)
+                if server is not None:
+                    servers.append(server)
+    if "listen" not in merged or not servers:
+        return None
+    if merged.get("proxy_timeout") is None:
+        merged["proxy_timeout"] = gr.parse_duration("30s" if merged["protocol"] == "udp" else "1h")
+    group = Group(name=name, servers=tuple(servers), **merged)
+    for rule in GROUP_RULES:
+        rule(group, raw, path, report)
+    return group
+
+
+# --- rules across keys: each one is a mistake nginx -t lets through or reports without a location ---
+
+def _rule_usable_server(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+    if len(group.servers) == len(raw.get("servers") or []) and not any(s.usable for s in group.servers):
+        report(path + ("servers",), "no usable server: every server is backup or down; at least one must "
+               "be neither, or nginx has nowhere to send new connections")
+
+
+def _rule_backup_balance(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+    if group.balance in BACKUP_UNSUPPORTED:
+        for i, server in enumerate(group.servers):
+            if server.backup:
+                report(path + ("servers", i, "backup"),
+                       f"backup servers do not work with balance: {group.balance} (nginx ignores or rejects "
+                       "them depending on directive order); use least_conn or round_robin, or drop backup")
+
+
+def _rule_hash_key(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+    if group.balance == "hash" and not group.hash_key:
+        report(path + ("balance",), "balance: hash needs hash_key, e.g. hash_key: $remote_addr")
+    if group.balance != "hash":
+        for key in ("hash_key", "consistent"):
+            if key in raw and (key != "consistent" or group.consistent):
+                report(path + (key,), f"{key} only applies to balance: hash (this group balances "
+                       f"{group.balance}); remove it or set balance: hash")
+
+
+def _rule_udp_only_tcp_only(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+    if group.protocol == "tcp" and group.proxy_responses is not None:
+        report(path + ("proxy_responses",), "proxy_responses only applies to protocol: udp; nginx would "
+               "ignore it here")
+    if group.protocol == "udp":
+        for key in ("backlog", "so_keepalive", "proxy_protocol"):
+            if raw.get(key) not in (None, False):
+                report(path + (key,), f"{key} only applies to protocol: tcp")
+
+
+def _rule_next_upstream(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+    if group.proxy_next_upstream is False:
+        for key in ("proxy_next_upstream_tries", "proxy_next_upstream_timeout"):
+            if key in raw:
+                report(path + (key,), f"{key} has no effect with proxy_next_upstream: false")
+
+
+def _rule_duplicate_servers(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+    seen: dict[str, int] = {}
+    for i, server in enumerate(group.servers):
+        text = server.address.text
+        if text in seen:
+            report(path + ("servers", i), f"server {text} is listed twice (also servers[{seen[text]}]); nginx "
+                   "would silently double its share: list it once and use weight")
+        seen.setdefault(text, i)
+
+
+def _rule_duplicate_listens(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+    seen: set[tuple[Any, ...]] = set()
+    for address in group.listen:
+        key = gr.listen_key(address, group.protocol)
+        if key in seen:
+            report(path + ("listen",), f"listen {address.text} is given twice in this group")
+        seen.add(key)
+
+
+GROUP_RULES: list[Callable[[Group, Any, KeyPath, _Report], None]] = [
+    _rule_usable_server, _rule_backup_balance, _rule_hash_key, _rule_udp_only_tcp_only,
+    _rule_next_upstream, _rule_duplicate_servers, _rule_duplicate_listens,
+]
+
+
+def _rule_listens_unique(groups: list[Group], report: _Report) -> None:
+    owner: dict[tuple[Any, ...], str] = {}
+    for group in groups:
+        for address in group.listen:
+            key = gr.listen_key(address, group.protocol)
+            if key in owner and owner[key] != group.name:
+                report(("upstreams", group.name, "listen"),
+                       f"listen {address.text} ({group.protocol}) is already used by group '{owner[key]}'; "
+                       "two groups cannot share one address, port and protocol")
+            owner.setdefault(key, group.name)
+
+
+def _canonical(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    return value
+
+
+def inventory_digest(inventory_fields: dict[str, Any]) -> str:
+    """sha256 of the validated content: comments and layout of the file do not change it."""
+    text = json.dumps(_canonical(inventory_fields), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _safe_source(source: str) -> str:
+    name = source.replace("\\", "/").rsplit("/", 1)[-1] or "inventory"
+    return re.sub(r"[^A-Za-z0-9_.@+-]", "_", name)
+
+
+def _nginx(raw: Any, groups: list[Group], report: _Report) -> NginxSettings:
+    parsed = _mapping(raw if raw is not None else {}, ("nginx",), NGINX_KEYS, report, "the nginx settings")
+    if parsed is None:
+        return NginxSettings()
+    intent = parsed.get("max_connections")
+    group_intent = [g.max_connections for g in groups if g.max_connections]
+    if intent is None and group_intent:
+        intent = sum(group_intent)
+    buffer = capacity.BUFFER_BY_WORKLOAD[parsed["workload"]]
+    buffer_size = gr.parse_size(buffer) if buffer else None
+    biggest = max([g.proxy_buffer_size.bytes for g in groups if g.proxy_buffer_size]
+                  + [buffer_size.bytes if buffer_size else capacity.NGINX_DEFAULT_BUFFER])
+    try:
+        plan = capacity.plan(
+            max_connections=intent, worker_processes=parsed["worker_processes"],
+            worker_connections=parsed.get("worker_connections"),
+            worker_rlimit_nofile=parsed.get("worker_rlimit_nofile"), fd_limit=parsed["fd_limit"],
+            buffer_bytes=biggest, memory_limit=parsed["memory_limit"].bytes if "memory_limit" in parsed else None)
+    except capacity.CapacityError as exc:
+        where = ("nginx", "max_connections") if "max_connections" in parsed else ("upstreams",)
+        report(where, str(exc))
+        return NginxSettings()
+    parsed.update(worker_processes=plan.worker_processes, worker_connections=plan.worker_connections,
+                  worker_rlimit_nofile=plan.worker_rlimit_nofile, max_connections=intent,
+                  proxy_buffer_size=buffer_size, notes=plan.notes)
+    return NginxSettings(**parsed)
+
+
+def parse_inventory(text: str, source: str = "inventory.yaml") -> Inventory:
+    """Validate inventory text. Raises InventoryError with every problem, located in `source`."""
+    data, positions, duplicates = parse_yaml(text, source)
+    report = _Report(positions)
+    report.problems.extend(duplicates)
+    if data is None or data == "":
+        raise InventoryError([Problem(Location(source, 1, 1), "", "the inventory is empty: expected a mapping "
+                                      "with an 'upstreams:' key (see `nginxctl schema` or the README)")])
+    top = _mapping(data, (), TOP_KEYS, report, "the inventory", ("upstreams",))
+    if top is None:
+        raise InventoryError(report.problems)
+
+    defaults: dict[str, Any] = {}
+    if "defaults" in data:
+        for name in NOT_DEFAULTABLE & set(data["defaults"] or {}):
+            report(("defaults", name), f"'{name}' cannot be a default: each group sets its own", key=True)
+        raw_defaults = {k: v for k, v in (data["defaults"] or {}).items() if k not in NOT_DEFAULTABLE} \
+            if isinstance(data["defaults"], dict) else data["defaults"]
+        defaults = _mapping(raw_defaults, ("defaults",),
+                            [k for k in GROUP_KEYS if k.name not in NOT_DEFAULTABLE], report, "the defaults",
+                            use_defaults=False) or {}
+
+    groups: list[Group] = []
+    upstreams = data.get("upstreams")
+    if "upstreams" in data:
+        if not isinstance(upstreams, dict) or not upstreams:
+            report(("upstreams",), f"expected a mapping of NAME: group with at least one group, "
+                   f"got {gr.describe(upstreams)}")
+        else:
+            for name, raw in upstreams.items():
+                path: KeyPath = ("upstreams", name)
+                try:
+                    gr.check_name(name, "an upstream name")
+                except gr.Invalid as exc:
+                    report(path, str(exc), key=True)
+                    continue
+                group = _group(name, raw, defaults, path, report)
+                if group is not None:
+                    groups.append(group)
+            _rule_listens_unique(groups, report)
+
+    nginx = _nginx(data.get("nginx"), groups, report)
+    target_raw = _mapping(data.get("target") or {}, ("target",), TARGET_KEYS, report, "the target")
+    if report.problems:
+        raise InventoryError(report.problems)
+    content = {"upstreams": groups, "nginx": nginx, "target": Target(**(target_raw or {})),
+               "templates": top.get("templates"), "vars": top.get("vars", {})}
+    return Inventory(source=_safe_source(source), digest=inventory_digest(content), positions=positions,
+                     **content)
+
+

@@ -1,0 +1,121 @@
+"""Inventory -> nginx config text, through the Jinja2 templates.
+
+`render()` is a function of the inventory and a template environment: it touches no disk, Docker
+or network (the environment's loader reads template files, which `template_env` sets up once).
+Every value a template prints passes `_gate`: a template cannot emit whitespace, `;{}#`, quotes or
+an unknown `$variable` through `{{ }}`, whatever the inventory says.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import jinja2
+
+from .errors import TemplateError
+from .inventory.grammar import SAFE_TOKEN, Duration, Size
+from .inventory.model import Group, Inventory
+
+PROXY_DIRECTIVES = (
+    "proxy_connect_timeout", "proxy_timeout", "proxy_next_upstream", "proxy_next_upstream_tries",
+    "proxy_next_upstream_timeout", "proxy_responses", "proxy_protocol", "proxy_buffer_size",
+    "proxy_socket_keepalive",
+)
+
+
+def shipped_templates() -> Path:
+    """The templates inside the installed package, or `templates/` of a source checkout."""
+    packaged = Path(__file__).parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+
+
+@dataclass(frozen=True)
+class Directive:
+    name: str
+    value: Any
+
+
+def group_directives(group: Group, inv: Inventory) -> list[Directive]:
+    """The proxy_* directives of a group's server {}, in a fixed order; booleans become on/off."""
+    out = []
+    for name in PROXY_DIRECTIVES:
+        value = getattr(group, name)
+        if name == "proxy_buffer_size" and value is None:
+            value = inv.nginx.proxy_buffer_size
+        if value is None:
+            continue
+        out.append(Directive(name, ("on" if value else "off") if isinstance(value, bool) else value))
+    return out
+
+
+def _gate(value: Any) -> Any:
+    """Finalize hook: the last check on every value a template prints."""
+    if isinstance(value, bool) or value is None:
+        raise TemplateError(f"a template printed {value!r}: print on/off or a value, not a Python "
+                            "boolean or None")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (str, Duration, Size)) and SAFE_TOKEN.match(str(value)):
+        return value
+    raise TemplateError(f"a template tried to print {str(value)!r}, which is not one safe nginx token "
+                        "(no whitespace, quotes, ;{{}}#, or $ outside a stream variable)")
+
+
+def template_env(custom_dir: str | os.PathLike[str] | None = None) -> jinja2.Environment:
+    """A Jinja2 environment: templates from `custom_dir` first, then the shipped ones."""
+    paths = [str(shipped_templates())]
+    if custom_dir is not None:
+        if not Path(custom_dir).is_dir():
+            raise TemplateError(f"templates folder {custom_dir} does not exist")
+        paths.insert(0, str(custom_dir))
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(paths), undefined=jinja2.StrictUndefined, finalize=_gate,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+
+
+def render(inv: Inventory, env: jinja2.Environment, *, full: bool = False,
+           modules: Iterable[str] = ()) -> str:
+    """The stream {} block, or with `full` a whole nginx.conf.
+
+    `modules` are load_module paths added to the inventory's own (validate and apply pass the
+    stream module when the image builds it as a dynamic module). Raises TemplateError.
+    """
+    all_modules = list(dict.fromkeys([*inv.nginx.load_modules, *modules]))
+    name = "nginx.conf.j2" if full else "stream.conf.j2"
+    try:
+        template = env.get_template(name)
+        text = template.render(
+            inv=inv, nginx=inv.nginx, full=full, modules=all_modules, vars=inv.vars,
+            group_directives=lambda group: group_directives(group, inv))
+    except TemplateError:
+        raise
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{exc.filename or exc.name}:{exc.lineno}: template syntax error: {exc.message}") from None
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"template {exc.name} not found in {env.loader.searchpath}")  # type: ignore[union-attr]
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"template {name}: {exc.message}") from None
+    return text
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` to `path` so that readers see the old file or the new one, never a part."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o777)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
