@@ -47,7 +47,8 @@ class History:
 
     def __init__(self, live: LiveNginx, config_path: str) -> None:
         self.live = live
-        self.dir = os.path.join(os.path.dirname(config_path), ".nginxctl")
+        self.base = os.path.dirname(config_path)  # exists; put_archive cannot create its target
+        self.dir = os.path.join(self.base, ".nginxctl")
 
     def entries(self) -> list[Entry]:
         """Newest first."""
@@ -65,7 +66,7 @@ class History:
         if entries and entries[0].hash == sha(text):
             return entries[0]
         entry = Entry((entries[0].id + 1) if entries else 1, time.time(), sha(text), text)
-        self.live.put_files(self.dir, {f"history/{entry.id:04d}-{entry.hash[:12]}.conf": text})
+        self.live.put_files(self.base, {f".nginxctl/history/{entry.id:04d}-{entry.hash[:12]}.conf": text})
         return entry
 
     def state(self) -> dict[str, str]:
@@ -76,7 +77,7 @@ class History:
             return {}
 
     def set_state(self, **state: str) -> None:
-        self.live.put_files(self.dir, {"state.json": json.dumps(state, sort_keys=True) + "\n"})
+        self.live.put_files(self.base, {".nginxctl/state.json": json.dumps(state, sort_keys=True) + "\n"})
 
 
 @dataclass
@@ -215,7 +216,7 @@ def reload_and_verify(live: LiveNginx, expected: str, config_path: str, error_lo
     if emerg:
         raise ApplyFailure("nginx logged an error after the reload", restored=False, details=emerg)
     dump = live.exec(["-T"])
-    loaded = config_from_dump(dump.output, config_path)
+    loaded = config_from_dump(dump.stdout, config_path)
     if loaded is None or sha(loaded) != sha(expected):
         raise ApplyFailure(f"nginx -T does not show the rendered config at {config_path}", restored=False)
     return ReloadResult(before.worker_pids, now.worker_pids, now.master.pid)

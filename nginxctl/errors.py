@@ -87,7 +87,8 @@ class NginxOutput:
 
     command: list[str]
     exit_code: int
-    output: str = ""
+    output: str = ""  # stderr and stdout
+    stdout: str = ""
 
 
 class ConfigRejected(NginxctlError):

@@ -269,10 +269,11 @@ class LiveNginx:
         """Run the nginx binary with `args` in the container."""
         command = [self.binary, *args]
         try:
-            result = self.container.exec_run(command, stdout=True, stderr=True)
+            result = self.container.exec_run(command, stdout=True, stderr=True, demux=True)
         except docker.errors.DockerException as exc:
             raise EnvironmentProblem(f"cannot exec nginx in {self.name} ({_short(exc)})") from None
-        return NginxOutput(command, int(result.exit_code or 0), result.output.decode(errors="replace"))
+        stdout, stderr = (part.decode(errors="replace") if part else "" for part in result.output)
+        return NginxOutput(command, int(result.exit_code or 0), stderr + stdout, stdout)
 
     def build(self) -> Build:
         return parse_build(self.exec(["-V"]).output)

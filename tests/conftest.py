@@ -1,0 +1,112 @@
+"""Fixtures that own real resources: nginx containers and echo servers, removed even when a test fails.
+
+Integration tests need a Docker engine and the nginx image (scripts/build-nginx-image.sh). Where
+either is missing they fail with that message: they never skip.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import IMAGE, Backend, free_port, write_inventory  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as exc:
+        pytest.fail(f"integration tests need a running Docker engine ({exc}); run scripts/setup.sh")
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"image {IMAGE} is missing: run scripts/build-nginx-image.sh")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def backends() -> Iterator[Callable[..., Backend]]:
+    """Start echo servers: backends('A') -> a TCP server named A on a free port."""
+    started: list[Backend] = []
+
+    def start(name: str, udp: bool = False) -> Backend:
+        import socket
+
+        backend = Backend(name, free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM), udp).start()
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        try:
+            backend.stop()
+        except Exception:
+            pass
+
+
+class LB:
+    """A load balancer under test: an nginx container (host network) and an inventory for it."""
+
+    def __init__(self, client: Any, tmp_path: Path, image: str = IMAGE) -> None:
+        self.client = client
+        self.name = f"nginxctl-test-{uuid.uuid4().hex[:10]}"
+        self.container = client.containers.run(image, name=self.name, detach=True, network_mode="host",
+                                               labels={"nginxctl.test": "1"})
+        self.inventory = tmp_path / "inventory.yaml"
+
+    def write(self, upstreams: dict[str, Any], nginx: dict[str, Any] | None = None,
+              **extra: Any) -> Path:
+        data: dict[str, Any] = {"nginx": {"worker_processes": 2, **(nginx or {})},
+                                "target": {"container": self.name}, "upstreams": upstreams, **extra}
+        return write_inventory(self.inventory, data)
+
+    def group(self, servers: list[Any], port: int | None = None, **options: Any) -> tuple[int, dict[str, Any]]:
+        port = port or free_port()
+        return port, {"listen": f"127.0.0.1:{port}", "servers": servers, **options}
+
+    def workers(self) -> set[int]:
+        from nginxctl.nginx import LiveNginx
+
+        return LiveNginx.attach(self.client, self.name).processes().worker_pids
+
+    def remove(self) -> None:
+        import docker
+
+        for name in (self.name,):
+            try:
+                self.client.containers.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        for lock in self.client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}):
+            if lock.labels.get("nginxctl.target") == self.name:
+                lock.remove(force=True)
+
+
+@pytest.fixture
+def lb_factory(docker_client: Any, tmp_path: Path) -> Iterator[Callable[..., LB]]:
+    made: list[LB] = []
+
+    def make(image: str = IMAGE) -> LB:
+        lb = LB(docker_client, tmp_path, image)
+        made.append(lb)
+        return lb
+
+    yield make
+    for lb in made:
+        lb.remove()
+
+
+@pytest.fixture
+def lb(lb_factory: Callable[..., LB]) -> LB:
+    return lb_factory()

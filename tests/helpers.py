@@ -1,0 +1,174 @@
+"""Real servers and clients for the tests: TCP/UDP echo servers that say who they are, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IMAGE = os.environ.get("NGINXCTL_TEST_IMAGE", "nginxctl/nginx:bare")
+TIMEOUT = 5.0
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _TCPHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server: Any = self.server
+        conn = self.request
+        server.register(conn)
+        try:
+            conn.sendall(server.name.encode() + b"\n")
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                conn.sendall(data)
+        except OSError:
+            return
+        finally:
+            server.unregister(conn)
+
+
+class _TCPServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, name: str) -> None:
+        self.name = name
+        self.conns: set[socket.socket] = set()
+        self.changed = threading.Condition()
+        super().__init__(("127.0.0.1", port), _TCPHandler)
+
+    def register(self, conn: socket.socket) -> None:
+        with self.changed:
+            self.conns.add(conn)
+            self.changed.notify_all()
+
+    def unregister(self, conn: socket.socket) -> None:
+        with self.changed:
+            self.conns.discard(conn)
+            self.changed.notify_all()
+
+
+class _UDPHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        data, sock = self.request
+        sock.sendto(self.server.name.encode() + b":" + data, self.client_address)  # type: ignore[attr-defined]
+
+
+class _UDPServer(socketserver.ThreadingUDPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, name: str) -> None:
+        self.name = name
+        super().__init__(("127.0.0.1", port), _UDPHandler)
+
+
+@dataclass
+class Backend:
+    """An echo server on 127.0.0.1:port that sends its name first (TCP) or before the echo (UDP)."""
+
+    name: str
+    port: int
+    udp: bool = False
+
+    def start(self) -> "Backend":
+        self.server: socketserver.BaseServer = (_UDPServer if self.udp else _TCPServer)(self.port, self.name)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def wait_connections(self, count: int, timeout: float = TIMEOUT) -> bool:
+        """Block until exactly `count` connections are open to this backend (TCP)."""
+        server: Any = self.server
+        with server.changed:
+            return bool(server.changed.wait_for(lambda: len(server.conns) == count, timeout))
+
+    def stop(self) -> None:
+        """Stop listening and close every open connection (a killed backend)."""
+        self.server.shutdown()
+        self.server.server_close()
+        for conn in list(getattr(self.server, "conns", ())):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+        self.thread.join(TIMEOUT)
+
+
+def who(port: int, source: str | None = None) -> str:
+    """Connect through the load balancer and return the name the backend says."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT,
+                                  source_address=(source, 0) if source else None) as s:
+        return read_line(s)
+
+
+def read_line(s: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(256)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
+
+
+class Held:
+    """A long-lived connection through the load balancer; `.name` is the backend it landed on."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.name = read_line(self.sock)
+
+    def echo(self, payload: bytes = b"ping\n") -> bytes:
+        self.sock.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def udp_who(port: int, payload: bytes = b"q") -> str:
+    """One datagram from a fresh socket (a new UDP session); the name in the reply."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT)
+        s.sendto(payload, ("127.0.0.1", port))
+        data, _ = s.recvfrom(4096)
+        return data.decode().split(":", 1)[0]
+
+
+def write_inventory(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the nginxctl CLI as a user would, in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "nginxctl", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=180)
