@@ -284,6 +284,8 @@ def apply(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for old generations to drain instead of "
                     "refusing.")] = False,
     wait_timeout: Annotated[float, typer.Option("--wait-timeout", help="Seconds --wait waits.")] = 600.0,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while another "
+                            "nginxctl changes the same target.")] = 30.0,
     templates: TemplatesOpt = None,
     fmt: FormatOpt = Format.text,
     quiet: QuietOpt = False,
@@ -292,7 +294,7 @@ def apply(
     inv = load(inventory)
     deployer = _deployer(inv, container, quiet=quiet or fmt is Format.json, stream_only=stream_only,
                          config_path=config_path, max_generations=max_generations,
-                         wait_generations=wait_timeout if wait else None)
+                         wait_generations=wait_timeout if wait else None, lock_wait=lock_timeout)
     rendered = _render_for(inv, inventory, deployer, templates)
     outcome = deployer.apply(rendered, reload=reload, dry_run=dry_run)
     if fmt is Format.json:

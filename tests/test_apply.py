@@ -1,0 +1,272 @@
+"""apply / diff / status / history / rollback against a real nginx container (an image with no shell)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import docker
+import pytest
+
+from helpers import IMAGE, Held, cli, free_port, who
+from nginxctl.apply import sha
+from nginxctl.nginx import LiveNginx, TargetLock
+
+
+def apply(lb, *extra):  # type: ignore[no-untyped-def]
+    return cli("apply", "-i", str(lb.inventory), "--reload", *extra)
+
+
+def deployed(lb) -> str:  # type: ignore[no-untyped-def]
+    return LiveNginx.attach(lb.client, lb.name).read_file("/etc/nginx/nginx.conf").decode()
+
+
+def test_test_image_has_no_shell(docker_client):
+    """The suite runs nginx from an image with nothing but nginx: nginxctl may not rely on a shell."""
+    container = docker_client.containers.create(IMAGE, entrypoint=["/bin/sh"], command=["-c", "true"],
+                                                network_mode="none")
+    try:
+        with pytest.raises(docker.errors.APIError, match="/bin/sh"):
+            container.start()
+    finally:
+        container.remove(force=True)
+
+
+def test_apply_twice_second_changes_nothing_and_does_not_reload(lb, backends):
+    a, b = backends("A"), backends("B")
+    port, group = lb.group([a.address, b.address])
+    lb.write({"pool": group})
+    first = apply(lb)
+    assert first.returncode == 0, first.stderr
+    workers = lb.workers()
+    second = apply(lb)
+    assert second.returncode == 0, second.stderr
+    assert "no changes" in second.stdout
+    assert lb.workers() == workers
+
+
+def test_dry_run_shows_diff_and_changes_nothing(lb, backends):
+    a = backends("A")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    before = deployed(lb)
+    result = cli("apply", "-i", str(lb.inventory), "--dry-run", "--reload")
+    assert result.returncode == 0, result.stderr
+    assert f"+        server {a.address};" in result.stdout
+    assert deployed(lb) == before
+
+
+def test_diff_exit_codes(lb, backends):
+    a = backends("A")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    changed = cli("diff", "-i", str(lb.inventory))
+    assert changed.returncode == 1 and f"+        listen 127.0.0.1:{port};" in changed.stdout
+    assert apply(lb).returncode == 0
+    same = cli("diff", "-i", str(lb.inventory))
+    assert (same.returncode, same.stdout) == (0, "")
+
+
+def test_rejected_config_exit_1_nothing_changed_traffic_flows(lb, backends):
+    a = backends("A")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    before, workers = deployed(lb), lb.workers()
+    _, bad = lb.group(["no-such-host.invalid:80"])
+    lb.write({"pool": group, "broken": bad})
+    result = apply(lb)
+    assert result.returncode == 1, result.stderr
+    assert "host not found in upstream" in result.stderr
+    assert deployed(lb) == before
+    assert lb.workers() == workers
+    assert who(port) == "A"
+
+
+def test_failed_reload_port_taken_exit_4_previous_config_restored(lb, backends):
+    a = backends("A")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    before = deployed(lb)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        busy_port = taken.getsockname()[1]
+        _, clash = lb.group([a.address], port=busy_port)
+        lb.write({"pool": group, "clash": clash})
+        result = apply(lb)
+        assert result.returncode == 4, result.stderr
+        assert "restored" in result.stderr and "Address already in use" in result.stderr
+        assert deployed(lb) == before
+        assert who(port) == "A"
+        status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+        assert status["deployed_sha256"] == sha(before) and status["drift"] is True
+    finally:
+        taken.close()
+
+
+def test_long_connections_opened_before_reload_keep_working(lb, backends):
+    a, b = backends("A"), backends("B")
+    port, group = lb.group([a.address, b.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    held = [Held(port) for _ in range(6)]
+    try:
+        _, other = lb.group([a.address])
+        lb.write({"pool": group, "other": other})
+        assert apply(lb).returncode == 0
+        for h in held:
+            assert h.echo(b"still here\n") == b"still here\n"
+        status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+        assert status["lingering_generations"], status
+        assert sum(g["connections"] for g in status["lingering_generations"]) == 6
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_rollback_restores_and_serves_previous_config(lb, backends):
+    a, b = backends("A"), backends("B")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    first = deployed(lb)
+    group["servers"] = [b.address]
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    assert who(port) == "B"
+    hist = cli("history", "--container", lb.name, "--format", "json", "-i", str(lb.inventory))
+    rows = json.loads(hist.stdout)
+    assert [r["current"] for r in rows][:1] == [True] and len(rows) >= 3  # bootstrap, first, second
+    result = cli("rollback", "--container", lb.name, "-i", str(lb.inventory))
+    assert result.returncode == 0, result.stderr
+    assert deployed(lb) == first
+    assert {who(port) for _ in range(4)} == {"A"}
+    to_id = rows[0]["id"]
+    again = cli("rollback", "--container", lb.name, "--to", str(to_id), "-i", str(lb.inventory))
+    assert again.returncode == 0, again.stderr
+    assert {who(port) for _ in range(4)} == {"B"}
+
+
+def test_status_reports_versions_processes_and_drift(lb, backends):
+    a = backends("A")
+    port, group = lb.group([a.address, {"address": "127.0.0.1:1", "backup": True}], balance="least_conn")
+    lb.write({"pool": group})
+    drift = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+    assert drift["drift"] is True
+    assert apply(lb).returncode == 0
+    result = cli("status", "-i", str(lb.inventory), "--format", "json")
+    assert result.returncode == 0
+    st = json.loads(result.stdout)
+    assert st["nginx_version"] == "1.22.1" and st["drift"] is False
+    assert st["master_pid"] and len(st["worker_pids"]) == 2
+    assert st["deployed_sha256"] == st["inventory_config_sha256"]
+    assert st["groups"][0]["servers"][1] == {"address": "127.0.0.1:1", "flags": ["backup"]}
+    text = cli("status", "-i", str(lb.inventory))
+    assert text.returncode == 0 and "drift       no" in text.stdout
+
+
+def test_container_missing_exit_3(tmp_path):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("target: {container: nginxctl-test-does-not-exist}\nupstreams:\n"
+                   "  a: {listen: 7000, servers: [127.0.0.1:7001]}\n")
+    result = cli("apply", "-i", str(inv), "--reload")
+    assert result.returncode == 3
+    assert "container nginxctl-test-does-not-exist does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_docker_unreachable_exit_3(tmp_path):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("upstreams:\n  a: {listen: 7000, servers: [127.0.0.1:7001]}\n")
+    env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    for args in (["validate"], ["apply", "--container", "x", "--reload"], ["status", "--container", "x"]):
+        result = cli(*args, "-i", str(inv), env=env)
+        assert result.returncode == 3, (args, result.stderr)
+        assert "Docker is not reachable" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_concurrent_apply_waits_for_the_lock_then_gives_up(lb, backends):
+    a = backends("A")
+    _, group = lb.group([a.address])
+    lb.write({"pool": group})
+    live = LiveNginx.attach(lb.client, lb.name)
+    with TargetLock(lb.client, live):
+        result = apply(lb, "--lock-timeout", "1")
+    assert result.returncode == 3
+    assert "another nginxctl is changing" in result.stderr
+    assert apply(lb).returncode == 0
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(lb, backends):
+    a = backends("A")
+    _, group = lb.group([a.address])
+    lb.write({"pool": group})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = LiveNginx.attach(lb.client, lb.name)
+    lock = TargetLock(lb.client, live)
+    lb.client.containers.create(live.image, name=lock.name, entrypoint=["/nonexistent-lock"], command=[],
+                                labels={"nginxctl.role": "lock", "nginxctl.host": socket.gethostname(),
+                                        "nginxctl.pid": str(dead.pid), "nginxctl.time": "9999999999",
+                                        "nginxctl.target": lb.name})
+    result = apply(lb, "--lock-timeout", "1")
+    assert result.returncode == 0, result.stderr
+
+
+def test_installed_but_not_reloaded_is_finished_by_the_next_apply(lb, backends):
+    """What a kill -9 between install and reload leaves: the next apply --reload completes it."""
+    a = backends("A")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    installed = cli("apply", "-i", str(lb.inventory))
+    assert installed.returncode == 0 and "not reloaded" in installed.stdout
+    workers = lb.workers()
+    finished = apply(lb)
+    assert finished.returncode == 0, finished.stderr
+    assert lb.workers().isdisjoint(workers)
+    assert who(port) == "A"
+
+
+@pytest.mark.parametrize("kill_after_line", [0, 1, 2, 3])
+def test_kill_9_mid_apply_leaves_old_or_new_and_next_apply_recovers(lb, backends, kill_after_line):
+    a, b = backends("A"), backends("B")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    old = deployed(lb)
+    group["servers"] = [b.address]
+    lb.write({"pool": group})
+    proc = subprocess.Popen([sys.executable, "-m", "nginxctl", "apply", "-i", str(lb.inventory), "--reload"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert proc.stderr is not None
+    for _ in range(kill_after_line + 1):
+        if not proc.stderr.readline():
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    now = deployed(lb)
+    new = LiveNginx.attach(lb.client, lb.name)
+    assert now == old or sha(now) == json.loads(
+        cli("status", "-i", str(lb.inventory), "--format", "json").stdout)["inventory_config_sha256"]
+    recovered = apply(lb)
+    assert recovered.returncode == 0, recovered.stderr
+    assert who(port) == "B"
+    assert new.processes().master is not None
+
+
+def test_validate_with_container_uses_its_image_and_network(lb):
+    port = free_port()
+    lb.write({"pool": {"listen": f"127.0.0.1:{port}", "servers": ["localhost:9"]}})
+    result = cli("validate", "-i", str(lb.inventory), "--container", lb.name, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] is True and report["network"] == "container" and report["unchecked_names"] == []
