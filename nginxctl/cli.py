@@ -123,16 +123,20 @@ def _notes(inv: Inventory, quiet: bool) -> None:
             err.print(f"[yellow]note:[/] {note}")
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"nginxctl {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_version)] = False,
 ) -> None:
     global _debug
     _debug = debug
-    if version:
-        print(f"nginxctl {__version__}")
-        raise typer.Exit(0)
 
 
 @app.command()

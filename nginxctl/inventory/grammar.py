@@ -205,7 +205,7 @@ def parse_server_address(value: Any) -> Address:
 
 def parse_listen(value: Any) -> Address:
     """A port, `ADDR:PORT`, `*:PORT`, `[V6]:PORT` or `unix:/path`."""
-    expected = "a listen address: PORT, ADDR:PORT, [IPv6]:PORT or unix:/path"
+    expected = "a listen address: PORT, IP:PORT, *:PORT, [IPv6]:PORT or unix:/path"
     if isinstance(value, int) and not isinstance(value, bool):
         port = parse_port(value)
         return Address("inet", None, port, None, str(port))
@@ -218,6 +218,9 @@ def parse_listen(value: Any) -> Address:
         return _parse_unix(value, expected)
     host, port_text = _split_host_port(value, expected)
     kind, canon = _parse_host(host, expected, value, allow_wildcard=True)
+    if kind == "name":
+        raise Invalid(expected + " (not a host name: nginx resolves it when it loads the config, and a "
+                      "listen must be an address of this host)", value)
     port = parse_port(port_text)
     return Address(kind, canon, port, None, f"{canon}:{port}")
 

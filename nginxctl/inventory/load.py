@@ -75,6 +75,7 @@ def _server(raw: Any, path: KeyPath, report: _Report) -> Server | None:
 
 
 def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report: _Report) -> Group | None:
+    before = len(report.problems)
     parsed = _mapping(raw, path, GROUP_KEYS, report, f"group '{name}'", ("listen", "servers"),
                       use_defaults=False)
     if parsed is None:
@@ -94,8 +95,8 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
                 server = _server(item, path + ("servers", i), report)
                 if server is not None:
                     servers.append(server)
-    if "listen" not in merged or not servers:
-        return None
+    if len(report.problems) > before:
+        return None  # a key of the group is wrong: cross-key rules would only echo it
     if merged.get("proxy_timeout") is None:
         merged["proxy_timeout"] = gr.parse_duration("30s" if merged["protocol"] == "udp" else "1h")
     group = Group(name=name, servers=tuple(servers), **merged)
@@ -207,8 +208,9 @@ def _safe_source(source: str) -> str:
 
 
 def _nginx(raw: Any, groups: list[Group], report: _Report) -> NginxSettings:
+    before = len(report.problems)
     parsed = _mapping(raw if raw is not None else {}, ("nginx",), NGINX_KEYS, report, "the nginx settings")
-    if parsed is None:
+    if parsed is None or len(report.problems) > before:
         return NginxSettings()
     intent = parsed.get("max_connections")
     group_intent = [g.max_connections for g in groups if g.max_connections]
