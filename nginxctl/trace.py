@@ -41,6 +41,12 @@ def trace(output: str, rendered: str, inv: Inventory) -> list[str]:
         if not m:
             continue
         path = _key_for_line(lines, int(m.group(2)), inv)
+        named = re.search(r'in upstream "([^"]+)"', message)
+        if named and path and len(path) >= 2 and path[0] == "upstreams":
+            group = inv.group(path[1])
+            for i, server in enumerate(group.servers if group else ()):
+                if server.address.text == named.group(1):
+                    path = ("upstreams", path[1], "servers", i)
         if path is None or inv.positions is None:
             continue
         what = message[message.index("[emerg]") + len("[emerg]"):]

@@ -170,5 +170,6 @@ def write_inventory(path: Path, data: dict[str, Any]) -> Path:
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the nginxctl CLI as a user would, in a subprocess."""
+    # Outside the source tree by default, so `-m nginxctl` runs the installed package.
     return subprocess.run([sys.executable, "-m", "nginxctl", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=180)
+                          env={**os.environ, **(env or {})}, cwd=cwd or "/", timeout=180)

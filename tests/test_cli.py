@@ -116,3 +116,10 @@ def test_readme_documents_every_command_and_exit_code():
         assert f"nginxctl {command}" in readme
     for code in "01234":
         assert f"| {code} |" in readme
+
+
+def test_inventory_reference_doc_is_generated_from_the_schema():
+    from nginxctl.inventory.schema import reference_markdown
+
+    doc = (ROOT / "docs" / "inventory.md").read_text()
+    assert doc.endswith(reference_markdown()), "regenerate docs/inventory.md from reference_markdown()"

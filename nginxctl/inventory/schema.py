@@ -155,7 +155,7 @@ GROUP_KEYS = [
     _k("protocol", _enum("tcp", "udp"), "Transport of the listen sockets.", "listen ... udp", "tcp"),
     _k("balance", _enum("round_robin", "least_conn", "hash", "random", "random_two_least_conn"),
        "Balancing method. least_conn suits long-lived connections best (new ones go where the "
-       "fewest are open).", "least_conn | hash | random | random two least_conn", "round_robin"),
+       "fewest are open).", "least_conn / hash / random / random two least_conn", "round_robin"),
     _k("hash_key", g.parse_hash_key, "Key for balance: hash, e.g. $remote_addr.", "hash KEY",
        json={"type": "string"}),
     _k("consistent", _bool, "With balance: hash, use ketama consistent hashing (adding a server "
@@ -301,8 +301,8 @@ def reference_markdown() -> str:
     for title, keys in sections:
         out += [f"### {title}", "", "| key | type | default | nginx | meaning |", "|---|---|---|---|---|"]
         for k in keys:
-            typ = k.json.get("type") or ("enum: " + "/".join(k.json["enum"]) if "enum" in k.json else "")
-            typ = typ or "integer"
+            typ = k.json.get("type") or ("auto or integer" if k.name == "worker_processes" else
+                                         "address or list" if "oneOf" in k.json else "integer")
             if isinstance(typ, list):
                 typ = " or ".join(typ)
             if "enum" in k.json:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for nginxctl: Docker engine, the nginx image, a venv with nginxctl.
+# Idempotent. Writes the PID of a dockerd it started to .dockerd.pid (scripts/test.sh stops it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then
+  echo "== installing Docker (docker.io, docker-compose)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  echo "== starting dockerd (no bridge, no iptables: containers use host networking or none)"
+  nohup dockerd --bridge=none --iptables=false >/tmp/nginxctl-dockerd.log 2>&1 &
+  echo $! >.dockerd.pid
+  for _ in $(seq 1 120); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /tmp/nginxctl-dockerd.log"; exit 1; }
+fi
+
+echo "== nginx image"
+bash scripts/build-nginx-image.sh
+
+echo "== nginxctl in .venv"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# A regular (non-editable) install: proves the templates ship inside the wheel.
+.venv/bin/python -m pip install -q --force-reinstall --no-deps . >/dev/null
+.venv/bin/python -m pip install -q ".[test]" >/dev/null
+.venv/bin/nginxctl --version
+(cd / && "$OLDPWD/.venv/bin/nginxctl" render -i "$OLDPWD/inventory.yaml" --full >/dev/null) \
+  || { echo "the installed package cannot render: are the templates in the wheel?"; exit 1; }
