@@ -251,7 +251,7 @@ def _stream_module(inv: Inventory, build: Any) -> tuple[str, ...]:
 
 
 def _deployer(inv: Inventory, container: str | None, *, quiet: bool, stream_only: bool | None = None,
-              config_path: str | None = None, **kwargs: Any):  # type: ignore[no-untyped-def]
+              config_path: str | None = None, **kwargs: Any) -> Any:
     from .apply import Deployer
     from .nginx import LiveNginx
 

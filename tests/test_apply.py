@@ -270,3 +270,26 @@ def test_validate_with_container_uses_its_image_and_network(lb):
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert report["ok"] is True and report["network"] == "container" and report["unchecked_names"] == []
+
+
+def test_reload_refused_while_max_generations_linger(lb, backends):
+    a = backends("A")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    held = Held(port)
+    try:
+        _, other = lb.group([a.address])
+        lb.write({"pool": group, "other": other})
+        assert apply(lb).returncode == 0  # the held connection now lingers in an old generation
+        before = deployed(lb)
+        _, third = lb.group([a.address])
+        lb.write({"pool": group, "other": other, "third": third})
+        refused = apply(lb, "--max-generations", "1")
+        assert refused.returncode == 4, refused.stderr
+        assert "refused: 1 old worker generation(s) still shutting down" in refused.stderr
+        assert "1 connection(s)" in refused.stderr and "nothing changed" in refused.stderr
+        assert deployed(lb) == before
+        assert held.echo() == b"ping\n"
+    finally:
+        held.close()

@@ -62,7 +62,7 @@ class _Walker:
                 key = self.loader.construct_object(key_node, deep=True)
                 if not isinstance(key, (str, int, bool, float)) or key is None:
                     self.problems.append(Problem(
-                        Location(self.positions.source, *_mark(key_node)), path and format_path(path),
+                        Location(self.positions.source, *_mark(key_node)), format_path(path),
                         "expected a plain key (text), got a complex key"))
                     continue
                 key = str(key) if not isinstance(key, str) else key
