@@ -114,18 +114,14 @@ class ReloadState:
         return lines
 
 
-def _client_sockets(live: LiveNginx, pids: list[int]) -> dict[int, int] | None:
-    """Established client-side sockets per worker: local port is one nginx listens on."""
-    socks = live.sockets(pids)
+def _client_sockets(live: LiveNginx, master: int | None, pids: list[int]) -> dict[int, int] | None:
+    """Established client-side sockets per worker: those whose local port the master listens on."""
+    socks = live.sockets(pids + ([master] if master is not None else []))
     if socks is None:
         return None
     listening = {s.local[1] for lst in socks.values() for s in lst if s.state == "LISTEN"}
-    master = live.processes().master
-    if master is not None:
-        master_socks = live.sockets([master.pid]) or {}
-        listening |= {s.local[1] for lst in master_socks.values() for s in lst if s.state == "LISTEN"}
-    return {pid: sum(1 for s in lst if s.state == "ESTABLISHED" and s.local[1] in listening)
-            for pid, lst in socks.items()}
+    return {pid: sum(1 for s in socks[pid] if s.state == "ESTABLISHED" and s.local[1] in listening)
+            for pid in pids}
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -140,7 +136,8 @@ def reload_state(live: LiveNginx, shutdown_timeout: str | None) -> ReloadState:
     """Old worker generations still shutting down, with the connections each holds."""
     procs = live.processes()
     old = sorted(procs.old_workers, key=lambda p: p.pid)
-    counts = _client_sockets(live, [p.pid for p in old + procs.workers])
+    counts = _client_sockets(live, procs.master.pid if procs.master else None,
+                             [p.pid for p in old + procs.workers])
     generations: list[Generation] = []
     ticks = {p.pid: _start_ticks(p.pid) for p in old}
     if old and all(t is not None for t in ticks.values()):

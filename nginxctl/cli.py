@@ -20,7 +20,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import ConfigRejected, InventoryError, Location, NginxctlError, Problem, UsageError
-from .inventory import Inventory, json_schema, parse_inventory
+from .inventory import Inventory, Target, json_schema, parse_inventory
 
 app = typer.Typer(
     name="nginxctl", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
@@ -250,16 +250,22 @@ def _stream_module(inv: Inventory, build: Any) -> tuple[str, ...]:
     return (build.stream_module,) if build.dynamic_stream and not has else ()
 
 
-def _deployer(inv: Inventory, container: str | None, *, quiet: bool, stream_only: bool | None = None,
+def _deployer(inv: Inventory | None, container: str | None, *, quiet: bool, stream_only: bool | None = None,
               config_path: str | None = None, **kwargs: Any) -> Any:
+    """The Deployer for the target: --container or the inventory's target; flags win over the inventory."""
     from .apply import Deployer
     from .nginx import LiveNginx
 
-    client = _client(inv)
-    live = LiveNginx.attach(client, _container_name(inv, container))
-    return Deployer(live, config_path=config_path or inv.target.config_path,
-                    stream_only=inv.target.stream_only if stream_only is None else stream_only,
+    live = LiveNginx.attach(_client(inv), _container_name(inv, container))
+    target = inv.target if inv else Target()
+    return Deployer(live, config_path=config_path or target.config_path,
+                    stream_only=target.stream_only if stream_only is None else stream_only,
                     progress=_progress(quiet), **kwargs)
+
+
+def _optional_inventory(inventory: Path, container: str | None) -> Inventory | None:
+    """history and rollback need no inventory when --container names the target."""
+    return load(inventory) if container is None or inventory.exists() else None
 
 
 def _render_for(inv: Inventory, inventory: Path, deployer: Any, templates: Path | None) -> str:
@@ -407,8 +413,8 @@ def history(
     fmt: FormatOpt = Format.text,
 ) -> None:
     """The configs the target has run, newest first."""
-    inv = load(inventory) if container is None or inventory.exists() else None
-    deployer = _deployer_for(inv, container, config_path)
+    deployer = _deployer(_optional_inventory(inventory, container), container, quiet=True,
+                         config_path=config_path)
     entries = deployer.history.entries()
     current = deployer.deployed()
     from .apply import sha
@@ -424,16 +430,6 @@ def history(
         print(f"{row['id']:>4}  {row['time']}  {str(row['sha256'])[:12]}{'  current' if row['current'] else ''}")
 
 
-def _deployer_for(inv: Inventory | None, container: str | None, config_path: str | None, **kw: Any):  # type: ignore[no-untyped-def]
-    from .apply import Deployer
-    from .nginx import LiveNginx, connect
-
-    name = _container_name(inv, container)
-    client = connect(inv.target.docker_host if inv else None)
-    return Deployer(LiveNginx.attach(client, name),
-                    config_path=config_path or (inv.target.config_path if inv else "/etc/nginx/nginx.conf"), **kw)
-
-
 @app.command()
 @handled
 def rollback(
@@ -445,8 +441,8 @@ def rollback(
     quiet: QuietOpt = False,
 ) -> None:
     """Re-apply an earlier config from the target's history: tested, reloaded, verified."""
-    inv = load(inventory) if container is None or inventory.exists() else None
-    deployer = _deployer_for(inv, container, config_path, progress=_progress(quiet))
+    deployer = _deployer(_optional_inventory(inventory, container), container, quiet=quiet,
+                         config_path=config_path)
     entry, outcome = deployer.rollback(to)
     if not quiet:
         _print_diff(outcome.diff)

@@ -131,7 +131,9 @@ def test_long_connections_opened_before_reload_keep_working(lb, backends):
             h.close()
 
 
-def test_rollback_restores_and_serves_previous_config(lb, backends):
+def serving_a_then_inventory_says_b(lb, backends):  # type: ignore[no-untyped-def]
+    """Apply a group with server A; then rewrite the inventory to server B (not applied yet).
+    Returns (port, the config deployed for A)."""
     a, b = backends("A"), backends("B")
     port, group = lb.group([a.address])
     lb.write({"pool": group})
@@ -139,6 +141,11 @@ def test_rollback_restores_and_serves_previous_config(lb, backends):
     first = deployed(lb)
     group["servers"] = [b.address]
     lb.write({"pool": group})
+    return port, first
+
+
+def test_rollback_restores_and_serves_previous_config(lb, backends):
+    port, first = serving_a_then_inventory_says_b(lb, backends)
     assert apply(lb).returncode == 0
     assert who(port) == "B"
     hist = cli("history", "--container", lb.name, "--format", "json", "-i", str(lb.inventory))
@@ -236,15 +243,9 @@ def test_installed_but_not_reloaded_is_finished_by_the_next_apply(lb, backends):
 
 @pytest.mark.parametrize("kill_after_line", [0, 1, 2, 3])
 def test_kill_9_mid_apply_leaves_old_or_new_and_next_apply_recovers(lb, backends, kill_after_line):
-    a, b = backends("A"), backends("B")
-    port, group = lb.group([a.address])
-    lb.write({"pool": group})
-    assert apply(lb).returncode == 0
-    old = deployed(lb)
-    group["servers"] = [b.address]
-    lb.write({"pool": group})
+    port, old = serving_a_then_inventory_says_b(lb, backends)
     proc = subprocess.Popen([sys.executable, "-m", "nginxctl", "apply", "-i", str(lb.inventory), "--reload"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd="/",
                             env={**os.environ, "COLUMNS": "200"})
     assert proc.stderr is not None
     for _ in range(kill_after_line + 1):
@@ -254,13 +255,12 @@ def test_kill_9_mid_apply_leaves_old_or_new_and_next_apply_recovers(lb, backends
     proc.wait()
     proc.stderr.close()
     now = deployed(lb)
-    new = LiveNginx.attach(lb.client, lb.name)
     assert now == old or sha(now) == json.loads(
         cli("status", "-i", str(lb.inventory), "--format", "json").stdout)["inventory_config_sha256"]
     recovered = apply(lb)
     assert recovered.returncode == 0, recovered.stderr
     assert who(port) == "B"
-    assert new.processes().master is not None
+    assert LiveNginx.attach(lb.client, lb.name).processes().master is not None
 
 
 def test_validate_with_container_uses_its_image_and_network(lb):

@@ -80,13 +80,17 @@ def test_schema_is_json_schema_of_the_inventory():
     assert schema["$defs"]["server"]["required"] == ["address"]
 
 
-def test_shipped_inventory_passes_the_schema():
+def test_schema_accepts_the_shipped_inventory_and_rejects_a_typo():
+    import jsonschema
     import yaml
 
     schema = json.loads(cli("schema").stdout)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
     data = yaml.safe_load((ROOT / "inventory.yaml").read_text())
-    props = schema["properties"]
-    assert set(data) <= set(props)
+    assert list(validator.iter_errors(data)) == []
+    data["upstreams"]["echo"]["balanse"] = "least_conn"
+    assert [e.validator for e in validator.iter_errors(data)] == ["additionalProperties"]
 
 
 def test_templates_flag_overrides_shipped_templates(tmp_path):

@@ -128,7 +128,9 @@ def _k(name: str, parser: Any, doc: str, directive: str = "", default: Any = Non
        json: dict[str, Any] | None = None) -> Key:
     if isinstance(parser, tuple):
         parser, json = parser
-    return Key(name, parser, json or {}, doc, directive, default)
+    if not json:
+        raise TypeError(f"key {name!r} needs its JSON Schema type")
+    return Key(name, parser, json, doc, directive, default)
 
 
 SERVER_KEYS = [
@@ -230,8 +232,10 @@ NGINX_KEYS = [
 ]
 
 TARGET_KEYS = [
-    _k("container", _container, "The nginx container apply, diff, status and rollback act on.", ""),
-    _k("docker_host", _docker_host, "Docker engine URL (else DOCKER_HOST, else the local socket).", ""),
+    _k("container", _container, "The nginx container apply, diff, status and rollback act on.", "",
+       json={"type": "string"}),
+    _k("docker_host", _docker_host, "Docker engine URL (else DOCKER_HOST, else the local socket).", "",
+       json={"type": "string"}),
     _k("config_path", lambda v: g.check_path(v, "a config file path"), "File nginxctl owns in the "
        "container.", "", "/etc/nginx/nginx.conf", {"type": "string"}),
     _k("stream_only", _bool, "Deploy only the stream {} block to config_path, for an nginx.conf that "
@@ -261,8 +265,6 @@ def _object(keys: list[Key], required: tuple[str, ...] = ()) -> dict[str, Any]:
     props = {}
     for key in keys:
         prop = dict(key.json)
-        if not prop:
-            prop = {"type": "integer"}
         prop["description"] = key.doc + (f" nginx: {key.directive}." if key.directive else "")
         if key.default is not None:
             prop["default"] = key.default
