@@ -8,6 +8,7 @@ State kept with the target, beside the config file in the container:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -15,7 +16,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import ApplyFailure, ConfigRejected, UsageError
 from .nginx import LiveNginx, Processes, TargetLock, config_from_dump
@@ -122,6 +123,19 @@ def _client_sockets(live: LiveNginx, master: int | None, pids: list[int]) -> dic
     listening = {s.local[1] for lst in socks.values() for s in lst if s.state == "LISTEN"}
     return {pid: sum(1 for s in socks[pid] if s.state == "ESTABLISHED" and s.local[1] in listening)
             for pid in pids}
+
+
+def server_connections(live: LiveNginx, host: str, port: int) -> dict[int, int] | None:
+    """Established connections from nginx workers (current and old) to one backend, per worker pid.
+    None when the processes cannot be seen from here (a remote Docker engine)."""
+    procs = live.processes()
+    pids = [p.pid for p in procs.workers + procs.old_workers]
+    socks = live.sockets(pids)
+    if socks is None:
+        return None
+    host = host.strip("[]")
+    return {pid: n for pid, lst in socks.items()
+            if (n := sum(1 for s in lst if s.state == "ESTABLISHED" and s.remote == (host, port)))}
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -241,6 +255,7 @@ class Deployer:
     lock_wait: float = 30.0
     max_generations: int | None = None
     wait_generations: float | None = None
+    _held: bool = False
 
     @property
     def history(self) -> History:
@@ -264,12 +279,25 @@ class Deployer:
         if result.exit_code != 0:
             raise ConfigRejected(result)
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the target's lock across several steps (drain: edit the inventory, then apply)."""
+        if self._held:
+            yield
+            return
+        with TargetLock(self.live.client, self.live, wait=self.lock_wait, progress=self.progress):
+            self._held = True
+            try:
+                yield
+            finally:
+                self._held = False
+
     def apply(self, rendered: str, *, reload: bool, dry_run: bool = False) -> Outcome:
         """Install `rendered` (and with `reload`, reload and verify it), or change nothing.
 
         Raises ConfigRejected (nothing changed), ApplyFailure (restored), EnvironmentProblem, LockBusy.
         """
-        with TargetLock(self.live.client, self.live, wait=self.lock_wait, progress=self.progress):
+        with self.locked():
             return self._apply_locked(rendered, reload=reload, dry_run=dry_run)
 
     def _apply_locked(self, rendered: str, *, reload: bool, dry_run: bool) -> Outcome:

@@ -25,7 +25,7 @@ from .inventory import Inventory, Target, json_schema, parse_inventory
 app = typer.Typer(
     name="nginxctl", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
     help="nginx as a TCP/UDP (L4) load balancer, from one inventory file.\n\n"
-         "Exit codes: 0 success; 1 nginx rejected the config, or diff found changes; 2 usage or "
+         "Exit codes: 0 success; 1 nginx rejected the config, diff found changes, or drain --wait timed out; 2 usage or "
          "inventory error; 3 environment error (Docker, image, container); 4 apply or reload failed "
          "and the previous config is running.")
 
@@ -87,9 +87,13 @@ def _progress(quiet: bool) -> Callable[[str], None]:
 
 def load(path: Path) -> Inventory:
     """Read and validate the inventory file. Raises InventoryError (exit 2)."""
+    return parse_inventory(_read(path), str(path))
+
+
+def _read(path: Path) -> str:
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InventoryError([Problem(Location(name), "", "inventory file not found: create it (see the "
                                       "README) or pass -i PATH")]) from None
@@ -99,7 +103,6 @@ def load(path: Path) -> Inventory:
         raise InventoryError([Problem(Location(name), "", f"not UTF-8 text ({exc.reason})")]) from None
     except OSError as exc:
         raise InventoryError([Problem(Location(name), "", f"cannot read: {exc.strerror}")]) from None
-    return parse_inventory(text, name)
 
 
 def _env(inv: Inventory, inventory_path: Path, templates: Path | None):  # type: ignore[no-untyped-def]
@@ -150,7 +153,7 @@ def render(
     quiet: QuietOpt = False,
 ) -> None:
     """Print the nginx stream {} block (or with --full a whole nginx.conf) for the inventory."""
-    from .render import write_atomic
+    from .files import write_atomic
 
     inv = load(inventory)
     text = _render(inv, inventory, templates, full=full)
@@ -158,10 +161,7 @@ def render(
     if output is None:
         sys.stdout.write(text)
         return
-    try:
-        write_atomic(output, text)
-    except OSError as exc:
-        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    write_atomic(output, text)
     if not quiet:
         err.print(f"wrote {output}")
 
@@ -448,6 +448,106 @@ def rollback(
         _print_diff(outcome.diff)
     state = "rolled back and reloaded" if outcome.reloaded else "already running"
     print(f"{state}: {deployer.live.name} runs history entry {entry.id} (sha256:{entry.hash[:12]})")
+
+
+def _change_server(group: str, server: str, *, down: bool, inventory: Path, container: str | None,
+                   force: bool, lock_timeout: float, quiet: bool, templates: Path | None) -> Any:
+    """Edit the inventory (down: true / removed), then apply and reload it, under the target's lock.
+    The inventory file is restored when the apply does not succeed."""
+    from .edit import set_down
+    from .files import write_atomic
+
+    original = _read(inventory)
+    parse_inventory(original, str(inventory))  # a broken inventory is reported as it is, before any edit
+    edit = set_down(original, group, server, down, force=force)
+    new_inv = parse_inventory(edit.text, str(inventory))
+    deployer = _deployer(new_inv, container, quiet=quiet, lock_wait=lock_timeout)
+    with deployer.locked():
+        if edit.changed:
+            write_atomic(inventory, edit.text, expect=original)
+        try:
+            outcome = deployer.apply(_render_for(new_inv, inventory, deployer, templates), reload=True)
+        except NginxctlError:
+            if edit.changed:
+                write_atomic(inventory, original, expect=edit.text)
+                print(f"{inventory} restored", file=sys.stderr)
+            raise
+    verb = "drained" if down else "undrained"
+    state = "reloaded" if outcome.reloaded else "nginx already runs this config"
+    print(f"{verb} {edit.address} in '{group}': inventory {'updated' if edit.changed else 'unchanged'}, {state}")
+    return deployer, edit
+
+
+@app.command()
+@handled
+def drain(
+    group: Annotated[str, typer.Argument(help="The upstream group.")],
+    server: Annotated[str, typer.Argument(help="The server's address as in the inventory, e.g. 10.0.0.5:6666.")],
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    container: ContainerOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until no connection to the server remains.")] = False,
+    timeout: Annotated[str, typer.Option("--timeout", help="How long --wait waits (30s, 10m, 1h).")] = "10m",
+    force: Annotated[bool, typer.Option("--force", help="Drain even the last server taking new connections "
+                     "(a backup takes over).")] = False,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while another "
+                            "nginxctl changes the target (default: fail at once).")] = 0.0,
+    templates: TemplatesOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Mark a server down in the inventory (comments kept), apply and reload, and wait for its connections
+    to close. Exit 1 when --wait times out with connections left."""
+    from .apply import server_connections
+    from .inventory.grammar import Invalid, parse_duration, parse_server_address
+
+    try:
+        limit = parse_duration(timeout).ms / 1000
+    except Invalid as exc:
+        raise UsageError(f"--timeout: {exc}") from None
+    deployer, edit = _change_server(group, server, down=True, inventory=inventory, container=container,
+                                    force=force, lock_timeout=lock_timeout, quiet=quiet, templates=templates)
+    address = parse_server_address(edit.address)
+    if address.kind == "unix":
+        print("connections over unix sockets cannot be counted from here; not waiting")
+        return
+    assert address.host is not None and address.port is not None
+    deadline = time.monotonic() + limit
+    progress = _progress(quiet)
+    while True:
+        held = server_connections(deployer.live, address.host, address.port)
+        if held is None:
+            print("connections cannot be counted from here (remote Docker engine); not waiting")
+            return
+        total = sum(held.values())
+        if total == 0:
+            print(f"no connection to {edit.address} remains")
+            return
+        who = ", ".join(f"worker {pid}: {n}" for pid, n in sorted(held.items()))
+        if not wait or time.monotonic() >= deadline:
+            print(f"{total} connection(s) to {edit.address} remain ({who})")
+            if wait:
+                print(f"error: still {total} after {timeout}; they close when their clients leave, or set "
+                      "worker_shutdown_timeout to bound it", file=sys.stderr)
+                raise typer.Exit(1)
+            return
+        progress(f"waiting: {total} connection(s) to {edit.address} ({who})")
+        time.sleep(1.0)
+
+
+@app.command()
+@handled
+def undrain(
+    group: Annotated[str, typer.Argument(help="The upstream group.")],
+    server: Annotated[str, typer.Argument(help="The server's address as in the inventory.")],
+    inventory: InventoryOpt = Path("inventory.yaml"),
+    container: ContainerOpt = None,
+    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while another "
+                            "nginxctl changes the target (default: fail at once).")] = 0.0,
+    templates: TemplatesOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Put a drained server back: remove its down flag in the inventory, apply and reload."""
+    _change_server(group, server, down=False, inventory=inventory, container=container, force=False,
+                   lock_timeout=lock_timeout, quiet=quiet, templates=templates)
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ an unknown `$variable` through `{{ }}`, whatever the inventory says.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -100,22 +99,3 @@ def render(inv: Inventory, env: jinja2.Environment, *, full: bool = False,
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template {name}: {exc.message}") from None
     return text
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never a part."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o777)
-        else:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -104,7 +104,7 @@ def test_templates_folder_missing_exit_2(tmp_path):
     assert result.returncode == 2
 
 
-COMMANDS = ["render", "schema", "validate", "apply", "diff", "status", "history", "rollback"]
+COMMANDS = ["render", "schema", "validate", "apply", "diff", "status", "history", "rollback", "drain", "undrain"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

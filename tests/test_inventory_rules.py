@@ -109,6 +109,14 @@ def test_no_usable_server():
     assert "upstreams.pool.servers: no usable server" in msg
 
 
+def test_backups_serve_alone_only_when_allowed():
+    servers = "[{address: 127.0.0.1:7001, down: true}, {address: 127.0.0.1:7002, backup: true}]"
+    assert "no usable server" in one(GOOD.replace("[127.0.0.1:7001]", servers))
+    parse_inventory(GOOD.replace("[127.0.0.1:7001]", servers) + "    allow_no_primary: true\n")
+    only_backup = "[{address: 127.0.0.1:7002, backup: true}]"
+    assert "no usable server" in one(GOOD.replace("[127.0.0.1:7001]", only_backup) + "    allow_no_primary: true\n")
+
+
 def test_empty_server_list():
     assert "expected a non-empty list of servers" in one(GOOD.replace("[127.0.0.1:7001]", "[]"))
 

@@ -108,9 +108,14 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
 # --- rules across keys: each one is a mistake nginx -t lets through or reports without a location ---
 
 def _rule_usable_server(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
-    if len(group.servers) == len(raw.get("servers") or []) and not any(s.usable for s in group.servers):
-        report(path + ("servers",), "no usable server: every server is backup or down; at least one must "
-               "be neither, or nginx has nowhere to send new connections")
+    if len(group.servers) != len(raw.get("servers") or []) or any(s.usable for s in group.servers):
+        return
+    if group.allow_no_primary and any(not s.backup for s in group.servers) \
+            and any(s.backup and not s.down for s in group.servers):
+        return  # every primary drained on purpose: nginx sends new connections to the backups
+    report(path + ("servers",), "no usable server: every server is backup or down; at least one must "
+           "be neither, or nginx has nowhere to send new connections (allow_no_primary: true lets "
+           "backups serve alone while every primary is down)")
 
 
 def _rule_backup_balance(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:

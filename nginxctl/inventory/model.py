@@ -69,6 +69,7 @@ class Group:
     backlog: int | None = None
     so_keepalive: bool = False
     max_connections: int | None = None
+    allow_no_primary: bool = False
     vars: dict[str, str] = field(default_factory=dict)
 
     @property

@@ -191,6 +191,8 @@ GROUP_KEYS = [
        False, _BOOL),
     _k("max_connections", _int(1), "Capacity intent: client connections this group must hold at once. "
        "Adds to nginx.max_connections when sizing workers.", ""),
+    _k("allow_no_primary", _bool, "Accept a group whose primary servers are all down while a backup is up "
+       "(backups serve alone, as nginx does). Set by `nginxctl drain --force`.", "", False, _BOOL),
     _k("vars", _vars, "NAME: VALUE pairs for custom templates (each value one safe token).", "",
        json={"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean"]}}),
     _k("servers", lambda v: v, "The backends: a list of server mappings, or 'ADDRESS' strings.",
