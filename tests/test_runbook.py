@@ -1,0 +1,208 @@
+"""docs/runbook.md, executed: each test runs the exact shell lines of its section against real nginx and
+real long-lived connections, so the runbook cannot rot."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from helpers import Held, who
+
+RUNBOOK = (Path(__file__).parent.parent / "docs" / "runbook.md").read_text()
+
+
+def blocks(title: str) -> list[list[str]]:
+    """The ```sh blocks of the section `## title`, as lists of command lines."""
+    body = RUNBOOK.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return [[line for line in b.splitlines() if line.strip()] for b in re.findall(r"```sh\n(.*?)```", body, re.S)]
+
+
+def env(**values: str) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **values}
+
+
+def run(block: list[str], cwd: Path, **values: str) -> list[subprocess.CompletedProcess[str]]:
+    return [subprocess.run(["bash", "-o", "pipefail", "-c", line], cwd=cwd, env=env(**values), text=True,
+                           capture_output=True, timeout=180) for line in block]
+
+
+def ok(results: list[subprocess.CompletedProcess[str]]) -> list[subprocess.CompletedProcess[str]]:
+    for r in results:
+        assert r.returncode == 0, (r.args, r.stdout, r.stderr)
+    return results
+
+
+def edit(lb, change) -> None:  # type: ignore[no-untyped-def]
+    data = yaml.safe_load(lb.inventory.read_text())
+    change(data)
+    lb.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def start(lb, servers, **group):  # type: ignore[no-untyped-def]
+    port, g = lb.group([s.address for s in servers], **group)
+    lb.write({"netty_pool": g})
+    assert subprocess.run([sys.executable, "-m", "nginxctl", "apply", "--reload", "-q"], cwd=lb.inventory.parent,
+                          env=env(), capture_output=True).returncode == 0
+    return port
+
+
+def test_every_procedure_names_a_test_that_exists():
+    sections = re.findall(r"\n## (.+)\n<!-- test: (\w+) -->", RUNBOOK)
+    assert len(sections) == RUNBOOK.count("\n## ") == 7
+    assert all(name in globals() and callable(globals()[name]) for _, name in sections)
+    assert all(blocks(title) for title, _ in sections)
+
+
+def test_add_a_backend(lb, backends):
+    a, b = backends("A"), backends("B")
+    port = start(lb, [a], balance="least_conn")
+    held = [Held(port) for _ in range(2)]
+    try:
+        edit(lb, lambda d: d["upstreams"]["netty_pool"]["servers"].append(b.address))
+        diff, apply, status = ok(run(blocks("Add a backend")[0], lb.inventory.parent))
+        assert f"+        server {b.address};" in diff.stdout
+        assert "applied and reloaded" in apply.stdout and b.address in status.stdout
+        # the new generation counts from zero: new long connections spread over A and B
+        fresh = [Held(port) for _ in range(4)]
+        held += fresh
+        assert Counter(h.name for h in fresh) == {"A": 2, "B": 2}
+        assert all(h.echo() == b"ping\n" for h in held)  # the two from before stay on A and work
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_drain_and_remove_a_backend(lb, backends):
+    a, b = backends("A"), backends("B")
+    port = start(lb, [a, b], balance="least_conn")
+    held = [Held(port) for _ in range(4)]
+    try:
+        drain_block, remove_block = blocks("Drain and remove a backend")
+        (line,) = drain_block
+        proc = subprocess.Popen(["bash", "-c", line], cwd=lb.inventory.parent, env=env(SERVER=b.address),
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        for err_line in proc.stderr:  # the reload is done once it waits for connections
+            if "waiting:" in err_line:
+                break
+        assert "down: true" in lb.inventory.read_text()
+        assert who(port) == "A"
+        for h in held:
+            if h.name == "B":
+                h.close()
+        out, _ = proc.communicate(timeout=60)
+        proc.stderr.close()
+        assert proc.returncode == 0 and f"no connection to {b.address} remains" in out
+        edit(lb, lambda d: d["upstreams"]["netty_pool"]["servers"].pop(1))
+        ok(run(remove_block, lb.inventory.parent))
+        assert b.address not in lb.inventory.read_text()
+        assert {who(port) for _ in range(3)} == {"A"}
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_rebalance_after_scale_out(lb, backends):
+    a, b = backends("A"), backends("B")
+    port, g = lb.group([a.address], balance="least_conn")
+    lb.write({"netty_pool": g}, nginx={"worker_shutdown_timeout": "1s"})
+    ok(run(["nginxctl apply --reload"], lb.inventory.parent))
+    held = [Held(port) for _ in range(4)]
+    assert {h.name for h in held} == {"A"}
+    edit(lb, lambda d: d["upstreams"]["netty_pool"]["servers"].append(b.address))
+    ok(run(blocks("Rebalance long connections after a scale-out")[0], lb.inventory.parent))
+    for h in held:  # the old workers cut them after the timeout: the clients see EOF
+        h.sock.settimeout(30)
+        assert h.sock.recv(16) == b""
+        h.close()
+    assert a.wait_connections(0)
+    again = [Held(port) for _ in range(4)]
+    try:
+        assert Counter(h.name for h in again) == {"A": 2, "B": 2}
+    finally:
+        for h in again:
+            h.close()
+
+
+def test_choose_least_conn(lb, backends):
+    a, b = backends("A"), backends("B")
+    port = start(lb, [a, b])
+    edit(lb, lambda d: d["upstreams"]["netty_pool"].update(balance="least_conn"))
+    ok(run(blocks("Choose a balancing method")[0], lb.inventory.parent))
+    held = [Held(port) for _ in range(2)]
+    try:
+        for h in held:
+            if h.name == "B":
+                h.close()
+        assert b.wait_connections(0)
+        assert [who(port) for _ in range(3)] == ["B"] * 3
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_set_worker_shutdown_timeout(lb, backends):
+    a = backends("A")
+    port = start(lb, [a])
+    before = Held(port)  # started under workers without a timeout
+    try:
+        edit(lb, lambda d: d["nginx"].update(worker_shutdown_timeout="1s"))
+        ok(run(blocks("Set worker_shutdown_timeout")[0], lb.inventory.parent))
+        after = Held(port)  # served by workers started with the timeout
+        edit(lb, lambda d: d["upstreams"]["netty_pool"].update(proxy_timeout="2h"))
+        apply, status = ok(run(blocks("Set worker_shutdown_timeout")[0], lb.inventory.parent))
+        assert "cut after worker_shutdown_timeout 1s" in status.stdout
+        after.sock.settimeout(30)
+        assert after.sock.recv(16) == b""  # cut by the timeout it started with
+        after.close()
+        assert before.echo() == b"ping\n"  # never cut by surprise
+    finally:
+        before.close()
+
+
+def test_size_capacity(lb, backends):
+    a = backends("A")
+    port, g = lb.group([a.address])
+    lb.write({"netty_pool": g}, nginx={"worker_processes": 1, "worker_connections": 64})
+    ok(run(["nginxctl apply --reload"], lb.inventory.parent))
+    naive = []
+    try:
+        for _ in range(60):
+            h = Held(port)
+            naive.append(h)
+            if h.name != "A":
+                break
+        assert sum(h.name == "A" for h in naive) < 32  # 64 worker connections: under 32 proxied
+    finally:
+        for h in naive:
+            h.close()
+    assert a.wait_connections(0)
+    lb.write({"netty_pool": g}, nginx={"worker_processes": 1, "max_connections": 100})
+    render, validate, apply = ok(run(blocks("Size capacity")[0], lb.inventory.parent, CONTAINER=lb.name))
+    assert "worker_connections 300;" in render.stdout and validate.stdout.startswith("ok:")
+    held = [Held(port) for _ in range(100)]
+    try:
+        assert Counter(h.name for h in held) == {"A": 100}
+        assert all(h.echo() == b"ping\n" for h in held)
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_ha_pair(lb_factory, backends):
+    a = backends("A")
+    lb1, lb2 = lb_factory(), lb_factory()
+    port, g = lb1.group([a.address], reuseport=True)
+    lb1.write({"netty_pool": g})
+    loop, status1, status2 = ok(run(blocks("An HA pair of load balancers")[0], lb1.inventory.parent,
+                                    LB1=lb1.name, LB2=lb2.name))
+    assert [yaml.safe_load(s.stdout)["drift"] for s in (status1, status2)] == [False, False]
+    assert who(port) == "A"
+    lb1.container.remove(force=True)  # one load balancer dies: the other keeps serving
+    assert [who(port) for _ in range(5)] == ["A"] * 5
