@@ -10,7 +10,6 @@ import difflib
 import hashlib
 import json
 import re
-from dataclasses import fields, is_dataclass
 from typing import Any, Callable
 
 from .. import capacity
@@ -191,19 +190,10 @@ def _rule_listens_unique(groups: list[Group], report: _Report) -> None:
             owner.setdefault(key, group.name)
 
 
-def _canonical(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _canonical(v) for k, v in value.items()}
-    return value
-
-
-def inventory_digest(inventory_fields: dict[str, Any]) -> str:
-    """sha256 of the validated content: comments and layout of the file do not change it."""
-    text = json.dumps(_canonical(inventory_fields), sort_keys=True, separators=(",", ":"))
+def inventory_digest(data: Any) -> str:
+    """sha256 of the inventory as data: comments, layout and key order do not change it, and neither
+    does a new nginxctl version adding fields to the model."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -288,7 +278,7 @@ def parse_inventory(text: str, source: str = "inventory.yaml") -> Inventory:
         raise InventoryError(report.problems)
     content = {"upstreams": groups, "nginx": nginx, "target": Target(**(target_raw or {})),
                "templates": top.get("templates"), "vars": top.get("vars", {})}
-    return Inventory(source=_safe_source(source), digest=inventory_digest(content), positions=positions,
+    return Inventory(source=_safe_source(source), digest=inventory_digest(data), positions=positions,
                      **content)
 
 
