@@ -14,6 +14,8 @@ import yaml
 from ..errors import InventoryError, Location, Problem
 
 KeyPath = tuple[Any, ...]
+# libyaml's parser when PyYAML has it (about 5x faster on large inventories), with the same marks.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def format_path(path: KeyPath) -> str:
@@ -48,7 +50,7 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 
 
 class _Walker:
-    def __init__(self, loader: yaml.SafeLoader, positions: Positions) -> None:
+    def __init__(self, loader: Any, positions: Positions) -> None:
         self.loader = loader
         self.positions = positions
         self.problems: list[Problem] = []
@@ -88,7 +90,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Positions, list[Problem]]:
     so that the rest of the document is still checked.
     """
     positions = Positions(source)
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
