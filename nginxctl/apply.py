@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from .errors import ApplyFailure, ConfigRejected, UsageError
-from .nginx import LiveNginx, Processes, TargetLock, config_from_dump
+from .nginx import LiveNginx, Processes, TargetLock, config_from_dump, staged_name
 
 Progress = Callable[[str], None]
 RELOAD_TIMEOUT = 20.0
-POLL = 0.1
+POLL = 0.05
 
 
 def sha(text: str | bytes) -> str:
@@ -61,14 +61,15 @@ class History:
                 out.append(Entry(int(m.group(1)), mtime, sha(text), text))
         return sorted(out, key=lambda e: e.id, reverse=True)
 
-    def record(self, text: str) -> Entry:
-        """Add `text` unless it is already the newest entry."""
-        entries = self.entries()
+    def record(self, text: str, entries: list[Entry] | None = None) -> dict[str, str]:
+        """The file that adds `text` to the history (nothing when it is already the newest entry).
+        Names are relative to the config's folder; pass `entries` to save reading them again."""
+        entries = self.entries() if entries is None else entries
         if entries and entries[0].hash == sha(text):
-            return entries[0]
+            return {}
         entry = Entry((entries[0].id + 1) if entries else 1, time.time(), sha(text), text)
-        self.live.put_files(self.base, {f".nginxctl/history/{entry.id:04d}-{entry.hash[:12]}.conf": text})
-        return entry
+        entries.insert(0, entry)
+        return {f".nginxctl/history/{entry.id:04d}-{entry.hash[:12]}.conf": text}
 
     def state(self) -> dict[str, str]:
         raw = self.live.read_file(f"{self.dir}/state.json")
@@ -77,8 +78,14 @@ class History:
         except ValueError:
             return {}
 
-    def set_state(self, **state: str) -> None:
-        self.live.put_files(self.base, {".nginxctl/state.json": json.dumps(state, sort_keys=True) + "\n"})
+    @staticmethod
+    def state_file(**state: str) -> dict[str, str]:
+        return {".nginxctl/state.json": json.dumps(state, sort_keys=True) + "\n"}
+
+    def write(self, files: dict[str, str]) -> None:
+        """History entries, state and staged files in one archive: one Docker call."""
+        if files:
+            self.live.put_files(self.base, files)
 
 
 @dataclass
@@ -268,14 +275,13 @@ class Deployer:
     def diff(self, rendered: str) -> str:
         return unified_diff(self.deployed(), rendered, f"{self.live.name}:{self.config_path}", "rendered")
 
-    def test(self, candidate: str) -> None:
-        """`nginx -t` with the container's own binary, modules and network. Raises ConfigRejected."""
-        directory, name = os.path.split(self.config_path)
+    def test_staged(self) -> None:
+        """`nginx -t` of the staged config with the container's own binary, modules and network.
+        Raises ConfigRejected."""
         if self.stream_only:
-            return  # tested in place by `apply` (an included file cannot be tested alone)
-        staged = f".{name}.nginxctl-new"
-        self.live.put_files(directory, {staged: candidate})
-        result = self.live.exec(["-t", "-c", f"{directory}/{staged}"])
+            return  # an included file cannot be tested alone: `_test_in_place` tests it after install
+        directory = os.path.dirname(self.config_path)
+        result = self.live.exec(["-t", "-c", f"{directory}/{staged_name(self.config_path)}"])
         if result.exit_code != 0:
             raise ConfigRejected(result)
 
@@ -316,20 +322,29 @@ class Deployer:
             return outcome
         if reload:
             self._check_generations(deployed, outcome)
-        self.progress("testing the new config with the container's nginx")
-        self.test(rendered)
-        if deployed is not None and changed:
-            history.record(deployed)
+        # One archive: the candidate, the previous config into the history, and the phase.
+        entries = history.entries()
+        previous = sha(deployed or "")
+        files = history.state_file(phase="installing", hash=sha(rendered), previous=previous)
         if changed:
-            history.set_state(phase="installing", hash=sha(rendered), previous=sha(deployed or ""))
-            self.live.install_file(self.config_path, rendered)
+            files[staged_name(self.config_path)] = rendered
+            if deployed is not None:
+                files.update(history.record(deployed, entries))
+        history.write(files)
+        if changed:
+            self.progress("testing the new config with the container's nginx")
+            try:
+                self.test_staged()
+            except ConfigRejected:
+                history.write(history.state_file(phase="done", hash=previous))
+                raise
+            self.live.commit_staged(self.config_path)
             if self.stream_only:
                 self._test_in_place(deployed)
         if not reload:
-            history.set_state(phase="installed", hash=sha(rendered), previous=sha(deployed or ""))
+            history.write(history.state_file(phase="installed", hash=sha(rendered), previous=previous))
             outcome.messages.append("installed; not reloaded (use --reload)")
             return outcome
-        history.set_state(phase="reloading", hash=sha(rendered), previous=sha(deployed or ""))
         self.progress("reloading nginx and verifying the new config runs")
         try:
             outcome.reload = reload_and_verify(self.live, rendered, self.config_path, _error_log_of(deployed))
@@ -337,8 +352,7 @@ class Deployer:
             if deployed is None or not changed:
                 raise
             self._restore(deployed, failure)
-        history.record(rendered)
-        history.set_state(phase="done", hash=sha(rendered))
+        history.write({**history.record(rendered, entries), **history.state_file(phase="done", hash=sha(rendered))})
         outcome.reloaded = True
         return outcome
 
@@ -347,7 +361,7 @@ class Deployer:
         if result.exit_code != 0:
             if previous is not None:
                 self.live.install_file(self.config_path, previous)
-            self.history.set_state(phase="done", hash=sha(previous or ""))
+            self.history.write(self.history.state_file(phase="done", hash=sha(previous or "")))
             raise ConfigRejected(result)
 
     def _restore(self, previous: str, failure: ApplyFailure) -> None:
@@ -359,7 +373,8 @@ class Deployer:
         except ApplyFailure as again:
             failure.details.append(f"restoring: {again.reason}")
             restored = False
-        self.history.set_state(phase="done" if restored else "restore-failed", hash=sha(previous))
+        self.history.write(self.history.state_file(phase="done" if restored else "restore-failed",
+                                                   hash=sha(previous)))
         raise ApplyFailure(failure.reason, restored=restored, details=failure.details)
 
     def _check_generations(self, deployed: str | None, outcome: Outcome) -> None:

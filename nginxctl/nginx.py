@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import docker
 import docker.errors
@@ -62,7 +62,7 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def _tar(members: dict[str, bytes | str], links: dict[str, str] | None = None, mtime: float | None = None) -> bytes:
+def _tar(members: Mapping[str, bytes | str], links: dict[str, str] | None = None, mtime: float | None = None) -> bytes:
     """A tar archive of `name: content` files and `name: target` hard links."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -308,7 +308,7 @@ class LiveNginx:
                     out[parts[1]] = (fh.read() if fh else b"", float(member.mtime))
         return out
 
-    def put_files(self, directory: str, files: dict[str, bytes | str]) -> None:
+    def put_files(self, directory: str, files: Mapping[str, bytes | str]) -> None:
         """Create or replace files under `directory` (subfolders are created)."""
         self._put(directory, _tar(files))
 
@@ -318,10 +318,14 @@ class LiveNginx:
         The content goes to a hidden file beside it first; then one small archive makes `path` a
         hard link to it. A process killed mid-upload leaves only the hidden file half-written.
         """
+        directory, _ = os.path.split(path)
+        self._put(directory, _tar({staged_name(path): content}))
+        self.commit_staged(path)
+
+    def commit_staged(self, path: str) -> None:
+        """Make `path` the file staged beside it (see install_file), in one small archive."""
         directory, name = os.path.split(path)
-        staged = f".{name}.nginxctl-new"
-        self._put(directory, _tar({staged: content}))
-        self._put(directory, _tar({}, links={name: staged}))
+        self._put(directory, _tar({}, links={name: staged_name(path)}))
 
     def _put(self, directory: str, archive: bytes) -> None:
         try:
@@ -384,23 +388,31 @@ class LiveNginx:
 
     def sockets(self, pids: list[int]) -> dict[int, list[Socket]] | None:
         """TCP sockets per process, read from /proc on this host; None when the processes are not
-        visible here (a remote Docker engine)."""
-        out: dict[int, list[Socket]] = {}
-        for pid in pids:
-            try:
+        visible here (a remote Docker engine). Each network namespace's table is read once."""
+        wanted: dict[int, set[str]] = {}
+        tables: dict[str, str] = {}
+        try:
+            for pid in pids:
                 inodes = set()
                 for fd in os.listdir(f"/proc/{pid}/fd"):
                     link = os.readlink(f"/proc/{pid}/fd/{fd}")
                     if link.startswith("socket:["):
                         inodes.add(link[8:-1])
-                table: dict[str, Socket] = {}
-                for name in ("tcp", "tcp6"):
-                    with open(f"/proc/{pid}/net/{name}", encoding="ascii") as fh:
-                        table.update(parse_proc_net(fh.read()))
-            except OSError:
-                return None
-            out[pid] = [table[i] for i in inodes if i in table]
-        return out
+                wanted[pid] = inodes
+                netns = os.readlink(f"/proc/{pid}/ns/net")
+                if netns not in tables:
+                    text = ""
+                    for name in ("tcp", "tcp6"):
+                        with open(f"/proc/{pid}/net/{name}", encoding="ascii") as fh:
+                            text += fh.read()
+                    tables[netns] = text
+        except OSError:
+            return None
+        every = set().union(*wanted.values()) if wanted else set()
+        table: dict[str, Socket] = {}
+        for text in tables.values():
+            table.update(parse_proc_net(text, every))
+        return {pid: [table[i] for i in inodes if i in table] for pid, inodes in wanted.items()}
 
 
 @dataclass(frozen=True)
@@ -428,14 +440,19 @@ def _proc_addr(text: str) -> tuple[str, int]:
     return addr, int(port, 16)
 
 
-def parse_proc_net(text: str) -> dict[str, Socket]:
-    """/proc/net/tcp{,6} -> inode: Socket."""
+def parse_proc_net(text: str, inodes: set[str] | None = None) -> dict[str, Socket]:
+    """/proc/net/tcp{,6} -> inode: Socket (only `inodes`, when given: the tables hold the whole host)."""
     out = {}
-    for line in text.splitlines()[1:]:
+    for line in text.splitlines():
         cols = line.split()
-        if len(cols) > 9:
+        if len(cols) > 9 and cols[9].isdigit() and (inodes is None or cols[9] in inodes):
             out[cols[9]] = Socket(_proc_addr(cols[1]), _proc_addr(cols[2]), _TCP_STATES.get(cols[3], cols[3]))
     return out
+
+
+def staged_name(path: str) -> str:
+    """Where a new version of `path` waits, in the same folder (a hard link cannot cross file systems)."""
+    return f".{os.path.basename(path)}.nginxctl-new"
 
 
 def config_from_dump(dump: str, path: str) -> str | None:
