@@ -162,12 +162,13 @@ def reload_state(live: LiveNginx, shutdown_timeout: str | None) -> ReloadState:
     generations: list[Generation] = []
     ticks = {p.pid: _start_ticks(p.pid) for p in old}
     if old and all(t is not None for t in ticks.values()):
-        # workers of one reload are forked within a moment; a second (100 ticks) separates reloads
+        # the workers of one reload are forked within milliseconds; reloads are at least ~150 ms apart
+        # (nginx -t, then the new cycle), so a gap of 8 clock ticks (80 ms) separates generations
         group: list[int] = []
         last = None
         for proc in sorted(old, key=lambda p: ticks[p.pid] or 0):
             tick = ticks[proc.pid] or 0
-            if last is not None and tick - last > 100:
+            if last is not None and tick - last > 8:
                 generations.append(_generation(group, counts))
                 group = []
             group.append(proc.pid)

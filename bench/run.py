@@ -1,0 +1,500 @@
+#!/usr/bin/env python3
+"""nginxctl benchmarks: every figure measured side by side in one run, on this machine, on loopback only.
+
+    python bench/run.py            full run, writes bench/RESULTS.md
+    python bench/run.py --quick    small smoke run (CI), prints the tables, writes nothing
+
+Needs Docker, the nginxctl/nginx:bare image (scripts/build-nginx-image.sh), gcc and nginxctl installed.
+Load comes from bench/client.c against bench/echo_server.c (epoll, C). Every loop is bounded in count and
+time; all traffic goes to 127.0.0.1. Only ratios measured in the same run mean anything on a shared
+machine: each table compares its rows, measured minutes apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import docker
+import yaml
+
+HERE = Path(__file__).resolve().parent
+IMAGE = os.environ.get("NGINXCTL_BENCH_IMAGE", "nginxctl/nginx:bare")
+MODULE = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
+PER_CLIENT = 15000  # connections per client process: under the 20,000 open files a process may hold
+TICK = os.sysconf("SC_CLK_TCK")
+
+sys.path.insert(0, str(HERE.parent))
+from nginxctl.nginx import LiveNginx  # noqa: E402
+
+
+PORTS = range(41000, 42000)  # every listen port of the benchmark: NOTRACK covers exactly these
+_used: set[int] = set()
+
+
+def free_port() -> int:
+    for port in PORTS:
+        if port in _used:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _used.add(port)
+        return port
+    raise RuntimeError("no free port in the benchmark's range")
+
+
+def build_tools(out: Path) -> tuple[Path, Path]:
+    for name in ("echo_server", "client"):
+        subprocess.run(["gcc", "-O2", "-o", str(out / name), str(HERE / f"{name}.c")], check=True)
+    return out / "echo_server", out / "client"
+
+
+@contextlib.contextmanager
+def notrack() -> Iterator[None]:
+    """Keep the benchmark's loopback connections (to and from its own ports) out of connection tracking,
+    whose table the whole machine shares; the rules are removed afterwards. Without iptables or root the
+    runs stay short instead."""
+    rules = []
+    if shutil.which("iptables") and os.geteuid() == 0:
+        spec = f"{PORTS.start}:{PORTS.stop - 1}"
+        for chain, iface in (("OUTPUT", "-o"), ("PREROUTING", "-i")):
+            for direction in ("--dport", "--sport"):
+                rule = [chain, iface, "lo", "-p", "tcp", direction, spec, "-j", "NOTRACK"]
+                if subprocess.run(["iptables", "-t", "raw", "-A", *rule], capture_output=True).returncode == 0:
+                    rules.append(rule)
+    try:
+        yield
+    finally:
+        for rule in rules:
+            subprocess.run(["iptables", "-t", "raw", "-D", *rule], capture_output=True)
+
+
+class Backends:
+    """`count` echo server processes sharing one port (SO_REUSEPORT)."""
+
+    def __init__(self, binary: Path, count: int) -> None:
+        self.port = free_port()
+        self.procs = []
+        for _ in range(count):
+            proc = subprocess.Popen([str(binary), str(self.port)], stdout=subprocess.PIPE, text=True)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            self.procs.append(proc)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+
+
+class Nginx:
+    """An nginx container on the host network, running `config` (a whole nginx.conf)."""
+
+    def __init__(self, client: Any, config: str | None = None) -> None:
+        self.name = f"nginxctl-bench-{uuid.uuid4().hex[:8]}"
+        self.container = client.containers.run(IMAGE, name=self.name, detach=True, network_mode="host")
+        self.container.reload()
+        self.live = LiveNginx(client, self.container)
+        if config is not None:
+            self.install(config)
+
+    def install(self, config: str) -> None:
+        before = self.live.processes().worker_pids
+        self.live.install_file("/etc/nginx/nginx.conf", config)
+        self.container.kill(signal="HUP")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = self.live.processes().worker_pids
+            if now and not now & before:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("nginx did not start a new worker generation")
+
+    def workers(self) -> list[int]:
+        return sorted(self.live.processes().worker_pids)
+
+    def memory_mib(self) -> float:
+        """Proportional set size of the current workers (shared pages split fairly)."""
+        total = 0
+        for pid in self.workers():
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        return total / 1024
+
+    def cpu_seconds(self) -> float:
+        procs = self.live.processes()
+        total = 0
+        for pid in [p.pid for p in procs.workers + procs.old_workers] + ([procs.master.pid] if procs.master else []):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / TICK
+
+    def generations(self) -> int:
+        from nginxctl.apply import reload_state
+
+        return len(reload_state(self.live, None).generations)
+
+    def remove(self) -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            self.container.remove(force=True)
+
+
+def naive_config(listen: int, backend: int) -> str:
+    # The config of a typical blog post: one worker, nginx's 1024 connections, no zone.
+    return f"""{MODULE}
+worker_processes 1;
+events {{ worker_connections 1024; }}
+stream {{
+    upstream backend {{ server 127.0.0.1:{backend}; }}
+    server {{ listen 127.0.0.1:{listen}; proxy_pass backend; }}
+}}
+"""
+
+
+def tuned_config(listen: int, backend: int) -> str:
+    # What an expert writes by hand for this machine: a worker per core, big limits, zone, reuseport.
+    return f"""{MODULE}
+worker_processes 2;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 19000; }}
+stream {{
+    upstream backend {{ zone backend 64k; server 127.0.0.1:{backend}; }}
+    server {{ listen 127.0.0.1:{listen} reuseport; proxy_pass backend; }}
+}}
+"""
+
+
+def inventory(path: Path, listen: int, backend: int, container: str, **nginx: Any) -> Path:
+    path.write_text(yaml.safe_dump({
+        "nginx": {"load_modules": ["/usr/lib/nginx/modules/ngx_stream_module.so"], **nginx},
+        "target": {"container": container},
+        "upstreams": {"pool": {"listen": f"127.0.0.1:{listen}", "reuseport": True,
+                               "servers": [f"127.0.0.1:{backend}"]}}}))
+    return path
+
+
+def nginxctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nginxctl", *args], capture_output=True, text=True, cwd="/",
+                          timeout=600)
+
+
+def generated(client: Any, tmp: Path, listen: int, backend: int, **nginx: Any) -> tuple[Nginx, Path]:
+    box = Nginx(client)
+    inv = inventory(tmp / f"{box.name}.yaml", listen, backend, box.name, **nginx)
+    result = nginxctl("apply", "-i", str(inv), "--reload", "-q")
+    if result.returncode != 0:
+        box.remove()
+        raise RuntimeError(f"nginxctl apply failed: {result.stderr}")
+    return box, inv
+
+
+def rate(client_bin: Path, port: int, seconds: float, limit: int) -> tuple[int, int, float]:
+    out = subprocess.run([str(client_bin), "rate", str(port), str(seconds), str(limit), "32"], capture_output=True,
+                         text=True, timeout=seconds + 60).stdout.split()
+    return int(out[1]), int(out[3]), float(out[5])
+
+
+@dataclass
+class Holders:
+    procs: list[subprocess.Popen[str]]
+    held: int
+    failed: int
+
+    def probe(self, size: int = 1) -> int:
+        """Send `size` bytes on every held connection and read them back; how many came back whole."""
+        for proc in self.procs:
+            assert proc.stdin
+            proc.stdin.write(f"probe {size}\n")
+            proc.stdin.flush()
+        alive = 0
+        for proc in self.procs:
+            assert proc.stdout
+            alive += int(proc.stdout.readline().split()[1])
+        return alive
+
+    def close(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(OSError):
+                assert proc.stdin
+                proc.stdin.write("quit\n")
+                proc.stdin.close()
+            proc.wait(timeout=60)
+            if proc.stdout:
+                proc.stdout.close()
+
+
+def hold(client_bin: Path, port: int, count: int) -> Holders:
+    procs, held, failed = [], 0, 0
+    while count > 0:
+        n = min(count, PER_CLIENT)
+        count -= n
+        proc = subprocess.Popen([str(client_bin), "hold", str(port), str(n)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+    for proc in procs:
+        assert proc.stdout
+        words = proc.stdout.readline().split()
+        held, failed = held + int(words[1]), failed + int(words[2])
+    return Holders(procs, held, failed)
+
+
+def table(title: str, header: list[str], rows: list[list[Any]], note: str = "") -> str:
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines + ([""] + [note] if note else []) + [""])
+
+
+# ---------------------------------------------------------------- the figures
+
+
+def bench_rate(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool) -> str:
+    seconds, limit = (1.0, 5000) if quick else (4.0, 60000)
+    backends = Backends(tools[0], 1)
+    rows, boxes = [], []
+    try:
+        direct = rate(tools[1], backends.port, seconds, limit)
+        rows.append(["direct to the backend (the limit)", *fmt_rate(direct, direct), "-"])
+        naive_port, tuned_port, gen_port = free_port(), free_port(), free_port()
+        naive = Nginx(client, naive_config(naive_port, backends.port))
+        tuned = Nginx(client, tuned_config(tuned_port, backends.port))
+        gen, _ = generated(client, tmp, gen_port, backends.port, worker_processes=2)
+        boxes = [naive, tuned, gen]
+        for label, box, port in (("naive blog config", naive, naive_port), ("hand-tuned", tuned, tuned_port),
+                                 ("nginxctl generated", gen, gen_port)):
+            cpu0 = box.cpu_seconds()
+            result = rate(tools[1], port, seconds, limit)
+            cpu = box.cpu_seconds() - cpu0
+            rows.append([label, *fmt_rate(result, direct), f"{cpu / max(result[0], 1) * 1e6:.0f}"])
+    finally:
+        for box in boxes:
+            box.remove()
+        backends.stop()
+    return table("New connections per second (connect, one echo round trip, close)",
+                 ["path", "connections/s", "failed", "x direct", "nginx CPU µs per connection"], rows,
+                 f"{seconds:.0f} s per row, 32 connections in flight; client, nginx and backend share the cores.")
+
+
+def fmt_rate(result: tuple[int, int, float], direct: tuple[int, int, float]) -> list[str]:
+    per_s = result[0] / result[2]
+    return [f"{per_s:,.0f}", str(result[1]), f"{per_s / (direct[0] / direct[2]):.2f}"]
+
+
+def bench_hold(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool) -> str:
+    steps = [1000, 2000] if quick else [10000, 20000, 30000, 40000]
+    top = steps[-1]
+    flow = 32768  # bytes each way per connection: enough to fill every buffer size compared here
+    backends = Backends(tools[0], 1 if quick else 3)
+    rows = []
+    try:
+        naive_port = free_port()
+        naive = Nginx(client, naive_config(naive_port, backends.port))
+        try:
+            holders = hold(tools[1], naive_port, 1000)
+            rows.append(["naive blog config", 1000, holders.held, holders.failed, "-", "-", "-"])
+            holders.close()
+        finally:
+            naive.remove()
+        for workload in ("idle", "balanced", "bulk"):
+            port = free_port()
+            box, _ = generated(client, tmp, port, backends.port, max_connections=top, workload=workload)
+            try:
+                base = box.memory_mib()
+                for step in (steps if workload == "idle" else [top]):
+                    holders = hold(tools[1], port, step)
+                    quiet = (box.memory_mib() - base) / step * 1000
+                    alive = holders.probe(flow)
+                    flowed = (box.memory_mib() - base) / step * 1000
+                    rows.append([f"nginxctl, max_connections {top}, workload {workload}", step, holders.held,
+                                 holders.failed, f"{quiet:.1f}", f"{flowed:.1f}", f"{alive}/{holders.held}"])
+                    holders.close()
+            finally:
+                box.remove()
+    finally:
+        backends.stop()
+    return table("Concurrent long connections held through the load balancer",
+                 ["config", "asked", "held", "failed", "MiB per 1,000 idle", "MiB per 1,000 after 32 KiB each way",
+                  "alive after the data"], rows,
+                 "Worker memory is the workers' PSS above their baseline. Idle: one byte echoed per connection; "
+                 "then 32 KiB each way, which fills the buffers (workload idle: 4k, balanced: nginx's 16k, "
+                 "bulk: 64k per direction).")
+
+
+def bench_reloads(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool) -> str:
+    held_n, reloads, max_gen = (500, 3, 2) if quick else (5000, 10, 3)
+    backends = Backends(tools[0], 1)
+    rows = []
+    try:
+        for label, mode, timeout in (("manual HUP, no worker_shutdown_timeout", "manual", None),
+                                     (f"nginxctl apply --max-generations {max_gen}", "nginxctl", None),
+                                     ("nginxctl apply, worker_shutdown_timeout 2s", "nginxctl", "2s")):
+            port = free_port()
+            extra = {"worker_processes": 2, **({"worker_shutdown_timeout": timeout} if timeout else {})}
+            box, inv = generated(client, tmp, port, backends.port, **extra)
+            try:
+                batches = [hold(tools[1], port, held_n // 2)]
+                traffic = subprocess.Popen([str(tools[1]), "rate", str(port), str(5 + reloads * 2), "1000000", "2"],
+                                           stdout=subprocess.PIPE, text=True)
+                applied = refused = 0
+                for i in range(reloads):
+                    # devices keep dialling in: each generation of workers gets its own long connections
+                    batches.append(hold(tools[1], port, held_n // 2 // reloads))
+                    data = yaml.safe_load(inv.read_text())
+                    data["upstreams"]["pool"]["proxy_timeout"] = f"{3600 + i + 1}s"
+                    inv.write_text(yaml.safe_dump(data))
+                    if mode == "manual":
+                        rendered = nginxctl("render", "-i", str(inv), "--full").stdout
+                        box.install(rendered)
+                        applied += 1
+                    else:
+                        r = nginxctl("apply", "-i", str(inv), "--reload", "-q", "--max-generations", str(max_gen))
+                        applied += r.returncode == 0
+                        refused += r.returncode == 4
+                if timeout:
+                    time.sleep(3)  # let the chosen timeout expire before counting survivors
+                out, _ = traffic.communicate(timeout=120)
+                words = out.split()
+                lingering = box.generations()
+                alive = sum(b.probe() for b in batches)
+                held = sum(b.held for b in batches)
+                rows.append([label, f"{applied}/{reloads}", refused, lingering, f"{alive}/{held}",
+                             words[3], words[1]])
+                for b in batches:
+                    b.close()
+            finally:
+                box.remove()
+    finally:
+        backends.stop()
+    return table(f"{reloads} reloads while {held_n} long connections are held: half before, the rest arriving "
+                 "between reloads, with short connections arriving all along",
+                 ["procedure", "reloads done", "refused", "lingering generations", "held connections alive",
+                  "failed new connections", "new connections ok"], rows,
+                 "Refused applies exit 4 and change nothing: the held connections stay and no generation is added.")
+
+
+def bench_apply(client: Any, tmp: Path, quick: bool) -> str:
+    runs = 3 if quick else 7
+    backend = free_port()
+    box, inv = generated(client, tmp, free_port(), backend, worker_processes=2)
+    times: dict[str, list[float]] = {"manual": [], "nginxctl": []}
+    try:
+        for i in range(runs):
+            for mode in ("manual", "nginxctl"):
+                data = yaml.safe_load(inv.read_text())
+                data["upstreams"]["pool"]["proxy_timeout"] = f"{7200 + 2 * i + (mode == 'nginxctl')}s"
+                inv.write_text(yaml.safe_dump(data))
+                if mode == "manual":
+                    conf = tmp / "manual.conf"
+                    conf.write_text(nginxctl("render", "-i", str(inv), "--full").stdout)
+                    t0 = time.perf_counter()
+                    for cmd in (["docker", "cp", str(conf), f"{box.name}:/etc/nginx/nginx.conf"],
+                                ["docker", "exec", box.name, "/usr/sbin/nginx", "-t", "-q"],
+                                ["docker", "kill", "-s", "HUP", box.name]):
+                        subprocess.run(cmd, check=True, capture_output=True)
+                    times[mode].append(time.perf_counter() - t0)
+                else:
+                    t0 = time.perf_counter()
+                    r = subprocess.run(["nginxctl", "apply", "-i", str(inv), "--reload", "-q",
+                                        "--max-generations", "100"], capture_output=True, text=True)
+                    times[mode].append(time.perf_counter() - t0)
+                    assert r.returncode == 0, r.stderr
+    finally:
+        box.remove()
+    manual, ours = statistics.median(times["manual"]), statistics.median(times["nginxctl"])
+    rows = [["manual: docker cp, nginx -t, HUP (nothing verified)", f"{manual * 1000:.0f}", "1.00"],
+            ["nginxctl apply --reload (CLI start-up, diff, lock, test, history, verify)", f"{ours * 1000:.0f}",
+             f"{ours / manual:.2f}"]]
+    return table("apply --reload end to end against the bare manual sequence",
+                 ["procedure", f"median ms ({runs} runs)", "x manual"], rows)
+
+
+def bench_scale(client: Any, tmp: Path, quick: bool) -> str:
+    from nginxctl.inventory import parse_inventory
+    from nginxctl.render import render, template_env
+
+    sizes = [1, 100, 1000] if quick else [1, 100, 1000, 10000]
+    rows = []
+    env = template_env()
+    render(parse_inventory(yaml.safe_dump({"upstreams": {"w": {"listen": 1, "servers": ["127.0.0.1:1"]}}})), env)
+    for n in sizes:
+        text = yaml.safe_dump({"nginx": {"worker_processes": 2, "load_modules": [
+            "/usr/lib/nginx/modules/ngx_stream_module.so"]}, "upstreams": {
+            f"g{i}": {"listen": f"127.0.0.1:{10000 + i}", "servers": [f"127.0.0.1:{30000 + j}" for j in range(10)]}
+            for i in range(n)}})
+        t0 = time.perf_counter()
+        inv = parse_inventory(text)
+        t1 = time.perf_counter()
+        config = render(inv, env, full=True)
+        t2 = time.perf_counter()
+        path = tmp / f"scale-{n}.yaml"
+        path.write_text(text)
+        t3 = time.perf_counter()
+        v = nginxctl("validate", "-i", str(path), "--image", IMAGE, "-q")
+        t4 = time.perf_counter()
+        rows.append([n, f"{len(config) / 1e6:.1f}", f"{(t1 - t0) * 1000:.0f}", f"{(t2 - t1) * 1000:.0f}",
+                     f"{(t2 - t1) / n * 1e6:.0f}", f"{(t4 - t3) * 1000:.0f}" + ("" if v.returncode == 0 else " (failed)")])
+    return table("Render and validate time by inventory size (10 servers per group)",
+                 ["groups", "config MB", "load + check ms", "render ms", "render µs per group",
+                  "nginxctl validate ms (CLI, container, nginx -t)"], rows)
+
+
+def machine(client: Any) -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024 ** 3
+    box = Nginx(client)
+    try:
+        version = box.live.exec(["-v"]).output.strip()
+    finally:
+        box.remove()
+    return (f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, "
+            f"{mem:.0f} GiB, Linux {platform.release()}, Docker {client.version()['Version']}, {version} "
+            f"({IMAGE}), Python {platform.python_version()}; open files per process: "
+            f"{__import__('resource').getrlimit(__import__('resource').RLIMIT_NOFILE)[1]}.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    client = docker.from_env()
+    with tempfile.TemporaryDirectory() as tmpdir, notrack():
+        tmp = Path(tmpdir)
+        tools = build_tools(tmp)
+        sections = [f"# nginxctl benchmarks{' (quick smoke)' if args.quick else ''}", "", machine(client), "",
+                    "Reproduce: `python bench/run.py` (full) or `python bench/run.py --quick`.", ""]
+        for figure in (lambda: bench_rate(client, tools, tmp, args.quick),
+                       lambda: bench_hold(client, tools, tmp, args.quick),
+                       lambda: bench_reloads(client, tools, tmp, args.quick),
+                       lambda: bench_apply(client, tmp, args.quick),
+                       lambda: bench_scale(client, tmp, args.quick)):
+            text = figure()
+            print(text, flush=True)
+            sections.append(text)
+    if not args.quick:
+        args.out.write_text("\n".join(sections))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
