@@ -3,8 +3,8 @@
  *   client rate PORT SECONDS MAX CONCURRENCY
  *       connect, one echo round trip, close (RST, so no TIME_WAIT piles up); repeat until SECONDS
  *       or MAX connections. Prints "ok N failed F seconds S".
- *   client hold PORT N
- *       open N connections, one echo round trip on each; prints "held OK FAILED". Then reads commands
+ *   client hold PORT N [SOURCES]
+ *       open N connections (from SOURCES loopback addresses, default 1), one echo round trip on each; prints "held OK FAILED". Then reads commands
  *       on stdin: "probe [BYTES]" (send BYTES, default 1, on each open connection and read them back;
  *       prints "alive K") or "quit".
  */
@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 static struct sockaddr_in target;
+static int sources = 1; /* spread connections over 127.0.0.1 .. 127.0.0.N: each source address has its own
+                           28,000 ephemeral ports towards one listen port */
 
 static double now(void) {
     struct timespec ts;
@@ -30,8 +32,16 @@ static double now(void) {
 }
 
 static int start_connect(void) {
+    static unsigned long seq;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0) return -1;
+    if (sources > 1) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_IP, 24 /* IP_BIND_ADDRESS_NO_PORT */, &one, sizeof one);
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + (seq++ % sources));
+        if (bind(fd, (struct sockaddr *)&src, sizeof src) < 0) { close(fd); return -1; }
+    }
     if (connect(fd, (struct sockaddr *)&target, sizeof target) < 0 && errno != EINPROGRESS) {
         close(fd);
         return -1;
@@ -207,6 +217,9 @@ int main(int argc, char **argv) {
     target.sin_port = htons(atoi(argv[2]));
     target.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (!strcmp(argv[1], "rate") && argc == 6) return rate(atof(argv[3]), atol(argv[4]), atoi(argv[5]));
-    if (!strcmp(argv[1], "hold")) return hold(atol(argv[3]));
+    if (!strcmp(argv[1], "hold")) {
+        if (argc > 4) sources = atoi(argv[4]);
+        return hold(atol(argv[3]));
+    }
     return 2;
 }

@@ -37,12 +37,16 @@ IMAGE = os.environ.get("NGINXCTL_BENCH_IMAGE", "nginxctl/nginx:bare")
 MODULE = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
 PER_CLIENT = 15000  # connections per client process: under the 20,000 open files a process may hold
 TICK = os.sysconf("SC_CLK_TCK")
+_SCRIPT = Path(sys.executable).parent / "nginxctl"
+NGINXCTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "nginxctl"]
 
 sys.path.insert(0, str(HERE.parent))
 from nginxctl.nginx import LiveNginx  # noqa: E402
 
 
-PORTS = range(41000, 42000)  # every listen port of the benchmark: NOTRACK covers exactly these
+# Every listen port of the benchmark: below the ephemeral range (so no client or nginx connection takes
+# one), and exactly what the NOTRACK rules cover.
+PORTS = range(21000, 22000)
 _used: set[int] = set()
 
 
@@ -51,6 +55,7 @@ def free_port() -> int:
         if port in _used:
             continue
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx and the backends bind
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
@@ -87,15 +92,21 @@ def notrack() -> Iterator[None]:
 
 
 class Backends:
-    """`count` echo server processes sharing one port (SO_REUSEPORT)."""
+    """Echo server processes, one per port. nginx reaches a backend from 127.0.0.1, so one backend port
+    takes at most ~28,000 connections (the ephemeral port range): 40,000 need two or more."""
 
     def __init__(self, binary: Path, count: int) -> None:
-        self.port = free_port()
+        self.ports = [free_port() for _ in range(count)]
+        self.port = self.ports[0]
         self.procs = []
-        for _ in range(count):
-            proc = subprocess.Popen([str(binary), str(self.port)], stdout=subprocess.PIPE, text=True)
+        for port in self.ports:
+            proc = subprocess.Popen([str(binary), str(port)], stdout=subprocess.PIPE, text=True)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             self.procs.append(proc)
+
+    @property
+    def addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -186,12 +197,12 @@ stream {{
 """
 
 
-def inventory(path: Path, listen: int, backend: int, container: str, **nginx: Any) -> Path:
+def inventory(path: Path, listen: int, backends: list[str], container: str, **nginx: Any) -> Path:
     path.write_text(yaml.safe_dump({
         "nginx": {"load_modules": ["/usr/lib/nginx/modules/ngx_stream_module.so"], **nginx},
         "target": {"container": container},
-        "upstreams": {"pool": {"listen": f"127.0.0.1:{listen}", "reuseport": True,
-                               "servers": [f"127.0.0.1:{backend}"]}}}))
+        "upstreams": {"pool": {"listen": f"127.0.0.1:{listen}", "reuseport": True, "balance": "least_conn",
+                               "servers": backends}}}))
     return path
 
 
@@ -200,9 +211,9 @@ def nginxctl(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=600)
 
 
-def generated(client: Any, tmp: Path, listen: int, backend: int, **nginx: Any) -> tuple[Nginx, Path]:
+def generated(client: Any, tmp: Path, listen: int, backends: list[str], **nginx: Any) -> tuple[Nginx, Path]:
     box = Nginx(client)
-    inv = inventory(tmp / f"{box.name}.yaml", listen, backend, box.name, **nginx)
+    inv = inventory(tmp / f"{box.name}.yaml", listen, backends, box.name, **nginx)
     result = nginxctl("apply", "-i", str(inv), "--reload", "-q")
     if result.returncode != 0:
         box.remove()
@@ -250,7 +261,7 @@ def hold(client_bin: Path, port: int, count: int) -> Holders:
     while count > 0:
         n = min(count, PER_CLIENT)
         count -= n
-        proc = subprocess.Popen([str(client_bin), "hold", str(port), str(n)], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([str(client_bin), "hold", str(port), str(n), "4"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
         procs.append(proc)
     for proc in procs:
@@ -279,7 +290,7 @@ def bench_rate(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool) ->
         naive_port, tuned_port, gen_port = free_port(), free_port(), free_port()
         naive = Nginx(client, naive_config(naive_port, backends.port))
         tuned = Nginx(client, tuned_config(tuned_port, backends.port))
-        gen, _ = generated(client, tmp, gen_port, backends.port, worker_processes=2)
+        gen, _ = generated(client, tmp, gen_port, backends.addresses, worker_processes=2)
         boxes = [naive, tuned, gen]
         for label, box, port in (("naive blog config", naive, naive_port), ("hand-tuned", tuned, tuned_port),
                                  ("nginxctl generated", gen, gen_port)):
@@ -318,7 +329,7 @@ def bench_hold(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool) ->
             naive.remove()
         for workload in ("idle", "balanced", "bulk"):
             port = free_port()
-            box, _ = generated(client, tmp, port, backends.port, max_connections=top, workload=workload)
+            box, _ = generated(client, tmp, port, backends.addresses, max_connections=top, workload=workload)
             try:
                 base = box.memory_mib()
                 for step in (steps if workload == "idle" else [top]):
@@ -351,7 +362,7 @@ def bench_reloads(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool)
                                      ("nginxctl apply, worker_shutdown_timeout 2s", "nginxctl", "2s")):
             port = free_port()
             extra = {"worker_processes": 2, **({"worker_shutdown_timeout": timeout} if timeout else {})}
-            box, inv = generated(client, tmp, port, backends.port, **extra)
+            box, inv = generated(client, tmp, port, backends.addresses, **extra)
             try:
                 batches = [hold(tools[1], port, held_n // 2)]
                 traffic = subprocess.Popen([str(tools[1]), "rate", str(port), str(5 + reloads * 2), "1000000", "2"],
@@ -395,8 +406,7 @@ def bench_reloads(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool)
 
 def bench_apply(client: Any, tmp: Path, quick: bool) -> str:
     runs = 3 if quick else 7
-    backend = free_port()
-    box, inv = generated(client, tmp, free_port(), backend, worker_processes=2)
+    box, inv = generated(client, tmp, free_port(), [f"127.0.0.1:{free_port()}"], worker_processes=2)
     times: dict[str, list[float]] = {"manual": [], "nginxctl": []}
     try:
         for i in range(runs):
@@ -415,7 +425,7 @@ def bench_apply(client: Any, tmp: Path, quick: bool) -> str:
                     times[mode].append(time.perf_counter() - t0)
                 else:
                     t0 = time.perf_counter()
-                    r = subprocess.run(["nginxctl", "apply", "-i", str(inv), "--reload", "-q",
+                    r = subprocess.run([*NGINXCTL, "apply", "-i", str(inv), "--reload", "-q",
                                         "--max-generations", "100"], capture_output=True, text=True)
                     times[mode].append(time.perf_counter() - t0)
                     assert r.returncode == 0, r.stderr

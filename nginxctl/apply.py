@@ -40,11 +40,14 @@ class Entry:
     id: int
     time: float
     hash: str
-    text: str
+
+
+HISTORY_SLOTS = 50  # the archive API cannot delete files: a ring of slots keeps the history bounded
 
 
 class History:
-    """Configs the target has run, kept in the container next to the config file."""
+    """Configs the target has run, kept in the container next to the config file: an index (ids, times,
+    hashes) and a ring of HISTORY_SLOTS files, so an apply reads one small file, not the whole history."""
 
     def __init__(self, live: LiveNginx, config_path: str) -> None:
         self.live = live
@@ -53,23 +56,35 @@ class History:
 
     def entries(self) -> list[Entry]:
         """Newest first."""
-        out = []
-        for name, (content, mtime) in self.live.list_dir(f"{self.dir}/history").items():
-            m = re.fullmatch(r"(\d+)-([0-9a-f]{12})\.conf", name)
-            if m:
-                text = content.decode()
-                out.append(Entry(int(m.group(1)), mtime, sha(text), text))
-        return sorted(out, key=lambda e: e.id, reverse=True)
+        raw = self.live.read_file(f"{self.dir}/history/index.json")
+        try:
+            return [Entry(int(e["id"]), float(e["time"]), str(e["hash"])) for e in json.loads(raw or b"[]")]
+        except (ValueError, KeyError, TypeError):
+            return []
+
+    @staticmethod
+    def _slot(entry: Entry) -> str:
+        return f".nginxctl/history/slot-{entry.id % HISTORY_SLOTS:02d}.conf"
+
+    def read(self, entry: Entry) -> str:
+        """The config of one entry. Raises UsageError when its slot no longer holds it."""
+        raw = self.live.read_file(f"{self.base}/{self._slot(entry)}")
+        if raw is None or sha(raw) != entry.hash:
+            raise UsageError(f"history entry {entry.id} is no longer stored on {self.live.name}")
+        return raw.decode()
 
     def record(self, text: str, entries: list[Entry] | None = None) -> dict[str, str]:
-        """The file that adds `text` to the history (nothing when it is already the newest entry).
-        Names are relative to the config's folder; pass `entries` to save reading them again."""
+        """The files that add `text` to the history (nothing when it is already the newest entry).
+        Names are relative to the config's folder; pass `entries` to save reading them again (the
+        list is updated in place)."""
         entries = self.entries() if entries is None else entries
         if entries and entries[0].hash == sha(text):
             return {}
-        entry = Entry((entries[0].id + 1) if entries else 1, time.time(), sha(text), text)
+        entry = Entry((entries[0].id + 1) if entries else 1, time.time(), sha(text))
         entries.insert(0, entry)
-        return {f".nginxctl/history/{entry.id:04d}-{entry.hash[:12]}.conf": text}
+        del entries[HISTORY_SLOTS:]
+        index = json.dumps([{"id": e.id, "time": round(e.time, 3), "hash": e.hash} for e in entries], indent=1)
+        return {self._slot(entry): text, ".nginxctl/history/index.json": index + "\n"}
 
     def state(self) -> dict[str, str]:
         raw = self.live.read_file(f"{self.dir}/state.json")
@@ -417,5 +432,5 @@ class Deployer:
             if target is None:
                 ids = ", ".join(str(e.id) for e in entries) or "none"
                 raise UsageError(f"no history entry {to} on {self.live.name} (entries: {ids})")
-        return target, self.apply(target.text, reload=reload)
+        return target, self.apply(self.history.read(target), reload=reload)
 

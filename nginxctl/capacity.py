@@ -36,16 +36,24 @@ class Plan:
 
 def plan(*, max_connections: int | None, worker_processes: int | str, worker_connections: int | None,
          worker_rlimit_nofile: int | None, fd_limit: int, buffer_bytes: int,
-         memory_limit: int | None) -> Plan:
+         memory_limit: int | None, listeners: int = 0) -> Plan:
     """Derive worker settings for `max_connections` client connections; explicit values win.
 
-    Raises CapacityError when the intent needs more descriptors per process than `fd_limit`
-    with the workers allowed, or more buffer memory than `memory_limit`.
+    Every listening socket takes one of each worker's connections too (nginx refuses to start when
+    `listeners` exceed worker_connections). Raises CapacityError when the intent needs more
+    descriptors per process than `fd_limit` with the workers allowed, or more buffer memory than
+    `memory_limit`, or when an explicit worker_connections cannot even hold the listeners.
     """
     notes: list[str] = []
-    usable = fd_limit - RESERVED_FDS
+    if worker_connections is not None and worker_connections <= listeners:
+        raise CapacityError(f"worker_connections {worker_connections} is not enough for {listeners} listening "
+                            f"sockets (each takes one connection in every worker): raise it above {listeners}")
+    usable = fd_limit - RESERVED_FDS - listeners
+    if usable <= 0:
+        raise CapacityError(f"{listeners} listening sockets do not fit the open-file limit of {fd_limit} per "
+                            "process: raise fd_limit if the host allows more")
     if max_connections is None:
-        wc = worker_connections or min(DEFAULT_WORKER_CONNECTIONS, usable)
+        wc = worker_connections or min(DEFAULT_WORKER_CONNECTIONS + listeners, usable + listeners)
         return Plan(worker_processes, wc, worker_rlimit_nofile or min(fd_limit, wc + RESERVED_FDS),
                     None, ())
 
@@ -59,7 +67,7 @@ def plan(*, max_connections: int | None, worker_processes: int | str, worker_con
         if workers > 1:
             notes.append(f"max_connections {max_connections} needs {sockets} sockets; at {fd_limit} open "
                          f"files per process that is {workers} workers (worker_processes {workers})")
-    wc = worker_connections or math.ceil(sockets * HEADROOM / workers)
+    wc = worker_connections or math.ceil(sockets * HEADROOM / workers) + listeners
     if worker_connections is not None and worker_connections * workers < sockets:
         notes.append(f"worker_connections {worker_connections} x {workers} workers holds fewer than the "
                      f"{sockets} sockets max_connections {max_connections} needs")

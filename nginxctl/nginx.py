@@ -293,21 +293,6 @@ class LiveNginx:
             fh = tar.extractfile(member)
             return fh.read() if fh else None
 
-    def list_dir(self, path: str) -> dict[str, tuple[bytes, float]]:
-        """Files directly in a directory: name -> (content, mtime). Empty when it does not exist."""
-        try:
-            chunks, _ = self.container.get_archive(path)
-        except docker.errors.NotFound:
-            return {}
-        out = {}
-        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
-            for member in tar:
-                parts = member.name.split("/")
-                if member.isfile() and len(parts) == 2:
-                    fh = tar.extractfile(member)
-                    out[parts[1]] = (fh.read() if fh else b"", float(member.mtime))
-        return out
-
     def put_files(self, directory: str, files: Mapping[str, bytes | str]) -> None:
         """Create or replace files under `directory` (subfolders are created)."""
         self._put(directory, _tar(files))

@@ -11,6 +11,10 @@ stop() {
   fi
 }
 trap stop EXIT
+# First the benchmarks' smoke run: every figure, small, no timing asserted (NGINXCTL_BENCH=0 skips it).
+if [ "${NGINXCTL_BENCH:-1}" != 0 ]; then
+  .venv/bin/python bench/run.py --quick
+fi
 # `.venv/bin/pytest` (not `python -m pytest`) keeps the source tree off sys.path: the tests import
 # and run the installed package.
 .venv/bin/pytest -p no:cacheprovider -ra "$@" tests

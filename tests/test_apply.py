@@ -293,3 +293,23 @@ def test_reload_refused_while_max_generations_linger(lb, backends):
         assert held.echo() == b"ping\n"
     finally:
         held.close()
+
+
+def test_history_is_a_bounded_ring(lb, backends, monkeypatch):
+    """The archive API cannot delete files: the history keeps the newest HISTORY_SLOTS configs."""
+    from nginxctl import apply as apply_module
+    from nginxctl.apply import Deployer
+
+    monkeypatch.setattr(apply_module, "HISTORY_SLOTS", 3)
+    a = backends("A")
+    port, group = lb.group([a.address])
+    deployer = Deployer(LiveNginx.attach(lb.client, lb.name))
+    for minutes in range(61, 66):
+        group["proxy_timeout"] = f"{minutes}m"
+        lb.write({"pool": group}, nginx={"load_modules": ["/usr/lib/nginx/modules/ngx_stream_module.so"]})
+        rendered = cli("render", "-i", str(lb.inventory), "--full").stdout
+        assert deployer.apply(rendered, reload=True).reloaded
+    entries = deployer.history.entries()
+    assert [e.id for e in entries] == [6, 5, 4]  # 1 was the image's bootstrap config
+    assert "proxy_timeout 64m;" in deployer.history.read(entries[1])
+    assert who(port) == "A"

@@ -235,3 +235,17 @@ def test_digest_ignores_comments_and_layout():
     a = parse_inventory(GOOD, "x").digest
     b = parse_inventory("# comment\n" + GOOD.replace("[127.0.0.1:7001]", "\n      - 127.0.0.1:7001"), "x").digest
     assert a == b
+
+
+def test_worker_connections_must_exceed_listening_sockets():
+    groups = "".join(f"  g{i}:\n    listen: {7000 + i}\n    servers: [127.0.0.1:1]\n" for i in range(20))
+    msg = one("nginx: {worker_connections: 20}\nupstreams:\n" + groups)
+    assert "worker_connections 20 is not enough for 20 listening sockets" in msg
+
+
+def test_derived_worker_connections_count_the_listening_sockets():
+    groups = "".join(f"  g{i}:\n    listen: {7000 + i}\n    servers: [127.0.0.1:1]\n" for i in range(20))
+    inv = parse_inventory("upstreams:\n" + groups)
+    assert inv.nginx.worker_connections == 8192 + 20
+    capped = parse_inventory("nginx: {max_connections: 100, worker_processes: 1}\nupstreams:\n" + groups)
+    assert capped.nginx.worker_connections == 300 + 20

@@ -220,7 +220,8 @@ def _nginx(raw: Any, groups: list[Group], report: _Report) -> NginxSettings:
             max_connections=intent, worker_processes=parsed["worker_processes"],
             worker_connections=parsed.get("worker_connections"),
             worker_rlimit_nofile=parsed.get("worker_rlimit_nofile"), fd_limit=parsed["fd_limit"],
-            buffer_bytes=biggest, memory_limit=parsed["memory_limit"].bytes if "memory_limit" in parsed else None)
+            buffer_bytes=biggest, memory_limit=parsed["memory_limit"].bytes if "memory_limit" in parsed else None,
+            listeners=sum(len(g.listen) for g in groups))
     except capacity.CapacityError as exc:
         where = ("nginx", "max_connections") if "max_connections" in parsed else ("upstreams",)
         report(where, str(exc))
