@@ -37,6 +37,7 @@ IMAGE = os.environ.get("NGINXCTL_BENCH_IMAGE", "nginxctl/nginx:bare")
 MODULE = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
 PER_CLIENT = 15000  # connections per client process: under the 20,000 open files a process may hold
 TICK = os.sysconf("SC_CLK_TCK")
+FACTS: dict[str, Any] = {}  # what the figures measured, for the targets table
 _SCRIPT = Path(sys.executable).parent / "nginxctl"
 NGINXCTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "nginxctl"]
 
@@ -298,6 +299,7 @@ def bench_rate(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool) ->
             result = rate(tools[1], port, seconds, limit)
             cpu = box.cpu_seconds() - cpu0
             rows.append([label, *fmt_rate(result, direct), f"{cpu / max(result[0], 1) * 1e6:.0f}"])
+            FACTS[f"cpu_us {label}"] = cpu / max(result[0], 1) * 1e6
     finally:
         for box in boxes:
             box.remove()
@@ -324,6 +326,7 @@ def bench_hold(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool) ->
         try:
             holders = hold(tools[1], naive_port, 1000)
             rows.append(["naive blog config", 1000, holders.held, holders.failed, "-", "-", "-"])
+            FACTS["naive held"] = holders.held
             holders.close()
         finally:
             naive.remove()
@@ -337,6 +340,7 @@ def bench_hold(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool) ->
                     quiet = (box.memory_mib() - base) / step * 1000
                     alive = holders.probe(flow)
                     flowed = (box.memory_mib() - base) / step * 1000
+                    FACTS[f"held {workload} {step}"] = (holders.held, holders.failed, quiet, flowed)
                     rows.append([f"nginxctl, max_connections {top}, workload {workload}", step, holders.held,
                                  holders.failed, f"{quiet:.1f}", f"{flowed:.1f}", f"{alive}/{holders.held}"])
                     holders.close()
@@ -389,6 +393,7 @@ def bench_reloads(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool)
                 lingering = box.generations()
                 alive = sum(b.probe() for b in batches)
                 held = sum(b.held for b in batches)
+                FACTS[f"reloads {label}"] = (lingering, alive, held, int(words[3]), max_gen)
                 rows.append([label, f"{applied}/{reloads}", refused, lingering, f"{alive}/{held}",
                              words[3], words[1]])
                 for b in batches:
@@ -432,6 +437,7 @@ def bench_apply(client: Any, tmp: Path, quick: bool) -> str:
     finally:
         box.remove()
     manual, ours = statistics.median(times["manual"]), statistics.median(times["nginxctl"])
+    FACTS["apply ratio"] = ours / manual
     rows = [["manual: docker cp, nginx -t, HUP (nothing verified)", f"{manual * 1000:.0f}", "1.00"],
             ["nginxctl apply --reload (CLI start-up, diff, lock, test, history, verify)", f"{ours * 1000:.0f}",
              f"{ours / manual:.2f}"]]
@@ -462,11 +468,47 @@ def bench_scale(client: Any, tmp: Path, quick: bool) -> str:
         t3 = time.perf_counter()
         v = nginxctl("validate", "-i", str(path), "--image", IMAGE, "-q")
         t4 = time.perf_counter()
+        FACTS[f"render {n}"] = t2 - t1
         rows.append([n, f"{len(config) / 1e6:.1f}", f"{(t1 - t0) * 1000:.0f}", f"{(t2 - t1) * 1000:.0f}",
                      f"{(t2 - t1) / n * 1e6:.0f}", f"{(t4 - t3) * 1000:.0f}" + ("" if v.returncode == 0 else " (failed)")])
     return table("Render and validate time by inventory size (10 servers per group)",
                  ["groups", "config MB", "load + check ms", "render ms", "render µs per group",
                   "nginxctl validate ms (CLI, container, nginx -t)"], rows)
+
+
+def targets(quick: bool) -> str:
+    """The issue's targets against what this run measured."""
+    def met(ok: bool) -> str:
+        return "yes" if ok else "**no**"
+
+    rows = []
+    top = 2000 if quick else 40000
+    held = FACTS.get(f"held idle {top}")
+    if held:
+        rows.append([f"generated config holds {top:,} long connections with zero failures (naive: ~500)",
+                     f"{held[0]:,} held, {held[1]} failed; naive held {FACTS.get('naive held')}", met(held[1] == 0)])
+    gen, tuned = FACTS.get("cpu_us nginxctl generated"), FACTS.get("cpu_us hand-tuned")
+    if gen and tuned:
+        rows.append(["nginx CPU per connection within 10 % of the hand-tuned config",
+                     f"{gen:.0f} vs {tuned:.0f} µs ({gen / tuned - 1:+.0%})", met(gen <= tuned * 1.10)])
+    for key, value in FACTS.items():
+        if key.startswith("reloads nginxctl apply --max-generations"):
+            lingering, alive, total, failed, max_gen = value
+            rows.append([f"applies under held connections: lingering generations <= {max_gen}, no held connection "
+                         "dropped, no failed new connection",
+                         f"{lingering} lingering, {alive}/{total} alive, {failed} failed", met(
+                             lingering <= max_gen and alive == total and failed == 0)])
+    big = max((int(k.split()[1]) for k in FACTS if k.startswith("render ")), default=0)
+    if big:
+        t = FACTS[f"render {big}"]
+        per_small, per_big = FACTS["render 100"] / 100, t / big
+        rows.append([f"render {big:,} groups x 10 servers under 1 s, growing linearly",
+                     f"{t * 1000:.0f} ms; {per_big * 1e6:.0f} µs per group at {big:,} vs {per_small * 1e6:.0f} at 100",
+                     met(t < 1.0 and per_big < per_small * 2)])
+    if "apply ratio" in FACTS:
+        rows.append(["apply --reload end to end within 1.5x the bare manual sequence",
+                     f"{FACTS['apply ratio']:.2f}x", met(FACTS["apply ratio"] <= 1.5)])
+    return table("Targets", ["target", "measured", "met"], rows)
 
 
 def machine(client: Any) -> str:
@@ -501,6 +543,9 @@ def main() -> None:
             text = figure()
             print(text, flush=True)
             sections.append(text)
+        text = targets(args.quick)
+        print(text, flush=True)
+        sections.insert(6, text)
     if not args.quick:
         args.out.write_text("\n".join(sections))
         print(f"wrote {args.out}")

@@ -229,7 +229,7 @@ def reload_and_verify(live: LiveNginx, expected: str, config_path: str, error_lo
     if before.master is None:
         raise ApplyFailure("no nginx master process in the container", restored=False)
     cursor = live.log_cursor(error_log)
-    live.signal_reload()
+    live.signal_reload(before.master)
     deadline = time.monotonic() + timeout
     while True:
         log = live.log_since(cursor)

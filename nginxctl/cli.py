@@ -224,7 +224,8 @@ def validate(
                                            if a.is_name and a.host})
     placeholders = {} if (live or resolve) else {n: nginx.PLACEHOLDER_IP for n in names if n != "localhost"}
     progress(f"nginx -t in a throwaway {chosen} container")
-    result = nginx.test_config(client, chosen, text, network=network, hosts=placeholders)
+    zones = sum(g.zone_size.bytes for g in inv.upstreams if g.zone_size)
+    result = nginx.test_config(client, chosen, text, network=network, hosts=placeholders, shared_memory=zones)
     located = trace(result.output, text, inv)
     report = {"ok": result.exit_code == 0, "image": chosen, "nginx_version": build.version,
               "stream_module_loaded": list(modules), "unchecked_names": sorted(placeholders),
@@ -245,9 +246,12 @@ def validate(
           f"({len(inv.upstreams)} group(s))")
 
 
+def _loads_stream(inv: Inventory) -> bool:
+    return any(m.endswith("ngx_stream_module.so") for m in inv.nginx.load_modules)
+
+
 def _stream_module(inv: Inventory, build: Any) -> tuple[str, ...]:
-    has = any(m.endswith("ngx_stream_module.so") for m in inv.nginx.load_modules)
-    return (build.stream_module,) if build.dynamic_stream and not has else ()
+    return (build.stream_module,) if build.dynamic_stream and not _loads_stream(inv) else ()
 
 
 def _deployer(inv: Inventory | None, container: str | None, *, quiet: bool, stream_only: bool | None = None,
@@ -270,7 +274,7 @@ def _optional_inventory(inventory: Path, container: str | None) -> Inventory | N
 
 def _render_for(inv: Inventory, inventory: Path, deployer: Any, templates: Path | None) -> str:
     modules: tuple[str, ...] = ()
-    if not deployer.stream_only:
+    if not deployer.stream_only and not _loads_stream(inv):
         modules = _stream_module(inv, deployer.live.build())
     return _render(inv, inventory, templates, full=not deployer.stream_only, modules=modules)
 

@@ -131,7 +131,7 @@ def ensure_image(client: docker.DockerClient, image: str, progress: Progress = _
 
 def _run_throwaway(client: docker.DockerClient, image: str, command: list[str], *,
                    files: dict[str, str] | None = None, network: str = "none",
-                   hosts: dict[str, str] | None = None) -> NginxOutput:
+                   hosts: dict[str, str] | None = None, memory: int = 256 * 1024 ** 2) -> NginxOutput:
     """Run `command` in a locked-down container that is always removed; return its exit code and output.
 
     Files are put in a fresh volume at /etc/nginxctl (the root file system is read-only).
@@ -143,7 +143,7 @@ def _run_throwaway(client: docker.DockerClient, image: str, command: list[str], 
             read_only=True, tmpfs={"/run": "size=1m", "/tmp": "size=16m", "/var/log/nginx": "size=4m",
                                    "/var/lib/nginx": "size=16m", "/var/cache/nginx": "size=16m"},
             cap_drop=["ALL"], cap_add=["NET_BIND_SERVICE", "SETUID", "SETGID"],
-            security_opt=["no-new-privileges"], mem_limit="256m", pids_limit=64, network_mode=network,
+            security_opt=["no-new-privileges"], mem_limit=memory, pids_limit=64, network_mode=network,
             labels={"nginxctl.role": "validate"}, entrypoint=[command[0]], command=command[1:],
             extra_hosts=hosts or None)
         if network == "none":
@@ -160,6 +160,10 @@ def _run_throwaway(client: docker.DockerClient, image: str, command: list[str], 
         except Exception:  # the engine's read timeout: a hung nginx -t
             raise EnvironmentProblem(f"nginx -t did not finish within {VALIDATE_TIMEOUT}s in {image}") from None
         output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        container.reload()
+        if container.attrs.get("State", {}).get("OOMKilled"):
+            raise EnvironmentProblem(f"nginx -t ran out of memory in the test container ({memory // 1024 ** 2} "
+                                     "MiB)", "large configs need more: this is nginxctl's limit, not nginx's error")
         return NginxOutput(command, int(status.get("StatusCode", 1)), output)
     except docker.errors.ImageNotFound:
         raise EnvironmentProblem(f"image {image} is not present", BUILD_HINT) from None
@@ -197,10 +201,12 @@ def image_build(client: docker.DockerClient, image: str) -> Build:
 
 
 def test_config(client: docker.DockerClient, image: str, config: str, *, network: str = "none",
-                hosts: dict[str, str] | None = None) -> NginxOutput:
-    """`nginx -t` of `config` in a throwaway, locked-down container of `image`."""
+                hosts: dict[str, str] | None = None, shared_memory: int = 0) -> NginxOutput:
+    """`nginx -t` of `config` in a throwaway, locked-down container of `image`. The memory limit is
+    256 MiB plus `shared_memory` (the zones nginx maps) plus ten times the config's size."""
+    memory = 256 * 1024 ** 2 + shared_memory + 10 * len(config)
     return _run_throwaway(client, image, ["nginx", "-t", "-c", "/etc/nginxctl/nginx.conf"],
-                          files={"nginx.conf": config}, network=network, hosts=hosts)
+                          files={"nginx.conf": config}, network=network, hosts=hosts, memory=memory)
 
 
 @dataclass(frozen=True)
@@ -343,13 +349,11 @@ class LiveNginx:
                 (result.old_workers if proc.shutting_down else result.workers).append(proc)
         return result
 
-    def signal_reload(self) -> None:
-        """SIGHUP to the master: by the Docker API when it is the container's main process."""
-        master = self.processes().master
-        main_pid = self.container.attrs.get("State", {}).get("Pid")
-        self.container.reload()
-        main_pid = self.container.attrs.get("State", {}).get("Pid", main_pid)
-        if master is not None and master.pid == main_pid:
+    def signal_reload(self, master: Process | None = None) -> None:
+        """SIGHUP to the master: by the Docker API when it is the container's main process, else by
+        `nginx -s reload`. `master` saves listing the processes again."""
+        master = master or self.processes().master
+        if master is not None and master.pid == self.container.attrs.get("State", {}).get("Pid"):
             self.container.kill(signal="HUP")
         else:
             result = self.exec(["-s", "reload"])
