@@ -53,6 +53,11 @@ StreamOnlyOpt = Annotated[Optional[bool], typer.Option(
 ConfigPathOpt = Annotated[Optional[str], typer.Option(
     "--config-path", help="The file nginxctl owns in the container (default /etc/nginx/nginx.conf).")]
 
+GroupArg = Annotated[str, typer.Argument(help="The upstream group.")]
+ServerArg = Annotated[str, typer.Argument(help="The server's address as in the inventory, e.g. 10.0.0.5:6666.")]
+ChangeLockOpt = Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while another nginxctl "
+                                              "changes the target (default: fail at once).")]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -485,16 +490,15 @@ def _change_server(group: str, server: str, *, down: bool, inventory: Path, cont
 @app.command()
 @handled
 def drain(
-    group: Annotated[str, typer.Argument(help="The upstream group.")],
-    server: Annotated[str, typer.Argument(help="The server's address as in the inventory, e.g. 10.0.0.5:6666.")],
+    group: GroupArg,
+    server: ServerArg,
     inventory: InventoryOpt = Path("inventory.yaml"),
     container: ContainerOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until no connection to the server remains.")] = False,
     timeout: Annotated[str, typer.Option("--timeout", help="How long --wait waits (30s, 10m, 1h).")] = "10m",
     force: Annotated[bool, typer.Option("--force", help="Drain even the last server taking new connections "
                      "(a backup takes over).")] = False,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while another "
-                            "nginxctl changes the target (default: fail at once).")] = 0.0,
+    lock_timeout: ChangeLockOpt = 0.0,
     templates: TemplatesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -540,12 +544,11 @@ def drain(
 @app.command()
 @handled
 def undrain(
-    group: Annotated[str, typer.Argument(help="The upstream group.")],
-    server: Annotated[str, typer.Argument(help="The server's address as in the inventory.")],
+    group: GroupArg,
+    server: ServerArg,
     inventory: InventoryOpt = Path("inventory.yaml"),
     container: ContainerOpt = None,
-    lock_timeout: Annotated[float, typer.Option("--lock-timeout", help="Seconds to wait while another "
-                            "nginxctl changes the target (default: fail at once).")] = 0.0,
+    lock_timeout: ChangeLockOpt = 0.0,
     templates: TemplatesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
