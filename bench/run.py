@@ -25,9 +25,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import docker
 import yaml
@@ -43,7 +44,6 @@ NGINXCTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "nginx
 
 sys.path.insert(0, str(HERE.parent))
 from nginxctl.nginx import LiveNginx  # noqa: E402
-
 
 # Every listen port of the benchmark: below the ephemeral range (so no client or nginx connection takes
 # one), and exactly what the NOTRACK rules cover.
@@ -471,7 +471,8 @@ def bench_scale(client: Any, tmp: Path, quick: bool) -> str:
         t4 = time.perf_counter()
         FACTS[f"render {n}"] = t2 - t1
         rows.append([n, f"{len(config) / 1e6:.1f}", f"{(t1 - t0) * 1000:.0f}", f"{(t2 - t1) * 1000:.0f}",
-                     f"{(t2 - t1) / n * 1e6:.0f}", f"{(t4 - t3) * 1000:.0f}" + ("" if v.returncode == 0 else " (failed)")])
+                     f"{(t2 - t1) / n * 1e6:.0f}", f"{(t4 - t3) * 1000:.0f}"
+                     + ("" if v.returncode == 0 else " (failed)")])
     return table("Render and validate time by inventory size (10 servers per group)",
                  ["groups", "config MB", "load + check ms", "render ms", "render µs per group",
                   "nginxctl validate ms (CLI, container, nginx -t)"], rows)

@@ -15,8 +15,8 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from .errors import ApplyFailure, ConfigRejected, UsageError
 from .nginx import LiveNginx, Processes, TargetLock, config_from_dump, staged_name

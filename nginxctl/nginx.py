@@ -14,9 +14,10 @@ import socket
 import tarfile
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import docker
 import docker.errors
@@ -242,7 +243,7 @@ class LiveNginx:
         self.binary = self._find_binary()
 
     @classmethod
-    def attach(cls, client: docker.DockerClient, name: str) -> "LiveNginx":
+    def attach(cls, client: docker.DockerClient, name: str) -> LiveNginx:
         """The running container `name`. Raises EnvironmentProblem when missing or stopped."""
         try:
             container = client.containers.get(name)
@@ -338,7 +339,7 @@ class LiveNginx:
         titles = [t.upper() for t in top.get("Titles", [])]
         procs = []
         for row in top.get("Processes") or []:
-            item = dict(zip(titles, row))
+            item = dict(zip(titles, row, strict=False))
             cmd = item.get("COMMAND") or item.get("CMD") or item.get("ARGS") or row[-1]
             started = item.get("STARTED") or item.get("STIME") or ""
             procs.append(Process(int(item["PID"]), int(item["PPID"]), cmd, started))
@@ -475,7 +476,7 @@ class TargetLock:
     def name(self) -> str:
         return f"nginxctl-lock-{self.live.container.id[:12]}"
 
-    def __enter__(self) -> "TargetLock":
+    def __enter__(self) -> TargetLock:
         deadline = time.monotonic() + self.wait
         labels = {"nginxctl.role": "lock", "nginxctl.host": socket.gethostname(),
                   "nginxctl.pid": str(os.getpid()), "nginxctl.time": str(int(time.time())),

@@ -9,9 +9,10 @@ an unknown `$variable` through `{{ }}`, whatever the inventory says.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jinja2
 
@@ -95,7 +96,7 @@ def render(inv: Inventory, env: jinja2.Environment, *, full: bool = False,
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"{exc.filename or exc.name}:{exc.lineno}: template syntax error: {exc.message}") from None
     except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"template {exc.name} not found in {env.loader.searchpath}")  # type: ignore[union-attr]
+        raise TemplateError(f"template {exc.name} not found in {env.loader.searchpath}") from None  # type: ignore[union-attr]
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template {name}: {exc.message}") from None
     return text

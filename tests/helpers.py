@@ -86,7 +86,7 @@ class Backend:
     port: int
     udp: bool = False
 
-    def start(self) -> "Backend":
+    def start(self) -> Backend:
         self.server: socketserver.BaseServer = (_UDPServer if self.udp else _TCPServer)(self.port, self.name)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)

@@ -11,10 +11,10 @@ import sys
 
 import docker
 import pytest
-
-from helpers import IMAGE, Held, cli, free_port, who
 from nginxctl.apply import sha
 from nginxctl.nginx import LiveNginx, TargetLock
+
+from helpers import IMAGE, Held, cli, free_port, who
 
 
 def apply(lb, *extra):  # type: ignore[no-untyped-def]

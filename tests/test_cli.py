@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from nginxctl.cli import app
 from typer.testing import CliRunner
 
 from helpers import cli
-from nginxctl.cli import app
 
 ROOT = Path(__file__).parent.parent
 runner = CliRunner()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from helpers import Held, cli, who
 from nginxctl.nginx import LiveNginx, TargetLock
+
+from helpers import Held, cli, who
 
 
 def drain(lb, *args):  # type: ignore[no-untyped-def]

@@ -6,7 +6,6 @@ import difflib
 from pathlib import Path
 
 import pytest
-
 from nginxctl.edit import set_down
 from nginxctl.errors import UsageError
 from nginxctl.files import write_atomic

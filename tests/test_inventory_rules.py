@@ -5,7 +5,6 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from nginxctl.errors import InventoryError
 from nginxctl.inventory import parse_inventory
 
@@ -72,7 +71,8 @@ def test_wrong_type_names_expected_and_got():
 
 
 def test_out_of_range_integer():
-    assert "expected an integer >= 0" in one(GOOD.replace("[127.0.0.1:7001]", "[{address: 127.0.0.1:7001, max_fails: -1}]"))
+    bad = GOOD.replace("[127.0.0.1:7001]", "[{address: 127.0.0.1:7001, max_fails: -1}]")
+    assert "expected an integer >= 0" in one(bad)
 
 
 @pytest.mark.parametrize("address", ["10.0.0.5", "10.0.0.5:0", "10.0.0.5:70000", "300.1.1.1:80", "[::1:80",

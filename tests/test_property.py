@@ -5,18 +5,19 @@ per example); each config is tested by exec of its nginx binary."""
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-
-from helpers import IMAGE
 from nginxctl.errors import InventoryError
 from nginxctl.inventory import parse_inventory
 from nginxctl.nginx import LiveNginx
 from nginxctl.render import render, template_env
+
+from helpers import IMAGE
 
 ADDRESSES = ["127.0.0.1:7001", "127.0.0.2:7002", "localhost:7003", "[::1]:7004", "unix:/run/s.sock",
              "10.0.0.5:6666", "127.0.0.1:0", "bad host:1", "127.0.0.1", "300.0.0.1:80", "a;b:80", 7]

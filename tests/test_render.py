@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from nginxctl.errors import InventoryError, TemplateError
 from nginxctl.inventory import parse_inventory
 from nginxctl.render import render, template_env

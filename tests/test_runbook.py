@@ -185,7 +185,8 @@ def test_size_capacity(lb, backends):
     assert a.wait_connections(0)
     lb.write({"netty_pool": g}, nginx={"worker_processes": 1, "max_connections": 100})
     render, validate, apply = ok(run(blocks("Size capacity")[0], lb.inventory.parent, CONTAINER=lb.name))
-    assert "worker_connections 301;" in render.stdout  # 2 x 100 x 1.5, plus the listening socket and validate.stdout.startswith("ok:")
+    assert "worker_connections 301;" in render.stdout  # 2 x 100 x 1.5, plus the listening socket
+    assert validate.stdout.startswith("ok:"), validate.stdout
     held = [Held(port) for _ in range(100)]
     try:
         assert Counter(h.name for h in held) == {"A": 100}

@@ -10,13 +10,14 @@ import difflib
 import hashlib
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import capacity
 from ..errors import InventoryError, Location, Problem
 from . import grammar as gr
 from .model import Group, Inventory, NginxSettings, Server, Target
-from .schema import (GROUP_KEYS, NGINX_KEYS, NOT_DEFAULTABLE, SERVER_KEYS, TARGET_KEYS, TOP_KEYS, Key)
+from .schema import GROUP_KEYS, NGINX_KEYS, NOT_DEFAULTABLE, SERVER_KEYS, TARGET_KEYS, TOP_KEYS, Key
 from .yamlsource import KeyPath, Positions, format_path, parse_yaml
 
 BACKUP_UNSUPPORTED = {"hash", "random", "random_two_least_conn"}

@@ -6,9 +6,10 @@ and as the key reference in docs/inventory.md, so the three cannot disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from . import grammar as g
 
