@@ -1,22 +1,52 @@
 """The one exception hierarchy of nginxctl; the CLI turns each class into an exit code.
 
-Exit codes (documented in the README):
-  0  success
-  1  nginx rejected the config, or `diff` found differences
-  2  usage or inventory error
-  3  environment error: Docker unreachable, image missing, container missing or stopped
-  4  apply or reload failed and the previous config was restored
+`EXIT_CODES` is the documented table (the README's table is checked against it by a test).
+Every error can describe itself as data (`to_dict`) for `--format json`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Any
+
+EXIT_OK = 0
+EXIT_REJECTED = 1
+EXIT_USAGE = 2
+EXIT_ENVIRONMENT = 3
+EXIT_RESTORED = 4
+EXIT_NOT_RESTORED = 5
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success (`diff`: no difference; `status` exits 0 with or without drift)",
+    EXIT_REJECTED: "nginx rejected the config (nothing changed), `diff` found differences or a pending reload, "
+                   "or `drain --wait` timed out with connections left",
+    EXIT_USAGE: "usage or inventory error: file, line, column, key path, what was expected; nothing written",
+    EXIT_ENVIRONMENT: "environment error: Docker unreachable, image missing, container missing or not running, "
+                      "target locked by another nginxctl",
+    EXIT_RESTORED: "the change did not take and the previous config was restored, verified and is running; or "
+                   "the reload was refused because old worker generations linger (nothing changed)",
+    EXIT_NOT_RESTORED: "the change did not take and restoring the previous config failed too: the target may "
+                       "not run the previous config; look at it now (`nginxctl status`)",
+    EXIT_INTERNAL: "internal error in nginxctl (a bug: `--debug` shows the traceback; please report it)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C): the message says what was and was not done",
+}
 
 
 class NginxctlError(Exception):
     """Base class. `exit_code` is what the CLI exits with; `str()` is the message for people."""
 
-    exit_code = 1
+    exit_code = EXIT_REJECTED
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as data, for `--format json`."""
+        return {"type": type(self).__name__, "message": str(self)}
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The `errors` list of a JSON error document: one entry per problem, located where possible."""
+        return [self.to_dict()]
 
 
 @dataclass(frozen=True)
@@ -47,38 +77,56 @@ class Problem:
         where = f"{self.location}: "
         return f"{where}{self.path}: {self.message}" if self.path else f"{where}{self.message}"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.location.file, "line": self.location.line, "column": self.location.column,
+                "path": self.path, "message": self.message}
+
 
 class InventoryError(NginxctlError):
     """The inventory cannot be used. Carries every problem found, not just the first."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "InventoryError", "message": f"{len(self.problems)} problem(s) in the inventory",
+                "problems": [p.to_dict() for p in self.problems]}
+
+    def errors(self) -> list[dict[str, Any]]:
+        return [{"type": "InventoryError", **p.to_dict()} for p in self.problems]
+
 
 class UsageError(NginxctlError):
     """The command line asks for something that cannot be done (bad flag combination, unknown server)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class TemplateError(NginxctlError):
     """A template is missing, broken, or tried to emit a value that fails the safety gate."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class EnvironmentProblem(NginxctlError):
     """Docker unreachable, image or container missing: nothing nginx said, nothing the inventory did."""
 
-    exit_code = 3
+    exit_code = EXIT_ENVIRONMENT
 
     def __init__(self, cause: str, hint: str = "") -> None:
         self.cause = cause
         self.hint = hint
         super().__init__(f"{cause}. {hint}".strip() if hint else cause)
+
+
+class LockBusy(EnvironmentProblem):
+    """Another nginxctl is changing the same target."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 @dataclass
@@ -92,42 +140,157 @@ class NginxOutput:
 
 
 class ConfigRejected(NginxctlError):
-    """`nginx -t` refused the rendered config. `located` maps nginx's message to the inventory."""
+    """`nginx -t` refused the rendered config; nothing changed. `located` maps nginx's message to the inventory."""
 
-    exit_code = 1
+    exit_code = EXIT_REJECTED
 
     def __init__(self, result: NginxOutput, located: list[str] | None = None) -> None:
         self.result = result
         self.located = located or []
-        lines = [line for line in result.output.splitlines() if "[emerg]" in line or "[crit]" in line]
-        msg = "nginx rejected the config: " + ("; ".join(lines) if lines else result.output.strip())
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        lines = [line for line in self.result.output.splitlines() if "[emerg]" in line or "[crit]" in line]
+        msg = "nginx rejected the config: " + ("; ".join(lines) if lines else self.result.output.strip())
         if self.located:
             msg += "\n" + "\n".join(self.located)
-        super().__init__(msg)
+        return msg
+
+    def locate(self, located: list[str]) -> ConfigRejected:
+        """The same rejection, traced back to the inventory lines it came from."""
+        self.located = located
+        self.args = (self._message(),)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "ConfigRejected", "message": str(self).splitlines()[0], "located": self.located,
+                "nginx_output": self.result.output.strip()}
+
+    def errors(self) -> list[dict[str, Any]]:
+        """One entry per inventory line nginx's errors trace back to (`file:line:col: path: nginx: ...`)."""
+        entries = []
+        for text in self.located:
+            m = re.match(r"(.+?):(\d+):(\d+): (\S+): (.*)\Z", text)
+            if m:
+                entries.append({"type": "ConfigRejected", "file": m.group(1), "line": int(m.group(2)),
+                                "column": int(m.group(3)), "path": m.group(4), "message": m.group(5)})
+        return entries or [self.to_dict()]
+
+
+class ApplyFailure(NginxctlError):
+    """The new config did not take; the previous one was restored, verified, and is running again."""
+
+    exit_code = EXIT_RESTORED
+
+    def __init__(self, reason: str, details: list[str] | None = None, target: str | None = None) -> None:
+        self.reason = reason
+        self.details = list(details or [])
+        self.target = target
+        super().__init__(reason)
+
+    @property
+    def outcome(self) -> str:
+        return "previous config restored, verified, and running"
+
+    def __str__(self) -> str:
+        text = f"apply failed: {self.reason}; {self.outcome}"
+        return text + ("\n" + "\n".join(self.details) if self.details else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "message": str(self).splitlines()[0], "reason": self.reason,
+                "details": self.details, "restored": self.exit_code == EXIT_RESTORED}
+
+
+class RestoreFailed(ApplyFailure):
+    """The new config did not take and restoring the previous one failed too: the target may run neither."""
+
+    exit_code = EXIT_NOT_RESTORED
+
+    @property
+    def outcome(self) -> str:
+        return "restoring the previous config FAILED: the target may not run it; check it now (nginxctl status)"
+
+
+class ReloadFailed(NginxctlError):
+    """A reload did not verifiably take (raised inside the apply procedure, which restores and re-raises
+    as ApplyFailure or RestoreFailed)."""
+
+    def __init__(self, reason: str, details: list[str] | None = None, cursor: Any = None) -> None:
+        self.reason = reason
+        self.details = list(details or [])
+        self.cursor = cursor  # where in nginx's error log this reload's lines start
+        super().__init__(reason)
+
+
+class GenerationsLingering(NginxctlError):
+    """The reload was refused before anything changed: too many old worker generations still drain."""
+
+    exit_code = EXIT_RESTORED
+
+    def __init__(self, count: int, limit: int, details: list[str]) -> None:
+        self.count = count
+        self.limit = limit
+        self.details = details
+        super().__init__(
+            f"refused: {count} old worker generation(s) still shutting down (--max-generations {limit}); a reload "
+            "now would add one more; nothing changed, the current config is still running. Wait for them to "
+            "drain (--wait), or set worker_shutdown_timeout" + ("\n" + "\n".join(details) if details else ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "GenerationsLingering", "message": str(self).splitlines()[0],
+                "lingering_generations": self.count, "max_generations": self.limit, "details": self.details}
+
+
+class DrainTimeout(NginxctlError):
+    """`drain --wait` gave up with connections to the server still open (the server is drained)."""
+
+    exit_code = EXIT_REJECTED
+
+    def __init__(self, address: str, remaining: int, waited: str, holders: dict[int, int]) -> None:
+        self.address = address
+        self.remaining = remaining
+        self.holders = holders
+        who = ", ".join(f"worker {pid}: {n}" for pid, n in sorted(holders.items()))
+        super().__init__(f"{remaining} connection(s) to {address} still open after {waited} ({who}); the server is "
+                         "drained (no new connections); they close when their clients leave, or set "
+                         "worker_shutdown_timeout to bound it")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "DrainTimeout", "message": str(self), "address": self.address,
+                "remaining": self.remaining, "holders": {str(k): v for k, v in self.holders.items()}}
+
+
+class Interrupted(NginxctlError):
+    """Ctrl-C (or SIGTERM) stopped a command; `done` and `not_done` say where it stopped."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def __init__(self, done: list[str], not_done: list[str]) -> None:
+        self.done = done
+        self.not_done = not_done
+        lines = ["interrupted"]
+        lines += [f"done: {d}" for d in done] or ["done: nothing"]
+        lines += [f"not done: {n}" for n in not_done]
+        super().__init__("\n".join(lines))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "Interrupted", "message": "interrupted", "done": self.done, "not_done": self.not_done}
 
 
 @dataclass
-class ApplyFailure(NginxctlError):
-    """The new config did not take; the previous one was restored and is running again."""
+class Journal:
+    """What a workflow has done so far, for the report an interruption gives (see `Interrupted`)."""
 
-    reason: str
-    restored: bool = True
-    details: list[str] = field(default_factory=list)
-    touched: bool = True  # False: refused before anything was installed
-    exit_code = 4
+    done: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        super().__init__(str(self))
+    def did(self, what: str) -> None:
+        self.done.append(what)
+        if what in self.pending:
+            self.pending.remove(what)
 
-    def __str__(self) -> str:
-        tail = ("nothing changed; the previous config is still running" if not self.touched
-                else "previous config restored and running" if self.restored
-                else "previous config NOT restored")
-        text = f"apply failed: {self.reason}; {tail}"
-        return text + ("\n" + "\n".join(self.details) if self.details else "")
+    def plan(self, *steps: str) -> None:
+        self.pending = list(steps)
 
-
-class LockBusy(NginxctlError):
-    """Another nginxctl is changing the same target."""
-
-    exit_code = 3
+    def interrupted(self) -> Interrupted:
+        return Interrupted(list(self.done), list(self.pending))

@@ -13,19 +13,20 @@ from .errors import UsageError
 def write_atomic(path: str | os.PathLike[str], text: str, *, expect: str | None = None) -> None:
     """Write `text` to `path` so that readers see the old file or the new one, never a part.
 
-    With `expect`, the file must still hold exactly `expect` (refuses a file changed since it was
-    read) and must be writable by its mode bits (refuses a read-only inventory even as root).
-    Raises UsageError; on any failure the file is untouched.
+    An existing file must be writable by its mode bits (a read-only file is refused, even as root,
+    who could replace it). With `expect`, the file must still hold exactly `expect` (refuses a file
+    changed since it was read). Raises UsageError; on any failure the file is untouched.
     """
     target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"cannot write {target}: it is a folder; nothing written")
+    if target.exists() and not target.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(f"cannot write {target}: the file is read-only; nothing changed")
     if expect is not None:
         try:
-            mode = target.stat().st_mode
             current = target.read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"cannot edit {target}: {exc.strerror}") from None
-        if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-            raise UsageError(f"cannot edit {target}: the file is read-only; nothing changed")
         if current != expect:
             raise UsageError(f"{target} changed since nginxctl read it; nothing changed: run the command again")
     try:

@@ -1,12 +1,15 @@
-"""The one module that talks to Docker and to nginx inside containers.
+"""The one module that talks to Docker, and to nginx inside containers.
 
 Everything goes through the Docker API: archives to read and write files, exec of the nginx
 binary itself, `top` for processes and signals for reloads. No shell runs in any container, so
 an image that holds nothing but nginx works. Callers pass the Docker client in (the CLI makes it).
+Every Docker call is wrapped by `_engine`, so a failing engine is an EnvironmentProblem (exit 3),
+never a traceback. What nginx prints is parsed in `nginxtext` (pure).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -14,22 +17,25 @@ import socket
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import docker
 import docker.errors
 import docker.types
+import requests.exceptions
 from docker.models.containers import Container
 
+from .capacity import Machine
 from .errors import EnvironmentProblem, LockBusy, NginxOutput
+from .history import Master
+from .nginxtext import Build, Process, Processes, parse_build, parse_docker_time, parse_top, staged_name
 
 DEFAULT_IMAGE = "nginx:stable"
 LOCAL_IMAGE = "nginxctl/nginx:latest"  # built by scripts/build-nginx-image.sh from Debian packages
-BUILD_HINT = "build it offline with scripts/build-nginx-image.sh, or pass --image"
-STREAM_MODULE = "ngx_stream_module.so"
+BUILD_HINT = "build it offline with scripts/build-nginx-image.sh, pull it yourself, or pass --image (--pull)"
 PLACEHOLDER_IP = "127.0.0.1"
 VALIDATE_TIMEOUT = 60
 LOCK_STALE_SECONDS = 900
@@ -41,26 +47,39 @@ def _quiet(_: str) -> None:
     return None
 
 
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = re.sub(r"\(Caused by .*", "", text)
+    return text[:200]
+
+
+@contextlib.contextmanager
+def _engine(what: str, hint: str = "") -> Iterator[None]:
+    """Turn any failure of the Docker engine or the connection to it into an EnvironmentProblem."""
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise EnvironmentProblem(f"{what} ({_short(exc)})", hint) from None
+
+
 def connect(docker_host: str | None = None) -> docker.DockerClient:
     """A client for `docker_host`, else DOCKER_HOST, else the local socket; checked with a ping.
 
     Raises EnvironmentProblem when the engine cannot be reached.
     """
     where = docker_host or os.environ.get("DOCKER_HOST") or "the local Docker socket"
-    try:
+    with _engine(f"Docker is not reachable at {where}",
+                 "start the Docker engine (dockerd) or set DOCKER_HOST / target.docker_host"):
         client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
         client.ping()
-    except docker.errors.DockerException as exc:
-        raise EnvironmentProblem(
-            f"Docker is not reachable at {where} ({_short(exc)})",
-            "start the Docker engine (dockerd) or set DOCKER_HOST / target.docker_host") from None
     return client
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = re.sub(r"\(Caused by .*", "", text)
-    return text[:200]
+def engine_machine(client: docker.DockerClient) -> Machine:
+    """The CPUs and memory of the machine the Docker engine runs containers on. Raises EnvironmentProblem."""
+    with _engine("cannot read the Docker engine's info"):
+        info = client.info()
+    return Machine(cpus=int(info.get("NCPU") or 1), memory_bytes=int(info.get("MemTotal") or 0))
 
 
 def _tar(members: Mapping[str, bytes | str], links: dict[str, str] | None = None, mtime: float | None = None) -> bytes:
@@ -79,55 +98,28 @@ def _tar(members: Mapping[str, bytes | str], links: dict[str, str] | None = None
     return buf.getvalue()
 
 
-@dataclass(frozen=True)
-class Build:
-    """What `nginx -V` says about an image's nginx."""
-
-    version: str
-    dynamic_stream: bool
-    modules_path: str
-
-    @property
-    def stream_module(self) -> str:
-        return f"{self.modules_path}/{STREAM_MODULE}"
-
-
-def parse_build(version_output: str) -> Build:
-    version = re.search(r"nginx/([\w.]+)", version_output)
-    modules = re.search(r"--modules-path=(\S+)", version_output)
-    prefix = re.search(r"--prefix=(\S+)", version_output)
-    return Build(version.group(1) if version else "unknown",
-                 "--with-stream=dynamic" in version_output,
-                 modules.group(1) if modules else f"{prefix.group(1) if prefix else '/etc/nginx'}/modules")
-
-
-def ensure_image(client: docker.DockerClient, image: str, progress: Progress = _quiet) -> str:
-    """Make sure `image` is present (pulling it if needed); return the image to use.
-
-    The default nginx:stable falls back to the locally built nginxctl/nginx image when it cannot be
-    pulled (no registry). Raises EnvironmentProblem when no usable image is there.
-    """
-    try:
-        client.images.get(image)
-        return image
-    except docker.errors.ImageNotFound:
-        pass
-    except docker.errors.DockerException as exc:
-        raise EnvironmentProblem(f"cannot inspect image {image} ({_short(exc)})") from None
-    progress(f"pulling {image}")
-    try:
-        client.images.pull(image)
-        return image
-    except docker.errors.DockerException as exc:
-        pull_error = _short(exc)
-    if image == DEFAULT_IMAGE:
+def image_present(client: docker.DockerClient, image: str) -> bool:
+    with _engine(f"cannot inspect image {image}"):
         try:
-            client.images.get(LOCAL_IMAGE)
-            progress(f"{image} cannot be pulled; using the local {LOCAL_IMAGE}")
-            return LOCAL_IMAGE
+            client.images.get(image)
+            return True
         except docker.errors.ImageNotFound:
-            pass
-    raise EnvironmentProblem(f"image {image} is not present and cannot be pulled ({pull_error})", BUILD_HINT)
+            return False
+
+
+def ensure_image(client: docker.DockerClient, image: str, *, pull: bool = False, progress: Progress = _quiet) -> str:
+    """Make sure `image` is present; pull it only when asked (`pull`): never a surprise download.
+
+    Raises EnvironmentProblem when it is not there (or cannot be pulled).
+    """
+    if image_present(client, image):
+        return image
+    if not pull:
+        raise EnvironmentProblem(f"image {image} is not present on the Docker engine", BUILD_HINT)
+    progress(f"pulling {image}")
+    with _engine(f"image {image} is not present and cannot be pulled", BUILD_HINT):
+        client.images.pull(image)
+    return image
 
 
 def _run_throwaway(client: docker.DockerClient, image: str, command: list[str], *,
@@ -136,51 +128,48 @@ def _run_throwaway(client: docker.DockerClient, image: str, command: list[str], 
     """Run `command` in a locked-down container that is always removed; return its exit code and output.
 
     Files are put in a fresh volume at /etc/nginxctl (the root file system is read-only).
+    Raises EnvironmentProblem.
     """
-    volume = client.volumes.create(f"nginxctl-validate-{uuid.uuid4().hex[:12]}") if files else None
+    volume = None
     container = None
     try:
-        kwargs: dict[str, Any] = dict(
-            read_only=True, tmpfs={"/run": "size=1m", "/tmp": "size=16m", "/var/log/nginx": "size=4m",
-                                   "/var/lib/nginx": "size=16m", "/var/cache/nginx": "size=16m"},
-            cap_drop=["ALL"], cap_add=["NET_BIND_SERVICE", "SETUID", "SETGID"],
-            security_opt=["no-new-privileges"], mem_limit=memory, pids_limit=64, network_mode=network,
-            labels={"nginxctl.role": "validate"}, entrypoint=[command[0]], command=command[1:],
-            extra_hosts=hosts or None)
-        if network == "none":
-            # nginx -t binds every listen: let it bind addresses this sandbox lacks.
-            kwargs["sysctls"] = {"net.ipv4.ip_nonlocal_bind": "1", "net.ipv6.ip_nonlocal_bind": "1"}
-        if volume is not None:
-            kwargs["mounts"] = [docker.types.Mount("/etc/nginxctl", volume.name, type="volume")]
-        container = client.containers.create(image, **kwargs)
-        if files:
-            container.put_archive("/etc/nginxctl", _tar(dict(files)))
-        container.start()
-        try:
-            status = container.wait(timeout=VALIDATE_TIMEOUT)
-        except Exception:  # the engine's read timeout: a hung nginx -t
-            raise EnvironmentProblem(f"nginx -t did not finish within {VALIDATE_TIMEOUT}s in {image}") from None
-        output = container.logs(stdout=True, stderr=True).decode(errors="replace")
-        container.reload()
+        with _engine("Docker could not run the test container"):
+            if files:
+                volume = client.volumes.create(f"nginxctl-validate-{uuid.uuid4().hex[:12]}")
+            kwargs: dict[str, Any] = dict(
+                read_only=True, tmpfs={"/run": "size=1m", "/tmp": "size=16m", "/var/log/nginx": "size=4m",
+                                       "/var/lib/nginx": "size=16m", "/var/cache/nginx": "size=16m"},
+                cap_drop=["ALL"], cap_add=["NET_BIND_SERVICE", "SETUID", "SETGID"],
+                security_opt=["no-new-privileges"], mem_limit=memory, pids_limit=64, network_mode=network,
+                labels={"nginxctl.role": "validate"}, entrypoint=[command[0]], command=command[1:],
+                extra_hosts=hosts or None)
+            if network == "none":
+                # nginx -t binds every listen: let it bind addresses this sandbox lacks.
+                kwargs["sysctls"] = {"net.ipv4.ip_nonlocal_bind": "1", "net.ipv6.ip_nonlocal_bind": "1"}
+            if volume is not None:
+                kwargs["mounts"] = [docker.types.Mount("/etc/nginxctl", volume.name, type="volume")]
+            try:
+                container = client.containers.create(image, **kwargs)
+            except docker.errors.ImageNotFound:
+                raise EnvironmentProblem(f"image {image} is not present", BUILD_HINT) from None
+            if files:
+                container.put_archive("/etc/nginxctl", _tar(dict(files)))
+            container.start()
+            try:
+                status = container.wait(timeout=VALIDATE_TIMEOUT)
+            except requests.exceptions.ReadTimeout:
+                raise EnvironmentProblem(f"nginx -t did not finish within {VALIDATE_TIMEOUT}s in {image}") from None
+            output = container.logs(stdout=True, stderr=True).decode(errors="replace")
+            container.reload()
         if container.attrs.get("State", {}).get("OOMKilled"):
             raise EnvironmentProblem(f"nginx -t ran out of memory in the test container ({memory // 1024 ** 2} "
                                      "MiB)", "large configs need more: this is nginxctl's limit, not nginx's error")
         return NginxOutput(command, int(status.get("StatusCode", 1)), output)
-    except docker.errors.ImageNotFound:
-        raise EnvironmentProblem(f"image {image} is not present", BUILD_HINT) from None
-    except docker.errors.APIError as exc:
-        raise EnvironmentProblem(f"Docker could not run the test container ({_short(exc)})") from None
     finally:
-        if container is not None:
-            try:
-                container.remove(force=True)
-            except docker.errors.DockerException:
-                pass
-        if volume is not None:
-            try:
-                volume.remove(force=True)
-            except docker.errors.DockerException:
-                pass
+        for thing in (container, volume):
+            if thing is not None:
+                with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
+                    thing.remove(force=True)
 
 
 _BUILD_CACHE: dict[str, Build] = {}
@@ -188,10 +177,11 @@ _BUILD_CACHE: dict[str, Build] = {}
 
 def image_build(client: docker.DockerClient, image: str) -> Build:
     """`nginx -V` of an image, run once per image id. Raises EnvironmentProblem."""
-    try:
-        image_id = client.images.get(image).id
-    except docker.errors.ImageNotFound:
-        raise EnvironmentProblem(f"image {image} is not present", BUILD_HINT) from None
+    with _engine(f"cannot inspect image {image}"):
+        try:
+            image_id = client.images.get(image).id
+        except docker.errors.ImageNotFound:
+            raise EnvironmentProblem(f"image {image} is not present", BUILD_HINT) from None
     if image_id not in _BUILD_CACHE:
         result = _run_throwaway(client, image, ["nginx", "-V"])
         if result.exit_code != 0:
@@ -204,37 +194,23 @@ def image_build(client: docker.DockerClient, image: str) -> Build:
 def test_config(client: docker.DockerClient, image: str, config: str, *, network: str = "none",
                 hosts: dict[str, str] | None = None, shared_memory: int = 0) -> NginxOutput:
     """`nginx -t` of `config` in a throwaway, locked-down container of `image`. The memory limit is
-    256 MiB plus `shared_memory` (the zones nginx maps) plus ten times the config's size."""
+    256 MiB plus `shared_memory` (the zones nginx maps) plus ten times the config's size.
+    Raises EnvironmentProblem."""
     memory = 256 * 1024 ** 2 + shared_memory + 10 * len(config)
     return _run_throwaway(client, image, ["nginx", "-t", "-c", "/etc/nginxctl/nginx.conf"],
                           files={"nginx.conf": config}, network=network, hosts=hosts, memory=memory)
 
 
 @dataclass(frozen=True)
-class Process:
-    pid: int
-    ppid: int
-    cmd: str
-    started: str = ""
-
-    @property
-    def shutting_down(self) -> bool:
-        return "shutting down" in self.cmd
-
-
-@dataclass
-class Processes:
-    master: Process | None
-    workers: list[Process] = field(default_factory=list)
-    old_workers: list[Process] = field(default_factory=list)
-
-    @property
-    def worker_pids(self) -> set[int]:
-        return {p.pid for p in self.workers}
+class FileInfo:
+    content: bytes
+    mtime: datetime | None
 
 
 class LiveNginx:
-    """An nginx running in a container: read and write its files, run its binary, reload it."""
+    """An nginx running in a container: read and write its files, run its binary, reload it.
+
+    Every method raises EnvironmentProblem when the engine or the container fails."""
 
     def __init__(self, client: docker.DockerClient, container: Container) -> None:
         self.client = client
@@ -245,13 +221,12 @@ class LiveNginx:
     @classmethod
     def attach(cls, client: docker.DockerClient, name: str) -> LiveNginx:
         """The running container `name`. Raises EnvironmentProblem when missing or stopped."""
-        try:
-            container = client.containers.get(name)
-        except docker.errors.NotFound:
-            raise EnvironmentProblem(f"container {name} does not exist",
-                                     "start it (see compose/) or name another with --container") from None
-        except docker.errors.DockerException as exc:
-            raise EnvironmentProblem(f"cannot inspect container {name} ({_short(exc)})") from None
+        with _engine(f"cannot inspect container {name}"):
+            try:
+                container = client.containers.get(name)
+            except docker.errors.NotFound:
+                raise EnvironmentProblem(f"container {name} does not exist",
+                                         "start it (see compose/) or name another with --container") from None
         if container.status != "running":
             raise EnvironmentProblem(f"container {name} is {container.status}, not running",
                                      f"start it: docker start {name}")
@@ -272,33 +247,56 @@ class LiveNginx:
     def network_mode(self) -> str:
         return f"container:{self.container.id}"
 
+    @property
+    def started_at(self) -> str:
+        return str(self.container.attrs.get("State", {}).get("StartedAt", ""))
+
+    @property
+    def on_host_network(self) -> bool:
+        return self.container.attrs.get("HostConfig", {}).get("NetworkMode") == "host"
+
+    def refresh(self) -> None:
+        """Read the container's state again (a restart changes its start time and main pid)."""
+        with _engine(f"cannot inspect container {self.name}"):
+            try:
+                self.container.reload()
+            except docker.errors.NotFound:
+                raise EnvironmentProblem(f"container {self.name} no longer exists") from None
+
     def exec(self, args: list[str]) -> NginxOutput:
         """Run the nginx binary with `args` in the container."""
         command = [self.binary, *args]
-        try:
-            result = self.container.exec_run(command, stdout=True, stderr=True, demux=True)
-        except docker.errors.DockerException as exc:
-            raise EnvironmentProblem(f"cannot exec nginx in {self.name} ({_short(exc)})") from None
+        with _engine(f"cannot exec nginx in {self.name}"):
+            try:
+                result = self.container.exec_run(command, stdout=True, stderr=True, demux=True)
+            except docker.errors.NotFound:
+                raise EnvironmentProblem(f"container {self.name} no longer exists") from None
         stdout, stderr = (part.decode(errors="replace") if part else "" for part in result.output)
         return NginxOutput(command, int(result.exit_code or 0), stderr + stdout, stdout)
 
     def build(self) -> Build:
         return parse_build(self.exec(["-V"]).output)
 
+    def stat_file(self, path: str) -> FileInfo | None:
+        """A file's content and modification time, or None when it does not exist."""
+        with _engine(f"cannot read {path} in {self.name}"):
+            try:
+                chunks, stat = self.container.get_archive(path)
+                data = b"".join(chunks)
+            except docker.errors.NotFound:
+                return None
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = tar.next()
+            fh = tar.extractfile(member) if member is not None else None
+            if fh is None:
+                return None
+            mtime = parse_docker_time(str(stat.get("mtime", ""))) if isinstance(stat, dict) else None
+            return FileInfo(fh.read(), mtime)
+
     def read_file(self, path: str) -> bytes | None:
         """The content of a file in the container, or None when it does not exist."""
-        try:
-            chunks, _ = self.container.get_archive(path)
-        except docker.errors.NotFound:
-            return None
-        except docker.errors.DockerException as exc:
-            raise EnvironmentProblem(f"cannot read {path} in {self.name} ({_short(exc)})") from None
-        with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
-            member = tar.next()
-            if member is None:
-                return None
-            fh = tar.extractfile(member)
-            return fh.read() if fh else None
+        info = self.stat_file(path)
+        return info.content if info else None
 
     def put_files(self, directory: str, files: Mapping[str, bytes | str]) -> None:
         """Create or replace files under `directory` (subfolders are created)."""
@@ -329,33 +327,30 @@ class LiveNginx:
                 hint = ("a single bind-mounted file cannot be replaced: mount its directory instead "
                         "(see README, 'Bind mounts')")
             raise EnvironmentProblem(f"cannot write into {directory} in {self.name} ({text})", hint) from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EnvironmentProblem(f"cannot write into {directory} in {self.name} ({_short(exc)})") from None
 
     def processes(self) -> Processes:
         """Master, current workers, and old workers still shutting down (from `docker top`)."""
-        try:
-            top = self.container.top()
-        except docker.errors.DockerException as exc:
-            raise EnvironmentProblem(f"cannot list processes of {self.name} ({_short(exc)})") from None
-        titles = [t.upper() for t in top.get("Titles", [])]
-        procs = []
-        for row in top.get("Processes") or []:
-            item = dict(zip(titles, row, strict=False))
-            cmd = item.get("COMMAND") or item.get("CMD") or item.get("ARGS") or row[-1]
-            started = item.get("STARTED") or item.get("STIME") or ""
-            procs.append(Process(int(item["PID"]), int(item["PPID"]), cmd, started))
-        master = next((p for p in procs if "master process" in p.cmd), None)
-        result = Processes(master)
-        for proc in procs:
-            if master and proc.ppid == master.pid and "worker process" in proc.cmd:
-                (result.old_workers if proc.shutting_down else result.workers).append(proc)
-        return result
+        with _engine(f"cannot list processes of {self.name}"):
+            try:
+                top = self.container.top()
+            except docker.errors.NotFound:
+                raise EnvironmentProblem(f"container {self.name} no longer exists") from None
+        return parse_top(top)
+
+    def master(self, processes: Processes | None = None) -> Master | None:
+        """The running master's identity (pid and the container's start time), for `history.loaded_now`."""
+        procs = processes or self.processes()
+        return Master(procs.master.pid, self.started_at) if procs.master else None
 
     def signal_reload(self, master: Process | None = None) -> None:
         """SIGHUP to the master: by the Docker API when it is the container's main process, else by
         `nginx -s reload`. `master` saves listing the processes again."""
         master = master or self.processes().master
         if master is not None and master.pid == self.container.attrs.get("State", {}).get("Pid"):
-            self.container.kill(signal="HUP")
+            with _engine(f"cannot signal nginx in {self.name}"):
+                self.container.kill(signal="HUP")
         else:
             result = self.exec(["-s", "reload"])
             if result.exit_code != 0:
@@ -371,90 +366,17 @@ class LiveNginx:
     def log_since(self, cursor: tuple[str, float | int]) -> str:
         where, mark = cursor
         if where == "stderr":
-            since = datetime.fromtimestamp(float(mark) - 0.001, tz=timezone.utc)
-            return self.container.logs(stdout=False, stderr=True, since=since).decode(errors="replace")
+            # A float, not a datetime: the SDK truncates a datetime to whole seconds, which would
+            # bring back up to a second of lines logged before the cursor.
+            with _engine(f"cannot read the logs of {self.name}"):
+                raw = self.container.logs(stdout=False, stderr=True, since=max(float(mark) - 0.001, 0.001))
+            return bytes(raw).decode(errors="replace")
         content = self.read_file(where) or b""
         return content[int(mark):].decode(errors="replace")
 
-    def sockets(self, pids: list[int]) -> dict[int, list[Socket]] | None:
-        """TCP sockets per process, read from /proc on this host; None when the processes are not
-        visible here (a remote Docker engine). Each network namespace's table is read once."""
-        wanted: dict[int, set[str]] = {}
-        tables: dict[str, str] = {}
-        try:
-            for pid in pids:
-                inodes = set()
-                for fd in os.listdir(f"/proc/{pid}/fd"):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:["):
-                        inodes.add(link[8:-1])
-                wanted[pid] = inodes
-                netns = os.readlink(f"/proc/{pid}/ns/net")
-                if netns not in tables:
-                    text = ""
-                    for name in ("tcp", "tcp6"):
-                        with open(f"/proc/{pid}/net/{name}", encoding="ascii") as fh:
-                            text += fh.read()
-                    tables[netns] = text
-        except OSError:
-            return None
-        every = set().union(*wanted.values()) if wanted else set()
-        table: dict[str, Socket] = {}
-        for text in tables.values():
-            table.update(parse_proc_net(text, every))
-        return {pid: [table[i] for i in inodes if i in table] for pid, inodes in wanted.items()}
-
-
-@dataclass(frozen=True)
-class Socket:
-    local: tuple[str, int]
-    remote: tuple[str, int]
-    state: str  # ESTABLISHED, LISTEN, ...
-
-
-_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
-               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
-               "0B": "CLOSING"}
-
-
-def _proc_addr(text: str) -> tuple[str, int]:
-    host, port = text.split(":")
-    raw = bytes.fromhex(host)
-    if len(raw) == 4:
-        addr = socket.inet_ntop(socket.AF_INET, raw[::-1])
-    else:  # four little-endian 32-bit words
-        words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
-        addr = socket.inet_ntop(socket.AF_INET6, words)
-        if addr.startswith("::ffff:") and "." in addr:
-            addr = addr[7:]
-    return addr, int(port, 16)
-
-
-def parse_proc_net(text: str, inodes: set[str] | None = None) -> dict[str, Socket]:
-    """/proc/net/tcp{,6} -> inode: Socket (only `inodes`, when given: the tables hold the whole host)."""
-    out = {}
-    for line in text.splitlines():
-        cols = line.split()
-        if len(cols) > 9 and cols[9].isdigit() and (inodes is None or cols[9] in inodes):
-            out[cols[9]] = Socket(_proc_addr(cols[1]), _proc_addr(cols[2]), _TCP_STATES.get(cols[3], cols[3]))
-    return out
-
-
-def staged_name(path: str) -> str:
-    """Where a new version of `path` waits, in the same folder (a hard link cannot cross file systems)."""
-    return f".{os.path.basename(path)}.nginxctl-new"
-
-
-def config_from_dump(dump: str, path: str) -> str | None:
-    """The text of `path` inside `nginx -T` output (nginx adds one newline after each file)."""
-    marker = f"# configuration file {path}:\n"
-    start = dump.find(marker)
-    if start < 0:
-        return None
-    start += len(marker)
-    end = dump.find("\n# configuration file ", start)
-    body = dump[start:] if end < 0 else dump[start:end + 1]
-    return body[:-1] if body.endswith("\n\n") or (end < 0 and body.endswith("\n")) else body
+    def hosts_file(self) -> str:
+        """The container's /etc/hosts (what nginx resolves names with first), or '' when absent."""
+        return (self.read_file("/etc/hosts") or b"").decode(errors="replace")
 
 
 @dataclass
@@ -464,12 +386,14 @@ class TargetLock:
     Docker refuses a second container of the same name, so two nginxctl runs, even on different
     machines talking to one engine, cannot both hold it. A lock left by a killed process is taken
     over when its owner is gone (same host) or it is older than LOCK_STALE_SECONDS.
+    Raises LockBusy (exit 3) naming the holder, EnvironmentProblem.
     """
 
     client: docker.DockerClient
     live: LiveNginx
     wait: float = 30.0
     progress: Progress = _quiet
+    purpose: str = "apply"
     _container: Container | None = None
 
     @property
@@ -480,28 +404,29 @@ class TargetLock:
         deadline = time.monotonic() + self.wait
         labels = {"nginxctl.role": "lock", "nginxctl.host": socket.gethostname(),
                   "nginxctl.pid": str(os.getpid()), "nginxctl.time": str(int(time.time())),
-                  "nginxctl.target": self.live.name}
+                  "nginxctl.target": self.live.name, "nginxctl.purpose": self.purpose}
         while True:
-            try:
-                self._container = self.client.containers.create(
-                    self.live.image, name=self.name, labels=labels, network_mode="none",
-                    entrypoint=["/nonexistent-lock"], command=[])
-                return self
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:
-                    raise EnvironmentProblem(f"cannot take the lock on {self.live.name} ({_short(exc)})") from None
-            holder = self._holder()
+            with _engine(f"cannot take the lock on {self.live.name}"):
+                try:
+                    self._container = self.client.containers.create(
+                        self.live.image, name=self.name, labels=labels, network_mode="none",
+                        entrypoint=["/nonexistent-lock"], command=[])
+                    return self
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise
+                holder = self._holder()
             if holder is None:
                 continue
             if self._stale(holder):
-                self.progress(f"taking over a stale lock on {self.live.name} ({self._describe(holder)})")
+                self.progress(f"taking over a stale lock on {self.live.name} ({describe_holder(holder.labels)})")
                 self._remove(holder)
                 continue
-            if time.monotonic() > deadline:
-                raise LockBusy(f"another nginxctl is changing {self.live.name} ({self._describe(holder)}); "
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"another nginxctl is changing {self.live.name} ({describe_holder(holder.labels)}); "
                                "try again when it has finished")
-            self.progress(f"waiting for the lock on {self.live.name} ({self._describe(holder)})")
-            time.sleep(0.5)
+            self.progress(f"waiting for the lock on {self.live.name} ({describe_holder(holder.labels)})")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())) or 0.05)
 
     def _holder(self) -> Container | None:
         try:
@@ -510,15 +435,10 @@ class TargetLock:
             return None
 
     @staticmethod
-    def _describe(holder: Container) -> str:
-        labels = holder.labels
-        age = int(time.time()) - int(labels.get("nginxctl.time", "0"))
-        return f"held by pid {labels.get('nginxctl.pid')} on {labels.get('nginxctl.host')} for {age}s"
-
-    @staticmethod
     def _stale(holder: Container) -> bool:
         labels = holder.labels
-        if int(time.time()) - int(labels.get("nginxctl.time", "0")) > LOCK_STALE_SECONDS:
+        if int(time.time()) - int(labels.get("nginxctl.time", "0")) > LOCK_STALE_SECONDS \
+                and labels.get("nginxctl.purpose") != "watch":
             return True
         if labels.get("nginxctl.host") == socket.gethostname():
             try:
@@ -531,11 +451,16 @@ class TargetLock:
 
     @staticmethod
     def _remove(holder: Container) -> None:
-        try:
+        with contextlib.suppress(docker.errors.DockerException, requests.exceptions.RequestException):
             holder.remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
     def __exit__(self, *exc: Any) -> None:
         if self._container is not None:
             self._remove(self._container)
+            self._container = None
+
+
+def describe_holder(labels: dict[str, str]) -> str:
+    age = int(time.time()) - int(labels.get("nginxctl.time", "0") or 0)
+    what = labels.get("nginxctl.purpose", "apply")
+    return f"{what} by pid {labels.get('nginxctl.pid')} on {labels.get('nginxctl.host')}, for {age}s"

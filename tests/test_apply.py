@@ -11,10 +11,13 @@ import sys
 
 import docker
 import pytest
-from nginxctl.apply import sha
+from nginxctl.history import sha
 from nginxctl.nginx import LiveNginx, TargetLock
+from nginxctl.nginxtext import parse_version
 
 from helpers import IMAGE, Held, cli, free_port, who
+
+pytestmark = pytest.mark.integration
 
 
 def apply(lb, *extra):  # type: ignore[no-untyped-def]
@@ -102,11 +105,16 @@ def test_failed_reload_port_taken_exit_4_previous_config_restored(lb, backends):
         lb.write({"pool": group, "clash": clash})
         result = apply(lb)
         assert result.returncode == 4, result.stderr
-        assert "restored" in result.stderr and "Address already in use" in result.stderr
+        assert "previous config restored, verified, and running" in result.stderr
+        assert "FAILED" not in result.stderr and "Address already in use" in result.stderr
         assert deployed(lb) == before
         assert who(port) == "A"
         status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
         assert status["deployed_sha256"] == sha(before) and status["drift"] is True
+        assert status["loaded"] == sha(before) and status["reload_pending"] is True
+        assert status["last_apply"] == "done"
+        rows = json.loads(cli("history", "-c", lb.name, "-f", "json").stdout)["entries"]
+        assert [r["sha256"] for r in rows if r["current"]] == [sha(before)]
     finally:
         taken.close()
 
@@ -149,7 +157,7 @@ def test_rollback_restores_and_serves_previous_config(lb, backends):
     assert apply(lb).returncode == 0
     assert who(port) == "B"
     hist = cli("history", "--container", lb.name, "--format", "json", "-i", str(lb.inventory))
-    rows = json.loads(hist.stdout)
+    rows = json.loads(hist.stdout)["entries"]
     assert [r["current"] for r in rows][:1] == [True] and len(rows) >= 3  # bootstrap, first, second
     result = cli("rollback", "--container", lb.name, "-i", str(lb.inventory))
     assert result.returncode == 0, result.stderr
@@ -171,7 +179,8 @@ def test_status_reports_versions_processes_and_drift(lb, backends):
     result = cli("status", "-i", str(lb.inventory), "--format", "json")
     assert result.returncode == 0
     st = json.loads(result.stdout)
-    assert st["nginx_version"] == "1.22.1" and st["drift"] is False
+    version = parse_version(LiveNginx.attach(lb.client, lb.name).exec(["-v"]).output)
+    assert version[0].isdigit() and st["nginx_version"] == version and st["drift"] is False
     assert st["master_pid"] and len(st["worker_pids"]) == 2
     assert st["deployed_sha256"] == st["inventory_config_sha256"]
     assert st["groups"][0]["servers"][1] == {"address": "127.0.0.1:1", "flags": ["backup"]}
@@ -241,16 +250,20 @@ def test_installed_but_not_reloaded_is_finished_by_the_next_apply(lb, backends):
     assert who(port) == "A"
 
 
-@pytest.mark.parametrize("kill_after_line", [0, 1, 2, 3])
-def test_kill_9_mid_apply_leaves_old_or_new_and_next_apply_recovers(lb, backends, kill_after_line):
+@pytest.mark.parametrize("kill_at", ["current workers hold", "testing the new config", "reloading nginx"])
+def test_kill_9_mid_apply_leaves_old_or_new_and_next_apply_recovers(lb, backends, kill_at):
+    """Killed as it says `kill_at` (a moment picked by what it says, not by counting lines)."""
     port, old = serving_a_then_inventory_says_b(lb, backends)
     proc = subprocess.Popen([sys.executable, "-m", "nginxctl", "apply", "-i", str(lb.inventory), "--reload"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd="/",
                             env={**os.environ, "COLUMNS": "200"})
     assert proc.stderr is not None
-    for _ in range(kill_after_line + 1):
-        if not proc.stderr.readline():
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if kill_at in line:
             break
+    assert kill_at in "".join(seen), seen
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stderr.close()
@@ -297,10 +310,10 @@ def test_reload_refused_while_max_generations_linger(lb, backends):
 
 def test_history_is_a_bounded_ring(lb, backends, monkeypatch):
     """The archive API cannot delete files: the history keeps the newest HISTORY_SLOTS configs."""
-    from nginxctl import apply as apply_module
+    from nginxctl import history as history_module
     from nginxctl.apply import Deployer
 
-    monkeypatch.setattr(apply_module, "HISTORY_SLOTS", 3)
+    monkeypatch.setattr(history_module, "HISTORY_SLOTS", 3)
     a = backends("A")
     port, group = lb.group([a.address])
     deployer = Deployer(LiveNginx.attach(lb.client, lb.name))
@@ -313,3 +326,118 @@ def test_history_is_a_bounded_ring(lb, backends, monkeypatch):
     assert [e.id for e in entries] == [6, 5, 4]  # 1 was the image's bootstrap config
     assert "proxy_timeout 64m;" in deployer.history.read(entries[1])
     assert who(port) == "A"
+
+
+def test_apply_without_reload_leaves_a_reload_pending_that_diff_and_status_report(lb, backends):
+    port, first = serving_a_then_inventory_says_b(lb, backends)
+    installed = cli("apply", "-i", str(lb.inventory))
+    assert installed.returncode == 0 and "not reloaded" in installed.stdout
+    diff = cli("diff", "-i", str(lb.inventory))
+    assert diff.returncode == 1, diff.stdout  # the file matches; nginx does not run it
+    assert diff.stdout.startswith(f"# {lb.name}: the file matches the inventory, but nginx runs sha256:{sha(first)[:12]}")
+    status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+    assert status["drift"] is False and status["reload_pending"] is True and status["loaded"] == sha(first)
+    assert who(port) == "A"
+    assert apply(lb).returncode == 0
+    assert cli("diff", "-i", str(lb.inventory)).returncode == 0
+    status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+    assert status["reload_pending"] is False and status["loaded"] == status["inventory_config_sha256"]
+    assert who(port) == "B"
+
+
+def test_a_restarted_container_loaded_the_installed_file(lb, backends):
+    """nginx reads its file at start: after a restart the installed config is what runs."""
+    port, _ = serving_a_then_inventory_says_b(lb, backends)
+    assert cli("apply", "-i", str(lb.inventory)).returncode == 0
+    lb.container.restart(timeout=5)
+    status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+    assert status["reload_pending"] is False and status["loaded"] == status["deployed_sha256"]
+    assert cli("diff", "-i", str(lb.inventory)).returncode == 0
+
+
+def test_history_marks_only_the_config_nginx_runs_as_current(lb, backends):
+    a, b = backends("A"), backends("B")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    group["servers"] = [b.address]
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    group["servers"] = [a.address]
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    rows = json.loads(cli("history", "-c", lb.name, "-f", "json").stdout)["entries"]
+    assert [r["current"] for r in rows] == [True, False, False, False]
+    assert rows[0]["sha256"] == rows[2]["sha256"]  # the same config ran twice; one is current
+    text = cli("history", "-c", lb.name).stdout
+    assert text.count("current") == 1
+
+
+def test_nginx_rejecting_the_config_in_apply_is_traced_to_the_inventory(lb, backends):
+    a = backends("A")
+    _, group = lb.group([a.address, "no-such-host.invalid:80"])
+    lb.write({"pool": group})
+    result = apply(lb)
+    assert result.returncode == 1, result.stderr
+    assert f"{lb.inventory}:" in result.stderr and "upstreams.pool.servers[1]: nginx: host not found" in result.stderr
+    as_json = json.loads(apply(lb, "--format", "json").stdout)
+    assert as_json["ok"] is False and as_json["exit_code"] == 1
+    error = as_json["errors"][0]
+    assert (error["file"], error["path"]) == (str(lb.inventory), "upstreams.pool.servers[1]") and error["line"] > 0
+
+
+def test_status_of_a_container_without_an_inventory(lb, backends, tmp_path):
+    a = backends("A")
+    _, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("status", "--container", lb.name, "--format", "json", cwd=empty)
+    assert result.returncode == 0, result.stderr
+    st = json.loads(result.stdout)
+    assert st["ok"] is True and st["master_pid"] and st["loaded"] == st["deployed_sha256"]
+    assert st["drift"] is None and st["reload_pending"] is False
+    text = cli("status", "--container", lb.name, cwd=empty)
+    assert text.returncode == 0 and f"container   {lb.name}" in text.stdout and "loaded" in text.stdout
+
+
+def test_stream_only_into_a_file_nginx_does_not_include_is_refused_before_writing(lb, backends):
+    a = backends("A")
+    _, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    live = LiveNginx.attach(lb.client, lb.name)
+    before = {p: live.read_file(p) for p in ("/etc/nginx/nginx.conf", "/etc/nginx/.nginxctl/state.json")}
+    result = apply(lb, "--stream-only", "--config-path", "/etc/nginx/stray.conf")
+    assert result.returncode == 2, result.stderr
+    assert "/etc/nginx/stray.conf is not included by nginx's config" in result.stderr
+    assert live.read_file("/etc/nginx/stray.conf") is None
+    assert live.read_file("/etc/nginx/.stray.conf.nginxctl-new") is None
+    assert {p: live.read_file(p) for p in before} == before
+
+
+def test_dry_run_with_reload_previews_generations_and_the_max_generations_check(lb, backends):
+    a = backends("A")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group}, nginx={"worker_shutdown_timeout": "1h"})
+    assert apply(lb).returncode == 0
+    held = Held(port)
+    try:
+        _, other = lb.group([a.address])
+        lb.write({"pool": group, "other": other}, nginx={"worker_shutdown_timeout": "1h"})
+        assert apply(lb).returncode == 0
+        _, third = lb.group([a.address])
+        lb.write({"pool": group, "other": other, "third": third}, nginx={"worker_shutdown_timeout": "1h"})
+        before = deployed(lb)
+        result = apply(lb, "--dry-run", "--max-generations", "1", "--format", "json")
+        assert result.returncode == 0, result.stdout
+        preview = json.loads(result.stdout)["reload_preview"]
+        assert preview["would_refuse"] is True and preview["max_generations"] == 1
+        assert [g["connections"] for g in preview["lingering_generations"]] == [1]
+        assert preview["worker_shutdown_timeout"] == "1h"
+        text = apply(lb, "--dry-run", "--max-generations", "1")
+        assert "a reload now would be refused: 1 old generation(s) linger" in text.stdout
+        assert deployed(lb) == before
+    finally:
+        held.close()

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 
-from nginxctl.nginx import LiveNginx, TargetLock
+import pytest
+from nginxctl import workflows
+from nginxctl.errors import Interrupted
+from nginxctl.nginx import LiveNginx, TargetLock, connect
 
 from helpers import Held, cli, who
+
+pytestmark = pytest.mark.integration
 
 
 def drain(lb, *args):  # type: ignore[no-untyped-def]
@@ -61,7 +66,7 @@ def test_drain_while_another_apply_runs_is_refused_inventory_untouched(lb, backe
     lb.write({"pool": group})
     before = lb.inventory.read_text()
     with TargetLock(lb.client, LiveNginx.attach(lb.client, lb.name)):
-        busy = drain(lb, "pool", b.address)
+        busy = drain(lb, "pool", b.address, "--lock-timeout", "0")
     assert busy.returncode == 3 and "another nginxctl is changing" in busy.stderr
     assert lb.inventory.read_text() == before
 
@@ -89,3 +94,67 @@ def test_drain_whose_apply_fails_restores_the_inventory(lb, backends):
     assert result.returncode == 1 and "host not found" in result.stderr
     assert f"{lb.inventory} restored" in result.stderr
     assert lb.inventory.read_text() == before
+
+
+def test_drain_wait_counts_connections_to_a_server_given_by_host_name(lb, backends):
+    a, b = backends("A"), backends("B")
+    named = f"localhost:{b.port}"
+    port, group = lb.group([a.address, named])
+    lb.write({"pool": group})
+    assert cli("apply", "-i", str(lb.inventory), "--reload").returncode == 0
+    held = [Held(port) for _ in range(4)]
+    try:
+        assert sorted(h.name for h in held) == ["A", "A", "B", "B"]
+        timed_out = drain(lb, "pool", named, "--wait", "--timeout", "1")
+        assert timed_out.returncode == 1, timed_out.stdout + timed_out.stderr
+        assert f"2 connection(s) to {named} remain (worker " in timed_out.stdout
+        assert "still open after 1s" in timed_out.stderr
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_drain_then_undrain_gives_back_the_inventory_byte_for_byte(lb, backends):
+    a, b = backends("A"), backends("B")
+    port = lb.group([])[0]
+    text = (f"# the pool\ntarget: {{container: {lb.name}}}\nnginx: {{worker_processes: 1}}\nupstreams:\n"
+            f"  pool:\n    listen: 127.0.0.1:{port}   # clients dial this\n    servers:\n"
+            f"      - {a.address}     # A\n      - {b.address}   # B, aligned by hand\n")
+    lb.inventory.write_text(text)
+    assert cli("apply", "-i", str(lb.inventory), "--reload").returncode == 0
+    assert drain(lb, "pool", b.address).returncode == 0
+    assert "down: true" in lb.inventory.read_text()
+    undone = cli("undrain", "pool", b.address, "-i", str(lb.inventory))
+    assert undone.returncode == 0, undone.stderr
+    assert lb.inventory.read_text() == text
+
+
+@pytest.mark.parametrize("stop_at, inventory_put_back", [
+    ("testing the new config", True),         # nothing installed yet: the inventory goes back
+    ("reloading nginx", False),               # installed, not reloaded: both say down, nginx runs the old
+])
+def test_ctrl_c_in_drain_says_what_was_and_was_not_done(lb, backends, stop_at, inventory_put_back):
+    a, b = backends("A"), backends("B")
+    port, group = lb.group([a.address, b.address])
+    lb.write({"pool": group})
+    assert cli("apply", "-i", str(lb.inventory), "--reload").returncode == 0
+    before = lb.inventory.read_text()
+
+    def progress(message: str) -> None:  # Ctrl-C arrives while nginxctl says `stop_at`
+        if stop_at in message:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as caught:
+        workflows.drain(lb.inventory, "pool", b.address, connect=connect, progress=progress)
+    report = str(caught.value)
+    assert report.startswith("interrupted") and "not done: reload and verify" in report
+    assert caught.value.exit_code == 130
+    if inventory_put_back:
+        assert lb.inventory.read_text() == before
+        assert "put back as it was" in report and "new config installed" not in report
+    else:
+        assert "down: true" in lb.inventory.read_text()
+        assert "`down: true` written" in report and "new config installed" in report
+        status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+        assert status["reload_pending"] is True
+    assert {who(port) for _ in range(4)} == {"A", "B"}  # nginx still runs the config before the drain

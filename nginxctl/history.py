@@ -1,0 +1,182 @@
+"""What a target has run, and what it runs now: the history ring and the apply state, kept with the target.
+
+Beside the config file in the container:
+  .nginxctl/history/index.json        ids, times and hashes of the configs the target has run, newest first
+  .nginxctl/history/slot-NN.conf      a ring of HISTORY_SLOTS files (the archive API cannot delete files)
+  .nginxctl/state.json                the phase of the last apply and the config last verified as loaded
+
+nginx cannot be asked which config its workers run. nginxctl records the hash it last *verified* as
+loaded (after a reload proved it, or a restore did), with the identity of the master process that
+loaded it. A master that is not the one recorded (the container restarted) loaded the file it found
+at its start: that is the file on disk when the file is older than the master, and unknown otherwise.
+
+The store is anything with `read_file(path) -> bytes | None` and `put_files(directory, files)`: the
+live container, or a dict in the unit tests.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+HISTORY_SLOTS = 50
+
+
+def sha(text: str | bytes) -> str:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()
+
+
+class Store(Protocol):
+    def read_file(self, path: str) -> bytes | None: ...
+
+    def put_files(self, directory: str, files: dict[str, str]) -> None: ...
+
+
+class Phase(str, enum.Enum):
+    """Where the last apply on a target got to."""
+
+    DONE = "done"                      # finished: the file is what the last apply left (loaded or not)
+    INSTALLING = "installing"          # candidate staged; the file may be old or new
+    INSTALLED = "installed"            # new file in place, not reloaded (apply without --reload)
+    RELOADING = "reloading"            # reload signalled, not verified yet
+    RESTORE_FAILED = "restore-failed"  # the change and the restore both failed: the target may run neither
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    time: float
+    hash: str
+
+
+@dataclass(frozen=True)
+class Master:
+    """The nginx master that loaded a config: its pid and the container's start time."""
+
+    pid: int
+    started: str
+
+
+@dataclass(frozen=True)
+class State:
+    phase: Phase = Phase.DONE
+    hash: str | None = None        # the candidate of the last apply
+    previous: str | None = None    # the file before it
+    loaded: str | None = None      # last verified as loaded by nginx
+    master: Master | None = None   # ...by this master
+
+    @classmethod
+    def parse(cls, raw: bytes | None) -> State:
+        try:
+            data = json.loads(raw) if raw else {}
+            master = data.get("master")
+            return cls(Phase(data.get("phase", "done")), data.get("hash"), data.get("previous"),
+                       data.get("loaded"), Master(int(master["pid"]), str(master["started"])) if master else None)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return cls()
+
+    def dumps(self) -> str:
+        data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}
+        data["phase"] = self.phase.value
+        return json.dumps(data, sort_keys=True) + "\n"
+
+    def with_(self, **changes: Any) -> State:
+        return State(**{**self.__dict__, **changes})
+
+
+def loaded_now(state: State, master: Master | None, file_hash: str | None, file_older_than_master: bool | None) -> \
+        str | None:
+    """The hash of the config nginx runs, as far as it can be known (None: unknown).
+
+    The recorded one while the master that loaded it still runs; after a restart, the file on disk
+    when it is older than the new master (nginx read it at start), else unknown."""
+    if master is None:
+        return None
+    if state.master == master:
+        return state.loaded
+    if file_hash is not None and file_older_than_master:
+        return file_hash
+    return None
+
+
+def select_rollback(entries: list[Entry], current_hash: str, to: int | None) -> Entry:
+    """The entry `rollback` goes to: `to`, or the newest entry older than the current config with a
+    different config. Raises LookupError with a message for people."""
+    if to is not None:
+        for entry in entries:
+            if entry.id == to:
+                return entry
+        ids = ", ".join(str(e.id) for e in entries) or "none"
+        raise LookupError(f"no history entry {to} (entries: {ids})")
+    idx = next((i for i, e in enumerate(entries) if e.hash == current_hash), None)
+    older = entries[idx + 1:] if idx is not None else entries
+    for entry in older:
+        if entry.hash != current_hash:
+            return entry
+    raise LookupError("no earlier config in the history to roll back to")
+
+
+def current_entry(entries: list[Entry], running_hash: str | None) -> int | None:
+    """The id of the one entry that is current: the newest whose config is `running_hash`."""
+    return next((e.id for e in entries if e.hash == running_hash), None) if running_hash else None
+
+
+class History:
+    """The history ring and the apply state of one target (see the module docstring)."""
+
+    def __init__(self, store: Store, config_path: str) -> None:
+        self.store = store
+        self.base = os.path.dirname(config_path)  # exists; put_archive cannot create its target
+        self.dir = os.path.join(self.base, ".nginxctl")
+
+    def entries(self) -> list[Entry]:
+        """Newest first."""
+        raw = self.store.read_file(f"{self.dir}/history/index.json")
+        try:
+            return [Entry(int(e["id"]), float(e["time"]), str(e["hash"])) for e in json.loads(raw or b"[]")]
+        except (ValueError, KeyError, TypeError):
+            return []
+
+    @staticmethod
+    def _slot(entry: Entry) -> str:
+        return f".nginxctl/history/slot-{entry.id % HISTORY_SLOTS:02d}.conf"
+
+    def read(self, entry: Entry) -> str | None:
+        """The config of one entry; None when its slot no longer holds it."""
+        raw = self.store.read_file(f"{self.base}/{self._slot(entry)}")
+        if raw is None or sha(raw) != entry.hash:
+            return None
+        return raw.decode()
+
+    def record(self, text: str, entries: list[Entry], now: float | None = None) -> dict[str, str]:
+        """The files that add `text` to the history (nothing when it is already the newest entry).
+        Names are relative to the config's folder; `entries` is updated in place."""
+        if entries and entries[0].hash == sha(text):
+            return {}
+        entry = Entry((entries[0].id + 1) if entries else 1, time.time() if now is None else now, sha(text))
+        entries.insert(0, entry)
+        del entries[HISTORY_SLOTS:]
+        index = json.dumps([{"id": e.id, "time": round(e.time, 3), "hash": e.hash} for e in entries], indent=1)
+        return {self._slot(entry): text, ".nginxctl/history/index.json": index + "\n"}
+
+    def state(self) -> State:
+        return State.parse(self.store.read_file(f"{self.dir}/state.json"))
+
+    def last_phase(self) -> str:
+        """The phase of the last apply, or `none` when nginxctl never changed this target."""
+        raw = self.store.read_file(f"{self.dir}/state.json")
+        return State.parse(raw).phase.value if raw is not None else "none"
+
+    @staticmethod
+    def state_file(state: State) -> dict[str, str]:
+        return {".nginxctl/state.json": state.dumps()}
+
+    def write(self, files: dict[str, str]) -> None:
+        """History entries, state and staged files in one archive: one Docker call."""
+        if files:
+            self.store.put_files(self.base, files)

@@ -1,0 +1,224 @@
+"""What nginx and the kernel print, read as data: pure functions with no Docker, files or network.
+
+`nginx -V` builds, `nginx -T` dumps, `docker top` rows, /proc/net/tcp tables, the directives nginxctl
+looks up in a config (error_log, worker_shutdown_timeout, include) and the error-log lines that belong
+to one reload.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+STREAM_MODULE = "ngx_stream_module.so"
+
+
+@dataclass(frozen=True)
+class Build:
+    """What `nginx -V` says about an image's nginx."""
+
+    version: str
+    dynamic_stream: bool
+    modules_path: str
+
+    @property
+    def stream_module(self) -> str:
+        return f"{self.modules_path}/{STREAM_MODULE}"
+
+
+def parse_build(version_output: str) -> Build:
+    """`nginx -V` output -> Build."""
+    version = re.search(r"nginx/([\w.]+)", version_output)
+    modules = re.search(r"--modules-path=(\S+)", version_output)
+    prefix = re.search(r"--prefix=(\S+)", version_output)
+    return Build(version.group(1) if version else "unknown",
+                 "--with-stream=dynamic" in version_output,
+                 modules.group(1) if modules else f"{prefix.group(1) if prefix else '/etc/nginx'}/modules")
+
+
+def parse_version(output: str) -> str:
+    """`nginx -v` output (`nginx version: nginx/1.22.1`) -> `1.22.1`."""
+    m = re.search(r"nginx/([\w.]+)", output)
+    return m.group(1) if m else "unknown"
+
+
+def parse_docker_time(text: str) -> datetime | None:
+    """Docker's RFC 3339 times (nanoseconds, `Z`) -> datetime."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text or "")
+    if not m:
+        return None
+    frac = (m.group(2) or "0")[:6].ljust(6, "0")
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}{zone}")
+
+
+def staged_name(path: str) -> str:
+    """Where a new version of `path` waits, in the same folder (a hard link cannot cross file systems)."""
+    return f".{os.path.basename(path)}.nginxctl-new"
+
+
+def config_from_dump(dump: str, path: str) -> str | None:
+    """The text of `path` inside `nginx -T` output (nginx adds one newline after each file)."""
+    marker = f"# configuration file {path}:\n"
+    start = dump.find(marker)
+    if start < 0:
+        return None
+    start += len(marker)
+    end = dump.find("\n# configuration file ", start)
+    body = dump[start:] if end < 0 else dump[start:end + 1]
+    return body[:-1] if body.endswith("\n\n") or (end < 0 and body.endswith("\n")) else body
+
+
+def dump_files(dump: str) -> list[str]:
+    """The files an `nginx -T` dump shows, in order."""
+    return re.findall(r"^# configuration file (\S+):$", dump, re.M)
+
+
+def includes(dump: str, path: str, test_output: str = "") -> bool:
+    """Whether the config dumped in `dump` includes `path`: shown in the dump, matched by an include
+    glob, or named by the failure to open it (`test_output`: a first deploy, before the file exists)."""
+    if path in dump_files(dump) or f'open() "{path}" failed' in test_output:
+        return True
+    base = os.path.dirname(dump_files(dump)[0]) if dump_files(dump) else "/etc/nginx"
+    for pattern in re.findall(r"^\s*include\s+([^\s;]+)\s*;", dump, re.M):
+        pattern = pattern.strip("'\"")
+        if fnmatch.fnmatch(path, pattern if pattern.startswith("/") else os.path.join(base, pattern)):
+            return True
+    return False
+
+
+def directive(config: str | None, name: str) -> str | None:
+    """The first argument of the first top-level-looking `name` directive in `config`."""
+    m = re.search(rf"^\s*{re.escape(name)}\s+([^\s;]+)", config or "", re.M)
+    return m.group(1) if m else None
+
+
+def error_log_of(config: str | None) -> str:
+    """Where nginx logs: `stderr` or a file path (nginx's default for a Docker container is stderr)."""
+    return directive(config, "error_log") or "stderr"
+
+
+def shutdown_timeout_of(config: str | None) -> str | None:
+    return directive(config, "worker_shutdown_timeout")
+
+
+_RECONFIGURING = re.compile(r"\[notice\] \d+#\d+: reconfiguring\s*$")
+
+
+def reload_lines(log: str) -> tuple[list[str], bool]:
+    """The error-log lines that belong to the first reload nginx starts in `log` (text logged since the signal).
+
+    The master logs a plain `reconfiguring` notice when it starts working on a reload. Lines before
+    that are the tail of an earlier reload (nginx retries a busy bind() for ~2.5 s and logs
+    `still could not bind()` late, after a second SIGHUP's own `signal 1 ... received` line, which the
+    signal handler logs at once); lines from the next such notice on belong to a later reload.
+    Returns the lines and whether the notice was seen (it is not, with the log level above notice:
+    then all lines are returned).
+    """
+    lines = log.splitlines()
+    starts = [i for i, line in enumerate(lines) if _RECONFIGURING.search(line)]
+    if not starts:
+        return lines, False
+    end = starts[1] if len(starts) > 1 else len(lines)
+    return lines[starts[0]:end], True
+
+
+def emerg_lines(lines: list[str]) -> list[str]:
+    """The lines that say nginx refused or lost a config."""
+    return [line for line in lines if "[emerg]" in line or "[alert]" in line and "exited on signal" in line]
+
+
+def reload_finished(lines: list[str]) -> bool:
+    """Whether a reload's own lines show it has finished: new workers started, or it gave up."""
+    return any("start worker process" in line or "still could not bind()" in line
+               or ("[emerg]" in line and "bind()" not in line) for line in lines)
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    ppid: int
+    cmd: str
+    started: str = ""
+
+    @property
+    def shutting_down(self) -> bool:
+        return "shutting down" in self.cmd
+
+
+@dataclass
+class Processes:
+    master: Process | None
+    workers: list[Process] = field(default_factory=list)
+    old_workers: list[Process] = field(default_factory=list)
+
+    @property
+    def worker_pids(self) -> set[int]:
+        return {p.pid for p in self.workers}
+
+
+def parse_top(top: dict[str, Any]) -> Processes:
+    """`docker top` (the Engine API's Titles/Processes) -> master, current and old workers."""
+    titles = [t.upper() for t in top.get("Titles", [])]
+    procs = []
+    for row in top.get("Processes") or []:
+        item = dict(zip(titles, row, strict=False))
+        cmd = item.get("COMMAND") or item.get("CMD") or item.get("ARGS") or row[-1]
+        started = item.get("STARTED") or item.get("STIME") or ""
+        procs.append(Process(int(item["PID"]), int(item["PPID"]), cmd, started))
+    master = next((p for p in procs if "master process" in p.cmd), None)
+    result = Processes(master)
+    for proc in procs:
+        if master and proc.ppid == master.pid and "worker process" in proc.cmd:
+            (result.old_workers if proc.shutting_down else result.workers).append(proc)
+    return result
+
+
+@dataclass(frozen=True)
+class Socket:
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    state: str  # ESTABLISHED, LISTEN, ...
+
+
+_TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+               "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN",
+               "0B": "CLOSING"}
+
+
+def _proc_addr(text: str) -> tuple[str, int]:
+    host, port = text.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        addr = socket.inet_ntop(socket.AF_INET, raw[::-1])
+    else:  # four little-endian 32-bit words
+        words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+        addr = socket.inet_ntop(socket.AF_INET6, words)
+        if addr.startswith("::ffff:") and "." in addr:
+            addr = addr[7:]
+    return addr, int(port, 16)
+
+
+def parse_proc_net(text: str, inodes: set[str] | None = None) -> dict[str, Socket]:
+    """/proc/net/tcp{,6} -> inode: Socket (only `inodes`, when given: the tables hold the whole namespace)."""
+    out = {}
+    for line in text.splitlines():
+        cols = line.split()
+        if len(cols) > 9 and cols[9].isdigit() and (inodes is None or cols[9] in inodes):
+            out[cols[9]] = Socket(_proc_addr(cols[1]), _proc_addr(cols[2]), _TCP_STATES.get(cols[3], cols[3]))
+    return out
+
+
+def hosts_lookup(hosts_file: str, name: str) -> set[str]:
+    """The addresses an /etc/hosts text gives `name` (case-insensitive, aliases included)."""
+    found = set()
+    for line in hosts_file.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and name.lower() in (f.lower() for f in fields[1:]):
+            found.add(fields[0])
+    return found

@@ -1,0 +1,87 @@
+"""The history ring, the apply state and what nginx has loaded (nginxctl.history): pure, a dict as the store."""
+
+from __future__ import annotations
+
+import pytest
+from nginxctl.history import (HISTORY_SLOTS, Entry, History, Master, Phase, State, current_entry, loaded_now,
+                              select_rollback, sha)
+
+
+class DictStore:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.writes = 0
+
+    def read_file(self, path: str) -> bytes | None:
+        return self.files.get(path)
+
+    def put_files(self, directory: str, files: dict[str, str]) -> None:
+        self.writes += 1
+        for name, text in files.items():
+            self.files[f"{directory}/{name}"] = text.encode()
+
+
+def test_history_ring_keeps_the_newest_slots_and_reads_each():
+    store = DictStore()
+    history = History(store, "/etc/nginx/nginx.conf")
+    for i in range(HISTORY_SLOTS + 7):
+        entries = history.entries()
+        history.write(history.record(f"config {i}\n", entries, now=1000.0 + i))
+    entries = history.entries()
+    assert len(entries) == HISTORY_SLOTS
+    assert [e.id for e in entries[:2]] == [HISTORY_SLOTS + 7, HISTORY_SLOTS + 6]
+    assert history.read(entries[0]) == f"config {HISTORY_SLOTS + 6}\n"
+    assert history.read(entries[-1]) == "config 7\n"
+    assert history.read(Entry(1, 0.0, sha("config 0\n"))) is None  # its slot was reused
+
+
+def test_recording_the_newest_config_again_writes_nothing():
+    history = History(DictStore(), "/etc/nginx/nginx.conf")
+    entries: list[Entry] = []
+    assert history.record("a", entries)
+    assert history.record("a", entries) == {}
+
+
+def test_state_round_trip_and_garbage():
+    state = State(Phase.INSTALLED, "h", "p", "l", Master(7, "2026-01-01T00:00:00Z"))
+    assert State.parse(state.dumps().encode()) == state
+    assert State.parse(b"{not json") == State()
+    assert State.parse(b'{"phase": "bogus"}') == State()
+    assert State.parse(None).phase is Phase.DONE
+
+
+M1, M2 = Master(100, "2026-12-02T10:00:00Z"), Master(200, "2026-12-02T11:00:00Z")
+
+
+@pytest.mark.parametrize(("state", "master", "file_hash", "older", "expected"), [
+    (State(loaded="a", master=M1), M1, "b", True, "a"),       # same master: what was verified
+    (State(loaded=None, master=M1), M1, "b", True, None),     # same master, never verified: unknown
+    (State(loaded="a", master=M1), M2, "b", True, "b"),       # restarted: it read the file, older than it
+    (State(loaded="a", master=M1), M2, "b", False, None),     # restarted, file written after: unknown
+    (State(), M1, "b", True, "b"),                            # never managed: the file it started with
+    (State(loaded="a", master=M1), None, "b", True, None),    # no master: nothing runs
+])
+def test_loaded_now(state, master, file_hash, older, expected):
+    assert loaded_now(state, master, file_hash, older) == expected
+
+
+ENTRIES = [Entry(5, 5.0, "e"), Entry(4, 4.0, "d"), Entry(3, 3.0, "d"), Entry(2, 2.0, "c"), Entry(1, 1.0, "b")]
+
+
+def test_rollback_goes_to_the_newest_older_different_config():
+    assert select_rollback(ENTRIES, "e", None).id == 4
+    assert select_rollback(ENTRIES, "d", None).id == 2  # skips the other entry with the same config
+    assert select_rollback(ENTRIES, "zzz", None).id == 5  # current not in the history: the newest
+    assert select_rollback(ENTRIES, "e", 1).hash == "b"
+
+
+def test_rollback_without_an_earlier_config_or_to_an_unknown_id():
+    with pytest.raises(LookupError, match="no earlier config"):
+        select_rollback([Entry(1, 1.0, "a")], "a", None)
+    with pytest.raises(LookupError, match=r"no history entry 9 \(entries: 5, 4, 3, 2, 1\)"):
+        select_rollback(ENTRIES, "e", 9)
+
+
+def test_one_entry_is_current():
+    assert current_entry(ENTRIES, "d") == 4
+    assert current_entry(ENTRIES, None) is None and current_entry(ENTRIES, "x") is None

@@ -1,0 +1,126 @@
+"""What nginx prints, read as data (nginxctl.nginxtext): pure, no Docker."""
+
+from __future__ import annotations
+
+from nginxctl.nginxtext import (config_from_dump, dump_files, emerg_lines, error_log_of, hosts_lookup, includes,
+                                parse_build, parse_docker_time, parse_proc_net, parse_top, parse_version,
+                                reload_finished, reload_lines, shutdown_timeout_of)
+
+# A port held by another process (nginx 1.22.1): the first reload retries bind() for ~2.5 s, then gives up;
+# the restore's reload follows. Lines from a real run, abridged.
+FAILED_THEN_RESTORE = """\
+2026/12/02 17:18:08 [notice] 1#1: try again to bind() after 500ms
+2026/12/02 17:18:08 [emerg] 1#1: bind() to 127.0.0.1:47124 failed (98: Address already in use)
+2026/12/02 17:18:08 [emerg] 1#1: still could not bind()
+2026/12/02 17:18:10 [notice] 1#1: signal 1 (SIGHUP) received, reconfiguring
+2026/12/02 17:18:10 [notice] 1#1: reconfiguring
+2026/12/02 17:18:10 [notice] 1#1: using the "epoll" event method
+2026/12/02 17:18:10 [notice] 1#1: start worker processes
+2026/12/02 17:18:10 [notice] 1#1: start worker process 31
+"""
+
+
+def test_reload_lines_leave_out_the_tail_of_an_earlier_failed_reload():
+    lines, marked = reload_lines(FAILED_THEN_RESTORE)
+    assert marked
+    assert lines[0].endswith("reconfiguring") and "still could not bind()" not in "\n".join(lines)
+    assert emerg_lines(lines) == []
+    assert reload_finished(lines)
+
+
+def test_reload_lines_stop_at_the_next_reload():
+    log = "[notice] 1#1: reconfiguring\n[emerg] 1#1: mine\n[notice] 1#1: reconfiguring\n[emerg] 1#1: later\n"
+    lines, _ = reload_lines(log)
+    assert emerg_lines(lines) == ["[emerg] 1#1: mine"]
+
+
+def test_reload_lines_without_notices_are_all_lines():
+    lines, marked = reload_lines("[emerg] 1#1: host not found in upstream \"x\"\n")
+    assert not marked and emerg_lines(lines) == lines
+
+
+def test_a_failed_reload_is_finished_when_nginx_gives_up():
+    retrying = "[notice] 1#1: reconfiguring\n[emerg] 1#1: bind() to 127.0.0.1:1 failed (98: Address already in use)\n"
+    assert not reload_finished(reload_lines(retrying)[0])
+    assert reload_finished(reload_lines(retrying + "[emerg] 1#1: still could not bind()\n")[0])
+
+
+DUMP = """\
+# configuration file /etc/nginx/nginx.conf:
+events {}
+include /etc/nginx/streams/*.conf;
+stream {
+    include stream.d/main.conf;
+}
+
+# configuration file /etc/nginx/stream.d/main.conf:
+upstream a { server 127.0.0.1:1; }
+
+"""
+
+
+def test_config_from_dump_and_files():
+    assert dump_files(DUMP) == ["/etc/nginx/nginx.conf", "/etc/nginx/stream.d/main.conf"]
+    assert config_from_dump(DUMP, "/etc/nginx/stream.d/main.conf") == "upstream a { server 127.0.0.1:1; }\n"
+    assert config_from_dump(DUMP, "/etc/nginx/other.conf") is None
+
+
+def test_includes_by_dump_glob_or_failed_open():
+    assert includes(DUMP, "/etc/nginx/stream.d/main.conf")
+    assert includes(DUMP, "/etc/nginx/streams/pool.conf")  # an include glob, file not there yet
+    assert not includes(DUMP, "/etc/nginx/elsewhere.conf")
+    assert includes("", "/etc/nginx/s.conf", 'nginx: [emerg] open() "/etc/nginx/s.conf" failed (2: No such file)')
+
+
+def test_directives_looked_up():
+    config = "worker_processes 2;\nerror_log /var/log/nginx/error.log warn;\nworker_shutdown_timeout 10s;\n"
+    assert error_log_of(config) == "/var/log/nginx/error.log"
+    assert error_log_of("events {}") == "stderr"
+    assert shutdown_timeout_of(config) == "10s" and shutdown_timeout_of(None) is None
+
+
+def test_build_and_version():
+    build = parse_build("nginx version: nginx/1.22.1\nconfigure arguments: --prefix=/usr/share/nginx "
+                        "--modules-path=/usr/lib/nginx/modules --with-stream=dynamic")
+    assert (build.version, build.dynamic_stream) == ("1.22.1", True)
+    assert build.stream_module == "/usr/lib/nginx/modules/ngx_stream_module.so"
+    assert parse_build("nginx version: nginx/1.25.3\n--prefix=/etc/nginx --with-stream").stream_module \
+        == "/etc/nginx/modules/ngx_stream_module.so"
+    assert parse_version("nginx version: nginx/1.27.0\n") == "1.27.0"
+
+
+def test_parse_top_master_workers_and_old_workers():
+    top = {"Titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], "Processes": [
+        ["root", "100", "90", "0", "17:00", "?", "00:00:00", "nginx: master process nginx -g daemon off;"],
+        ["www-data", "101", "100", "0", "17:00", "?", "00:00:00", "nginx: worker process is shutting down"],
+        ["www-data", "102", "100", "0", "17:01", "?", "00:00:00", "nginx: worker process"]]}
+    procs = parse_top(top)
+    assert procs.master is not None and procs.master.pid == 100
+    assert procs.worker_pids == {102} and [p.pid for p in procs.old_workers] == [101]
+
+
+def test_proc_net_tcp_and_tcp6():
+    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+           "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  0 0 1111 1\n"
+           "   1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  0 0 2222 1\n")
+    tcp6 = ("   0: 0000000000000000FFFF00000100007F:1F91 0000000000000000FFFF00000200007F:0050 01 0:0 0:0 0 "
+            "0 0 3333 1\n")
+    socks = parse_proc_net(tcp + tcp6)
+    assert socks["1111"].state == "LISTEN" and socks["1111"].local == ("127.0.0.1", 8080)
+    assert socks["2222"].remote == ("127.0.0.1", 54321)
+    assert socks["3333"].remote == ("127.0.0.2", 80)  # IPv4-mapped IPv6 reads as IPv4
+    assert set(parse_proc_net(tcp, {"2222"})) == {"2222"}
+
+
+def test_hosts_lookup():
+    hosts = "127.0.0.1\tlocalhost\n::1 localhost ip6-localhost\n10.0.0.5 db db.local # the database\n"
+    assert hosts_lookup(hosts, "localhost") == {"127.0.0.1", "::1"}
+    assert hosts_lookup(hosts, "DB.local") == {"10.0.0.5"}
+    assert hosts_lookup(hosts, "the") == set()
+
+
+def test_docker_times():
+    t = parse_docker_time("2026-12-02T17:18:08.123456789Z")
+    assert t is not None and t.microsecond == 123456 and t.utcoffset() is not None
+    assert parse_docker_time("0001-01-01T00:00:00Z") is not None
+    assert parse_docker_time("") is None
