@@ -164,7 +164,7 @@ class Nginx:
         return total / TICK
 
     def generations(self) -> int:
-        from nginxctl.apply import reload_state
+        from nginxctl.observe import reload_state
 
         return len(reload_state(self.live, None).generations)
 

@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from . import __version__, workflows
-from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_REJECTED, NginxctlError
+from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_REJECTED, NginxctlError, UsageError
 
 app = typer.Typer(
     name="nginxctl", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
@@ -232,7 +232,7 @@ def validate(
     if report.unchecked_names and not quiet:
         err.print(f"[yellow]note:[/] not resolved (mapped to a placeholder): {', '.join(report.unchecked_names)}; "
                   "use --resolve or --container to check them")
-    print(f"ok: nginx {report.nginx_version} ({report.image}) accepts the config for {report.inventory.source} "
+    print(f"ok: nginx {report.nginx_version} ({report.image}) accepts the config for {_inventory(inventory)} "
           f"({report.groups} group(s))")
 
 
@@ -414,6 +414,64 @@ def undrain(
         _json_ok(report.to_dict())
         return
     _lines(report.lines())
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--metrics: expected HOST:PORT such as 127.0.0.1:9145, got {value!r}")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+@app.command()
+@handled
+def watch(
+    inventory: InventoryOpt = None,
+    container: ContainerOpt = None,
+    quiet_period: Annotated[float, typer.Option("--quiet-period", parser=_duration, help="After a change, wait "
+                            "this long without another before applying (1s, 500ms).")] = "1s",  # type: ignore[assignment]
+    max_wait: Annotated[float, typer.Option("--max-wait", parser=_duration, help="...but never longer than this "
+                        "after the first change.")] = "10s",  # type: ignore[assignment]
+    max_generations: Annotated[int, typer.Option("--max-generations", min=1, help="Defer a reload while this "
+                               "many old worker generations still drain (applied when they have).")] = 3,
+    metrics: Annotated[Optional[str], typer.Option("--metrics", help="Serve Prometheus /metrics and /healthz on "
+                       "HOST:PORT, e.g. 127.0.0.1:9145.")] = None,
+    log_format: Annotated[LogFormat, typer.Option("--log-format", help="One line per decision: text or "
+                          "json.")] = LogFormat.text,
+    templates: TemplatesOpt = None,
+) -> None:
+    """Keep the target running the inventory and the discovered backends (Docker labels, etcd keys):
+    reconcile on every change, coalesced, through the same apply as `nginxctl apply --reload`. Stops
+    cleanly on SIGINT/SIGTERM (exit 0)."""
+    from .controller.log import DecisionLog
+    from .controller.loop import Controller, WatchOptions
+    from .controller.metrics import Metrics, serve
+    from .errors import EnvironmentProblem
+
+    if max_wait < quiet_period:
+        raise UsageError(f"--max-wait ({max_wait:g}s) must not be shorter than --quiet-period ({quiet_period:g}s)")
+    registry = Metrics()
+    server = None
+    if metrics is not None:
+        host, port = _host_port(metrics)
+        try:
+            server = serve(registry, host, port)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
+    options = WatchOptions(_inventory(inventory), container, quiet_period, max_wait, max_generations, templates)
+    controller = Controller(options, connect=_connect, log=DecisionLog(log_format.value), metrics=registry)
+    try:
+        code = controller.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+    raise typer.Exit(code)
 
 
 def _wants_json(argv: list[str]) -> bool:

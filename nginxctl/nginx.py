@@ -68,10 +68,26 @@ def connect(docker_host: str | None = None) -> docker.DockerClient:
     Raises EnvironmentProblem when the engine cannot be reached.
     """
     where = docker_host or os.environ.get("DOCKER_HOST") or "the local Docker socket"
-    with _engine(f"Docker is not reachable at {where}",
-                 "start the Docker engine (dockerd) or set DOCKER_HOST / target.docker_host"):
-        client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
-        client.ping()
+    hint = "start the Docker engine (dockerd) or set DOCKER_HOST / target.docker_host"
+    url = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if url.startswith("unix://"):
+        # docker-py leaks the socket of a failed unix connect; find out with one we close ourselves
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5)
+            try:
+                probe.connect(url[len("unix://"):])
+            except OSError as exc:
+                raise EnvironmentProblem(f"Docker is not reachable at {where} ({exc.strerror})", hint) from None
+    client = None
+    try:
+        with _engine(f"Docker is not reachable at {where}", hint):
+            client = docker.DockerClient(base_url=docker_host) if docker_host else docker.from_env()
+            client.ping()
+    except EnvironmentProblem:
+        if client is not None:
+            client.close()
+        raise
+    assert client is not None
     return client
 
 
@@ -283,7 +299,9 @@ class LiveNginx:
             try:
                 chunks, stat = self.container.get_archive(path)
                 data = b"".join(chunks)
-            except docker.errors.NotFound:
+            except docker.errors.NotFound as exc:
+                if "no such container" in str(exc).lower():
+                    raise EnvironmentProblem(f"container {self.name} no longer exists") from None
                 return None
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = tar.next()
@@ -394,11 +412,12 @@ class TargetLock:
     wait: float = 30.0
     progress: Progress = _quiet
     purpose: str = "apply"
+    kind: str = "lock"  # "watch": the lock a controller holds for its life, beside the change lock
     _container: Container | None = None
 
     @property
     def name(self) -> str:
-        return f"nginxctl-lock-{self.live.container.id[:12]}"
+        return f"nginxctl-{self.kind}-{self.live.container.id[:12]}"
 
     def __enter__(self) -> TargetLock:
         deadline = time.monotonic() + self.wait
@@ -423,6 +442,9 @@ class TargetLock:
                 self._remove(holder)
                 continue
             if time.monotonic() >= deadline:
+                if self.kind == "watch":
+                    raise LockBusy(f"another nginxctl watch already controls {self.live.name} "
+                                   f"({describe_holder(holder.labels)}); stop it first, one controller per target")
                 raise LockBusy(f"another nginxctl is changing {self.live.name} ({describe_holder(holder.labels)}); "
                                "try again when it has finished")
             self.progress(f"waiting for the lock on {self.live.name} ({describe_holder(holder.labels)})")

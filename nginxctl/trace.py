@@ -7,7 +7,7 @@ import re
 from .inventory.model import Inventory
 from .inventory.yamlsource import KeyPath, format_path
 
-_WHERE = re.compile(r"\s+in\s+(\S+):(\d+)\s*$")
+_WHERE = re.compile(r"\s+in\s+(\S+):([0-9]+)\s*$")
 
 
 def _key_for_line(rendered_lines: list[str], number: int, inv: Inventory) -> KeyPath | None:
@@ -50,6 +50,6 @@ def trace(output: str, rendered: str, inv: Inventory) -> list[str]:
         if path is None or inv.positions is None:
             continue
         what = message[message.index("[emerg]") + len("[emerg]"):]
-        what = _WHERE.sub("", re.sub(r"^\s*\d+#\d+:\s*", "", what)).strip()
+        what = _WHERE.sub("", re.sub(r"^\s*[0-9]+#[0-9]+:\s*", "", what)).strip()
         out.append(f"{inv.positions.locate(path)}: {format_path(path)}: nginx: {what}")
     return out

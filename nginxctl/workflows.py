@@ -93,11 +93,19 @@ def container_name(inv: Inventory | None, container: str | None) -> str:
 
 @dataclass
 class Opened:
-    """An inventory checked against the machine of the Docker engine it targets, and that engine."""
+    """An inventory checked against the machine of the Docker engine it targets, and that engine
+    (closed when the `with` block ends)."""
 
     inventory: Inventory | None
     path: Path | None
     client: docker.DockerClient
+    notes: list[str] = field(default_factory=list)   # what discovery saw (one snapshot)
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
 
 
 def open_engine(path: Path | None, connect: Connect, container: str | None = None) -> Opened:
@@ -110,19 +118,25 @@ def open_engine(path: Path | None, connect: Connect, container: str | None = Non
     text = read_text(path)
     first = parse_inventory(text, str(path))
     client = connect(first.target.docker_host)
-    return Opened(parse_inventory(text, str(path), machine=nginx.engine_machine(client)), path, client)
+    try:
+        inv = parse_inventory(text, str(path), machine=nginx.engine_machine(client))
+        inv, notes = with_discovered(inv, connect)
+        return Opened(inv, path, client, notes)
+    except BaseException:
+        client.close()
+        raise
 
 
 # -- render ----------------------------------------------------------------------------------------------
 
 def render_config(inv: Inventory, templates: Path | None = None, *, full: bool,
-                  modules: tuple[str, ...] = ()) -> str:
-    """The rendered config; `templates` (else the inventory's `templates:`, relative to it) overrides the
-    shipped templates. Raises TemplateError."""
+                  modules: tuple[str, ...] = (), base: Path | None = None) -> str:
+    """The rendered config; `templates` (else the inventory's `templates:`, relative to `base`, the
+    inventory's folder) overrides the shipped templates. Raises TemplateError."""
     from .render import render, template_env
 
     if templates is None and inv.templates:
-        templates = Path(inv.source).parent / inv.templates
+        templates = (base if base is not None else Path(inv.source).parent) / inv.templates
     return render(inv, template_env(templates), full=full, modules=modules)
 
 
@@ -141,10 +155,26 @@ def render_inventory(path: Path, *, full: bool, output: Path | None = None, temp
     from .host import local_machine
 
     inv = read_inventory(path, machine=local_machine())
-    text = render_config(inv, templates, full=full)
+    inv, discovered = with_discovered(inv, nginx.connect)
+    text = render_config(inv, templates, full=full, base=path.parent)
     if output is not None:
         write_atomic(output, text)
-    return RenderReport(text, list(inv.nginx.notes), output)
+    return RenderReport(text, list(inv.nginx.notes) + discovered, output)
+
+
+def with_discovered(inv: Inventory, connect: Connect | None) -> tuple[Inventory, list[str]]:
+    """The inventory with its discovering groups' backends as the sources show them now (one snapshot),
+    and notes saying so. Groups that discover nothing are untouched."""
+    if not any(g.discover for g in inv.upstreams):
+        return inv, []
+    from .controller.merge import merge
+    from .controller.sources import snapshots_now
+
+    docker_host = inv.target.docker_host
+    snapshots, notes = snapshots_now(inv, (lambda: connect(docker_host)) if connect is not None else None)
+    merged = merge(inv, snapshots)
+    notes += [f"discover: {s.source} backend {s.origin} skipped: {s.reason}" for s in merged.skipped]
+    return merged.inventory, notes
 
 
 def _loads_stream(inv: Inventory) -> bool:
@@ -169,12 +199,13 @@ class ValidateReport:
     output: str
     located: list[str]
     groups: int
+    discovered: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "image": self.image, "nginx_version": self.nginx_version,
                 "stream_module_loaded": self.modules, "unchecked_names": self.unchecked_names,
                 "network": self.network, "inventory_sha256": self.inventory.digest, "output": self.output,
-                "errors": self.located, "notes": list(self.inventory.nginx.notes)}
+                "errors": self.located, "notes": list(self.inventory.nginx.notes) + self.discovered}
 
 
 def choose_image(client: docker.DockerClient, inv: Inventory, *, image: str | None, live: nginx.LiveNginx | None,
@@ -185,7 +216,7 @@ def choose_image(client: docker.DockerClient, inv: Inventory, *, image: str | No
     if chosen is None and inv.target.container:
         with contextlib.suppress(EnvironmentProblem):
             chosen = nginx.LiveNginx.attach(client, inv.target.container).image
-    chosen = chosen or os.environ.get("NGINXCTL_IMAGE")
+    chosen = chosen or os.environ.get("NGINXCTL_IMAGE") or None
     if chosen is None:
         chosen = nginx.DEFAULT_IMAGE
         if not nginx.image_present(client, chosen) and not pull and nginx.image_present(client, nginx.LOCAL_IMAGE):
@@ -201,28 +232,28 @@ def validate(path: Path, *, connect: Connect, image: str | None = None, containe
     Returns the report (ok or not); raises InventoryError, TemplateError, EnvironmentProblem."""
     from .trace import trace
 
-    opened = open_engine(path, connect, container)
-    inv, client = opened.inventory, opened.client
-    assert inv is not None
-    network = "host" if resolve else "none"
-    live = None
-    if container is not None:
-        live = nginx.LiveNginx.attach(client, container_name(None, container))
-        network = live.network_mode
-    chosen = choose_image(client, inv, image=image, live=live, pull=pull, progress=progress)
-    progress(f"inspecting nginx in {chosen}")
-    build = nginx.image_build(client, chosen)
-    modules = _stream_module(inv, build)
-    text = render_config(inv, templates, full=True, modules=modules)
-    names = sorted({s.address.host for g in inv.upstreams for s in g.servers
-                    if s.address.is_name and s.address.host})
-    placeholders = {} if (live or resolve) else {n: nginx.PLACEHOLDER_IP for n in names if n != "localhost"}
-    progress(f"nginx -t in a throwaway {chosen} container")
-    zones = sum(g.zone_size.bytes for g in inv.upstreams if g.zone_size)
-    result = nginx.test_config(client, chosen, text, network=network, hosts=placeholders, shared_memory=zones)
-    return ValidateReport(result.exit_code == 0, chosen, build.version, list(modules), sorted(placeholders),
-                          "container" if live else network, inv, result.output.strip(),
-                          trace(result.output, text, inv), len(inv.upstreams))
+    with open_engine(path, connect, container) as opened:
+        inv, client, discovered = opened.inventory, opened.client, opened.notes
+        assert inv is not None
+        network = "host" if resolve else "none"
+        live = None
+        if container is not None:
+            live = nginx.LiveNginx.attach(client, container_name(None, container))
+            network = live.network_mode
+        chosen = choose_image(client, inv, image=image, live=live, pull=pull, progress=progress)
+        progress(f"inspecting nginx in {chosen}")
+        build = nginx.image_build(client, chosen)
+        modules = _stream_module(inv, build)
+        text = render_config(inv, templates, full=True, modules=modules, base=path.parent)
+        names = sorted({s.address.host for g in inv.upstreams for s in g.servers
+                        if s.address.is_name and s.address.host})
+        placeholders = {} if (live or resolve) else {n: nginx.PLACEHOLDER_IP for n in names if n != "localhost"}
+        progress(f"nginx -t in a throwaway {chosen} container")
+        zones = sum(g.zone_size.bytes for g in inv.upstreams if g.zone_size)
+        result = nginx.test_config(client, chosen, text, network=network, hosts=placeholders, shared_memory=zones)
+        return ValidateReport(result.exit_code == 0, chosen, build.version, list(modules), sorted(placeholders),
+                              "container" if live else network, inv, result.output.strip(),
+                              trace(result.output, text, inv), len(inv.upstreams), discovered)
 
 
 # -- targets: apply, diff, status, history, rollback --------------------------------------------------------
@@ -239,13 +270,13 @@ def open_target(opened: Opened, container: str | None, *, stream_only: bool | No
                     progress=progress, **kwargs)
 
 
-def render_for(inv: Inventory, deployer: Deployer, templates: Path | None) -> str:
+def render_for(inv: Inventory, deployer: Deployer, templates: Path | None, base: Path | None = None) -> str:
     """What the target should run: the stream block for a stream-only target, else a whole nginx.conf
     (with the stream module loaded when the target's nginx builds it as a dynamic module)."""
     modules: tuple[str, ...] = ()
     if not deployer.stream_only and not _loads_stream(inv):
         modules = _stream_module(inv, deployer.live.build())
-    return render_config(inv, templates, full=not deployer.stream_only, modules=modules)
+    return render_config(inv, templates, full=not deployer.stream_only, modules=modules, base=base)
 
 
 @contextlib.contextmanager
@@ -307,16 +338,16 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
                     templates: Path | None = None, progress: Progress = _quiet) -> ApplyReport:
     """Render, diff, test with the target's nginx, keep history, install, and with `reload` reload and verify,
     restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, and Interrupted."""
-    opened = open_engine(path, connect, container)
-    inv = opened.inventory
-    assert inv is not None
-    deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path, progress=progress,
-                           max_generations=max_generations, wait_generations=wait, lock_wait=lock_wait)
-    rendered = render_for(inv, deployer, templates)
-    deployer.journal.plan("install the new config", "reload and verify")
-    with _reporting(inv, rendered, deployer.journal):
-        outcome = deployer.apply(rendered, reload=reload, dry_run=dry_run)
-    return ApplyReport(outcome, dry_run, list(inv.nginx.notes))
+    with open_engine(path, connect, container) as opened:
+        inv = opened.inventory
+        assert inv is not None
+        deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path, progress=progress,
+                               max_generations=max_generations, wait_generations=wait, lock_wait=lock_wait)
+        rendered = render_for(inv, deployer, templates, path.parent)
+        deployer.journal.plan("install the new config", "reload and verify")
+        with _reporting(inv, rendered, deployer.journal):
+            outcome = deployer.apply(rendered, reload=reload, dry_run=dry_run)
+        return ApplyReport(outcome, dry_run, list(inv.nginx.notes) + opened.notes)
 
 
 @dataclass
@@ -351,13 +382,13 @@ class DiffReport:
 def diff_inventory(path: Path, *, connect: Connect, container: str | None = None, stream_only: bool | None = None,
                    config_path: str | None = None, templates: Path | None = None) -> DiffReport:
     """What apply would change, against both the file and what nginx has loaded."""
-    opened = open_engine(path, connect, container)
-    assert opened.inventory is not None
-    deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path)
-    rendered = render_for(opened.inventory, deployer, templates)
-    deployed = deployer.deployed()
-    return DiffReport(deployer.live.name, deployer.diff(rendered), sha(deployed) if deployed is not None else None,
-                      sha(rendered), deployer.loaded())
+    with open_engine(path, connect, container) as opened:
+        assert opened.inventory is not None
+        deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path)
+        rendered = render_for(opened.inventory, deployer, templates, path.parent)
+        deployed = deployer.deployed()
+        return DiffReport(deployer.live.name, deployer.diff(rendered), sha(deployed) if deployed is not None else None,
+                          sha(rendered), deployer.loaded())
 
 
 @dataclass
@@ -380,7 +411,7 @@ class StatusReport:
                    + ("  (the installed file is not loaded yet: nginxctl apply --reload)"
                       if loaded != dep and dep else ""))
         if self.inventory is not None:
-            out.append(f"inventory   {str(d['inventory_config_sha256'])[:12]}  {self.inventory.source}")
+            out.append(f"inventory   {str(d['inventory_config_sha256'])[:12]}  {d['inventory_path']}")
             out.append(f"drift       {'yes (nginxctl diff shows it)' if d['drift'] else 'no'}")
             out.append(f"reload      {'pending' if d['reload_pending'] else 'not pending'}")
         if d["last_apply"] not in ("done", "none"):
@@ -396,32 +427,33 @@ def target_status(path: Path | None, *, connect: Connect, container: str | None 
                   templates: Path | None = None) -> StatusReport:
     """nginx version, processes, lingering generations, deployed vs loaded vs inventory. Without an
     inventory (`path` None), what the target runs."""
-    opened = open_engine(path, connect, container)
-    inv = opened.inventory
-    deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path)
-    live = deployer.live
-    deployed = deployer.deployed()
-    state = reload_state(live, shutdown_timeout_of(deployed))
-    loaded = deployer.loaded()
-    data: dict[str, Any] = {
-        "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
-        "master_pid": state.processes.master.pid if state.processes.master else None,
-        "worker_pids": sorted(state.processes.worker_pids), **state.to_dict(),
-        "config_path": deployer.config_path,
-        "deployed_sha256": sha(deployed) if deployed is not None else None,
-        "loaded": loaded, "last_apply": deployer.history.last_phase()}
-    if inv is not None:
-        rendered = render_for(inv, deployer, templates)
-        data.update({"inventory_config_sha256": sha(rendered), "inventory_sha256": inv.digest,
-                     "drift": deployed != rendered, "reload_pending": loaded != sha(rendered),
-                     "groups": [{"name": g.name, "protocol": g.protocol, "balance": g.balance,
-                                 "listen": [a.text for a in g.listen],
-                                 "servers": [{"address": s.address.text, "flags": s.params} for s in g.servers]}
-                                for g in inv.upstreams]})
-    else:
-        data.update({"inventory_config_sha256": None, "inventory_sha256": None, "drift": None,
-                     "reload_pending": None if loaded is None else loaded != (sha(deployed) if deployed else None)})
-    return StatusReport(data, state.summary(), inv)
+    with open_engine(path, connect, container) as opened:
+        inv = opened.inventory
+        deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path)
+        live = deployer.live
+        deployed = deployer.deployed()
+        state = reload_state(live, shutdown_timeout_of(deployed))
+        loaded = deployer.loaded()
+        data: dict[str, Any] = {
+            "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
+            "master_pid": state.processes.master.pid if state.processes.master else None,
+            "worker_pids": sorted(state.processes.worker_pids), **state.to_dict(),
+            "config_path": deployer.config_path,
+            "deployed_sha256": sha(deployed) if deployed is not None else None,
+            "loaded": loaded, "last_apply": deployer.history.last_phase()}
+        if inv is not None:
+            rendered = render_for(inv, deployer, templates, opened.path.parent if opened.path else None)
+            data.update({"inventory_path": str(opened.path), "inventory_config_sha256": sha(rendered),
+                         "inventory_sha256": inv.digest,
+                         "drift": deployed != rendered, "reload_pending": loaded != sha(rendered),
+                         "groups": [{"name": g.name, "protocol": g.protocol, "balance": g.balance,
+                                     "listen": [a.text for a in g.listen],
+                                     "servers": [{"address": s.address.text, "flags": s.params} for s in g.servers]}
+                                    for g in inv.upstreams]})
+        else:
+            data.update({"inventory_config_sha256": None, "inventory_sha256": None, "drift": None,
+                         "reload_pending": None if loaded is None else loaded != (sha(deployed) if deployed else None)})
+        return StatusReport(data, state.summary(), inv)
 
 
 @dataclass
@@ -442,11 +474,11 @@ class HistoryReport:
 def target_history(path: Path | None, *, connect: Connect, container: str | None = None,
                    config_path: str | None = None) -> HistoryReport:
     """The configs the target has run, newest first; the one nginx runs is marked current."""
-    opened = open_engine(path, connect, container)
-    deployer = open_target(opened, container, config_path=config_path)
-    rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
-             "current": current} for e, current in deployer.history_rows()]
-    return HistoryReport(deployer.live.name, rows)
+    with open_engine(path, connect, container) as opened:
+        deployer = open_target(opened, container, config_path=config_path)
+        rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
+                 "current": current} for e, current in deployer.history_rows()]
+        return HistoryReport(deployer.live.name, rows)
 
 
 @dataclass
@@ -468,12 +500,12 @@ class RollbackReport:
 def rollback(path: Path | None, *, connect: Connect, container: str | None = None, to: int | None = None,
              config_path: str | None = None, lock_wait: float = 30.0, progress: Progress = _quiet) -> RollbackReport:
     """Re-apply an earlier config from the target's history: tested, reloaded, verified."""
-    opened = open_engine(path, connect, container)
-    deployer = open_target(opened, container, config_path=config_path, progress=progress, lock_wait=lock_wait)
-    deployer.journal.plan("install the earlier config", "reload and verify")
-    with _reporting(None, None, deployer.journal):
-        entry, outcome = deployer.rollback(to)
-    return RollbackReport(deployer.live.name, entry.id, entry.hash, outcome)
+    with open_engine(path, connect, container) as opened:
+        deployer = open_target(opened, container, config_path=config_path, progress=progress, lock_wait=lock_wait)
+        deployer.journal.plan("install the earlier config", "reload and verify")
+        with _reporting(None, None, deployer.journal):
+            entry, outcome = deployer.rollback(to)
+        return RollbackReport(deployer.live.name, entry.id, entry.hash, outcome)
 
 
 # -- drain / undrain ---------------------------------------------------------------------------------------------
@@ -519,7 +551,6 @@ def change_server(path: Path, group: str, server: str, *, down: bool, connect: C
     The inventory file is put back when the apply does not succeed or is interrupted before it changed
     the target. Raises UsageError, InventoryError, and what apply raises."""
     from .edit import set_down
-    from .files import write_atomic
 
     if container is not None:
         container_name(None, container)
@@ -528,11 +559,27 @@ def change_server(path: Path, group: str, server: str, *, down: bool, connect: C
     edit = set_down(original, group, server, down, force=force)
     first = parse_inventory(edit.text, str(path))
     client = connect(first.target.docker_host)
+    try:
+        return _change_server(path, original, edit, client, container=container, group=group, down=down,
+                              lock_wait=lock_wait, templates=templates, progress=progress)
+    except BaseException:
+        client.close()
+        raise
+
+
+def _change_server(path: Path, original: str, edit: Any, client: docker.DockerClient, *, container: str | None,
+                   group: str, down: bool, lock_wait: float, templates: Path | None,
+                   progress: Progress) -> tuple[DrainReport, Deployer]:
+    from .files import write_atomic
+
     inv = parse_inventory(edit.text, str(path), machine=nginx.engine_machine(client))
+    inv, notes = with_discovered(inv, lambda host: nginx.connect(host))
+    for note in notes:
+        progress(note)
     deployer = open_target(Opened(inv, path, client), container, progress=progress, lock_wait=lock_wait)
     flag = "`down: true` written" if down else "`down` removed"
     deployer.journal.plan(f"{flag} in {path}", "install the new config", "reload and verify")
-    rendered = render_for(inv, deployer, templates)
+    rendered = render_for(inv, deployer, templates, path.parent)
     with deployer.locked():
         written = False
         try:
@@ -564,10 +611,16 @@ def drain(path: Path, group: str, server: str, *, connect: Connect, container: s
     """Mark a server down in the inventory, apply and reload, then count (with `wait`, wait until none
     remain) the connections still open to it. Raises DrainTimeout when `wait` runs out, and what
     `change_server` raises."""
-    from .inventory.grammar import parse_server_address
-
     report, deployer = change_server(path, group, server, down=True, connect=connect, container=container,
                                      force=force, lock_wait=lock_wait, templates=templates, progress=progress)
+    with contextlib.closing(deployer.live.client):
+        return _wait_drained(report, deployer, wait, progress)
+
+
+def _wait_drained(report: DrainReport, deployer: Deployer, wait: float | None, progress: Progress) -> DrainReport:
+    from .inventory.grammar import parse_server_address
+
+    group = report.group
     address = parse_server_address(report.address)
     if address.kind == "unix":
         report.counted = False
@@ -598,5 +651,7 @@ def drain(path: Path, group: str, server: str, *, connect: Connect, container: s
 def undrain(path: Path, group: str, server: str, *, connect: Connect, container: str | None = None,
             lock_wait: float = 30.0, templates: Path | None = None, progress: Progress = _quiet) -> DrainReport:
     """Put a drained server back: remove its `down` in the inventory, apply and reload."""
-    return change_server(path, group, server, down=False, connect=connect, container=container, lock_wait=lock_wait,
-                         templates=templates, progress=progress)[0]
+    report, deployer = change_server(path, group, server, down=False, connect=connect, container=container,
+                                     lock_wait=lock_wait, templates=templates, progress=progress)
+    deployer.live.client.close()
+    return report

@@ -16,7 +16,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import IMAGE, Backend, free_port, write_inventory  # noqa: E402
+from helpers import IMAGE, Backend, Etcd, free_port, write_inventory  # noqa: E402
+
+DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses Docker is an integration test: `pytest -m "not integration"` is the fast loop."""
+    for item in items:
+        if DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +120,13 @@ def lb_factory(docker_client: Any, tmp_path: Path) -> Iterator[Callable[..., LB]
 @pytest.fixture
 def lb(lb_factory: Callable[..., LB]) -> LB:
     return lb_factory()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[Etcd]:
+    """A real etcd server of our own on 127.0.0.1 (Debian's etcd-server), stopped and removed afterwards."""
+    server = Etcd(tmp_path / "etcd-data")
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -173,3 +173,69 @@ def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) 
     # Outside the source tree by default, so `-m nginxctl` runs the installed package.
     return subprocess.run([sys.executable, "-m", "nginxctl", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, cwd=cwd or "/", timeout=180)
+
+
+class Etcd:
+    """A real etcd (Debian's etcd-server) on 127.0.0.1, in a temp data dir; `stop()`/`start()` keep its data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Etcd:
+        import shutil
+
+        binary = shutil.which("etcd") or "/usr/bin/etcd"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.log = open(self.data_dir.parent / f"etcd-{self.port}.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [binary, "--name", "nginxctl-test", "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"nginxctl-test={peer}", "--log-level", "error"],
+            stdout=self.log, stderr=self.log)
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        import json as _json
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1) as resp:
+                    if _json.loads(resp.read()).get("health") == "true":
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"etcd not healthy within {timeout}s; see {self.log.name}")
+            threading.Event().wait(0.1)  # polling a readiness endpoint, not synchronising on time
+
+    def client(self) -> Any:
+        import etcd3gw
+
+        return etcd3gw.Etcd3Client(host="127.0.0.1", port=self.port, timeout=5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        if getattr(self, "log", None):
+            self.log.close()

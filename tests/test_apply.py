@@ -334,7 +334,8 @@ def test_apply_without_reload_leaves_a_reload_pending_that_diff_and_status_repor
     assert installed.returncode == 0 and "not reloaded" in installed.stdout
     diff = cli("diff", "-i", str(lb.inventory))
     assert diff.returncode == 1, diff.stdout  # the file matches; nginx does not run it
-    assert diff.stdout.startswith(f"# {lb.name}: the file matches the inventory, but nginx runs sha256:{sha(first)[:12]}")
+    expected = f"# {lb.name}: the file matches the inventory, but nginx runs sha256:{sha(first)[:12]}"
+    assert diff.stdout.startswith(expected)
     status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
     assert status["drift"] is False and status["reload_pending"] is True and status["loaded"] == sha(first)
     assert who(port) == "A"
@@ -441,3 +442,33 @@ def test_dry_run_with_reload_previews_generations_and_the_max_generations_check(
         assert deployed(lb) == before
     finally:
         held.close()
+
+
+def test_apply_reload_prints_the_lingering_summary_once(lb, backends):
+    a = backends("A")
+    port, group = lb.group([a.address])
+    lb.write({"pool": group})
+    assert apply(lb).returncode == 0
+    _, other = lb.group([a.address])
+    lb.write({"pool": group, "other": other})
+    result = apply(lb)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("current workers hold") == 1, result.stderr
+
+
+def test_a_container_gone_mid_command_is_an_environment_error_not_a_traceback(lb):
+    """Every Docker call is mapped: signals, logs, processes, exec, archives on a removed container."""
+    from nginxctl.errors import EnvironmentProblem
+
+    live = LiveNginx.attach(lb.client, lb.name)
+    master = live.processes().master
+    lb.container.remove(force=True)
+    calls = {"signal": lambda: live.signal_reload(master), "logs": lambda: live.log_since(("stderr", 1.0)),
+             "processes": live.processes, "exec": lambda: live.exec(["-t"]),
+             "read": lambda: live.stat_file("/etc/nginx/nginx.conf"),
+             "write": lambda: live.put_files("/etc/nginx", {"x.conf": "x"}), "refresh": live.refresh}
+    for name, call in calls.items():
+        with pytest.raises(EnvironmentProblem) as caught:
+            call()
+            pytest.fail(f"{name}: no error")
+        assert lb.name in str(caught.value), name

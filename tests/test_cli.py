@@ -109,17 +109,41 @@ COMMANDS = ["render", "schema", "validate", "apply", "diff", "status", "history"
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
-    result = runner.invoke(app, [command, "--help"])
+    import inspect
+
+    from nginxctl import cli as cli_module
+
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    assert len(result.output.strip()) > 100
+    doc = inspect.getdoc(getattr(cli_module, command))
+    assert doc and doc.split("\n")[0][:40] in result.output  # the command's own summary
+    for option in _options(getattr(cli_module, command)):
+        assert option in result.output, (command, option)
 
 
-def test_readme_documents_every_command_and_exit_code():
+def _options(func):  # type: ignore[no-untyped-def]
+    """The --long option names a command declares."""
+    import typing
+
+    names = []
+    for hint in typing.get_type_hints(func, include_extras=True).values():
+        for meta in getattr(hint, "__metadata__", ()):
+            names += [d for d in getattr(meta, "param_decls", ()) or () if d.startswith("--")][:1]
+    return names
+
+
+def test_readme_exit_code_table_is_the_code():
+    import re
+
+    from nginxctl.errors import EXIT_CODES
+
     readme = (ROOT / "README.md").read_text()
+    table = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", readme, re.M))
+    assert {int(code) for code in table} == set(EXIT_CODES)
+    for code, meaning in EXIT_CODES.items():
+        assert table[str(code)] == meaning, code
     for command in COMMANDS:
         assert f"nginxctl {command}" in readme
-    for code in "01234":
-        assert f"| {code} |" in readme
 
 
 def test_inventory_reference_doc_is_generated_from_the_schema():
@@ -127,3 +151,110 @@ def test_inventory_reference_doc_is_generated_from_the_schema():
 
     doc = (ROOT / "docs" / "inventory.md").read_text()
     assert doc.endswith(reference_markdown()), "regenerate docs/inventory.md from reference_markdown()"
+
+
+# -- in-process, no Docker: typer's CliRunner ----------------------------------------------------------------
+
+NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/nginxctl-test.sock"}
+GOOD = "upstreams:\n  a: {listen: 7000, servers: [127.0.0.1:7001, 127.0.0.1:7002]}\n"
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args), env={**NO_DOCKER, "COLUMNS": "200", **(env or {})})
+
+
+@pytest.mark.parametrize("args", [
+    ["apply", "--container", ""], ["status", "--container", " "], ["diff", "-c", ""], ["history", "-c", ""],
+    ["rollback", "-c", ""], ["drain", "a", "127.0.0.1:7001", "-c", ""], ["validate", "--container", ""]])
+def test_empty_container_is_a_usage_error_before_anything_runs(tmp_path, args):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(GOOD)
+    result = invoke(*args, "-i", str(inv))
+    assert result.exit_code == 2, result.output
+    assert "--container is empty" in result.output
+    assert inv.read_text() == GOOD
+
+
+@pytest.mark.parametrize("args", [
+    ["apply", "--wait", "--timeout", "5s"], ["apply", "--wait-timeout", "5"], ["apply", "--lock-timeout", "1m"],
+    ["drain", "a", "127.0.0.1:7001", "--timeout", "5"], ["drain", "a", "127.0.0.1:7001", "--lock-timeout", "0"],
+    ["undrain", "a", "127.0.0.1:7001", "--lock-timeout", "1h30m"], ["rollback", "-c", "x", "--lock-timeout", "500ms"]])
+def test_every_time_option_takes_units_or_seconds(tmp_path, args):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(GOOD)
+    result = invoke(*args, "-i", str(inv))
+    assert result.exit_code == 3, result.output  # parsed; then Docker is not reachable
+    assert "Docker is not reachable" in result.output
+
+
+@pytest.mark.parametrize("value", ["5x", "-1", "1.5s", "soon", ""])
+def test_a_bad_time_option_says_what_a_duration_is(value):
+    result = invoke("apply", "--lock-timeout", value)
+    assert result.exit_code == 2
+    assert "expected a duration such as 30s" in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "apply", "diff", "status", "history", "rollback"])
+def test_json_is_one_document_on_stdout_for_an_inventory_error(tmp_path, command):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("upstreams:\n  a: {listen: 7000, servers: [127.0.0.1:7001], balance: fastest}\n")
+    result = cli(command, "-i", str(inv), "--format", "json")
+    assert result.returncode == 2, result.stderr
+    doc = json.loads(result.stdout)
+    assert (doc["ok"], doc["exit_code"]) == (False, 2)
+    error = doc["errors"][0]
+    assert (error["file"], error["line"], error["column"], error["path"]) == (str(inv), 2, 57, "upstreams.a.balance")
+
+
+@pytest.mark.parametrize("command", ["apply", "diff", "status", "drain", "undrain"])
+def test_json_is_one_document_on_stdout_when_docker_is_unreachable(tmp_path, command):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(GOOD)
+    extra = ["a", "127.0.0.1:7001"] if command in ("drain", "undrain") else []
+    result = cli(command, *extra, "-i", str(inv), "-c", "lb", "-f", "json", env=NO_DOCKER)
+    assert result.returncode == 3
+    doc = json.loads(result.stdout)
+    assert (doc["ok"], doc["exit_code"], doc["errors"][0]["type"]) == (False, 3, "EnvironmentProblem")
+    assert "Docker is not reachable" in doc["errors"][0]["message"]
+
+
+def test_json_is_one_document_even_for_a_command_line_typer_refuses():
+    result = cli("status", "--format", "json", "--bogus")
+    assert result.returncode == 2
+    assert json.loads(result.stdout) == {"ok": False, "exit_code": 2, "errors": [
+        {"type": "UsageError", "message": "invalid command line (see stderr)"}]}
+
+
+def test_an_unexpected_error_is_exit_70_not_1(tmp_path, monkeypatch):
+    """A bug in the library must never read as "nginx rejected the config" (exit 1)."""
+    from nginxctl import workflows
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(workflows, "render_inventory", broken)
+    result = invoke("render", "-i", str(ROOT / "inventory.yaml"))
+    assert result.exit_code == 70
+    assert "internal error: ZeroDivisionError: division by zero (a bug in nginxctl" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_render_refuses_to_replace_a_read_only_file(tmp_path):
+    out = tmp_path / "nginx.conf"
+    out.write_text("mine\n")
+    out.chmod(0o444)
+    result = invoke("render", "-i", str(ROOT / "inventory.yaml"), "-o", str(out))
+    assert result.exit_code == 2
+    assert "the file is read-only" in result.output
+    assert out.read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nginx.conf"]
+
+
+def test_nginxctl_on_path_is_the_package_under_test():
+    """The suite runs the nginxctl of the venv it was installed into, never a leftover elsewhere on PATH."""
+    import shutil
+    import sys
+
+    found = shutil.which("nginxctl")
+    assert found is not None, "nginxctl is not on PATH: run the tests with the venv's bin first (scripts/test.sh)"
+    assert Path(found).parent == Path(sys.executable).parent, found

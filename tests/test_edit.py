@@ -81,3 +81,101 @@ def test_write_refuses_a_read_only_file(tmp_path):
     with pytest.raises(UsageError, match="read-only"):
         write_atomic(path, "y\n", expect="x\n")
     assert path.read_text() == "x\n"
+
+
+# Layouts an inventory is written in: each must come back byte-identical after drain then undrain.
+LAYOUTS = {
+    "aligned comments": """\
+upstreams:
+  pool:
+    listen: 6666
+    servers:
+      - 127.0.0.1:35101   # A
+      - 127.0.0.1:35102   # B
+      - 127.0.0.1:35103         # C, aligned further
+""",
+    "flow sequence": "upstreams:\n  pool: {listen: 6666, servers: [127.0.0.1:1, 127.0.0.1:2]}\n",
+    "flow sequence with spaces": "upstreams:\n  pool:\n    listen: 6666\n    servers: [ 127.0.0.1:1 ,  127.0.0.1:2 ]\n",
+    "quoted": """\
+upstreams:
+  pool:
+    listen: 6666
+    servers:
+      - "127.0.0.1:1"
+      - '127.0.0.1:2'
+      - '[::1]:7004'
+""",
+    "flow mappings": """\
+upstreams:
+  pool:
+    listen: 6666
+    servers:
+      - {address: 127.0.0.1:1, weight: 5}
+      - { address: "127.0.0.1:2", max_fails: 3 }   # spaced
+      - {address: 127.0.0.1:3}
+""",
+    "block mappings": """\
+upstreams:
+  pool:
+    listen: 6666
+    servers:
+      - address: 127.0.0.1:1
+        weight: 5     # heavy
+        max_fails: 3
+
+      # the second one
+      -
+        address: 127.0.0.1:2
+      - address: 127.0.0.1:3
+        backup: true
+""",
+    "no indentation, no final newline": "upstreams:\n  pool:\n    listen: 6666\n    servers:\n    - 127.0.0.1:1\n"
+                                        "    - address: 127.0.0.1:2\n      weight: 2",
+    "crlf": "upstreams:\r\n  pool:\r\n    listen: 6666\r\n    servers:\r\n      - 127.0.0.1:1\r\n"
+            "      - address: 127.0.0.1:2\r\n        weight: 2\r\n",
+    "unicode comments": "# Über-Pool ✓\nupstreams:\n  pool:  # größter\n    listen: 6666\n    servers:\n"
+                        "      - 127.0.0.1:1  # ünïcode\n      - {address: 127.0.0.1:2, weight: 2}  # ✓✓\n",
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_drain_then_undrain_gives_back_the_same_bytes(layout: str) -> None:
+    text = LAYOUTS[layout]
+    servers = parse_inventory(text).upstreams[0].servers
+    for server in servers:
+        if server.backup:
+            continue
+        drained = set_down(text, "pool", server.address.text, True)
+        after = parse_inventory(drained.text).upstreams[0].servers
+        assert [s.down for s in after] == [s is server for s in servers]
+        assert len(changed_lines(text, drained.text)) <= 2  # the one line, before and after
+        assert set_down(drained.text, "pool", server.address.text, False).text == text
+
+
+@pytest.mark.parametrize("group", [
+    "  pool:\n    listen: 6666\n    servers:\n      - 127.0.0.1:1   # main\n"
+    "      - {address: 127.0.0.1:2, backup: true}\n",
+    "  pool: {listen: 6666, servers: [127.0.0.1:1, {address: 127.0.0.1:2, backup: true}]}\n",
+])
+def test_forced_drain_of_the_last_primary_and_back_gives_the_same_bytes(group: str) -> None:
+    text = "upstreams:\n" + group
+    forced = set_down(text, "pool", "127.0.0.1:1", True, force=True)
+    inv = parse_inventory(forced.text)
+    assert inv.upstreams[0].allow_no_primary and inv.upstreams[0].servers[0].down
+    assert set_down(forced.text, "pool", "127.0.0.1:1", False).text == text
+
+
+def test_down_false_becomes_true_and_undrain_removes_it() -> None:
+    text = ("upstreams:\n  pool:\n    listen: 6666\n    servers:\n"
+            "      - {address: 127.0.0.1:1, weight: 2, down: false}\n      - 127.0.0.1:2\n")
+    drained = set_down(text, "pool", "127.0.0.1:1", True).text
+    assert changed_lines(text, drained) == ["-       - {address: 127.0.0.1:1, weight: 2, down: false}",
+                                            "+       - {address: 127.0.0.1:1, weight: 2, down: true}"]
+    assert set_down(drained, "pool", "127.0.0.1:1", False).text == text.replace(", down: false", "")
+
+
+def test_a_server_list_shared_through_an_alias_is_not_edited() -> None:
+    text = "upstreams:\n  other: {listen: 6667, servers: &s [127.0.0.1:1, 127.0.0.1:2]}\n  pool:\n" \
+           "    listen: 6666\n    servers: *s\n"
+    with pytest.raises(UsageError, match="cannot mark 127.0.0.1:1 of 'pool' down without rewriting other parts"):
+        set_down(text, "pool", "127.0.0.1:1", True)

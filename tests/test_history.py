@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import pytest
-from nginxctl.history import (HISTORY_SLOTS, Entry, History, Master, Phase, State, current_entry, loaded_now,
-                              select_rollback, sha)
+from nginxctl.history import (
+    HISTORY_SLOTS,
+    Entry,
+    History,
+    Master,
+    Phase,
+    State,
+    current_entry,
+    loaded_now,
+    select_rollback,
+    sha,
+)
 
 
 class DictStore:

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 import pytest
+import yaml
+from nginxctl.capacity import Machine
 from nginxctl.errors import InventoryError
 from nginxctl.inventory import parse_inventory
+from nginxctl.inventory.yamlsource import MAX_BYTES
 
 
-def problems(text: str) -> list[str]:
+def problems(text: str, machine: Machine | None = None) -> list[str]:
     with pytest.raises(InventoryError) as info:
-        parse_inventory(textwrap.dedent(text), "inventory.yaml")
+        parse_inventory(textwrap.dedent(text), "inventory.yaml", machine=machine)
     return [str(p) for p in info.value.problems]
 
 
-def one(text: str) -> str:
-    found = problems(text)
+def one(text: str, machine: Machine | None = None) -> str:
+    found = problems(text, machine)
     assert len(found) == 1, found
     return found[0]
 
@@ -189,7 +193,53 @@ def test_comments_only_file_is_empty():
 
 
 def test_not_a_mapping():
-    assert "expected the inventory (a mapping" in one("- a\n- b\n")
+    assert one("- a\n- b\n") == "inventory.yaml:1:1: expected a mapping with an 'upstreams:' key, got a list"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("defaults: 5\n" + GOOD, "inventory.yaml:1:11: defaults: expected a mapping, got 5"),
+    ("nginx: 5\n" + GOOD, "inventory.yaml:1:8: nginx: expected a mapping, got 5"),
+    ("target: 5\n" + GOOD, "inventory.yaml:1:9: target: expected a mapping, got 5"),
+    ("target: false\n" + GOOD, "inventory.yaml:1:9: target: expected a mapping, got false"),
+    ("nginx: [1]\n" + GOOD, "inventory.yaml:1:8: nginx: expected a mapping, got a list"),
+    ("defaults: text\n" + GOOD, "inventory.yaml:1:11: defaults: expected a mapping, got 'text'"),
+    ("upstreams:\n  pool: 5\n", "inventory.yaml:2:9: upstreams.pool: expected a mapping, got 5"),
+    ("upstreams: 5\n", "inventory.yaml:1:12: upstreams: expected a mapping of NAME: group with at least one "
+                       "group, got 5"),
+    (GOOD.replace("[127.0.0.1:7001]", "[5]"), "inventory.yaml:4:15: upstreams.pool.servers[0]: expected a "
+                                               "server address or a mapping, got 5"),
+    (GOOD + "    vars: 5\n", "inventory.yaml:5:11: upstreams.pool.vars: expected a mapping of NAME: VALUE "
+                            "(values for custom templates), got 5"),
+    ("vars: [a]\n" + GOOD, "inventory.yaml:1:7: vars: expected a mapping of NAME: VALUE (values for custom "
+                           "templates), got a list"),
+    ("5\n", "inventory.yaml:1:1: expected a mapping with an 'upstreams:' key, got 5"),
+])
+def test_a_non_mapping_where_a_mapping_belongs_is_located(text, expected):
+    assert one(text) == expected
+
+
+def test_empty_sections_are_empty_mappings():
+    parse_inventory("defaults:\nnginx:\ntarget:\n" + GOOD)
+
+
+@pytest.mark.parametrize("value", [5, "x", [], {}, None, True, 1.5, [1], {"a": 1}, "３"])
+@pytest.mark.parametrize("where", ["defaults", "nginx", "target", "upstreams", "upstreams.pool",
+                                   "upstreams.pool.servers", "upstreams.pool.servers[0]", "upstreams.pool.listen",
+                                   "upstreams.pool.vars", "vars", "nginx.worker_processes", "target.container",
+                                   "upstreams.pool.servers[0].address", "upstreams.pool.zone_size",
+                                   "upstreams.pool.proxy_timeout", "upstreams.pool.hash_key"])
+def test_any_value_anywhere_loads_or_is_a_located_error(where, value):
+    """Never a traceback: every value of every type, in every place, is accepted or refused with a line."""
+    doc: dict = {"upstreams": {"pool": {"listen": 6666, "servers": [{"address": "127.0.0.1:7001"}]}}}
+    *parents, last = where.replace("[0]", ".0").split(".")
+    node: Any = doc
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[int(last) if last.isdigit() else last] = value
+    try:
+        parse_inventory(yaml.safe_dump(doc), "inventory.yaml")
+    except InventoryError as exc:
+        assert exc.problems and all(p.location.line for p in exc.problems)
 
 
 def test_defaults_apply_and_group_wins():
@@ -249,3 +299,220 @@ def test_derived_worker_connections_count_the_listening_sockets():
     assert inv.nginx.worker_connections == 8192 + 20
     capped = parse_inventory("nginx: {max_connections: 100, worker_processes: 1}\nupstreams:\n" + groups)
     assert capped.nginx.worker_connections == 300 + 20
+
+
+# --- untrusted text: alias bombs, size, nesting ---
+
+def alias_bomb(levels: int) -> str:
+    """A "billion laughs": each level repeats the one above 10 times, so `levels` 9 is 10^9 values."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n" + GOOD
+
+
+def test_an_alias_bomb_is_refused_before_it_expands():
+    bomb = alias_bomb(9)
+    assert len(bomb) < 1000
+    assert one(bomb) == ("inventory.yaml:6:5: expected at most 1,000,000 values once YAML aliases are expanded, "
+                         "got more from here: each *name repeats all that &name marks, and nested aliases multiply "
+                         "(an alias bomb)")
+
+
+def test_a_merge_key_bomb_is_refused_before_it_expands():
+    lines = ["m0: &m0 {a: 1, b: 2}"] + [f"m{i}: &m{i} {{<<: [*m{i - 1}, *m{i - 1}], k{i}: {i}}}" for i in range(1, 30)]
+    assert "expected at most 1,000,000 values once YAML aliases are expanded" in one("\n".join(lines) + "\n" + GOOD)
+
+
+def test_aliases_within_the_limit_load():
+    inv = parse_inventory("upstreams:\n  a: {listen: 1, servers: &s [127.0.0.1:7001, 127.0.0.1:7002]}\n"
+                          "  b: {listen: 2, servers: *s}\n")
+    assert [len(g.servers) for g in inv.upstreams] == [2, 2]
+
+
+def test_a_recursive_alias_is_refused():
+    assert one("x: &x [*x]\n" + GOOD) == ("inventory.yaml:1:4: expected a tree, got an alias to a node that "
+                                          "contains it (a recursive structure)")
+
+
+def test_deep_nesting_is_refused():
+    assert one("x: " + "[" * 70 + "]" * 70 + "\n" + GOOD) == \
+        "inventory.yaml:1:68: expected at most 64 levels of nesting, got more"
+
+
+def test_a_file_beyond_the_size_limit_is_refused():
+    text = GOOD + "# " + "x" * MAX_BYTES + "\n"
+    assert one(text) == \
+        f"inventory.yaml:1:1: expected a file of at most 8,388,608 bytes (8 MiB), got {len(text):,} bytes"
+
+
+def test_an_integer_of_more_digits_than_python_converts_is_refused_located():
+    assert one(GOOD + "    backlog: " + "9" * 5000 + "\n").startswith(
+        "inventory.yaml:5:14: upstreams.pool.backlog: expected an integer >= 1 and <= 65535, got '99999")
+
+
+def test_merge_keys_override_without_a_duplicate_key_error():
+    inv = parse_inventory("upstreams:\n  a: &base {listen: 1, balance: least_conn, servers: [127.0.0.1:1]}\n"
+                          "  b:\n    <<: *base\n    listen: 2\n    balance: random\n", "x")
+    assert [(g.balance, g.listen[0].port) for g in inv.upstreams] == [("least_conn", 1), ("random", 2)]
+    assert "duplicate key 'listen'" in one("upstreams:\n  a: &base {listen: 1, servers: [127.0.0.1:1]}\n"
+                                           "  b:\n    <<: *base\n    listen: 2\n    listen: 3\n")
+
+
+def test_a_merge_of_something_else_than_a_mapping_is_located():
+    assert one(GOOD + "    <<: 5\n") == ("inventory.yaml:5:9: upstreams.pool: expected a mapping (or a list of "
+                                     "mappings) after '<<', got '5'")
+
+
+# --- bounds: nginx's own limits (tests/test_property.py checks them against nginx -t) ---
+
+MAX_MS = "15250284452w3d7h12m55s807ms"  # 2^63 - 1 ms
+MAX_S = "292471208677y6M2w1d15h30m7s"  # 2^63 - 1 s
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("proxy_timeout", MAX_MS), ("proxy_timeout", "9223372036854775807ms"), ("proxy_timeout", 9223372036854775),
+    ("proxy_connect_timeout", "9223372036854775s"), ("proxy_next_upstream_timeout", "0"),
+    ("proxy_buffer_size", "9223372036854775807"), ("proxy_buffer_size", "9007199254740991k"),
+    ("proxy_buffer_size", "8796093022207m"), ("zone_size", "32k"), ("zone_size", 32768),
+])
+def test_values_at_nginx_limits_load(key, value):
+    parse_inventory(GOOD + f"    {key}: {value}\n", "inventory.yaml")
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("proxy_timeout", "99999999999999999999s", "a duration of at most 9223372036854775807ms (nginx's limit, about "
+                                               "292 million years), got '99999999999999999999s'"),
+    ("proxy_timeout", "15250284452w3d7h12m55s808ms", "a duration of at most 9223372036854775807ms"),
+    ("proxy_connect_timeout", "9223372036854776s", "a duration of at most 9223372036854775807ms"),
+    ("proxy_next_upstream_timeout", 9223372036854776, "a duration of at most 9223372036854775807ms"),
+    ("proxy_timeout", "1y", "a duration such as 30s, 500ms, 10m, 1h30m or a number of seconds (units w d h m s ms, "
+                            "largest first; nginx takes no y or M in this one), got '1y'"),
+    ("proxy_timeout", "1M", "a duration such as 30s, 500ms, 10m, 1h30m or a number of seconds (units w d h m s ms, "
+                            "largest first; nginx takes no y or M in this one), got '1M'"),
+    ("proxy_buffer_size", "9223372036854775808", "a size of at most 9223372036854775807 bytes (nginx's limit; k and "
+                                                 "m units only), got 9223372036854775808"),
+    ("proxy_buffer_size", "9007199254740992k", "a size of at most 9223372036854775807 bytes"),
+    ("proxy_buffer_size", "8796093022208m", "a size of at most 9223372036854775807 bytes"),
+    ("proxy_buffer_size", "1g", "a size such as 16k, 1m or a number of bytes, got '1g'"),
+    ("zone_size", "32767", "a size of at least 32k (nginx refuses a zone smaller than 8 memory pages), got 32767"),
+    ("proxy_next_upstream_tries", 2 ** 63, "an integer >= 0 and <= 9223372036854775807, got 9223372036854775808"),
+])
+def test_values_beyond_nginx_limits_are_refused(key, value, expected):
+    msg = one(GOOD + f"    {key}: {value}\n")
+    assert msg.startswith(f"inventory.yaml:5:{len(key) + 7}: upstreams.pool.{key}: expected {expected}"), msg
+
+
+def test_fail_timeout_is_whole_seconds_up_to_nginx_limit():
+    parse_inventory(GOOD.replace("[127.0.0.1:7001]", f"[{{address: 127.0.0.1:7001, fail_timeout: {MAX_S}}}]"))
+    assert one(GOOD.replace("[127.0.0.1:7001]", "[{address: 127.0.0.1:7001, fail_timeout: 500ms}]")) == (
+        "inventory.yaml:4:55: upstreams.pool.servers[0].fail_timeout: expected a duration in whole seconds such as "
+        "10s, 1m, 2h or a number of seconds (units y M w d h m s, largest first; nginx reads this one in seconds, "
+        "so no ms), got '500ms'")
+    beyond = "[{address: 127.0.0.1:7001, fail_timeout: 292471208677y6M2w1d15h30m8s}]"
+    assert one(GOOD.replace("[127.0.0.1:7001]", beyond)).endswith(
+        "expected a duration of at most 9223372036854775807s (nginx's limit), got '292471208677y6M2w1d15h30m8s'")
+
+
+def test_max_conns_beyond_nginx_limit_is_refused():
+    assert one(GOOD.replace("[127.0.0.1:7001]", "[{address: 127.0.0.1:7001, max_conns: 9223372036854775808}]")) == (
+        "inventory.yaml:4:52: upstreams.pool.servers[0].max_conns: expected an integer >= 0 and <= "
+        "9223372036854775807, got 9223372036854775808")
+
+
+# --- ASCII digits only ---
+
+def test_a_non_ascii_digit_in_a_port_is_refused():
+    assert one(GOOD.replace("[127.0.0.1:7001]", '["127.0.0.1:３0402"]')) == (
+        "inventory.yaml:4:15: upstreams.pool.servers[0]: expected a port from 1 to 65535, got '３0402'")
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("listen", "'６６６６'"), ("listen", "'127.0.0.1:６６６６'"), ("proxy_timeout", "'３0s'"),
+    ("proxy_timeout", "'５'"),
+    ("proxy_buffer_size", "'１6k'"), ("zone_size", "'６4k'"), ("proxy_timeout", "'²s'"), ("listen", "'²'"),
+])
+def test_non_ascii_digits_are_refused_everywhere(key, value):
+    text = GOOD.replace("listen: 6666", f"listen: {value}") if key == "listen" else GOOD + f"    {key}: {value}\n"
+    msg = one(text)
+    assert f"upstreams.pool.{key}: expected" in msg and msg.startswith("inventory.yaml:"), msg
+
+
+def test_weight_in_non_ascii_digits_is_refused():
+    assert one(GOOD.replace("[127.0.0.1:7001]", "[{address: 127.0.0.1:7001, weight: '５'}]")) == (
+        "inventory.yaml:4:49: upstreams.pool.servers[0].weight: expected an integer >= 1 and <= 1000, got '５'")
+
+
+def test_an_ipv6_scope_is_refused():
+    assert "no %scope after an IPv6 address" in one(GOOD.replace("[127.0.0.1:7001]", "['[::1%;]:80']"))
+
+
+# --- durations: one parser, bare numbers are seconds ---
+
+@pytest.mark.parametrize(("value", "rendered"), [("'5'", "5s"), ("5", "5s"), ("0", "0s"), ("'0'", "0s"),
+                                                 ("1h30m", "1h30m"), ("500ms", "500ms")])
+def test_durations_with_units_and_bare_seconds(value, rendered):
+    assert str(parse_inventory(GOOD + f"    proxy_timeout: {value}\n").upstreams[0].proxy_timeout) == rendered
+
+
+# --- capacity against the machine nginx runs on ---
+
+SMALL = Machine(cpus=2, memory_bytes=4 * 1024 ** 3)
+
+
+def test_an_intent_beyond_the_machine_is_refused():
+    found = problems("nginx: {max_connections: 10000000}\n" + GOOD, machine=SMALL)
+    assert found == [
+        "inventory.yaml:1:26: nginx.max_connections: max_connections 10000000 needs 1505 workers at 20000 open "
+        "files per process; this machine has 2 CPU(s), so nginxctl runs at most 8 workers (4 per CPU, at least 4): "
+        "lower max_connections, raise fd_limit if the host allows more, or set worker_processes yourself",
+        "inventory.yaml:1:26: nginx.max_connections: max_connections 10000000 with 16k buffers needs up to 327148 MiB "
+        "of worker memory (plus 64 KiB of shared zones), beyond the 4096 MiB of memory of the machine nginx runs on: "
+        "set nginx.workload: idle (4k buffers) or a smaller proxy_buffer_size, lower max_connections, or set "
+        "nginx.memory_limit to the memory nginx may really use"]
+
+
+def test_without_a_machine_only_the_inventory_limits_apply():
+    inv = parse_inventory("nginx: {max_connections: 10000000}\n" + GOOD)
+    assert inv.nginx.worker_processes == 1505
+    assert inv.nginx.notes[0] == ("max_connections 10000000 needs 20000000 sockets; at 20000 open files per process "
+                                  "that is 1505 workers (worker_processes 1505)")
+
+
+def test_the_worker_bound_is_four_per_cpu_and_at_least_four():
+    assert [Machine(cpus, 1).max_workers for cpus in (1, 2, 3, 16)] == [4, 8, 12, 64]
+    fits = parse_inventory("nginx: {max_connections: 50000}\n" + GOOD, machine=SMALL)
+    assert (fits.nginx.worker_processes, fits.nginx.notes[0].endswith("at most 8 workers (4 per CPU, at least 4)")) \
+        == (8, True)
+    msg = one("nginx: {max_connections: 60000}\n" + GOOD, machine=SMALL)
+    assert msg.startswith("inventory.yaml:1:26: nginx.max_connections: max_connections 60000 needs 10 workers")
+
+
+def test_explicit_worker_processes_are_not_bounded_by_the_machine():
+    inv = parse_inventory("nginx: {max_connections: 60000, worker_processes: 10, workload: idle}\n" + GOOD,
+                          machine=SMALL)
+    assert inv.nginx.worker_processes == 10
+
+
+def test_memory_limit_wins_over_the_machine_memory():
+    text = "nginx: {max_connections: 200000, worker_processes: 32, memory_limit: 8192m}\n" + GOOD
+    assert parse_inventory(text, machine=SMALL).nginx.max_connections == 200000
+    assert "beyond the 4096 MiB of memory of the machine" in one(text.replace(", memory_limit: 8192m", ""),
+                                                                  machine=SMALL)
+
+
+def test_a_group_intent_beyond_the_machine_is_located_at_the_group():
+    found = problems(GOOD + "    max_connections: 10000000\n", machine=SMALL)
+    assert len(found) == 2
+    assert found[0].startswith("inventory.yaml:5:22: upstreams.pool.max_connections: max_connections 10000000 needs "
+                               "1505 workers")
+    assert found[1].startswith("inventory.yaml:5:22: upstreams.pool.max_connections: max_connections 10000000 with "
+                               "16k buffers needs up to 327148 MiB")
+
+
+def test_zones_beyond_the_machine_memory_are_refused_at_the_biggest():
+    text = GOOD + "    zone_size: 8192m\n  small:\n    listen: 6667\n    servers: [127.0.0.1:1]\n"
+    assert one(text, machine=SMALL) == (
+        "inventory.yaml:5:16: upstreams.pool.zone_size: the groups' shared zones need 8192 MiB, beyond the 4096 MiB "
+        "of memory of the machine nginx runs on: lower zone_size, or set nginx.memory_limit to the memory nginx may "
+        "really use")
+    parse_inventory(text)  # no machine: nothing to compare with

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-from nginxctl.nginxtext import (config_from_dump, dump_files, emerg_lines, error_log_of, hosts_lookup, includes,
-                                parse_build, parse_docker_time, parse_proc_net, parse_top, parse_version,
-                                reload_finished, reload_lines, shutdown_timeout_of)
+from nginxctl.nginxtext import (
+    config_from_dump,
+    dump_files,
+    emerg_lines,
+    error_log_of,
+    hosts_lookup,
+    includes,
+    parse_build,
+    parse_docker_time,
+    parse_proc_net,
+    parse_top,
+    parse_version,
+    reload_finished,
+    reload_lines,
+    shutdown_timeout_of,
+)
 
 # A port held by another process (nginx 1.22.1): the first reload retries bind() for ~2.5 s, then gives up;
 # the restore's reload follows. Lines from a real run, abridged.

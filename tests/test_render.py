@@ -7,12 +7,14 @@ review the diff.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from nginxctl.errors import InventoryError, TemplateError
 from nginxctl.inventory import parse_inventory
-from nginxctl.render import render, template_env
+from nginxctl.render import render, shipped_templates, template_env
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "inventory.yaml").exists())
@@ -35,9 +37,38 @@ def test_golden(case: str, full: bool) -> None:
     assert text == expected.read_text()
 
 
+RENDER_IN_A_PROCESS = """
+import sys
+from pathlib import Path
+from nginxctl.inventory import parse_inventory
+from nginxctl.render import render, template_env
+folder = Path(sys.argv[1])
+inv = parse_inventory((folder / "inventory.yaml").read_text(), "inventory.yaml")
+sys.stdout.write(render(inv, template_env(folder / inv.templates if inv.templates else None), full=True))
+"""
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_render_is_deterministic(case: str) -> None:
-    assert render_case(case, True) == render_case(case, True)
+    """Two processes with two hash seeds (set and dict order of str keys differ) render the same bytes."""
+    outputs = [subprocess.run([sys.executable, "-c", RENDER_IN_A_PROCESS, str(GOLDEN / case)], capture_output=True,
+                              text=True, check=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2")]
+    assert outputs[0] == outputs[1] == render_case(case, True)
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in shipped_templates().glob("*.j2")))
+def test_a_line_added_above_a_copied_template_stays_a_line(template: str, tmp_path: Path) -> None:
+    """A user copies a shipped template to --templates DIR and adds a comment at the top: the comment comes
+    out on its own line, and the rest of the config does not change."""
+    note = "# my note\n"
+    (tmp_path / template).write_text(note + (shipped_templates() / template).read_text())
+    inv = parse_inventory((GOLDEN / "nginx_docs_example" / "inventory.yaml").read_text(), "inventory.yaml")
+    original = render(inv, template_env(), full=True)
+    text = render(inv, template_env(tmp_path), full=True)
+    assert note in text
+    assert all(line == "# my note" for line in text.splitlines() if "my note" in line)
+    assert text.replace(note, "") == original
 
 
 def test_output_follows_inventory_order() -> None:

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 
 from helpers import Held, who
@@ -59,6 +60,7 @@ def test_every_procedure_names_a_test_that_exists():
     assert all(blocks(title) for title, _ in sections)
 
 
+@pytest.mark.integration
 def test_add_a_backend(lb, backends):
     a, b = backends("A"), backends("B")
     port = start(lb, [a], balance="least_conn")
@@ -72,12 +74,14 @@ def test_add_a_backend(lb, backends):
         fresh = [Held(port) for _ in range(4)]
         held += fresh
         assert Counter(h.name for h in fresh) == {"A": 2, "B": 2}
-        assert all(h.echo() == b"ping\n" for h in held)  # the two from before stay on A and work
+        assert a.wait_connections(4) and b.wait_connections(2)  # the two from before stay on A
+        assert all(h.echo() == b"ping\n" for h in held)  # and work
     finally:
         for h in held:
             h.close()
 
 
+@pytest.mark.integration
 def test_drain_and_remove_a_backend(lb, backends):
     a, b = backends("A"), backends("B")
     port = start(lb, [a, b], balance="least_conn")
@@ -108,6 +112,7 @@ def test_drain_and_remove_a_backend(lb, backends):
             h.close()
 
 
+@pytest.mark.integration
 def test_rebalance_after_scale_out(lb, backends):
     a, b = backends("A"), backends("B")
     port, g = lb.group([a.address], balance="least_conn")
@@ -130,11 +135,13 @@ def test_rebalance_after_scale_out(lb, backends):
             h.close()
 
 
-def test_choose_least_conn(lb, backends):
+@pytest.mark.integration
+def test_choose_a_balancing_method(lb, backends):
     a, b = backends("A"), backends("B")
     port = start(lb, [a, b])
+    least_conn, hashing = blocks("Choose a balancing method")
     edit(lb, lambda d: d["upstreams"]["netty_pool"].update(balance="least_conn"))
-    ok(run(blocks("Choose a balancing method")[0], lb.inventory.parent))
+    ok(run(least_conn, lb.inventory.parent))
     held = [Held(port) for _ in range(2)]
     try:
         for h in held:
@@ -146,7 +153,22 @@ def test_choose_least_conn(lb, backends):
         for h in held:
             h.close()
 
+    edit(lb, lambda d: d["upstreams"]["netty_pool"].update(balance="hash", hash_key="$remote_addr", consistent=True))
+    ok(run(hashing, lb.inventory.parent))
+    clients = [f"127.0.0.{i}" for i in range(2, 42)]  # 40 client addresses, each a socket bound to it
+    first = {src: who(port, src) for src in clients}
+    assert all(who(port, src) == first[src] for _ in range(3) for src in clients)  # each client sticks
+    assert set(first.values()) == {"A", "B"}  # and the clients spread over the servers
+    c = backends("C")
+    edit(lb, lambda d: d["upstreams"]["netty_pool"]["servers"].append(c.address))
+    ok(run(hashing, lb.inventory.parent))
+    after = {src: who(port, src) for src in clients}
+    moved = [src for src in clients if after[src] != first[src]]
+    assert {after[src] for src in moved} == {"C"}  # consistent: a client moves only onto the new server
+    assert len(moved) < len(clients) / 2  # about 1/3 of them, not all
 
+
+@pytest.mark.integration
 def test_set_worker_shutdown_timeout(lb, backends):
     a = backends("A")
     port = start(lb, [a])
@@ -166,6 +188,7 @@ def test_set_worker_shutdown_timeout(lb, backends):
         before.close()
 
 
+@pytest.mark.integration
 def test_size_capacity(lb, backends):
     a = backends("A")
     port, g = lb.group([a.address])
@@ -196,6 +219,7 @@ def test_size_capacity(lb, backends):
             h.close()
 
 
+@pytest.mark.integration
 def test_ha_pair(lb_factory, backends):
     a = backends("A")
     lb1, lb2 = lb_factory(), lb_factory()

@@ -5,6 +5,9 @@ Each parser takes the raw YAML value and returns a canonical, nginx-ready form, 
 whitespace, `;`, `{`, `}`, `#`, quotes, backslashes, and `$` only in front of a variable
 named in `NGINX_VARIABLES`. `SAFE_TOKEN` is the same promise as one regular expression;
 the renderer applies it again to every value it prints.
+
+Digits are ASCII only (`[0-9]`, never `\\d` or `str.isdigit()`, which take `３` or `²`), and every
+number is bounded by what nginx itself accepts, so that a value that loads is one `nginx -t` accepts.
 """
 
 from __future__ import annotations
@@ -51,15 +54,34 @@ NGINX_VARIABLES = frozenset(
 _VAR = "|".join(sorted(NGINX_VARIABLES, key=len, reverse=True))
 SAFE_TOKEN = re.compile(rf"(?:[A-Za-z0-9_.:/@%+=,*\[\]-]|\$(?:{_VAR})(?![A-Za-z0-9_]))+\Z")
 
-NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,62}\Z")
+NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_-]{0,62}"
+NAME = re.compile(NAME_PATTERN + r"\Z")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?\Z")
 PATH = re.compile(r"/[A-Za-z0-9._/@+-]*\Z")
-_DURATION = re.compile(r"(?=\d)(?:\d+y)?(?:\d+M)?(?:\d+w)?(?:\d+d)?(?:\d+h)?(?:\d+m(?!s))?(?:\d+s)?(?:\d+ms)?\Z")
-_DURATION_MS = {"y": 31536000000, "M": 2592000000, "w": 604800000, "d": 86400000, "h": 3600000,
-                "m": 60000, "s": 1000, "ms": 1}
-_SIZE = re.compile(r"(\d+)([kKmM]?)\Z")
+DIGITS = re.compile(r"[0-9]+\Z")
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the terminating NUL
+
+# nginx's own limits (64-bit builds), from src/core/ngx_parse.c and ngx_string.c, confirmed with `nginx -t`
+# by tests/test_property.py:
+# - NGX_MAX_INT_T_VALUE is the cutoff of ngx_atoi (counts: max_conns=, proxy_responses, ...) and of
+#   ngx_parse_time: a time in milliseconds (proxy_timeout and the other ngx_conf_set_msec_slot directives)
+#   or in seconds (fail_timeout=) is at most 2^63 - 1 of its unit.
+# - NGX_MAX_SIZE_T_VALUE is the cutoff of ngx_parse_size (proxy_buffer_size, zone): 2^63 - 1 bytes,
+#   with k and m only (no g).
+NGX_MAX_INT = 2 ** 63 - 1
+NGX_MAX_SIZE = 2 ** 63 - 1
+# Millisecond times (ngx_conf_set_msec_slot) start parsing at "month": nginx refuses y and M there.
+MS_UNITS = {"w": 604_800_000, "d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+# Second times (fail_timeout=) allow y and M but not ms.
+S_UNITS = {"y": 31_536_000, "M": 2_592_000, "w": 604_800, "d": 86_400, "h": 3_600, "m": 60, "s": 1}
+DURATION_MS = re.compile(
+    r"[0-9]+|(?=[0-9])(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?(?:[0-9]+m(?!s))?(?:[0-9]+s)?(?:[0-9]+ms)?")
+DURATION_S = re.compile(r"[0-9]+|(?=[0-9])(?:[0-9]+y)?(?:[0-9]+M)?(?:[0-9]+w)?(?:[0-9]+d)?(?:[0-9]+h)?"
+                         r"(?:[0-9]+m)?(?:[0-9]+s)?")
+_PART = re.compile(r"([0-9]+)(ms|[yMwdhms])")
+_SIZE = re.compile(r"([0-9]+)([kKmM]?)")
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 
 
 def check_name(value: Any, what: str = "a name") -> str:
@@ -81,22 +103,49 @@ class Duration:
     text: str
     ms: int
 
+    @property
+    def seconds(self) -> float:
+        return self.ms / 1000
+
     def __str__(self) -> str:
         return self.text
 
 
+def _duration(value: Any, grammar: re.Pattern[str], units: dict[str, int], expected: str, limit: str) -> Duration:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise Invalid(expected, value)
+    text = str(value)
+    if (isinstance(value, int) and value < 0) or not grammar.fullmatch(text):
+        raise Invalid(expected, value)
+    if DIGITS.match(text):  # nginx reads a bare number as seconds; say so in the config
+        total, text = _number(text) * units["s"], text + "s"
+    else:
+        total = sum(_number(n) * units[u] for n, u in _PART.findall(text))
+    if total > NGX_MAX_INT:
+        raise Invalid(limit, value)
+    return Duration(text, total * (1000 // units["s"]))
+
+
 def parse_duration(value: Any) -> Duration:
-    expected = "a duration such as 30s, 500ms, 10m, 1h30m (or a number of seconds)"
-    if isinstance(value, bool):
-        raise Invalid(expected, value)
-    if isinstance(value, int) and value >= 0:
-        return Duration(f"{value}s", value * 1000)
-    if not isinstance(value, str) or not _DURATION.match(value):
-        raise Invalid(expected, value)
-    if value.isdigit():  # nginx reads a bare number as seconds; say so in the config
-        return Duration(f"{value}s", int(value) * 1000)
-    ms = sum(int(n) * _DURATION_MS[u] for n, u in re.findall(r"(\d+)(ms|[yMwdhms])", value))
-    return Duration(value, ms)
+    """A time as nginx's millisecond directives read it (proxy_timeout, worker_shutdown_timeout, ...).
+
+    Units w, d, h, m, s and ms, largest first (`30s`, `500ms`, `10m`, `1h30m`), or a bare non-negative
+    integer (or digit string) of seconds: `5` and `"5"` are `5s`, `0` is `0s`. At most 2^63 - 1 ms,
+    nginx's limit. Raises Invalid.
+    """
+    return _duration(value, DURATION_MS, MS_UNITS,
+                     "a duration such as 30s, 500ms, 10m, 1h30m or a number of seconds (units w d h m s ms, "
+                     "largest first; nginx takes no y or M in this one)",
+                     f"a duration of at most {NGX_MAX_INT}ms (nginx's limit, about 292 million years)")
+
+
+def parse_duration_seconds(value: Any) -> Duration:
+    """A time as nginx reads `fail_timeout=`: whole seconds, units y, M, w, d, h, m, s (no ms), or a bare
+    integer of seconds; at most 2^63 - 1 s. Raises Invalid."""
+    return _duration(value, DURATION_S, S_UNITS,
+                     "a duration in whole seconds such as 10s, 1m, 2h or a number of seconds (units y M w d "
+                     "h m s, largest first; nginx reads this one in seconds, so no ms)",
+                     f"a duration of at most {NGX_MAX_INT}s (nginx's limit)")
 
 
 @dataclass(frozen=True)
@@ -110,25 +159,43 @@ class Size:
         return self.text
 
 
-def parse_size(value: Any) -> Size:
+def parse_size(value: Any, minimum: int = 1, why: str = "") -> Size:
+    """A size as ngx_parse_size reads it: bytes, or a number with k or m (1024-based); `minimum` bytes at
+    least (`why` says why, for the message) and at most 2^63 - 1 bytes (nginx's limit). Raises Invalid."""
     expected = "a size such as 16k, 1m or a number of bytes"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise Invalid(expected, value)
-    if isinstance(value, int) and value > 0:
-        return Size(str(value), value)
-    m = _SIZE.match(value) if isinstance(value, str) else None
-    if not m or int(m.group(1)) == 0:
+    m = _SIZE.fullmatch(str(value)) if not isinstance(value, int) or value >= 0 else None
+    if not m:
         raise Invalid(expected, value)
-    factor = {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2).lower()]
-    return Size(value, int(m.group(1)) * factor)
+    size = _number(m.group(1)) * SIZE_UNITS[m.group(2).lower()]
+    if size < minimum:
+        raise Invalid(f"a size of at least {_size_text(minimum)}" + (f" ({why})" if why else ""), value)
+    if size > NGX_MAX_SIZE:
+        raise Invalid(f"a size of at most {NGX_MAX_SIZE} bytes (nginx's limit; k and m units only)", value)
+    return Size(str(value), size)
+
+
+def _size_text(n: int) -> str:
+    for unit, factor in (("m", 1024 * 1024), ("k", 1024)):
+        if n % factor == 0:
+            return f"{n // factor}{unit}"
+    return f"{n} bytes" if n != 1 else "1 byte"
+
+
+def _number(digits: str) -> int:
+    """ASCII digits as an int; anything beyond nginx's limits as NGX_MAX_INT + 1 (Python refuses to
+    convert more than 4300 digits, and no limit here needs more than 19)."""
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 20 else NGX_MAX_INT + 1
 
 
 def parse_port(value: Any) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+    """1 to 65535, as an integer or ASCII digits."""
+    port = _number(value) if isinstance(value, str) and DIGITS.match(value) else value
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise Invalid("a port from 1 to 65535", value)
-    return value
+    return port
 
 
 @dataclass(frozen=True)
@@ -177,6 +244,8 @@ def _parse_host(host: str, expected: str, value: Any, allow_wildcard: bool) -> t
             ip6 = ipaddress.IPv6Address(host[1:-1])
         except ValueError:
             raise Invalid(expected, value) from None
+        if ip6.scope_id is not None:  # `%eth0`: Python takes any text there, nginx none
+            raise Invalid(expected + " (no %scope after an IPv6 address)", value)
         return "inet6", f"[{ip6.compressed}]"
     if allow_wildcard and host == "*":
         return "inet", "*"
@@ -211,7 +280,7 @@ def parse_listen(value: Any) -> Address:
         return Address("inet", None, port, None, str(port))
     if not isinstance(value, str):
         raise Invalid(expected, value)
-    if value.isdigit():
+    if DIGITS.match(value):
         port = parse_port(value)
         return Address("inet", None, port, None, str(port))
     if value.startswith("unix:"):

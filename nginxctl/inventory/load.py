@@ -1,7 +1,8 @@
 """Inventory text -> validated `Inventory`, or one InventoryError listing every problem found.
 
-Pure: takes the text and a name for messages; reads no file. Rules are checked in one pass and
-all failures are collected, so a user fixing a file sees every problem at once.
+Pure: takes the text, a name for messages and, for capacity, the machine nginx runs on (data);
+reads no file. Rules are checked in one pass and all failures are collected, so a user fixing a
+file sees every problem at once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _mapping(value: Any, path: KeyPath, keys: list[Key], report: _Report, what: 
              required: tuple[str, ...] = (), use_defaults: bool = True) -> dict[str, Any] | None:
     """Check one mapping against its key table; return parsed values (None: not a mapping)."""
     if not isinstance(value, dict):
-        report(path, f"expected {what} (a mapping of key: value), got {gr.describe(value)}")
+        report(path, f"expected a mapping, got {gr.describe(value)}")
         return None
     by_name = {k.name: k for k in keys}
     out: dict[str, Any] = {}
@@ -68,6 +69,9 @@ def _server(raw: Any, path: KeyPath, report: _Report) -> Server | None:
         except gr.Invalid as exc:
             report(path, str(exc))
             return None
+    if not isinstance(raw, dict):
+        report(path, f"expected a server address or a mapping, got {gr.describe(raw)}")
+        return None
     parsed = _mapping(raw, path, SERVER_KEYS, report, "a server", ("address",))
     if parsed is None or "address" not in parsed:
         return None
@@ -76,11 +80,14 @@ def _server(raw: Any, path: KeyPath, report: _Report) -> Server | None:
 
 def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report: _Report) -> Group | None:
     before = len(report.problems)
-    parsed = _mapping(raw, path, GROUP_KEYS, report, f"group '{name}'", ("listen", "servers"),
-                      use_defaults=False)
+    parsed = _mapping(raw, path, GROUP_KEYS, report, f"group '{name}'", ("listen",), use_defaults=False)
     if parsed is None:
         return None
     raw_keys = set(raw)
+    discover = parsed.pop("discover", None)
+    if "servers" not in raw_keys and "discover" not in raw_keys:
+        report(path, f"missing required key 'servers' in group '{name}' (or 'discover', for servers found at "
+               "run time)")
     merged = {**defaults, **parsed}
     for key in GROUP_KEYS:  # the table's defaults come last: inventory `defaults:` win over them
         if key.default is not None and key.name not in merged and key.name not in raw_keys:
@@ -88,7 +95,9 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
     servers_raw = merged.pop("servers", None)
     servers: list[Server] = []
     if "servers" in raw_keys:
-        if not isinstance(servers_raw, list) or not servers_raw:
+        if servers_raw in (None, []) and discover is not None:
+            pass  # a discovering group may list no server of its own
+        elif not isinstance(servers_raw, list) or not servers_raw:
             report(path + ("servers",), f"expected a non-empty list of servers, got {gr.describe(servers_raw)}")
         else:
             for i, item in enumerate(servers_raw):
@@ -99,7 +108,8 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
         return None  # a key of the group is wrong: cross-key rules would only echo it
     if merged.get("proxy_timeout") is None:
         merged["proxy_timeout"] = gr.parse_duration("30s" if merged["protocol"] == "udp" else "1h")
-    group = Group(name=name, servers=tuple(servers), **merged)
+    group = Group(name=name, servers=tuple(servers), discover=discover[0] if discover else None,
+                  discover_prefix=discover[1] if discover else None, **merged)
     for rule in GROUP_RULES:
         rule(group, raw, path, report)
     return group
@@ -108,6 +118,8 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
 # --- rules across keys: each one is a mistake nginx -t lets through or reports without a location ---
 
 def _rule_usable_server(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+    if group.discover is not None:
+        return  # its usable servers come and go at run time (nginxctl watch)
     if len(group.servers) != len(raw.get("servers") or []) or any(s.usable for s in group.servers):
         return
     if group.allow_no_primary and any(not s.backup for s in group.servers) \
@@ -203,9 +215,32 @@ def _safe_source(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@+-]", "_", name)
 
 
-def _nginx(raw: Any, groups: list[Group], report: _Report) -> NginxSettings:
+def _section(data: dict[str, Any], name: str, report: _Report) -> dict[str, Any]:
+    """A top-level mapping (`defaults`, `nginx`, `target`): absent or empty (null) is {}."""
+    raw = data.get(name)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        report((name,), f"expected a mapping, got {gr.describe(raw)}")
+        return {}
+    return raw
+
+
+def _capacity_path(setting: str, parsed: dict[str, Any], groups: list[Group]) -> KeyPath:
+    """Where a capacity problem about `setting` is reported: the key the user set, else its section."""
+    if setting == "zone_size":
+        group = max(groups, key=lambda g: g.zone_size.bytes if g.zone_size else 0, default=None)
+        return ("upstreams", group.name, "zone_size") if group else ("upstreams",)
+    if setting == "max_connections" and "max_connections" not in parsed:
+        group = next((g for g in groups if g.max_connections), None)
+        return ("upstreams", group.name, "max_connections") if group else ("nginx",)
+    return ("nginx", setting) if setting in parsed else ("nginx",)
+
+
+def _nginx(raw: dict[str, Any], groups: list[Group], report: _Report, machine: capacity.Machine | None) \
+        -> NginxSettings:
     before = len(report.problems)
-    parsed = _mapping(raw if raw is not None else {}, ("nginx",), NGINX_KEYS, report, "the nginx settings")
+    parsed = _mapping(raw, ("nginx",), NGINX_KEYS, report, "the nginx settings")
     if parsed is None or len(report.problems) > before:
         return NginxSettings()
     intent = parsed.get("max_connections")
@@ -222,10 +257,11 @@ def _nginx(raw: Any, groups: list[Group], report: _Report) -> NginxSettings:
             worker_connections=parsed.get("worker_connections"),
             worker_rlimit_nofile=parsed.get("worker_rlimit_nofile"), fd_limit=parsed["fd_limit"],
             buffer_bytes=biggest, memory_limit=parsed["memory_limit"].bytes if "memory_limit" in parsed else None,
-            listeners=sum(len(g.listen) for g in groups))
+            listeners=sum(len(g.listen) for g in groups),
+            zone_bytes=sum(g.zone_size.bytes for g in groups if g.zone_size), machine=machine)
     except capacity.CapacityError as exc:
-        where = ("nginx", "max_connections") if "max_connections" in parsed else ("upstreams",)
-        report(where, str(exc))
+        for setting, message in exc.problems:
+            report(_capacity_path(setting, parsed, groups), message)
         return NginxSettings()
     parsed.update(worker_processes=plan.worker_processes, worker_connections=plan.worker_connections,
                   worker_rlimit_nofile=plan.worker_rlimit_nofile, max_connections=intent,
@@ -233,27 +269,32 @@ def _nginx(raw: Any, groups: list[Group], report: _Report) -> NginxSettings:
     return NginxSettings(**parsed)
 
 
-def parse_inventory(text: str, source: str = "inventory.yaml") -> Inventory:
-    """Validate inventory text. Raises InventoryError with every problem, located in `source`."""
+def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capacity.Machine | None = None) \
+        -> Inventory:
+    """Validate inventory text. Raises InventoryError with every problem, located in `source`.
+
+    `machine` is where nginx runs: capacity intents beyond its memory or its CPUs (at most
+    Machine.max_workers derived workers) are refused. None: only the inventory's own limits
+    (nginx.fd_limit, nginx.memory_limit) apply.
+    """
     data, positions, duplicates = parse_yaml(text, source)
     report = _Report(positions)
     report.problems.extend(duplicates)
     if data is None or data == "":
         raise InventoryError([Problem(Location(source, 1, 1), "", "the inventory is empty: expected a mapping "
                                       "with an 'upstreams:' key (see `nginxctl schema` or the README)")])
-    top = _mapping(data, (), TOP_KEYS, report, "the inventory", ("upstreams",))
-    if top is None:
+    if not isinstance(data, dict):
+        report((), f"expected a mapping with an 'upstreams:' key, got {gr.describe(data)}")
         raise InventoryError(report.problems)
+    top = _mapping(data, (), TOP_KEYS, report, "the inventory", ("upstreams",))
+    assert top is not None
 
-    defaults: dict[str, Any] = {}
-    if "defaults" in data:
-        for name in NOT_DEFAULTABLE & set(data["defaults"] or {}):
-            report(("defaults", name), f"'{name}' cannot be a default: each group sets its own", key=True)
-        raw_defaults = {k: v for k, v in (data["defaults"] or {}).items() if k not in NOT_DEFAULTABLE} \
-            if isinstance(data["defaults"], dict) else data["defaults"]
-        defaults = _mapping(raw_defaults, ("defaults",),
-                            [k for k in GROUP_KEYS if k.name not in NOT_DEFAULTABLE], report, "the defaults",
-                            use_defaults=False) or {}
+    raw_defaults = _section(data, "defaults", report)
+    for name in NOT_DEFAULTABLE & set(raw_defaults):
+        report(("defaults", name), f"'{name}' cannot be a default: each group sets its own", key=True)
+    defaults = _mapping({k: v for k, v in raw_defaults.items() if k not in NOT_DEFAULTABLE}, ("defaults",),
+                        [k for k in GROUP_KEYS if k.name not in NOT_DEFAULTABLE], report, "the defaults",
+                        use_defaults=False) or {}
 
     groups: list[Group] = []
     upstreams = data.get("upstreams")
@@ -274,13 +315,28 @@ def parse_inventory(text: str, source: str = "inventory.yaml") -> Inventory:
                     groups.append(group)
             _rule_listens_unique(groups, report)
 
-    nginx = _nginx(data.get("nginx"), groups, report)
-    target_raw = _mapping(data.get("target") or {}, ("target",), TARGET_KEYS, report, "the target")
+    nginx = _nginx(_section(data, "nginx", report), groups, report, machine)
+    target_raw = _mapping(_section(data, "target", report), ("target",), TARGET_KEYS, report, "the target")
+    if report.problems:
+        raise InventoryError(report.problems)
+    endpoints = top.get("discovery", ())
+    for group in groups:
+        if group.discover == "etcd" and not endpoints:
+            report(("upstreams", group.name, "discover"), "discover: {etcd: ...} needs the etcd endpoints: add "
+                   "discovery: {etcd: {endpoints: [http://127.0.0.1:2379]}} at the top of the inventory")
     if report.problems:
         raise InventoryError(report.problems)
     content = {"upstreams": groups, "nginx": nginx, "target": Target(**(target_raw or {})),
-               "templates": top.get("templates"), "vars": top.get("vars", {})}
+               "templates": top.get("templates"), "vars": top.get("vars", {}), "discovery_etcd_endpoints": endpoints}
     return Inventory(source=_safe_source(source), digest=inventory_digest(data), positions=positions,
                      **content)
 
 
+def parse_server(fields: Any, source: str) -> Server:
+    """One server given as data (a discovered backend: Docker labels, an etcd value), through the same
+    grammar as an inventory's server. Raises InventoryError naming `source`."""
+    report = _Report(Positions(source))
+    server = _server(fields, (), report)
+    if report.problems or server is None:
+        raise InventoryError(report.problems or [Problem(Location(source), "", "not a server")])
+    return server

@@ -71,6 +71,8 @@ class Group:
     max_connections: int | None = None
     allow_no_primary: bool = False
     vars: dict[str, str] = field(default_factory=dict)
+    discover: str | None = None          # docker | etcd: servers found at run time (nginxctl watch)
+    discover_prefix: str | None = None   # the etcd key prefix
 
     @property
     def balance_tokens(self) -> list[str]:
@@ -132,6 +134,7 @@ class Inventory:
     target: Target = Target()
     templates: str | None = None
     vars: dict[str, str] = field(default_factory=dict)
+    discovery_etcd_endpoints: tuple[str, ...] = ()
     # Where each key sits in the file (yamlsource.Positions), to trace nginx errors back to it.
     positions: Any = field(default=None, compare=False, repr=False)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import grammar as g
+from .yamlsource import MAX_BYTES, MAX_DEPTH, MAX_NODES
 
 Parser = Callable[[Any], Any]
 
@@ -26,19 +27,17 @@ class Key:
     default: Any = None  # raw YAML value; None: nginx's own default applies, nothing rendered
 
 
-def _int(minimum: int, maximum: int | None = None) -> tuple[Parser, dict[str, Any]]:
+def _int(minimum: int, maximum: int = g.NGX_MAX_INT) -> tuple[Parser, dict[str, Any]]:
+    """An integer in [minimum, maximum]; without a maximum, nginx's own (ngx_atoi stops at 2^63 - 1)."""
     def parse(value: Any) -> int:
-        expected = f"an integer >= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        expected = f"an integer >= {minimum} and <= {maximum}"
         if isinstance(value, bool) or not isinstance(value, int):
             raise g.Invalid(expected, value)
-        if value < minimum or (maximum is not None and value > maximum):
+        if not minimum <= value <= maximum:
             raise g.Invalid(expected, value)
         return value
 
-    schema: dict[str, Any] = {"type": "integer", "minimum": minimum}
-    if maximum is not None:
-        schema["maximum"] = maximum
-    return parse, schema
+    return parse, {"type": "integer", "minimum": minimum, "maximum": maximum}
 
 
 def _bool(value: Any) -> bool:
@@ -59,9 +58,17 @@ def _enum(*choices: str) -> tuple[Parser, dict[str, Any]]:
 def _worker_processes(value: Any) -> int | str:
     if value == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise g.Invalid("'auto' or an integer >= 1", value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= g.NGX_MAX_INT:
+        raise g.Invalid(f"'auto' or an integer >= 1 and <= {g.NGX_MAX_INT}", value)
     return value
+
+
+# nginx refuses a zone smaller than 8 memory pages (ngx_stream_upstream_zone): 32k with 4k pages.
+ZONE_MINIMUM = 8 * 4096
+
+
+def _zone_size(value: Any) -> g.Size:
+    return g.parse_size(value, minimum=ZONE_MINIMUM, why="nginx refuses a zone smaller than 8 memory pages")
 
 
 def _error_log(value: Any) -> str:
@@ -115,12 +122,57 @@ def _text(value: Any) -> str:
 
 def _vars(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise g.Invalid("a mapping of NAME: VALUE for custom templates", value)
+        raise g.Invalid("a mapping of NAME: VALUE (values for custom templates)", value)
     return {g.check_name(k, "a variable name"): g.parse_token(v) for k, v in value.items()}
 
 
-_DURATION = {"type": ["string", "integer"], "pattern": r"^(\d+(ms|[yMwdhms])?)+$"}
-_SIZE = {"type": ["string", "integer"], "pattern": r"^\d+[kKmM]?$"}
+# JSON Schema patterns are ECMA-262 and unanchored: `^` and `(?![\s\S])` (the end of the text, where
+# Python's `$` would also match before a final newline) make them mean what the loader's grammar means.
+_ETCD_PREFIX = re.compile(r"/[A-Za-z0-9._/@+:=-]*\Z")
+_ENDPOINT = re.compile(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})/?\Z")
+
+
+def _discover(value: Any) -> tuple[str, str | None]:
+    """`docker`, or `{etcd: /prefix/}` -> (source, prefix)."""
+    expected = "docker, or a mapping {etcd: /key/prefix/}"
+    if value == "docker":
+        return ("docker", None)
+    if isinstance(value, dict) and list(value) == ["etcd"]:
+        prefix = value["etcd"]
+        if not isinstance(prefix, str) or not _ETCD_PREFIX.match(prefix) or len(prefix) < 2:
+            raise g.Invalid("an etcd key prefix starting with / (letters, digits and ._/@+:=-), e.g. "
+                            "/services/netty_pool/", prefix)
+        return ("etcd", prefix)
+    raise g.Invalid(expected, value)
+
+
+def _discovery(value: Any) -> tuple[str, ...]:
+    """`{etcd: {endpoints: [http://127.0.0.1:2379]}}` -> the endpoints."""
+    expected = "a mapping {etcd: {endpoints: [http://HOST:PORT, ...]}}"
+    if not isinstance(value, dict) or set(value) - {"etcd"}:
+        raise g.Invalid(expected, value)
+    etcd = value.get("etcd")
+    if not isinstance(etcd, dict) or set(etcd) != {"endpoints"}:
+        raise g.Invalid(expected, etcd)
+    endpoints = etcd["endpoints"]
+    if isinstance(endpoints, str):
+        endpoints = [endpoints]
+    if not isinstance(endpoints, list) or not endpoints:
+        raise g.Invalid("a non-empty list of etcd endpoints http://HOST:PORT", endpoints)
+    for endpoint in endpoints:
+        m = _ENDPOINT.match(endpoint) if isinstance(endpoint, str) else None
+        if not m or not 1 <= int(m.group(3)) <= 65535:
+            raise g.Invalid("an etcd endpoint http://HOST:PORT or https://HOST:PORT", endpoint)
+    return tuple(e.rstrip("/") for e in endpoints)
+
+
+_END = r"(?![\s\S])"
+_DURATION = {"type": ["string", "integer"], "minimum": 0, "maximum": g.NGX_MAX_INT // 1000,
+             "pattern": rf"^(?:{g.DURATION_MS.pattern}){_END}"}
+_DURATION_S = {"type": ["string", "integer"], "minimum": 0, "maximum": g.NGX_MAX_INT,
+               "pattern": rf"^(?:{g.DURATION_S.pattern}){_END}"}
+_SIZE = {"type": ["string", "integer"], "minimum": 1, "maximum": g.NGX_MAX_SIZE,
+         "pattern": rf"^[0-9]+[kKmM]?{_END}"}
 _BOOL = {"type": "boolean"}
 _ADDRESS = {"type": "string"}
 
@@ -141,8 +193,8 @@ SERVER_KEYS = [
     _k("weight", _int(1, 1000), "Share of new connections relative to the other servers.", "weight="),
     _k("max_fails", _int(0, 1000), "Failed attempts within fail_timeout before the server is skipped "
        "(0: never). Counted across workers (the upstream has a zone).", "max_fails="),
-    _k("fail_timeout", g.parse_duration, "Window for max_fails, and how long a failed server is skipped.",
-       "fail_timeout=", json=_DURATION),
+    _k("fail_timeout", g.parse_duration_seconds, "Window for max_fails, and how long a failed server is "
+       "skipped. Whole seconds (nginx reads it in seconds: no ms).", "fail_timeout=", json=_DURATION_S),
     _k("max_conns", _int(0), "Most connections at once to this server across all workers (0: no limit).",
        "max_conns="),
     _k("backup", _bool, "Used only when every primary server is unavailable. Not with hash or random.",
@@ -163,8 +215,9 @@ GROUP_KEYS = [
        json={"type": "string"}),
     _k("consistent", _bool, "With balance: hash, use ketama consistent hashing (adding a server "
        "moves few clients).", "hash ... consistent", False, _BOOL),
-    _k("zone_size", g.parse_size, "Shared memory for the group's state, so balancing, max_fails and "
-       "least_conn counts are shared by all workers.", "zone NAME SIZE", "64k", _SIZE),
+    _k("zone_size", _zone_size, "Shared memory for the group's state, so balancing, max_fails and "
+       "least_conn counts are shared by all workers. At least 32k (nginx: 8 pages).", "zone NAME SIZE", "64k",
+       {**_SIZE, "minimum": ZONE_MINIMUM}),
     _k("proxy_connect_timeout", g.parse_duration, "Time to establish the backend connection before "
        "trying the next server (nginx: 60s; 5s fails over faster).", "proxy_connect_timeout", "5s",
        _DURATION),
@@ -196,9 +249,16 @@ GROUP_KEYS = [
        "(backups serve alone, as nginx does). Set by `nginxctl drain --force`.", "", False, _BOOL),
     _k("vars", _vars, "NAME: VALUE pairs for custom templates (each value one safe token).", "",
        json={"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean"]}}),
-    _k("servers", lambda v: v, "The backends: a list of server mappings, or 'ADDRESS' strings.",
-       "server", json={"type": "array", "minItems": 1,
+    _k("servers", lambda v: v, "The backends: a list of server mappings, or 'ADDRESS' strings. May be "
+       "left out (or empty) in a group that discovers its servers.",
+       "server", json={"type": "array",
                        "items": {"oneOf": [{"type": "string"}, {"$ref": "#/$defs/server"}]}}),
+    _k("discover", _discover, "Servers found at run time besides `servers`: `docker` (running containers "
+       "labelled nginxctl.group=NAME) or `{etcd: /prefix/}` (one server per key under the prefix; needs "
+       "discovery.etcd.endpoints). See docs/controller.md.", "server",
+       json={"oneOf": [{"const": "docker"},
+                       {"type": "object", "properties": {"etcd": {"type": "string", "pattern": "^/"}},
+                        "required": ["etcd"], "additionalProperties": False}]}),
 ]
 
 NGINX_KEYS = [
@@ -223,15 +283,18 @@ NGINX_KEYS = [
        json={"type": "array", "items": {"type": "string"}}),
     _k("image", _image, "Image for validate when --image is not given.", "", json={"type": "string"}),
     _k("max_connections", _int(1), "Capacity intent: client connections the load balancer must hold "
-       "at once. nginxctl derives worker_connections, worker_rlimit_nofile and worker_processes.", ""),
+       "at once. nginxctl derives worker_connections, worker_rlimit_nofile and worker_processes, and refuses "
+       "an intent beyond fd_limit, memory_limit (else the machine's memory) or 4 workers per CPU of the "
+       "machine nginx runs on (at least 4).", ""),
     _k("workload", _enum("idle", "balanced", "bulk"), "What the connections mostly do: idle (device "
        "pools, heartbeats: 4k buffers, ~4x less memory per connection), balanced (nginx's 16k), bulk "
        "(data streams: 64k buffers, more throughput). Sets the default proxy_buffer_size.", "",
        "balanced"),
     _k("fd_limit", _int(64, 1048576), "Hard open-file limit of the nginx processes on the target "
        "(ulimit -Hn); max_connections is checked against it.", "", 20000),
-    _k("memory_limit", g.parse_size, "Memory the workers may use for connection buffers; "
-       "max_connections beyond it is an error.", "", json=_SIZE),
+    _k("memory_limit", g.parse_size, "Memory nginx may use for connection buffers and the groups' shared "
+       "zones; an intent beyond it is an error. Unset: the memory of the machine nginx runs on, where "
+       "nginxctl knows it (the Docker engine's, or this machine's for render).", "", json=_SIZE),
 ]
 
 TARGET_KEYS = [
@@ -248,7 +311,7 @@ TARGET_KEYS = [
 TOP_KEYS = [
     _k("upstreams", lambda v: v, "NAME: group. NAME becomes the upstream's name.", "upstream NAME",
        json={"type": "object", "minProperties": 1,
-             "propertyNames": {"pattern": g.NAME.pattern.rstrip("\\Z") + "$"},
+             "propertyNames": {"pattern": f"^{g.NAME_PATTERN}{_END}"},
              "additionalProperties": {"$ref": "#/$defs/group"}}),
     _k("defaults", lambda v: v, "Any group key (but listen and servers), for every group that does not "
        "set it.", "", json={"$ref": "#/$defs/defaults"}),
@@ -259,9 +322,14 @@ TOP_KEYS = [
        "", json={"type": "string"}),
     _k("vars", _vars, "NAME: VALUE pairs for custom templates.", "",
        json={"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean"]}}),
+    _k("discovery", _discovery, "Where discovering groups look: {etcd: {endpoints: [http://127.0.0.1:2379]}}.",
+       "", json={"type": "object", "properties": {"etcd": {
+           "type": "object", "properties": {"endpoints": {"type": "array", "items": {"type": "string"},
+                                                          "minItems": 1}},
+           "required": ["endpoints"], "additionalProperties": False}}, "additionalProperties": False}),
 ]
 
-NOT_DEFAULTABLE = {"listen", "servers"}
+NOT_DEFAULTABLE = {"listen", "servers", "discover"}
 
 
 def _object(keys: list[Key], required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -288,13 +356,41 @@ def json_schema() -> dict[str, Any]:
         "title": "nginxctl inventory",
         "$defs": {
             "server": _object(SERVER_KEYS, ("address",)),
-            "group": _object(GROUP_KEYS, ("listen", "servers")),
+            "group": {**_object(GROUP_KEYS, ("listen",)),
+                      "anyOf": [{"required": ["servers"]}, {"required": ["discover"]}]},
             "defaults": defaults,
             "nginx": _object(NGINX_KEYS),
             "target": _object(TARGET_KEYS),
         },
     })
     return schema
+
+
+def reference_document() -> str:
+    """docs/inventory.md, whole. Regenerate it with
+    `python -c "from nginxctl.inventory.schema import reference_document as d; print(d(), end='')" > docs/inventory.md`.
+    """
+    header = f"""# Inventory reference
+
+Generated from the schema table in `nginxctl/inventory/schema.py` (the same table validates input and
+produces `nginxctl schema`). Defaults not listed leave nginx's own default in force and render nothing.
+
+Value grammar (the safety gate): addresses are `HOST:PORT`, `IP:PORT`, `[IPv6]:PORT` or `unix:/path`;
+durations `500ms`, `30s`, `10m`, `1h30m` (units w, d, h, m, s, ms, largest first; nginx takes no `y` or
+`M` in these) or a number of seconds (`5` is `5s`), and `fail_timeout`, which nginx reads in whole
+seconds, `y`, `M`, `w`, `d`, `h`, `m`, `s` but no `ms`; sizes `4k`, `16k`, `1m` (or bytes; no `g`);
+hash keys are stream variables (`$remote_addr`, ...) and plain characters. Whitespace, quotes, `;`, `{{`,
+`}}`, `#`, and `$` before anything but a known stream variable are refused at load time with the file,
+line and key, and refused again by the renderer for anything a template prints. Digits are ASCII only.
+
+Bounds are nginx's own, so a config that loads is one `nginx -t` accepts: a duration is at most
+{g.NGX_MAX_INT:,} of its unit (ms, or s for `fail_timeout`), a size or a count at most
+{g.NGX_MAX_SIZE:,}, a zone at least 32k (8 memory pages). The file is at most {MAX_BYTES // 1024 ** 2} MiB and
+{MAX_NODES:,} values once YAML aliases are expanded, nested at most {MAX_DEPTH} deep (alias bombs are
+refused before they expand).
+
+"""
+    return header + reference_markdown()
 
 
 def reference_markdown() -> str:
@@ -306,12 +402,16 @@ def reference_markdown() -> str:
     for title, keys in sections:
         out += [f"### {title}", "", "| key | type | default | nginx | meaning |", "|---|---|---|---|---|"]
         for k in keys:
-            typ = k.json.get("type") or ("auto or integer" if k.name == "worker_processes" else
-                                         "address or list" if "oneOf" in k.json else "integer")
-            if isinstance(typ, list):
-                typ = " or ".join(typ)
+            typ: Any = k.json.get("type")
             if "enum" in k.json:
                 typ = " / ".join(f"`{c}`" for c in k.json["enum"])
+            elif isinstance(typ, list):
+                typ = " or ".join(typ)
+            elif typ is None:  # a section ($ref), or a choice of types
+                typ = ("object" if "$ref" in k.json else "auto or integer" if k.name == "worker_processes" else
+                       "address or list" if "oneOf" in k.json else None)
+            if typ is None:
+                raise TypeError(f"key {k.name!r}: say its type in reference_markdown()")
             default = "" if k.default is None else f"`{k.default}`"
             directive = f"`{k.directive}`" if k.directive else ""
             out.append(f"| `{k.name}` | {typ} | {default} | {directive} | {k.doc} |")

@@ -1,0 +1,352 @@
+"""The reconcile loop of `nginxctl watch`.
+
+Level-triggered: an event (the inventory file, a source's snapshot, the target restarting) only says
+"look again". After the quiet period (never later than max-wait after the first change) the loop
+renders the desired config from the last good inventory and the latest snapshots, compares it with
+what the target has loaded, and applies the difference through the same `Deployer` as `nginxctl apply`
+(test, install, reload, verify, restore). A pass that cannot finish (lingering generations, the
+target or the engine gone, a reload that did not take) stays pending and is retried with backoff:
+"pending" is simply "desired differs from loaded". Everything runs on one thread; sources only enqueue.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .. import nginx
+from ..apply import Deployer
+from ..errors import (
+    ApplyFailure,
+    ConfigRejected,
+    EnvironmentProblem,
+    GenerationsLingering,
+    InventoryError,
+    NginxctlError,
+    RestoreFailed,
+    TemplateError,
+)
+from ..history import sha
+from ..inventory import Inventory
+from ..workflows import container_name, read_inventory, render_for
+from .debounce import Debouncer
+from .log import DecisionLog
+from .merge import Merged, merge
+from .metrics import Metrics
+from .sources import DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
+
+Connect = Callable[[str | None], Any]
+GENERATIONS_RETRY = 2.0
+FIRST_SNAPSHOT_WAIT = 5.0
+
+
+@dataclass
+class WatchOptions:
+    inventory: Path
+    container: str | None = None
+    quiet_period: float = 1.0
+    max_wait: float = 10.0
+    max_generations: int = 3
+    templates: Path | None = None
+
+
+@dataclass
+class Applied:
+    """What the loop last verified on the target."""
+
+    hash: str | None = None
+    servers: dict[str, set[str]] = field(default_factory=dict)   # group -> server addresses (usable or not)
+
+
+class Controller:
+    """One controller for one target. `run()` blocks until `stop()` (or SIGTERM/SIGINT) and returns 0."""
+
+    def __init__(self, options: WatchOptions, *, connect: Connect, log: DecisionLog, metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.options = options
+        self.connect = connect
+        self.log = log
+        self.metrics = metrics
+        self.clock = clock
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.debounce = Debouncer(options.quiet_period, options.max_wait)
+        self.inventory: Inventory | None = None
+        self.inventory_text: str | None = None
+        self.snapshots: dict[str, Snapshot] = {}
+        self.deployer: Deployer | None = None
+        self.client: Any = None
+        self.applied = Applied()
+        self.retry_at: float | None = None
+        self.failures = 0
+        self.burst_started: float | None = None
+        self.skipped_seen: set[tuple[str, str, str]] = set()
+        self.sources: list[Any] = []
+        self.down: frozenset[tuple[str, str]] = frozenset()
+        self._lock: nginx.TargetLock | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def stop(self, reason: str = "stop requested") -> None:
+        self.events.put(Event("stop", detail=reason))
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop(f"{signal.Signals(signum).name} received")
+
+    def start(self) -> None:
+        """Load the inventory, reach the target, take the watch lock, start the sources. Raises
+        InventoryError, EnvironmentProblem, LockBusy (another watch holds the target)."""
+        self.inventory_text = self.options.inventory.read_text(encoding="utf-8") \
+            if self.options.inventory.exists() else None
+        first = read_inventory(self.options.inventory)
+        self.client = self.connect(first.target.docker_host)
+        self.inventory = read_inventory(self.options.inventory, machine=nginx.engine_machine(self.client))
+        live = nginx.LiveNginx.attach(self.client, container_name(self.inventory, self.options.container))
+        self._lock = nginx.TargetLock(self.client, live, wait=0, purpose="watch", kind="watch")
+        self._lock.__enter__()
+        self.deployer = self._deployer(live)
+        publish = self.events.put
+        self.sources.append(InventoryFile(str(self.options.inventory), publish))
+        self.sources.append(DockerSource(lambda: self.connect(first.target.docker_host), publish, live.name,
+                                         local_engine=first.target.docker_host is None))
+        prefixes = {g.name: g.discover_prefix for g in self.inventory.upstreams if g.discover_prefix}
+        if prefixes:
+            self.sources.append(EtcdSource(list(self.inventory.discovery_etcd_endpoints), prefixes, publish))
+        for source in self.sources:
+            source.start()
+        self.log("start", f"watching {self.options.inventory} for target {live.name}",
+                 quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
+                 sources=[type(s).__name__ for s in self.sources])
+
+    def close(self) -> None:
+        for source in self.sources:
+            try:
+                source.stop()
+            except Exception:  # noqa: BLE001 (stopping is best effort)
+                pass
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+        if self.client is not None:
+            self.client.close()
+        self.metrics.running = False
+
+    def _deployer(self, live: nginx.LiveNginx) -> Deployer:
+        assert self.inventory is not None
+        target = self.inventory.target
+        return Deployer(live, config_path=target.config_path, stream_only=target.stream_only,
+                        max_generations=self.options.max_generations, lock_wait=30.0)
+
+    def run(self, install_signals: bool = True) -> int:
+        """Start, apply, then reconcile on every change until stopped. Returns the exit code (0)."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            self.start()
+            self._first_snapshots()
+            self.debounce.change(self.clock())
+            self._reconcile(reason="start")
+            while True:
+                event = self._next_event()
+                if event is not None and event.kind == "stop":
+                    self.log("stop", f"{event.detail}: stopping; the target keeps the config it runs")
+                    return 0
+                if event is not None:
+                    self._handle(event)
+                now = self.clock()
+                if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
+                    self._reconcile(reason="change" if self.debounce.pending else "retry")
+        finally:
+            self.close()
+
+    def _first_snapshots(self) -> None:
+        """Give the discovery sources a moment to publish, so the first apply includes what they see."""
+        wanted = {"docker"} | ({"etcd"} if any(isinstance(s, EtcdSource) for s in self.sources) else set())
+        deadline = self.clock() + FIRST_SNAPSHOT_WAIT
+        backlog = []
+        while not wanted <= set(self.snapshots) and self.clock() < deadline:
+            try:
+                event = self.events.get(timeout=max(0.0, deadline - self.clock()))
+            except queue.Empty:
+                break
+            if event.kind == "snapshot" and event.snapshot is not None:
+                self.snapshots[event.snapshot.source] = event.snapshot
+                self._source_state(event.snapshot)
+            elif event.kind == "stop":
+                backlog.append(event)
+        for event in backlog:
+            self.events.put(event)
+
+    def _next_event(self) -> Event | None:
+        deadlines = [d for d in (self.debounce.deadline(), self.retry_at) if d is not None]
+        timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def _handle(self, event: Event) -> None:
+        now = self.clock()
+        if event.kind == "inventory":
+            self.debounce.change(now)
+        elif event.kind == "target":
+            self.log("target", f"{event.detail}: checking it runs the desired config")
+            self.deployer = None  # attach again: a restarted container has a new master
+            self.debounce.change(now)
+        elif event.kind == "snapshot" and event.snapshot is not None:
+            previous = self.snapshots.get(event.snapshot.source)
+            self.snapshots[event.snapshot.source] = event.snapshot
+            self._source_state(event.snapshot, previous)
+            if previous is None or previous.candidates != event.snapshot.candidates:
+                self.debounce.change(now)
+        self.metrics.pending.set(self.debounce.changes + (1 if self.retry_at is not None else 0))
+
+    def _source_state(self, snapshot: Snapshot, previous: Snapshot | None = None) -> None:
+        self.metrics.source_stale.labels(snapshot.source).set(1 if snapshot.stale else 0)
+        if snapshot.stale and (previous is None or not previous.stale):
+            self.log("source", f"{snapshot.source} unreachable: keeping its last {len(snapshot.candidates)} "
+                     "backend(s) and retrying", source=snapshot.source, error=snapshot.error)
+        elif previous is not None and previous.stale and not snapshot.stale:
+            self.log("source", f"{snapshot.source} reachable again: resynced", source=snapshot.source,
+                     backends=len(snapshot.candidates))
+
+    # -- one reconcile pass ------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Read the inventory file again; an invalid one is logged and the last good one kept."""
+        try:
+            text = self.options.inventory.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.log("inventory", f"cannot read {self.options.inventory} ({exc.strerror}); keeping the last good "
+                     "inventory")
+            self.metrics.invalid_inventory.set(1)
+            return
+        if text == self.inventory_text:
+            return
+        self.inventory_text = text
+        try:
+            machine = nginx.engine_machine(self.client) if self.client is not None else None
+            from ..inventory import parse_inventory
+
+            inventory = parse_inventory(text, str(self.options.inventory), machine=machine)
+        except InventoryError as exc:
+            self.metrics.invalid_inventory.set(1)
+            self.log("inventory", f"invalid inventory ignored ({len(exc.problems)} problem(s)); the last good "
+                     "config keeps running", problems=[str(p) for p in exc.problems])
+            return
+        except EnvironmentProblem:
+            return
+        self.metrics.invalid_inventory.set(0)
+        self.inventory = inventory
+        self.log("inventory", f"{self.options.inventory} changed and loads", sha256=inventory.digest[:12])
+
+    def _reconcile(self, reason: str) -> None:
+        self.metrics.reconciles.inc()
+        began = self.clock()
+        first_change = self.debounce.take()[0] if self.debounce.pending else None
+        if first_change is not None and self.burst_started is None:
+            self.burst_started = first_change
+        self._load()
+        assert self.inventory is not None
+        merged = merge(self.inventory, self.snapshots, self.down)
+        self._report_skipped(merged)
+        self.metrics.set_servers(merged.rows)
+        try:
+            if self.deployer is None:
+                self.deployer = self._deployer(nginx.LiveNginx.attach(self.client, self.deployer_name()))
+            rendered = render_for(merged.inventory, self.deployer, self.options.templates,
+                                  self.options.inventory.parent)
+            desired = sha(rendered)
+            loaded = self.deployer.loaded()
+            if loaded == desired:
+                self._succeeded(merged, desired, changed=False, reason=reason, began=began)
+                return
+            self.log("apply", f"applying ({reason}): the desired config differs from the loaded one",
+                     desired=desired[:12], loaded=loaded[:12] if loaded else None)
+            outcome = self.deployer.apply(rendered, reload=True)
+        except TemplateError as exc:
+            self._failed("rejected", f"the templates cannot render: {exc}", retry=False)
+        except ConfigRejected as exc:
+            self._failed("rejected", f"nginx rejected the config; the last good config keeps running: {exc}",
+                         retry=False)
+        except GenerationsLingering as exc:
+            self._failed("refused", f"reload deferred: {exc.count} old worker generation(s) linger "
+                         f"(--max-generations {exc.limit}); retrying in {GENERATIONS_RETRY:g}s",
+                         retry=True, delay=GENERATIONS_RETRY)
+        except RestoreFailed as exc:
+            self._failed("restore_failed", str(exc).splitlines()[0], retry=True)
+        except ApplyFailure as exc:
+            self._failed("restored", str(exc).splitlines()[0], retry=True)
+        except EnvironmentProblem as exc:
+            self.deployer = None
+            self._failed("error", f"target unreachable: {exc}", retry=True)
+        except NginxctlError as exc:
+            self._failed("error", str(exc).splitlines()[0], retry=True)
+        else:
+            self._succeeded(merged, desired, changed=outcome.reloaded, reason=reason, began=began)
+
+    def deployer_name(self) -> str:
+        assert self.inventory is not None
+        return container_name(self.inventory, self.options.container)
+
+    def _succeeded(self, merged: Merged, desired: str, *, changed: bool, reason: str, began: float) -> None:
+        now = self.clock()
+        servers: dict[str, set[str]] = {g.name: set() for g in merged.inventory.upstreams}
+        for group, address in merged.sources:
+            servers[group].add(address)
+        added = sorted(f"{g}/{a}" for g, addrs in servers.items() for a in addrs - self.applied.servers.get(g, set()))
+        removed = sorted(f"{g}/{a}" for g, addrs in self.applied.servers.items() for a in addrs - servers.get(g, set()))
+        self.metrics.last_success.set(time.time())
+        if changed:
+            self.metrics.reloads.labels("ok").inc()
+            if self.burst_started is not None:
+                self.metrics.change_to_reload.observe(max(0.0, now - self.burst_started))
+            self.log("reload", f"reloaded and verified ({reason})", result="ok", added=added, removed=removed,
+                     seconds=round(now - began, 3), sha256=desired[:12],
+                     since_first_change=None if self.burst_started is None else round(now - self.burst_started, 3))
+        else:
+            self.log("in-sync", f"nothing to do: the target runs the desired config ({reason})", sha256=desired[:12],
+                     added=added, removed=removed)
+        self.applied = Applied(desired, servers)
+        self.retry_at = None
+        self.failures = 0
+        self.burst_started = None
+        self.metrics.pending.set(self.debounce.changes)
+
+    def _failed(self, result: str, message: str, *, retry: bool, delay: float | None = None) -> None:
+        self.metrics.reloads.labels(result).inc()
+        if retry:
+            wait = delay if delay is not None else backoff(self.failures)
+            self.failures += 1
+            self.retry_at = self.clock() + wait
+            self.log("reload", message, result=result, retry_in=wait)
+        else:
+            self.retry_at = None
+            self.burst_started = None
+            self.log("reload", message, result=result)
+        self.metrics.pending.set(self.debounce.changes + (1 if self.retry_at is not None else 0))
+
+    def _report_skipped(self, merged: Merged) -> None:
+        counts: dict[str, int] = {}
+        for skip in merged.skipped:
+            counts[skip.source] = counts.get(skip.source, 0) + 1
+            key = (skip.source, skip.origin, skip.reason)
+            if key not in self.skipped_seen:
+                self.skipped_seen.add(key)
+                self.log("skip", f"{skip.source} backend {skip.origin} skipped: {skip.reason}", source=skip.source,
+                         origin=skip.origin, group=skip.group)
+        for source in ("docker", "etcd"):
+            self.metrics.skipped.labels(source).set(counts.get(source, 0))
+
+
+def watch(options: WatchOptions, *, connect: Connect, log: DecisionLog, metrics: Metrics,
+          ready: threading.Event | None = None) -> int:
+    """Run the controller until SIGTERM/SIGINT. Raises InventoryError, EnvironmentProblem, LockBusy at start."""
+    controller = Controller(options, connect=connect, log=log, metrics=metrics)
+    return controller.run()
