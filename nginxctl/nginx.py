@@ -13,13 +13,14 @@ import contextlib
 import io
 import os
 import re
+import signal
 import socket
 import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import docker
@@ -226,13 +227,44 @@ class FileInfo:
 class LiveNginx:
     """An nginx running in a container: read and write its files, run its binary, reload it.
 
-    Every method raises EnvironmentProblem when the engine or the container fails."""
+    When nginxctl runs on the engine's host (the container's main process is visible in this /proc),
+    files are read and written through /proc/PID/root, processes are read from /proc and the reload
+    signal is sent directly: the same operations, without a Docker round trip each (an archive costs
+    ~45 ms). Otherwise (a remote engine, or nginxctl in a container of its own) everything goes
+    through the Docker API. Every method raises EnvironmentProblem when the engine or the container fails.
+    """
 
-    def __init__(self, client: docker.DockerClient, container: Container) -> None:
+    def __init__(self, client: docker.DockerClient, container: Container, *, local: bool = True) -> None:
         self.client = client
         self.container = container
         self.name = container.name
         self.binary = self._find_binary()
+        self._master_pid: int | None = None
+        self._build: Build | None = None
+        self.root = self._local_root() if local else None
+
+    def _local_root(self) -> str | None:
+        """/proc/PID/root of the container's main process, when it is this host's process (its command
+        line is the container's own command); None otherwise."""
+        state = self.container.attrs.get("State", {})
+        pid = state.get("Pid")
+        config = self.container.attrs.get("Config", {})
+        expected = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+        if not pid or not expected:
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = [part.decode(errors="replace") for part in fh.read().split(b"\0") if part]
+            root = f"/proc/{pid}/root"
+            os.stat(f"{root}/")
+        except OSError:
+            return None
+        # nginx rewrites its argv ("nginx: master process ..."): compare what it keeps, the binary's name
+        first = cmdline[0] if cmdline else ""
+        if cmdline != expected and not (first.startswith("nginx: master process")
+                                        and os.path.basename(expected[0]) == "nginx"):
+            return None
+        return root
 
     @classmethod
     def attach(cls, client: docker.DockerClient, name: str) -> LiveNginx:
@@ -291,10 +323,26 @@ class LiveNginx:
         return NginxOutput(command, int(result.exit_code or 0), stderr + stdout, stdout)
 
     def build(self) -> Build:
-        return parse_build(self.exec(["-V"]).output)
+        """`nginx -V` of the running nginx, once per attach (the binary does not change under it)."""
+        if self._build is None:
+            self._build = parse_build(self.exec(["-V"]).output)
+        return self._build
 
     def stat_file(self, path: str) -> FileInfo | None:
         """A file's content and modification time, or None when it does not exist."""
+        if self.root is not None:
+            try:
+                with open(self.root + path, "rb") as local:
+                    mtime = os.fstat(local.fileno()).st_mtime
+                    return FileInfo(local.read(), datetime.fromtimestamp(mtime, tz=timezone.utc))
+            except FileNotFoundError:
+                if os.path.exists(f"{self.root}/"):
+                    return None
+                self._gone()
+            except IsADirectoryError:
+                return None
+            except OSError:
+                self.root = None  # fall back to the Docker API
         with _engine(f"cannot read {path} in {self.name}"):
             try:
                 chunks, stat = self.container.get_archive(path)
@@ -305,20 +353,60 @@ class LiveNginx:
                 return None
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             member = tar.next()
-            fh = tar.extractfile(member) if member is not None else None
-            if fh is None:
+            extracted = tar.extractfile(member) if member is not None else None
+            if extracted is None:
                 return None
-            mtime = parse_docker_time(str(stat.get("mtime", ""))) if isinstance(stat, dict) else None
-            return FileInfo(fh.read(), mtime)
+            when = parse_docker_time(str(stat.get("mtime", ""))) if isinstance(stat, dict) else None
+            return FileInfo(extracted.read(), when)
 
     def read_file(self, path: str) -> bytes | None:
         """The content of a file in the container, or None when it does not exist."""
         info = self.stat_file(path)
         return info.content if info else None
 
+    def _gone(self) -> None:
+        raise EnvironmentProblem(f"container {self.name} no longer runs (its main process is gone)")
+
+    def _write_local(self, path: str, content: bytes | str) -> None:
+        """Write `path` in the container through /proc/PID/root: a temp file, then a rename."""
+        assert self.root is not None
+        data = content.encode() if isinstance(content, str) else content
+        full = self.root + path
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        tmp = f"{os.path.dirname(full)}/.{os.path.basename(full)}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, full)
+
+    def _local(self, what: str, action: Callable[[], None]) -> bool:
+        """Run a local file operation; False (use the Docker API) when the local view is not usable."""
+        if self.root is None:
+            return False
+        if not os.path.exists(f"{self.root}/"):
+            self._gone()
+        try:
+            action()
+            return True
+        except OSError as exc:
+            if exc.errno in (16, 30):  # EBUSY, EROFS: a bind-mounted file or a read-only mount
+                raise EnvironmentProblem(
+                    f"cannot write {what} in {self.name} ({exc.strerror})",
+                    "a single bind-mounted file cannot be replaced: mount its directory instead (see README, "
+                    "'Bind mounts')") from None
+            self.root = None
+            return False
+
     def put_files(self, directory: str, files: Mapping[str, bytes | str]) -> None:
         """Create or replace files under `directory` (subfolders are created)."""
-        self._put(directory, _tar(files))
+        def local() -> None:
+            for name, content in files.items():
+                self._write_local(f"{directory.rstrip('/')}/{name}", content)
+
+        if not self._local(directory, local):
+            self._put(directory, _tar(files))
 
     def install_file(self, path: str, content: bytes | str) -> None:
         """Replace `path` so that a reader sees the old bytes or the new, never a part.
@@ -327,12 +415,17 @@ class LiveNginx:
         hard link to it. A process killed mid-upload leaves only the hidden file half-written.
         """
         directory, _ = os.path.split(path)
+        if self._local(path, lambda: self._write_local(path, content)):
+            return
         self._put(directory, _tar({staged_name(path): content}))
         self.commit_staged(path)
 
     def commit_staged(self, path: str) -> None:
-        """Make `path` the file staged beside it (see install_file), in one small archive."""
+        """Make `path` the file staged beside it (see install_file): one rename, or one small archive."""
         directory, name = os.path.split(path)
+        staged = f"{directory}/{staged_name(path)}"
+        if self._local(path, lambda: os.replace(f"{self.root}{staged}", f"{self.root}{path}")):
+            return
         self._put(directory, _tar({}, links={name: staged_name(path)}))
 
     def _put(self, directory: str, archive: bytes) -> None:
@@ -349,13 +442,20 @@ class LiveNginx:
             raise EnvironmentProblem(f"cannot write into {directory} in {self.name} ({_short(exc)})") from None
 
     def processes(self) -> Processes:
-        """Master, current workers, and old workers still shutting down (from `docker top`)."""
+        """Master, current workers, and old workers still shutting down: from /proc when the master is
+        visible here (its children and their titles), else from `docker top`."""
+        if self.root is not None and self._master_pid is not None:
+            local = _local_processes(self._master_pid)
+            if local is not None:
+                return local
         with _engine(f"cannot list processes of {self.name}"):
             try:
                 top = self.container.top()
             except docker.errors.NotFound:
                 raise EnvironmentProblem(f"container {self.name} no longer exists") from None
-        return parse_top(top)
+        procs = parse_top(top)
+        self._master_pid = procs.master.pid if procs.master else None
+        return procs
 
     def master(self, processes: Processes | None = None) -> Master | None:
         """The running master's identity (pid and the container's start time), for `history.loaded_now`."""
@@ -366,6 +466,12 @@ class LiveNginx:
         """SIGHUP to the master: by the Docker API when it is the container's main process, else by
         `nginx -s reload`. `master` saves listing the processes again."""
         master = master or self.processes().master
+        if master is not None and self.root is not None:
+            try:
+                os.kill(master.pid, signal.SIGHUP)
+                return
+            except OSError:
+                pass
         if master is not None and master.pid == self.container.attrs.get("State", {}).get("Pid"):
             with _engine(f"cannot signal nginx in {self.name}"):
                 self.container.kill(signal="HUP")
@@ -395,6 +501,31 @@ class LiveNginx:
     def hosts_file(self) -> str:
         """The container's /etc/hosts (what nginx resolves names with first), or '' when absent."""
         return (self.read_file("/etc/hosts") or b"").decode(errors="replace")
+
+
+def _local_processes(master: int) -> Processes | None:
+    """The master's children from /proc (None when the master is gone: ask Docker again)."""
+    def title(pid: int) -> str | None:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            return None
+
+    try:
+        with open(f"/proc/{master}/task/{master}/children", encoding="ascii") as fh:
+            children = [int(p) for p in fh.read().split()]
+    except (OSError, ValueError):
+        return None
+    cmd = title(master)
+    if cmd is None or "master process" not in cmd:
+        return None
+    rows = [["PID", "PPID", "CMD"], [str(master), "0", cmd]]
+    for pid in children:
+        child = title(pid)
+        if child is not None:
+            rows.append([str(pid), str(master), child])
+    return parse_top({"Titles": rows[0], "Processes": rows[1:]})
 
 
 @dataclass
