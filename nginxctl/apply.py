@@ -26,11 +26,13 @@ from .errors import (
 from .history import Entry, History, Phase, State, current_entry, loaded_now, select_rollback, sha
 from .nginx import LiveNginx, TargetLock
 from .nginxtext import (
+    Process,
     Processes,
     config_from_dump,
     emerg_lines,
     error_log_of,
     includes,
+    main_config,
     parse_docker_time,
     reload_finished,
     reload_lines,
@@ -79,11 +81,17 @@ def reload_and_verify(live: LiveNginx, expected: str, config_path: str, error_lo
     live.signal_reload(master)
 
     missing = [0]
+    polls = [0]
+    local = live.root is not None
 
     def check() -> tuple[bool, tuple[Processes, list[str]]]:
-        lines, _ = reload_lines(live.log_since(cursor))
-        if emerg_lines(lines):
-            return True, (before, lines)
+        polls[0] += 1
+        lines: list[str] = []
+        # /proc is cheap, the log is an API call: locally, read the log on every 5th poll (and at the end)
+        if not local or polls[0] % 5 == 0:
+            lines, _ = reload_lines(live.log_since(cursor))
+            if emerg_lines(lines):
+                return True, (before, lines)
         now = live.processes()
         if now.master is not None and now.master.pid != master.pid:
             raise ReloadFailed("the nginx master process was replaced during the reload")
@@ -96,7 +104,7 @@ def reload_and_verify(live: LiveNginx, expected: str, config_path: str, error_lo
         missing[0] = 0
         return _new_generation(before, now), (now, lines)
 
-    polled = poll_until(check, timeout, interval=0.02 if live.root is not None else 0.05)
+    polled = poll_until(check, timeout, interval=0.005 if local else 0.05)
     now, lines = polled.value
     if not polled.done:
         raise ReloadFailed(f"no new worker generation within {timeout:.0f}s of the reload signal", lines[-5:],
@@ -170,7 +178,9 @@ class Deployer:
     max_generations: int | None = None
     wait_generations: float | None = None
     journal: Journal = field(default_factory=Journal)
+    release_lock_in_background: bool = False
     _held: bool = False
+    _checked: bool = False
 
     @property
     def history(self) -> History:
@@ -200,6 +210,22 @@ class Deployer:
         if result.exit_code != 0:
             raise ConfigRejected(result)
 
+    def check_target_file(self, master: Process | None) -> None:
+        """The file nginxctl writes must be one nginx reads: the master's own config file (whole-config
+        targets), or a file that config includes (stream-only). Checked once per attach; raises
+        UsageError before anything is written."""
+        if self._checked:
+            return
+        if not self.stream_only:
+            main = main_config(master.cmd if master else "", self.live.build())
+            if main != self.config_path:
+                raise UsageError(f"nginx in {self.live.name} loads {main}, not {self.config_path}: installing there "
+                                 f"would change nothing nginx runs. Use --config-path {main}, or --stream-only for a "
+                                 "file its config includes; nothing was written")
+        else:
+            self.check_included()
+        self._checked = True
+
     def check_included(self) -> None:
         """For a stream-only target: nginx's main config must include `config_path`, or installing it
         would change nothing nginx runs. Raises UsageError before anything is written."""
@@ -215,7 +241,8 @@ class Deployer:
         if self._held:
             yield
             return
-        with TargetLock(self.live.client, self.live, wait=self.lock_wait, progress=self.progress, purpose=purpose):
+        with TargetLock(self.live.client, self.live, wait=self.lock_wait, progress=self.progress, purpose=purpose,
+                        release_in_background=self.release_lock_in_background):
             self._held = True
             try:
                 yield
@@ -247,8 +274,12 @@ class Deployer:
                           sha(deployed) if deployed is not None else None, sha(rendered), loaded)
         if dry_run and reload:
             outcome.preview = self.preview(deployed)
-        if self.stream_only and outcome.changed:
-            self.check_included()
+        procs = self.live.processes()
+        if procs.master is None:
+            raise EnvironmentProblem(f"no nginx master process runs in {self.live.name}",
+                                     "start nginx in it (is the container's command nginx?); nothing was written")
+        if outcome.changed or outcome.loaded_before != outcome.new_hash:
+            self.check_target_file(procs.master)
         return outcome, deployed, state
 
     def _apply_locked(self, rendered: str, *, reload: bool) -> Outcome:
@@ -260,6 +291,11 @@ class Deployer:
         if not outcome.changed and not (reload and pending):
             outcome.messages.append("no changes: nothing installed, no reload" if not pending else
                                     "already installed, not loaded by nginx: use --reload")
+            if not pending and (state.phase is not Phase.DONE or state.loaded != new or state.master != master):
+                # nginx runs it (loaded at a restart, say): record that, and mark the history's current entry
+                entries = self.history.entries()
+                self.history.write({**self.history.record(rendered, entries),
+                                    **self.history.state_file(State(Phase.DONE, new, state.previous, new, master))})
             return outcome
         if reload:
             gens = self._check_generations(deployed)

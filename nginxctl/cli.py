@@ -47,7 +47,7 @@ def _duration(value: str) -> float:
 
 
 InventoryOpt = Annotated[Optional[Path], typer.Option(
-    "--inventory", "-i", help="Inventory file [default: inventory.yaml].", envvar="NGINXCTL_INVENTORY",
+    "--inventory", "-i", help="Inventory file (default: inventory.yaml).", envvar="NGINXCTL_INVENTORY",
     show_default=False)]
 ContainerOpt = Annotated[Optional[str], typer.Option(
     "--container", "-c", help="The nginx container (default: the inventory's target.container).")]
@@ -479,8 +479,17 @@ def _wants_json(argv: list[str]) -> bool:
         a in ("--format", "-f") and b == "json" for a, b in zip(argv, argv[1:], strict=False))
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    # SIGTERM (a CI job's timeout, systemd) ends a command like Ctrl-C does: with the report of what was
+    # done. `watch` installs its own handler: it stops between reconcile passes.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except SystemExit as exc:

@@ -260,6 +260,12 @@ class DrainTimeout(NginxctlError):
                 "remaining": self.remaining, "holders": {str(k): v for k, v in self.holders.items()}}
 
 
+class DrainCancelled(NginxctlError):
+    """`drain --wait` stopped because the server is no longer drained (another command changed it)."""
+
+    exit_code = EXIT_REJECTED
+
+
 class Interrupted(NginxctlError):
     """Ctrl-C (or SIGTERM) stopped a command; `done` and `not_done` say where it stopped."""
 

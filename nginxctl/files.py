@@ -17,9 +17,13 @@ def write_atomic(path: str | os.PathLike[str], text: str, *, expect: str | None 
     who could replace it). With `expect`, the file must still hold exactly `expect` (refuses a file
     changed since it was read). Raises UsageError; on any failure the file is untouched.
     """
-    target = Path(path)
+    given = Path(path)
+    # A symlink is written through (the file it points to changes, the link stays), as an editor does.
+    target = given.resolve() if given.is_symlink() else given
     if target.is_dir():
-        raise UsageError(f"cannot write {target}: it is a folder; nothing written")
+        raise UsageError(f"cannot write {given}: it is a folder; nothing written")
+    if target.exists() and not target.is_file():
+        raise UsageError(f"cannot write {given}: not a regular file (a device, a pipe or a socket); nothing written")
     if target.exists() and not target.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
         raise UsageError(f"cannot write {target}: the file is read-only; nothing changed")
     if expect is not None:

@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -544,6 +545,7 @@ class TargetLock:
     progress: Progress = _quiet
     purpose: str = "apply"
     kind: str = "lock"  # "watch": the lock a controller holds for its life, beside the change lock
+    release_in_background: bool = False
     _container: Container | None = None
 
     @property
@@ -551,6 +553,9 @@ class TargetLock:
         return f"nginxctl-{self.kind}-{self.live.container.id[:12]}"
 
     def __enter__(self) -> TargetLock:
+        releasing = _RELEASING.pop(self.name, None)
+        if releasing is not None:
+            releasing.join()
         deadline = time.monotonic() + self.wait
         labels = {"nginxctl.role": "lock", "nginxctl.host": socket.gethostname(),
                   "nginxctl.pid": str(os.getpid()), "nginxctl.time": str(int(time.time())),
@@ -595,10 +600,16 @@ class TargetLock:
             return True
         if labels.get("nginxctl.host") == socket.gethostname():
             try:
-                os.kill(int(labels.get("nginxctl.pid", "0")), 0)
+                pid = int(labels.get("nginxctl.pid", "0"))
+                os.kill(pid, 0)
             except ProcessLookupError:
                 return True
             except (PermissionError, ValueError):
+                return False
+            try:  # a killed process its parent has not reaped yet is gone too
+                with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+                    return any(line.startswith("State:") and "Z" in line.split()[1:2] for line in fh)
+            except OSError:
                 return False
         return False
 
@@ -609,8 +620,18 @@ class TargetLock:
 
     def __exit__(self, *exc: Any) -> None:
         if self._container is not None:
-            self._remove(self._container)
-            self._container = None
+            container, self._container = self._container, None
+            if not self.release_in_background:
+                self._remove(container)
+                return
+            # The controller's next change is a quiet period away: release off the critical path. The
+            # thread is not a daemon (the process waits for it), and the next take waits for it too.
+            thread = threading.Thread(target=self._remove, args=(container,), name="nginxctl-lock-release")
+            _RELEASING[self.name] = thread
+            thread.start()
+
+
+_RELEASING: dict[str, threading.Thread] = {}
 
 
 def describe_holder(labels: dict[str, str]) -> str:

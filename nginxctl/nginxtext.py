@@ -25,6 +25,7 @@ class Build:
     version: str
     dynamic_stream: bool
     modules_path: str
+    conf_path: str = "/etc/nginx/nginx.conf"
 
     @property
     def stream_module(self) -> str:
@@ -36,9 +37,18 @@ def parse_build(version_output: str) -> Build:
     version = re.search(r"nginx/([\w.]+)", version_output)
     modules = re.search(r"--modules-path=(\S+)", version_output)
     prefix = re.search(r"--prefix=(\S+)", version_output)
+    conf = re.search(r"--conf-path=(\S+)", version_output)
+    base = prefix.group(1) if prefix else "/etc/nginx"
     return Build(version.group(1) if version else "unknown",
                  "--with-stream=dynamic" in version_output,
-                 modules.group(1) if modules else f"{prefix.group(1) if prefix else '/etc/nginx'}/modules")
+                 modules.group(1) if modules else f"{base}/modules",
+                 conf.group(1) if conf else f"{base}/conf/nginx.conf")
+
+
+def main_config(master_cmd: str, build: Build) -> str:
+    """The file an nginx master loads: its `-c FILE`, else the build's --conf-path."""
+    m = re.search(r"(?:^|\s)-c\s+(\S+)", master_cmd)
+    return m.group(1) if m else build.conf_path
 
 
 def parse_version(output: str) -> str:

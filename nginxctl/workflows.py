@@ -22,7 +22,9 @@ from .apply import Deployer, Outcome
 from .capacity import Machine
 from .clock import poll_until
 from .errors import (
+    ApplyFailure,
     ConfigRejected,
+    DrainCancelled,
     DrainTimeout,
     EnvironmentProblem,
     Interrupted,
@@ -263,6 +265,13 @@ def open_target(opened: Opened, container: str | None, *, stream_only: bool | No
     """The Deployer for the target: --container or the inventory's target; flags win over the inventory.
     Raises UsageError, EnvironmentProblem."""
     inv = opened.inventory
+    if config_path is not None:
+        from .inventory.grammar import Invalid, check_path
+
+        try:
+            check_path(config_path, "--config-path: an absolute path")
+        except Invalid as exc:
+            raise UsageError(str(exc)) from None
     live = nginx.LiveNginx.attach(opened.client, container_name(inv, container))
     target = inv.target if inv else Target()
     return Deployer(live, config_path=config_path or target.config_path,
@@ -290,8 +299,27 @@ def _reporting(inv: Inventory | None, rendered: str | None, journal: Journal) ->
         if inv is not None and rendered is not None:
             raise exc.locate(trace(exc.result.output, rendered, inv)) from None
         raise
+    except ApplyFailure as exc:
+        if inv is not None:
+            exc.details.extend(_bind_failures(exc.details, inv))
+        raise
     except KeyboardInterrupt:
         raise journal.interrupted() from None
+
+
+def _bind_failures(details: list[str], inv: Inventory) -> list[str]:
+    """`bind() to ADDR failed` (a port held by another process, found at reload) -> the group's listen."""
+    import re
+
+    out = []
+    for address in dict.fromkeys(re.findall(r"bind\(\) to (\S+) failed", "\n".join(details))):
+        for group in inv.upstreams:
+            if any(a.text == address or (a.port is not None and address.endswith(f":{a.port}")
+                                         and a.host in (None, "*", "0.0.0.0")) for a in group.listen):
+                where = inv.positions.locate(("upstreams", group.name, "listen")) if inv.positions else inv.source
+                out.append(f"{where}: upstreams.{group.name}.listen: {address} is held by another process on the "
+                           "target: free it or listen elsewhere")
+    return out
 
 
 @dataclass
@@ -347,7 +375,12 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         deployer.journal.plan("install the new config", "reload and verify")
         with _reporting(inv, rendered, deployer.journal):
             outcome = deployer.apply(rendered, reload=reload, dry_run=dry_run)
-        return ApplyReport(outcome, dry_run, list(inv.nginx.notes) + opened.notes)
+        notes = list(inv.nginx.notes) + opened.notes
+        if deployer.stream_only and inv.positions is not None and any(
+                path[:1] == ("nginx",) for path in inv.positions.keys):
+            notes.append("nginx: settings are not deployed with --stream-only (only the stream {} block is): set "
+                         "them in the nginx.conf that includes it")
+        return ApplyReport(outcome, dry_run, notes)
 
 
 @dataclass
@@ -360,19 +393,25 @@ class DiffReport:
 
     @property
     def pending(self) -> bool:
-        """nginx does not run the inventory's config (whatever the file says)."""
-        return self.loaded != self.rendered
+        """The installed file is not what nginx runs: a reload would change what runs."""
+        return self.loaded != self.deployed
 
     @property
     def differs(self) -> bool:
-        return bool(self.diff) or self.pending
+        """nginx does not run the inventory's config: the file differs, or it is not loaded yet."""
+        return bool(self.diff) or self.loaded != self.rendered
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "differs": self.differs, "diff": self.diff, "deployed_sha256": self.deployed,
+        data = {"target": self.target, "differs": self.differs, "diff": self.diff, "deployed_sha256": self.deployed,
                 "inventory_config_sha256": self.rendered, "loaded": self.loaded, "reload_pending": self.pending}
+        if self.differs:
+            what = "the deployed file differs from the inventory" if self.diff else \
+                "the file matches the inventory but nginx has not loaded it"
+            data["errors"] = [{"type": "Differences", "message": what}]
+        return data
 
     def lines(self) -> list[str]:
-        if self.diff or not self.pending:
+        if self.diff or self.loaded == self.rendered:
             return []
         loaded = f"sha256:{self.loaded[:12]}" if self.loaded else "an unknown config"
         return [f"# {self.target}: the file matches the inventory, but nginx runs {loaded}: a reload is pending "
@@ -414,7 +453,7 @@ class StatusReport:
             out.append(f"inventory   {str(d['inventory_config_sha256'])[:12]}  {d['inventory_path']}")
             out.append(f"drift       {'yes (nginxctl diff shows it)' if d['drift'] else 'no'}")
             out.append(f"reload      {'pending' if d['reload_pending'] else 'not pending'}")
-        if d["last_apply"] not in ("done", "none"):
+        if d["last_apply"] not in ("done", "none") and d["reload_pending"]:
             out.append(f"last apply  unfinished ({d['last_apply']}): the next apply --reload completes it")
         for g in d.get("groups", []):
             out.append(f"\n{g['name']}  {g['protocol']} {' '.join(g['listen'])}  {g['balance']}")
@@ -445,14 +484,15 @@ def target_status(path: Path | None, *, connect: Connect, container: str | None 
             rendered = render_for(inv, deployer, templates, opened.path.parent if opened.path else None)
             data.update({"inventory_path": str(opened.path), "inventory_config_sha256": sha(rendered),
                          "inventory_sha256": inv.digest,
-                         "drift": deployed != rendered, "reload_pending": loaded != sha(rendered),
+                         "drift": deployed != rendered,
+                         "reload_pending": deployed is not None and loaded != sha(deployed),
                          "groups": [{"name": g.name, "protocol": g.protocol, "balance": g.balance,
                                      "listen": [a.text for a in g.listen],
                                      "servers": [{"address": s.address.text, "flags": s.params} for s in g.servers]}
                                     for g in inv.upstreams]})
         else:
             data.update({"inventory_config_sha256": None, "inventory_sha256": None, "drift": None,
-                         "reload_pending": None if loaded is None else loaded != (sha(deployed) if deployed else None)})
+                         "reload_pending": deployed is not None and loaded != sha(deployed)})
         return StatusReport(data, state.summary(), inv)
 
 
@@ -629,12 +669,21 @@ def _wait_drained(report: DrainReport, deployer: Deployer, wait: float | None, p
     host, port = address.host, address.port
 
     def check() -> tuple[bool, dict[int, int] | None]:
+        if not _still_down(deployer, report.address):
+            raise DrainCancelled(f"stopped waiting: {report.address} is no longer drained on {deployer.live.name} "
+                             "(undrained or changed by another command meanwhile)")
         held = server_connections(deployer.live, host, port)
         return held is None or not held, held
 
+    said: list[int] = []
+
     def waiting(held: dict[int, int] | None) -> None:
+        total = sum((held or {}).values())
+        if said and said[-1] == total:
+            return  # say it when the count changes, not every half second
+        said.append(total)
         who = ", ".join(f"worker {pid}: {n}" for pid, n in sorted((held or {}).items()))
-        progress(f"waiting: {sum((held or {}).values())} connection(s) to {report.address} ({who})")
+        progress(f"waiting: {total} connection(s) to {report.address} ({who})")
 
     try:
         polled = poll_until(check, wait or 0.0, interval=0.5, on_wait=waiting)
@@ -646,6 +695,14 @@ def _wait_drained(report: DrainReport, deployer: Deployer, wait: float | None, p
     if wait is not None and not polled.done and polled.value:
         raise DrainTimeout(report.address, sum(polled.value.values()), f"{wait:g}s", polled.value)
     return report
+
+
+def _still_down(deployer: Deployer, address: str) -> bool:
+    """Whether the target's config still has `server ADDRESS ... down;` (someone may undrain meanwhile)."""
+    import re
+
+    text = deployer.deployed() or ""
+    return re.search(rf"^\s*server\s+{re.escape(address)}(\s[^;]*)?\sdown;", text, re.M) is not None
 
 
 def undrain(path: Path, group: str, server: str, *, connect: Connect, container: str | None = None,

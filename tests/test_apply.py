@@ -107,11 +107,13 @@ def test_failed_reload_port_taken_exit_4_previous_config_restored(lb, backends):
         assert result.returncode == 4, result.stderr
         assert "previous config restored, verified, and running" in result.stderr
         assert "FAILED" not in result.stderr and "Address already in use" in result.stderr
+        assert f"{lb.inventory}:" in result.stderr
+        assert f"upstreams.clash.listen: 127.0.0.1:{busy_port} is held by another process" in result.stderr
         assert deployed(lb) == before
         assert who(port) == "A"
         status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
         assert status["deployed_sha256"] == sha(before) and status["drift"] is True
-        assert status["loaded"] == sha(before) and status["reload_pending"] is True
+        assert status["loaded"] == sha(before) and status["reload_pending"] is False  # drift, nothing pending
         assert status["last_apply"] == "done"
         rows = json.loads(cli("history", "-c", lb.name, "-f", "json").stdout)["entries"]
         assert [r["sha256"] for r in rows if r["current"]] == [sha(before)]
@@ -162,6 +164,8 @@ def test_rollback_restores_and_serves_previous_config(lb, backends):
     result = cli("rollback", "--container", lb.name, "-i", str(lb.inventory))
     assert result.returncode == 0, result.stderr
     assert deployed(lb) == first
+    status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+    assert status["drift"] is True and status["reload_pending"] is False  # the inventory says B; nginx runs A
     assert {who(port) for _ in range(4)} == {"A"}
     to_id = rows[0]["id"]
     again = cli("rollback", "--container", lb.name, "--to", str(to_id), "-i", str(lb.inventory))
@@ -354,6 +358,12 @@ def test_a_restarted_container_loaded_the_installed_file(lb, backends):
     status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
     assert status["reload_pending"] is False and status["loaded"] == status["deployed_sha256"]
     assert cli("diff", "-i", str(lb.inventory)).returncode == 0
+    again = apply(lb)  # nothing to reload; the unfinished apply is recorded as done, its config as current
+    assert again.returncode == 0 and "already runs this config" in again.stdout
+    status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+    assert status["last_apply"] == "done"
+    rows = json.loads(cli("history", "-c", lb.name, "-f", "json").stdout)["entries"]
+    assert [r["sha256"] for r in rows if r["current"]] == [status["deployed_sha256"]]
 
 
 def test_history_marks_only_the_config_nginx_runs_as_current(lb, backends):
@@ -472,3 +482,36 @@ def test_a_container_gone_mid_command_is_an_environment_error_not_a_traceback(lb
             call()
             pytest.fail(f"{name}: no error")
         assert lb.name in str(caught.value), name
+
+
+def test_a_config_path_nginx_does_not_load_is_refused_before_writing(lb, backends):
+    a = backends("A")
+    _, group = lb.group([a.address])
+    lb.write({"pool": group})
+    live = LiveNginx.attach(lb.client, lb.name)
+    before = live.read_file("/etc/nginx/nginx.conf")
+    for path in ("/etc/nginx/other.conf", "/etc/nginx/modules-enabled"):
+        result = apply(lb, "--config-path", path)
+        assert result.returncode == 2, result.stderr
+        assert f"nginx in {lb.name} loads /etc/nginx/nginx.conf, not {path}" in result.stderr
+    assert live.read_file("/etc/nginx/other.conf") is None
+    assert live.read_file("/etc/nginx/nginx.conf") == before
+    relative = apply(lb, "--config-path", "relative.conf")
+    assert relative.returncode == 2 and "--config-path" in relative.stderr
+
+
+def test_a_container_without_nginx_running_is_an_environment_error_before_writing(docker_client, tmp_path):
+    import uuid
+
+    name = f"nginxctl-test-{uuid.uuid4().hex[:10]}"
+    box = docker_client.containers.run("nginxctl/nginx:latest", ["/bin/busybox", "sleep", "600"], name=name,
+                                       detach=True, network_mode="none", labels={"nginxctl.test": "1"})
+    try:
+        inv = tmp_path / "inventory.yaml"
+        inv.write_text(f"target: {{container: {name}}}\nupstreams:\n  a: {{listen: 7000, servers: [127.0.0.1:1]}}\n")
+        result = cli("apply", "-i", str(inv), "--reload")
+        assert result.returncode == 3, result.stderr
+        assert f"no nginx master process runs in {name}" in result.stderr
+        assert LiveNginx(docker_client, box).read_file("/etc/nginx/.nginxctl/state.json") is None
+    finally:
+        box.remove(force=True)

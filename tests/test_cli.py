@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -258,3 +259,18 @@ def test_nginxctl_on_path_is_the_package_under_test():
     found = shutil.which("nginxctl")
     assert found is not None, "nginxctl is not on PATH: run the tests with the venv's bin first (scripts/test.sh)"
     assert Path(found).parent == Path(sys.executable).parent, found
+
+
+def test_render_writes_through_a_symlink_and_refuses_what_is_not_a_file(tmp_path):
+    real = tmp_path / "real.conf"
+    real.write_text("old\n")
+    link = tmp_path / "link.conf"
+    link.symlink_to(real)
+    result = invoke("render", "-i", str(ROOT / "inventory.yaml"), "-o", str(link))
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and "stream {" in real.read_text()
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    refused = invoke("render", "-i", str(ROOT / "inventory.yaml"), "-o", str(fifo))
+    assert refused.exit_code == 2 and "not a regular file" in refused.output
+    assert fifo.is_fifo()

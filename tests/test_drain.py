@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from nginxctl import workflows
@@ -158,3 +160,27 @@ def test_ctrl_c_in_drain_says_what_was_and_was_not_done(lb, backends, stop_at, i
         status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
         assert status["reload_pending"] is True
     assert {who(port) for _ in range(4)} == {"A", "B"}  # nginx still runs the config before the drain
+
+
+def test_drain_wait_stops_when_another_command_undrains_the_server(lb, backends):
+    a, b = backends("A"), backends("B")
+    port, group = lb.group([a.address, b.address])
+    lb.write({"pool": group})
+    assert cli("apply", "-i", str(lb.inventory), "--reload").returncode == 0
+    held = [Held(port) for _ in range(4)]
+    try:
+        waiting = subprocess.Popen([sys.executable, "-m", "nginxctl", "drain", "pool", b.address, "-i",
+                                    str(lb.inventory), "--wait", "--timeout", "2m"], stderr=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True, cwd="/")
+        assert waiting.stderr is not None
+        for line in waiting.stderr:  # until it says it waits
+            if "waiting: 2 connection(s)" in line:
+                break
+        undone = cli("undrain", "pool", b.address, "-i", str(lb.inventory))
+        assert undone.returncode == 0, undone.stderr
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 1, err
+        assert f"stopped waiting: {b.address} is no longer drained" in err
+    finally:
+        for h in held:
+            h.close()

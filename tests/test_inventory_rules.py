@@ -516,3 +516,41 @@ def test_zones_beyond_the_machine_memory_are_refused_at_the_biggest():
         "of memory of the machine nginx runs on: lower zone_size, or set nginx.memory_limit to the memory nginx may "
         "really use")
     parse_inventory(text)  # no machine: nothing to compare with
+
+
+def test_a_yaml_base_60_number_is_not_silently_a_duration():
+    found = one(GOOD.replace("[127.0.0.1:7001]", "[127.0.0.1:7001]\n    proxy_timeout: 1:30"))
+    assert "upstreams.pool.proxy_timeout" in found and "got '1:30'" in found, found
+
+
+def test_a_discovering_group_needs_no_servers_but_etcd_needs_endpoints():
+    inv = parse_inventory("upstreams:\n  pool: {listen: 6666, discover: docker}\n", "inventory.yaml")
+    assert inv.upstreams[0].discover == "docker" and inv.upstreams[0].servers == ()
+    found = one("upstreams:\n  pool: {listen: 6666, discover: {etcd: /ns/pool/}}\n")
+    assert found.startswith("inventory.yaml:2:34: upstreams.pool.discover: discover: {etcd: ...} needs the etcd "), found
+    inv = parse_inventory("discovery: {etcd: {endpoints: [http://127.0.0.1:2379]}}\nupstreams:\n"
+                          "  pool: {listen: 6666, discover: {etcd: /ns/pool/}, servers: []}\n", "inventory.yaml")
+    assert (inv.upstreams[0].discover_prefix, inv.discovery_etcd_endpoints) == ("/ns/pool/", ("http://127.0.0.1:2379",))
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("etcd", "expected docker, or a mapping {etcd: /key/prefix/}"),
+    ("{etcd: 'ns pool'}", "expected an etcd key prefix starting with /"),
+    ("{consul: /x/}", "expected docker, or a mapping {etcd: /key/prefix/}"),
+])
+def test_discover_values(value, expected):
+    found = one(f"discovery: {{etcd: {{endpoints: [http://127.0.0.1:2379]}}}}\nupstreams:\n"
+                f"  pool: {{listen: 6666, discover: {value}}}\n")
+    assert "upstreams.pool.discover" in found and expected in found, found
+
+
+@pytest.mark.parametrize("value", ["{etcd: {endpoints: []}}", "{etcd: {endpoints: [127.0.0.1:2379]}}",
+                                   "{etcd: {endpoints: ['http://x:99999']}}", "{zookeeper: {}}"])
+def test_discovery_endpoints(value):
+    found = one(f"discovery: {value}\nupstreams:\n  pool: {{listen: 6666, servers: [127.0.0.1:1]}}\n")
+    assert found.startswith("inventory.yaml:1:") and "discovery" in found, found
+
+
+def test_a_group_with_neither_servers_nor_discover():
+    assert "missing required key 'servers' in group 'pool' (or 'discover'" in one(
+        "upstreams:\n  pool: {listen: 6666}\n")

@@ -90,6 +90,7 @@ class Controller:
         self.sources: list[Any] = []
         self.down: frozenset[tuple[str, str]] = frozenset()
         self._lock: nginx.TargetLock | None = None
+        self.machine: Any = None
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -106,7 +107,8 @@ class Controller:
             if self.options.inventory.exists() else None
         first = read_inventory(self.options.inventory)
         self.client = self.connect(first.target.docker_host)
-        self.inventory = read_inventory(self.options.inventory, machine=nginx.engine_machine(self.client))
+        self.machine = nginx.engine_machine(self.client)  # the engine's machine does not change under us
+        self.inventory = read_inventory(self.options.inventory, machine=self.machine)
         live = nginx.LiveNginx.attach(self.client, container_name(self.inventory, self.options.container))
         self._lock = nginx.TargetLock(self.client, live, wait=0, purpose="watch", kind="watch")
         self._lock.__enter__()
@@ -140,7 +142,8 @@ class Controller:
         assert self.inventory is not None
         target = self.inventory.target
         return Deployer(live, config_path=target.config_path, stream_only=target.stream_only,
-                        max_generations=self.options.max_generations, lock_wait=30.0)
+                        max_generations=self.options.max_generations, lock_wait=30.0,
+                        release_lock_in_background=True)
 
     def run(self, install_signals: bool = True) -> int:
         """Start, apply, then reconcile on every change until stopped. Returns the exit code (0)."""
@@ -231,7 +234,7 @@ class Controller:
             return
         self.inventory_text = text
         try:
-            machine = nginx.engine_machine(self.client) if self.client is not None else None
+            machine = self.machine
             from ..inventory import parse_inventory
 
             inventory = parse_inventory(text, str(self.options.inventory), machine=machine)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -245,12 +246,19 @@ class EtcdSource:
             thread.join(5)
 
     def _close_streams(self) -> None:
+        """End the watch streams: shut their sockets down, which wakes the threads blocked reading them
+        (closing the response instead would wait for the reader's lock)."""
         with self._lock:
             for resp in self._responses:
-                try:
-                    resp.close()
-                except Exception:  # noqa: BLE001, S110 (closing a stream that may already be broken)
-                    pass
+                sock = getattr(getattr(resp.raw, "_connection", None), "sock", None)
+                if sock is None:
+                    sock = getattr(getattr(getattr(getattr(resp.raw, "_fp", None), "fp", None), "raw", None),
+                                   "_sock", None)
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
             self._responses.clear()
 
     def client_for(self, endpoint: str) -> Any:

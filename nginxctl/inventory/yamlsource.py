@@ -132,6 +132,10 @@ class _Walker:
         return merged + own
 
     def _scalar(self, node: yaml.Node) -> Any:
+        if isinstance(node, yaml.ScalarNode) and node.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") \
+                and ":" in str(node.value):
+            # YAML 1.1 reads 1:30 as the base-60 number 90: keep the text, which no value grammar accepts
+            return node.value
         try:
             return self.loader.construct_object(node, deep=True)
         except ValueError:
