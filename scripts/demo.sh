@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo: bring up nginx + two echo servers (compose/), apply the shipped inventory with
-# `nginxctl apply --reload`, and show connections alternating between the two backends.
+# `nginxctl apply --reload`, and show connections alternating between the two backends; then run the
+# controller, `nginxctl watch`, start a third echo server labelled nginxctl.group=echo, and show it join.
 # Stop it with: docker-compose -f compose/docker-compose.yml -p nginxctl-demo down -v
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,17 +9,32 @@ bash scripts/setup.sh >/dev/null
 compose() {
   if docker compose version >/dev/null 2>&1; then docker compose "$@"; else docker-compose "$@"; fi
 }
+connections() {
+  .venv/bin/python - "$1" <<'PY'
+import socket, sys
+for i in range(1, int(sys.argv[1]) + 1):
+    with socket.create_connection(("127.0.0.1", 8000), timeout=5) as s:
+        print(f"connection {i} -> {s.makefile().readline().strip()}")
+PY
+}
 echo "== compose stack: nginxctl-demo-lb, nginxctl-demo-echo-a (:9001), nginxctl-demo-echo-b (:9002)"
-compose -f compose/docker-compose.yml -p nginxctl-demo up -d
+compose -f compose/docker-compose.yml -p nginxctl-demo up -d lb echo-a echo-b
 echo "== nginxctl apply --reload"
 .venv/bin/nginxctl apply -i inventory.yaml --reload
 echo "== status"
 .venv/bin/nginxctl status -i inventory.yaml
 echo "== 6 connections to 127.0.0.1:8000 (group 'echo')"
-.venv/bin/python - <<'PY'
-import socket
-for i in range(1, 7):
-    with socket.create_connection(("127.0.0.1", 8000), timeout=5) as s:
-        print(f"connection {i} -> {s.makefile().readline().strip()}")
-PY
+connections 6
+
+echo "== nginxctl watch (the controller), decisions in .demo-watch.log"
+.venv/bin/nginxctl watch -i inventory.yaml --quiet-period 300ms >.demo-watch.log 2>&1 &
+watch_pid=$!
+trap 'kill -TERM "$watch_pid" 2>/dev/null || true; wait "$watch_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do grep -qE " (reload|in-sync): " .demo-watch.log && break; sleep 0.1; done
+echo "== start nginxctl-demo-echo-c, labelled nginxctl.group=echo nginxctl.port=9003"
+compose -f compose/docker-compose.yml -p nginxctl-demo up -d echo-c
+for _ in $(seq 1 100); do grep -q "added=echo/127.0.0.1:9003" .demo-watch.log && break; sleep 0.1; done
+cat .demo-watch.log
+echo "== 6 connections to 127.0.0.1:8000: echo-c has joined"
+connections 6
 echo "== stop: docker-compose -f compose/docker-compose.yml -p nginxctl-demo down -v"

@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1; then
-  echo "== installing Docker (docker.io, docker-compose)"
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker-compose >/dev/null 2>&1 \
+   || ! command -v etcd >/dev/null 2>&1 || ! command -v etcdctl >/dev/null 2>&1; then
+  echo "== installing Docker (docker.io, docker-compose) and etcd (etcd-server: the tests' real etcd)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose etcd-server etcd-client >/dev/null
 fi
 
 if ! docker info >/dev/null 2>&1; then

@@ -527,7 +527,8 @@ def test_a_discovering_group_needs_no_servers_but_etcd_needs_endpoints():
     inv = parse_inventory("upstreams:\n  pool: {listen: 6666, discover: docker}\n", "inventory.yaml")
     assert inv.upstreams[0].discover == "docker" and inv.upstreams[0].servers == ()
     found = one("upstreams:\n  pool: {listen: 6666, discover: {etcd: /ns/pool/}}\n")
-    assert found.startswith("inventory.yaml:2:34: upstreams.pool.discover: discover: {etcd: ...} needs the etcd "), found
+    expected = "inventory.yaml:2:34: upstreams.pool.discover: discover: {etcd: ...} needs the etcd "
+    assert found.startswith(expected), found
     inv = parse_inventory("discovery: {etcd: {endpoints: [http://127.0.0.1:2379]}}\nupstreams:\n"
                           "  pool: {listen: 6666, discover: {etcd: /ns/pool/}, servers: []}\n", "inventory.yaml")
     assert (inv.upstreams[0].discover_prefix, inv.discovery_etcd_endpoints) == ("/ns/pool/", ("http://127.0.0.1:2379",))

@@ -55,7 +55,7 @@ def start(lb, servers, **group):  # type: ignore[no-untyped-def]
 
 def test_every_procedure_names_a_test_that_exists():
     sections = re.findall(r"\n## (.+)\n<!-- test: (\w+) -->", RUNBOOK)
-    assert len(sections) == RUNBOOK.count("\n## ") == 7
+    assert len(sections) == RUNBOOK.count("\n## ") == 9
     assert all(name in globals() and callable(globals()[name]) for _, name in sections)
     assert all(blocks(title) for title, _ in sections)
 
@@ -231,3 +231,91 @@ def test_ha_pair(lb_factory, backends):
     assert who(port) == "A"
     lb1.container.remove(force=True)  # one load balancer dies: the other keeps serving
     assert [who(port) for _ in range(5)] == ["A"] * 5
+
+
+def _wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    """Poll `predicate` (a check on real state) until it is true; never a bare sleep."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        threading.Event().wait(0.2)
+
+
+@pytest.mark.integration
+def test_run_the_controller_as_a_service(lb, backends):
+    from helpers import free_port
+
+    a = backends("A")
+    port = start(lb, [a])
+    metrics = f"127.0.0.1:{free_port()}"
+    unit = RUNBOOK.split("```ini\n", 1)[1].split("```", 1)[0]
+    exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.split()[1:] == ["watch", "--metrics", "127.0.0.1:9145", "--log-format", "json"]
+    folder = lb.inventory.parent
+    started, stop = blocks("Run the controller as a service")
+    try:
+        launch, healthz, reloads = ok(run(started, folder, METRICS=metrics))
+        assert healthz.stdout == "ok\n"
+        assert reloads.stdout.startswith('nginxctl_reloads_total{result="ok"}')
+        second = subprocess.run([sys.executable, "-m", "nginxctl", "watch"], cwd=folder, env=env(),
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 3 and "another nginxctl watch already controls" in second.stderr
+        assert who(port) == "A"
+    finally:
+        pid = int((folder / "watch.pid").read_text())
+        ok(run(stop, folder))
+        _wait_for(lambda: _gone(pid))
+    log = (folder / "watch.log").read_text().splitlines()
+    events = [yaml.safe_load(line)["event"] for line in log]
+    assert events[0] == "start" and events[-1] == "stop", events
+    assert "reload" in events or "in-sync" in events, events
+
+
+def _answers(port: int) -> str | None:
+    try:
+        return who(port)
+    except OSError:
+        return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return "\nState:\tZ" in status
+
+
+@pytest.mark.integration
+def test_add_a_backend_by_registering_it(lb, backends, etcd):
+    import json
+
+    a, b = backends("A"), backends("B")
+    port, g = lb.group([a.address])
+    g["discover"] = {"etcd": "/services/netty_pool/"}
+    lb.write({"netty_pool": g}, discovery={"etcd": {"endpoints": [etcd.endpoint]}})
+    folder = lb.inventory.parent
+    watcher = subprocess.Popen([sys.executable, "-m", "nginxctl", "watch", "--quiet-period", "300ms"], cwd=folder,
+                               env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _answers(port) == "A")
+        register, listed = ok(run(blocks("Add a backend by registering it")[0], folder, ETCD=etcd.endpoint,
+                                  SERVER=b.address))
+        assert listed.stdout.splitlines() == [f"/services/netty_pool/{b.address}", b.address]
+
+        def joined() -> bool:
+            status = json.loads(subprocess.run([sys.executable, "-m", "nginxctl", "status", "-f", "json"], cwd=folder,
+                                               env=env(), capture_output=True, text=True).stdout)
+            servers = [s["address"] for s in status["groups"][0]["servers"]]
+            return b.address in servers and status["reload_pending"] is False and status["drift"] is False
+
+        _wait_for(joined)
+        assert {who(port) for _ in range(6)} == {"A", "B"}
+        ok(run(blocks("Add a backend by registering it")[1], folder, ETCD=etcd.endpoint, SERVER=b.address))
+        _wait_for(lambda: {who(port) for _ in range(4)} == {"A"})
+    finally:
+        watcher.terminate()
+        assert watcher.wait(30) == 0

@@ -303,19 +303,26 @@ class Controller:
         servers: dict[str, set[str]] = {g.name: set() for g in merged.inventory.upstreams}
         for group, address in merged.sources:
             servers[group].add(address)
-        added = sorted(f"{g}/{a}" for g, addrs in servers.items() for a in addrs - self.applied.servers.get(g, set()))
-        removed = sorted(f"{g}/{a}" for g, addrs in self.applied.servers.items() for a in addrs - servers.get(g, set()))
+        if self.applied.hash is None:  # the first pass: everything is new, say how much
+            added: list[str] = []
+            removed: list[str] = []
+        else:
+            added = sorted(f"{g}/{a}" for g, addrs in servers.items()
+                           for a in addrs - self.applied.servers.get(g, set()))
+            removed = sorted(f"{g}/{a}" for g, addrs in self.applied.servers.items()
+                             for a in addrs - servers.get(g, set()))
+        count = sum(len(addrs) for addrs in servers.values())
         self.metrics.last_success.set(time.time())
         if changed:
             self.metrics.reloads.labels("ok").inc()
             if self.burst_started is not None:
                 self.metrics.change_to_reload.observe(max(0.0, now - self.burst_started))
             self.log("reload", f"reloaded and verified ({reason})", result="ok", added=added, removed=removed,
-                     seconds=round(now - began, 3), sha256=desired[:12],
+                     servers=count, seconds=round(now - began, 3), sha256=desired[:12],
                      since_first_change=None if self.burst_started is None else round(now - self.burst_started, 3))
         else:
             self.log("in-sync", f"nothing to do: the target runs the desired config ({reason})", sha256=desired[:12],
-                     added=added, removed=removed)
+                     added=added, removed=removed, servers=count)
         self.applied = Applied(desired, servers)
         self.retry_at = None
         self.failures = 0
