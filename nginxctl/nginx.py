@@ -601,6 +601,10 @@ class TargetLock:
         if labels.get("nginxctl.host") == socket.gethostname():
             try:
                 pid = int(labels.get("nginxctl.pid", "0"))
+                if pid == os.getpid():
+                    # ours, yet we are taking it: a create whose answer was lost (the engine went away
+                    # mid-call) left it; nothing in this process holds it
+                    return True
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return True

@@ -436,3 +436,131 @@ def test_the_target_restarted_is_checked_and_reapplied(lb, backends, backend_con
     lb.container.start()
     w.wait(lambda e: e["event"] in ("in-sync", "reload") and e.get("result", "ok") == "ok", timeout=40)
     assert replies(port) == {"A"}
+
+
+def test_a_reload_deferred_by_lingering_generations_is_applied_when_they_drain(lb, backends, watches):
+    a = backends("A")
+    port = free_port()
+    groups: dict[str, Any] = {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}}
+    inv = write(lb, groups)
+    w = watches(inv, *QUIET, "--max-generations", "1")
+    w.reload()
+    held = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    try:
+        assert read_line(held) == "A"
+        groups["second"] = {"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}
+        write(lb, groups)
+        w.reload()  # the held connection now lingers in an old generation
+        third = free_port()
+        groups["third"] = {"listen": f"127.0.0.1:{third}", "servers": [a.address]}
+        write(lb, groups)
+        refused = w.wait(lambda e: e["event"] == "reload" and e.get("result") == "refused")
+        assert "1 old worker generation(s) linger" in refused["message"]
+        assert w.metrics()[("nginxctl_pending_changes", ())] >= 1
+        assert reply(third) is None  # not applied yet: nothing listens there
+    finally:
+        held.close()
+    w.reload(timeout=30)  # retried when the old generation is gone
+    assert reply(third) == "A"
+    m = w.metrics()
+    assert m[("nginxctl_reloads_total", (("result", "refused"),))] >= 1
+    assert m[("nginxctl_reloads_total", (("result", "ok"),))] == 3
+    assert m[("nginxctl_pending_changes", ())] == 0
+
+
+class EngineProxy:
+    """A unix socket in front of the Docker engine's: stopping it is, for whoever talks through it, the
+    engine going away (connections cut, new ones refused); starting it again is the engine coming back."""
+
+    def __init__(self, path: Path, engine: str = "/var/run/docker.sock") -> None:
+        self.path, self.engine = path, engine
+        self.server: Any = None
+        self.conns: set[socket.socket] = set()
+
+    def start(self) -> EngineProxy:
+        import socketserver
+
+        proxy = self
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                import selectors
+
+                upstream = socket.socket(socket.AF_UNIX)
+                upstream.connect(proxy.engine)
+                proxy.conns.update({self.request, upstream})
+                sel = selectors.DefaultSelector()
+                sel.register(self.request, selectors.EVENT_READ, upstream)
+                sel.register(upstream, selectors.EVENT_READ, self.request)
+                try:
+                    while True:
+                        for key, _ in sel.select():
+                            data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                            if not data:
+                                return
+                            key.data.sendall(data)
+                except OSError:
+                    return
+                finally:
+                    sel.close()
+                    upstream.close()
+
+        class Server(socketserver.ThreadingUnixStreamServer):
+            daemon_threads = True
+
+        self.path.unlink(missing_ok=True)
+        self.server = Server(str(self.path), Pipe)
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        for conn in list(self.conns):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+        self.conns.clear()
+        self.path.unlink(missing_ok=True)
+
+
+def test_the_docker_engine_going_away_and_coming_back(lb, backends, watches, tmp_path, monkeypatch):
+    a, b = backends("A"), backends("B")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    proxy = EngineProxy(tmp_path / "engine.sock").start()
+    try:
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{proxy.path}")
+        w = watches(inv, *QUIET)
+        w.reload()
+        proxy.stop()  # the engine restarts: its API is gone for a while
+        w.wait(lambda e: e["event"] == "source" and "docker unreachable" in e["message"])
+        inv.write_text(inv.read_text().replace(a.address, b.address))
+        failed = w.wait(lambda e: e["event"] == "reload" and e.get("result") == "error")
+        assert failed["message"].startswith("target unreachable:") and failed["retry_in"] > 0
+        assert replies(port) == {"A"}  # nginx keeps running the last good config meanwhile
+        proxy.start()  # back
+        w.reload(timeout=40)
+        assert replies(port) == {"B"}
+        assert any(e["event"] == "source" and "reachable again" in e["message"] for e in w.seen)
+    finally:
+        proxy.stop()
+
+
+def test_the_target_removed_then_created_again_is_reapplied(lb, backends, watches, docker_client):
+    a = backends("A")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    w = watches(inv, *QUIET)
+    w.reload()
+    lb.container.remove(force=True)
+    assert reply(port) is None
+    w.wait(lambda e: e["event"] == "target" or (e["event"] == "reload" and e.get("result") == "error"))
+    lb.container = docker_client.containers.run(IMAGE, name=lb.name, detach=True, network_mode="host",
+                                                labels={"nginxctl.test": "1"})
+    w.reload(timeout=40)  # a new container runs the image's bootstrap config: it drifted, re-applied
+    assert replies(port) == {"A"}
