@@ -453,12 +453,34 @@ class StatusReport:
             out.append(f"inventory   {str(d['inventory_config_sha256'])[:12]}  {d['inventory_path']}")
             out.append(f"drift       {'yes (nginxctl diff shows it)' if d['drift'] else 'no'}")
             out.append(f"reload      {'pending' if d['reload_pending'] else 'not pending'}")
+        health = d.get("health") or {}
+        for row in health.get("servers", []):
+            if row.get("state") == "down":
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["since"])) if row.get("since") else "?"
+                rendered = "rendered down" if row.get("rendered_down") else "kept in (every primary fails)"
+                out.append(f"health      {row['group']}/{row['address']} down since {since}: {row.get('last_error')}"
+                           f" ({rendered})")
+        if health and not any(r.get("state") == "down" for r in health.get("servers", [])):
+            out.append(f"health      {len(health.get('servers', []))} server(s) checked by watch (pid "
+                       f"{health.get('watch_pid')}), all passing")
         if d["last_apply"] not in ("done", "none") and d["reload_pending"]:
             out.append(f"last apply  unfinished ({d['last_apply']}): the next apply --reload completes it")
         for g in d.get("groups", []):
             out.append(f"\n{g['name']}  {g['protocol']} {' '.join(g['listen'])}  {g['balance']}")
             out += [f"  {s['address']}  {' '.join(s['flags'])}".rstrip() for s in g["servers"]]
         return out
+
+
+def _health_report(deployer: Deployer) -> dict[str, Any] | None:
+    """What `nginxctl watch` last published about its health checks of this target (None: never ran)."""
+    import json
+
+    raw = deployer.live.read_file(f"{deployer.history.dir}/health.json")
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def target_status(path: Path | None, *, connect: Connect, container: str | None = None,
@@ -479,7 +501,8 @@ def target_status(path: Path | None, *, connect: Connect, container: str | None 
             "worker_pids": sorted(state.processes.worker_pids), **state.to_dict(),
             "config_path": deployer.config_path,
             "deployed_sha256": sha(deployed) if deployed is not None else None,
-            "loaded": loaded, "last_apply": deployer.history.last_phase()}
+            "loaded": loaded, "last_apply": deployer.history.last_phase(),
+            "health": _health_report(deployer)}
         if inv is not None:
             rendered = render_for(inv, deployer, templates, opened.path.parent if opened.path else None)
             data.update({"inventory_path": str(opened.path), "inventory_config_sha256": sha(rendered),

@@ -11,6 +11,7 @@ target or the engine gone, a reload that did not take) stays pending and is retr
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import threading
@@ -91,6 +92,10 @@ class Controller:
         self.down: frozenset[tuple[str, str]] = frozenset()
         self._lock: nginx.TargetLock | None = None
         self.machine: Any = None
+        self.checker: Any = None
+        self.last_health_apply: float | None = None
+        self.health_due: float | None = None
+        self.all_failing: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -120,6 +125,11 @@ class Controller:
         prefixes = {g.name: g.discover_prefix for g in self.inventory.upstreams if g.discover_prefix}
         if prefixes:
             self.sources.append(EtcdSource(list(self.inventory.discovery_etcd_endpoints), prefixes, publish))
+        from .health import Checker
+
+        # idle (no thread wakes) until a group has a health_check
+        self.checker = Checker(lambda: self.events.put(Event("health")), self._on_check)
+        self.sources.append(self.checker)
         for source in self.sources:
             source.start()
         self.log("start", f"watching {self.options.inventory} for target {live.name}",
@@ -163,6 +173,9 @@ class Controller:
                 if event is not None:
                     self._handle(event)
                 now = self.clock()
+                if self.health_due is not None and now >= self.health_due:
+                    self.health_due = None
+                    self.debounce.change(now)
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
         finally:
@@ -187,7 +200,7 @@ class Controller:
             self.events.put(event)
 
     def _next_event(self) -> Event | None:
-        deadlines = [d for d in (self.debounce.deadline(), self.retry_at) if d is not None]
+        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due) if d is not None]
         timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
         try:
             return self.events.get(timeout=timeout)
@@ -202,6 +215,8 @@ class Controller:
             self.log("target", f"{event.detail}: checking it runs the desired config")
             self.deployer = None  # attach again: a restarted container has a new master
             self.debounce.change(now)
+        elif event.kind == "health":
+            self._health_changed(now)
         elif event.kind == "snapshot" and event.snapshot is not None:
             previous = self.snapshots.get(event.snapshot.source)
             self.snapshots[event.snapshot.source] = event.snapshot
@@ -209,6 +224,75 @@ class Controller:
             if previous is None or previous.candidates != event.snapshot.candidates:
                 self.debounce.change(now)
         self.metrics.pending.set(self.debounce.changes + (1 if self.retry_at is not None else 0))
+
+    # -- health checks -------------------------------------------------------------------------------------
+
+    def _health_changed(self, now: float) -> None:
+        """A server went down or came back: render it so, at most once per --max-wait (a flapping server
+        does not reload nginx at every flap)."""
+        if self.checker is None or self.inventory is None:
+            return
+        down = self._effective_down(self.checker.down())
+        if down == self.down:
+            return
+        earliest = self.last_health_apply + self.options.max_wait if self.last_health_apply is not None else now
+        if now >= earliest:
+            self.debounce.change(now)
+            self.health_due = None
+        else:
+            self.health_due = earliest
+        self._write_health()
+
+    def _effective_down(self, failing: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+        """What is rendered down: failing servers, except that a group never loses every primary server to
+        its checks (when all fail, all stay in: nginx's passive checks still apply)."""
+        assert self.inventory is not None
+        keep: set[tuple[str, str]] = set()
+        merged = merge(self.inventory, self.snapshots)
+        for group in merged.inventory.upstreams:
+            primaries = [(group.name, s.address.text) for s in group.servers
+                         if not s.backup and not s.down and (group.name, s.address.text) in merged.sources]
+            all_failing = bool(primaries) and all(p in failing for p in primaries)
+            self.metrics.all_down.labels(group.name).set(1 if all_failing else 0)
+            if all_failing:
+                keep.update(primaries)
+                if group.name not in self.all_failing:
+                    self.all_failing.add(group.name)
+                    self.log("health", f"ALL {len(primaries)} primary server(s) of '{group.name}' fail their health "
+                             "checks: keeping them all in (nginx's passive checks still apply); check the backends "
+                             "and the network between this host and them", group=group.name, level="error")
+            elif group.name in self.all_failing:
+                self.all_failing.discard(group.name)
+                self.log("health", f"'{group.name}' has a passing primary server again", group=group.name)
+        return frozenset(failing - keep)
+
+    def _check_targets(self, merged: Merged) -> None:
+        from .health import Target
+
+        if self.checker is None:
+            return
+        targets = [Target(g.name, s.address.text, g.health_check, g.protocol == "udp")
+                   for g in merged.inventory.upstreams if g.health_check is not None
+                   for s in g.servers if (g.name, s.address.text) in merged.sources]
+        self.checker.set_targets(targets)
+
+    def _write_health(self) -> None:
+        """Publish health state beside the target's config, for `nginxctl status`."""
+        if self.checker is None or self.deployer is None:
+            return
+        import json
+
+        rows = [{"group": g, "address": a, "state": "up" if h.up else "down", "since": h.since,
+                 "last_error": h.last_error, "checks": h.checks, "rendered_down": (g, a) in self.down}
+                for (g, a), h in sorted(self.checker.health().items())]
+        try:
+            self.deployer.history.write({".nginxctl/health.json": json.dumps(
+                {"updated": time.time(), "watch_pid": os.getpid(), "servers": rows}, indent=1) + "\n"})
+        except NginxctlError:
+            pass
+
+    def _on_check(self, target: Any, ok: bool, error: str | None) -> None:
+        self.metrics.health_checks.labels(target.group, target.address, "pass" if ok else "fail").inc()
 
     def _source_state(self, snapshot: Snapshot, previous: Snapshot | None = None) -> None:
         self.metrics.source_stale.labels(snapshot.source).set(1 if snapshot.stale else 0)
@@ -257,7 +341,12 @@ class Controller:
             self.burst_started = first_change
         self._load()
         assert self.inventory is not None
+        if self.checker is not None:
+            self.down = self._effective_down(self.checker.down())
+            self.last_health_apply = self.clock()
+            self.health_due = None
         merged = merge(self.inventory, self.snapshots, self.down)
+        self._check_targets(merged)
         self._report_skipped(merged)
         self.metrics.set_servers(merged.rows)
         try:
@@ -324,6 +413,8 @@ class Controller:
             self.log("in-sync", f"nothing to do: the target runs the desired config ({reason})", sha256=desired[:12],
                      added=added, removed=removed, servers=count)
         self.applied = Applied(desired, servers)
+        if self.checker is not None and self.checker.targets:
+            self._write_health()
         self.retry_at = None
         self.failures = 0
         self.burst_started = None

@@ -17,8 +17,8 @@ from typing import Any
 from .. import capacity
 from ..errors import InventoryError, Location, Problem
 from . import grammar as gr
-from .model import Group, Inventory, NginxSettings, Server, Target
-from .schema import GROUP_KEYS, NGINX_KEYS, NOT_DEFAULTABLE, SERVER_KEYS, TARGET_KEYS, TOP_KEYS, Key
+from .model import Group, HealthCheck, Inventory, NginxSettings, Server, Target
+from .schema import GROUP_KEYS, HEALTH_KEYS, NGINX_KEYS, NOT_DEFAULTABLE, SERVER_KEYS, TARGET_KEYS, TOP_KEYS, Key
 from .yamlsource import KeyPath, Positions, format_path, parse_yaml
 
 BACKUP_UNSUPPORTED = {"hash", "random", "random_two_least_conn"}
@@ -85,10 +85,16 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
         return None
     raw_keys = set(raw)
     discover = parsed.pop("discover", None)
+    raw_health = parsed.pop("health_check", None)
+    if raw_health is None and "health_check" in defaults and "health_check" not in raw:
+        raw_health = defaults["health_check"]
+        health_path: KeyPath = ("defaults", "health_check")
+    else:
+        health_path = path + ("health_check",)
     if "servers" not in raw_keys and "discover" not in raw_keys:
         report(path, f"missing required key 'servers' in group '{name}' (or 'discover', for servers found at "
                "run time)")
-    merged = {**defaults, **parsed}
+    merged = {**{k: v for k, v in defaults.items() if k != "health_check"}, **parsed}
     for key in GROUP_KEYS:  # the table's defaults come last: inventory `defaults:` win over them
         if key.default is not None and key.name not in merged and key.name not in raw_keys:
             merged[key.name] = key.parse(key.default)
@@ -108,11 +114,39 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
         return None  # a key of the group is wrong: cross-key rules would only echo it
     if merged.get("proxy_timeout") is None:
         merged["proxy_timeout"] = gr.parse_duration("30s" if merged["protocol"] == "udp" else "1h")
-    group = Group(name=name, servers=tuple(servers), discover=discover[0] if discover else None,
+    health = _health(raw_health, health_path, merged.get("protocol", "tcp"), report) if raw_health is not None \
+        else None
+    if len(report.problems) > before:
+        return None
+    group = Group(name=name, servers=tuple(servers), health_check=health, discover=discover[0] if discover else None,
                   discover_prefix=discover[1] if discover else None, **merged)
     for rule in GROUP_RULES:
         rule(group, raw, path, report)
     return group
+
+
+def _health(raw: Any, path: KeyPath, protocol: str, report: _Report) -> HealthCheck | None:
+    """A group's health_check mapping, with its own rules, each located at its key."""
+    parsed = _mapping(raw, path, HEALTH_KEYS, report, "the health check")
+    if parsed is None:
+        return None
+    before = len(report.problems)
+    keys = set(raw)
+    if "interval" in parsed and "timeout" in parsed and parsed["timeout"].ms >= parsed["interval"].ms:
+        report(path + ("timeout" if "timeout" in keys else "interval",),
+               f"timeout ({parsed['timeout']}) must be shorter than interval ({parsed['interval']}): a check must end "
+               "before the next one starts")
+    if parsed.get("interval") is not None and parsed["interval"].ms < 100:
+        report(path + ("interval",), f"expected an interval of at least 100ms, got {parsed['interval']}")
+    if "expect" in parsed and "send" not in parsed:
+        report(path + ("expect",), "expect needs send: the check sends `send` and waits for a reply containing "
+               "`expect` (without both, a check is a TCP connect)")
+    if protocol == "udp" and not ("send" in parsed and "expect" in parsed):
+        report(path, "a udp group is checked only with send and expect (a datagram and its reply): a UDP "
+               "'connect' proves nothing")
+    if len(report.problems) > before:
+        return None
+    return HealthCheck(**parsed)
 
 
 # --- rules across keys: each one is a mistake nginx -t lets through or reports without a location ---

@@ -45,6 +45,18 @@ class Server:
 
 
 @dataclass(frozen=True)
+class HealthCheck:
+    """Active checks `nginxctl watch` makes of each server of a group."""
+
+    interval: Duration
+    timeout: Duration
+    fails: int = 3
+    passes: int = 2
+    send: str | None = None
+    expect: str | None = None
+
+
+@dataclass(frozen=True)
 class Group:
     """One upstream group and the `server {}` that listens for it."""
 
@@ -71,6 +83,7 @@ class Group:
     max_connections: int | None = None
     allow_no_primary: bool = False
     vars: dict[str, str] = field(default_factory=dict)
+    health_check: HealthCheck | None = None
     discover: str | None = None          # docker | etcd: servers found at run time (nginxctl watch)
     discover_prefix: str | None = None   # the etcd key prefix
 

@@ -132,6 +132,12 @@ _ETCD_PREFIX = re.compile(r"/[A-Za-z0-9._/@+:=-]*\Z")
 _ENDPOINT = re.compile(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})/?\Z")
 
 
+def _probe_text(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value.encode()) > 1024:
+        raise g.Invalid("text of 1 to 1024 bytes (quote it; \\r\\n in double quotes are CR LF)", value)
+    return value
+
+
 def _discover(value: Any) -> tuple[str, str | None]:
     """`docker`, or `{etcd: /prefix/}` -> (source, prefix)."""
     expected = "docker, or a mapping {etcd: /key/prefix/}"
@@ -253,12 +259,26 @@ GROUP_KEYS = [
        "left out (or empty) in a group that discovers its servers.",
        "server", json={"type": "array",
                        "items": {"oneOf": [{"type": "string"}, {"$ref": "#/$defs/server"}]}}),
+    _k("health_check", lambda v: v, "Active health checks by `nginxctl watch` (open-source nginx has none): a "
+       "server failing `fails` checks in a row is rendered down until it passes `passes`. TCP connect, or send "
+       "and expect. See docs/controller.md.", "", json={"$ref": "#/$defs/health_check"}),
     _k("discover", _discover, "Servers found at run time besides `servers`: `docker` (running containers "
        "labelled nginxctl.group=NAME) or `{etcd: /prefix/}` (one server per key under the prefix; needs "
        "discovery.etcd.endpoints). See docs/controller.md.", "server",
        json={"oneOf": [{"const": "docker"},
                        {"type": "object", "properties": {"etcd": {"type": "string", "pattern": "^/"}},
                         "required": ["etcd"], "additionalProperties": False}]}),
+]
+
+HEALTH_KEYS = [
+    _k("interval", g.parse_duration, "Time between two checks of a server.", "", "2s", _DURATION),
+    _k("timeout", g.parse_duration, "How long one check may take (connect, and the reply with expect); shorter "
+       "than interval.", "", "1s", _DURATION),
+    _k("fails", _int(1, 100), "Failed checks in a row that take a server out (rendered down).", "", 3),
+    _k("passes", _int(1, 100), "Passed checks in a row that put it back.", "", 2),
+    _k("send", _probe_text, "Bytes to send once connected (e.g. \"PING\\r\\n\"). Without send and expect a "
+       "check is a TCP connect.", "", json={"type": "string"}),
+    _k("expect", _probe_text, "Text the reply must contain within timeout (needs send).", "", json={"type": "string"}),
 ]
 
 NGINX_KEYS = [
@@ -360,6 +380,7 @@ def json_schema() -> dict[str, Any]:
                       "anyOf": [{"required": ["servers"]}, {"required": ["discover"]}]},
             "defaults": defaults,
             "nginx": _object(NGINX_KEYS),
+            "health_check": _object(HEALTH_KEYS),
             "target": _object(TARGET_KEYS),
         },
     })
