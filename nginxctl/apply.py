@@ -226,6 +226,20 @@ class Deployer:
             self.check_included()
         self._checked = True
 
+    def precheck(self, rendered: str) -> None:
+        """Test `rendered` with the target's own nginx without installing it (a fleet tests every target
+        before changing any). Raises ConfigRejected, UsageError, EnvironmentProblem."""
+        procs = self.live.processes()
+        if procs.master is None:
+            raise EnvironmentProblem(f"no nginx master process runs in {self.live.name}",
+                                     "start nginx in it (is the container's command nginx?); nothing was written")
+        self.check_target_file(procs.master)
+        if self.stream_only:
+            return  # an included file cannot be tested alone: apply tests it in place, restoring on failure
+        directory = self.config_path.rsplit("/", 1)[0]
+        self.live.put_files(directory, {staged_name(self.config_path): rendered})
+        self.test_staged()
+
     def check_included(self) -> None:
         """For a stream-only target: nginx's main config must include `config_path`, or installing it
         would change nothing nginx runs. Raises UsageError before anything is written."""

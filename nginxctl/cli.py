@@ -64,6 +64,8 @@ ConfigPathOpt = Annotated[Optional[str], typer.Option(
 LockTimeoutOpt = Annotated[float, typer.Option(
     "--lock-timeout", parser=_duration, help="How long to wait while another nginxctl changes the same target "
     "(30s, 2m, or seconds).")]
+TargetsOpt = Annotated[Optional[str], typer.Option(
+    "--targets", help="With a fleet (targets: in the inventory): only these, e.g. lb1,lb2.")]
 GroupArg = Annotated[str, typer.Argument(help="The upstream group.")]
 ServerArg = Annotated[str, typer.Argument(help="The server's address as in the inventory, e.g. 10.0.0.5:6666.")]
 
@@ -142,6 +144,15 @@ def _connect(docker_host: str | None) -> Any:
 
 def _inventory(path: Path | None) -> Path:
     return path if path is not None else workflows.DEFAULT_INVENTORY
+
+
+def _names(targets: str | None) -> list[str] | None:
+    if targets is None:
+        return None
+    names = [n.strip() for n in targets.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--targets is empty: name targets, e.g. --targets lb1,lb2")
+    return names
 
 
 def _lines(lines: list[str]) -> None:
@@ -254,21 +265,24 @@ def apply(
                        help="How long --wait waits (10m, 30s, or seconds).")] = "10m",  # type: ignore[assignment]
     lock_timeout: LockTimeoutOpt = "30s",  # type: ignore[assignment]
     templates: TemplatesOpt = None,
+    targets: TargetsOpt = None,
     fmt: FormatOpt = Format.text,
     quiet: QuietOpt = False,
 ) -> None:
-    """Render, diff, test, install and (with --reload) reload and verify, restoring on failure."""
+    """Render, diff, test, install and (with --reload) reload and verify, restoring on failure. With a fleet
+    (targets: in the inventory): test on every target first, then change one at a time, putting the
+    changed ones back when one fails."""
     report = workflows.apply_inventory(
         _inventory(inventory), connect=_connect, container=container, reload=reload, dry_run=dry_run,
         stream_only=stream_only, config_path=config_path, max_generations=max_generations,
-        wait=timeout if wait else None, lock_wait=lock_timeout, templates=templates,
+        wait=timeout if wait else None, lock_wait=lock_timeout, templates=templates, targets=_names(targets),
         progress=_progress(quiet or fmt is Format.json))
     if fmt is Format.json:
         _json_ok(report.to_dict())
         return
     _notes(report.notes, quiet)
     if not quiet:
-        _diff_text(report.outcome.diff)
+        _diff_text(report.diff)
     _lines(report.lines())
 
 
@@ -280,12 +294,14 @@ def diff(
     stream_only: StreamOnlyOpt = None,
     config_path: ConfigPathOpt = None,
     templates: TemplatesOpt = None,
+    targets: TargetsOpt = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
     """Show what apply would change. Exit 0: nginx runs the inventory's config; 1: the file differs, or nginx
     has not loaded it yet (a reload is pending)."""
     report = workflows.diff_inventory(_inventory(inventory), connect=_connect, container=container,
-                                      stream_only=stream_only, config_path=config_path, templates=templates)
+                                      stream_only=stream_only, config_path=config_path, templates=templates,
+                                      targets=_names(targets))
     code = EXIT_REJECTED if report.differs else 0
     if fmt is Format.json:
         _json_ok(report.to_dict(), code)
@@ -304,13 +320,14 @@ def status(
     stream_only: StreamOnlyOpt = None,
     config_path: ConfigPathOpt = None,
     templates: TemplatesOpt = None,
+    targets: TargetsOpt = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
     """nginx version, processes, lingering generations, deployed vs loaded vs inventory config, drift.
     With --container and no inventory: what the target runs."""
     report = workflows.target_status(workflows.optional_inventory(inventory, container), connect=_connect,
                                      container=container, stream_only=stream_only, config_path=config_path,
-                                     templates=templates)
+                                     templates=templates, targets=_names(targets))
     if fmt is Format.json:
         _json_ok(report.to_dict())
         return
@@ -323,13 +340,15 @@ def history(
     container: ContainerOpt = None,
     inventory: InventoryOpt = None,
     config_path: ConfigPathOpt = None,
+    targets: TargetsOpt = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
     """The configs the target has run, newest first; the one nginx runs is marked current."""
     report = workflows.target_history(workflows.optional_inventory(inventory, container), connect=_connect,
-                                      container=container, config_path=config_path)
+                                      container=container, config_path=config_path, targets=_names(targets))
     if fmt is Format.json:
-        _json_ok({"target": report.target, "entries": report.rows})
+        _json_ok(report.to_dict() if isinstance(report, workflows.Many) else
+                 {"target": report.target, "entries": report.rows})
         return
     _lines(report.lines())
 
@@ -343,18 +362,19 @@ def rollback(
     inventory: InventoryOpt = None,
     config_path: ConfigPathOpt = None,
     lock_timeout: LockTimeoutOpt = "30s",  # type: ignore[assignment]
+    targets: TargetsOpt = None,
     fmt: FormatOpt = Format.text,
     quiet: QuietOpt = False,
 ) -> None:
     """Re-apply an earlier config from the target's history: tested, reloaded, verified."""
     report = workflows.rollback(workflows.optional_inventory(inventory, container), connect=_connect,
                                 container=container, to=to, config_path=config_path, lock_wait=lock_timeout,
-                                progress=_progress(quiet or fmt is Format.json))
+                                targets=_names(targets), progress=_progress(quiet or fmt is Format.json))
     if fmt is Format.json:
         _json_ok(report.to_dict())
         return
     if not quiet:
-        _diff_text(report.outcome.diff)
+        _diff_text(report.diff)
     _lines(report.lines())
 
 

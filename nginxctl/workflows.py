@@ -35,6 +35,7 @@ from .errors import (
     Problem,
     UsageError,
 )
+from .fleet import Member
 from .history import sha
 from .inventory import Inventory, Target, parse_inventory
 from .nginxtext import Build, parse_version, shutdown_timeout_of
@@ -279,6 +280,36 @@ def open_target(opened: Opened, container: str | None, *, stream_only: bool | No
                     progress=progress, **kwargs)
 
 
+def open_members(opened: Opened, container: str | None, names: list[str] | None, connect: Connect, *,
+                 stream_only: bool | None = None, config_path: str | None = None, progress: Progress = _quiet,
+                 **kwargs: Any) -> list[Member]:
+    """The targets a command acts on: --container (one), else the inventory's `targets:` (a fleet, limited
+    by --targets) or its `target:`. Every one is reached before anything changes. Raises UsageError,
+    EnvironmentProblem naming the unreachable target."""
+    from .fleet import Member, fleet_targets, open_fleet
+
+    inv = opened.inventory
+    if container is not None or inv is None or not inv.targets:
+        if names and (inv is None or not inv.targets):
+            raise UsageError("--targets needs an inventory with targets: (a fleet)")
+        one = open_target(opened, container, stream_only=stream_only, config_path=config_path, progress=progress,
+                          **kwargs)
+        return [Member(one.live.name if container or inv is None else (inv.target.container or one.live.name), one)]
+    if config_path is not None:
+        raise UsageError("--config-path names one file: with a fleet, set config_path per target in targets:")
+    targets = fleet_targets(inv, names)
+
+    def make(live: nginx.LiveNginx, target: Target) -> Deployer:
+        return Deployer(live, config_path=target.config_path,
+                        stream_only=target.stream_only if stream_only is None else stream_only,
+                        progress=progress, **kwargs)
+
+    def reuse(host: str | None) -> Any:
+        return opened.client if host == (inv.target.docker_host if inv else None) else connect(host)
+
+    return open_fleet(list(targets), reuse, make, [t.name for t in targets])
+
+
 def render_for(inv: Inventory, deployer: Deployer, templates: Path | None, base: Path | None = None) -> str:
     """What the target should run: the stream block for a stream-only target, else a whole nginx.conf
     (with the stream module loaded when the target's nginx builds it as a dynamic module)."""
@@ -328,6 +359,10 @@ class ApplyReport:
     dry_run: bool
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def diff(self) -> str:
+        return self.outcome.diff
+
     def to_dict(self) -> dict[str, Any]:
         o = self.outcome
         data: dict[str, Any] = {
@@ -360,27 +395,55 @@ class ApplyReport:
         return [f"no changes: {o.target} already runs this config; nothing done"]
 
 
+@dataclass
+class FleetReport:
+    """`apply` on a fleet: one report per target, in rollout order."""
+
+    names: list[str]
+    reports: list[ApplyReport]
+    notes: list[str]
+
+    @property
+    def diff(self) -> str:
+        return "".join(r.outcome.diff for r in self.reports)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"targets": [{"name": n, **r.to_dict()} for n, r in zip(self.names, self.reports, strict=True)],
+                "notes": self.notes}
+
+    def lines(self) -> list[str]:
+        return [f"{n}: {line}" for n, r in zip(self.names, self.reports, strict=True) for line in r.lines()]
+
+
 def apply_inventory(path: Path, *, connect: Connect, container: str | None = None, reload: bool = False,
                     dry_run: bool = False, stream_only: bool | None = None, config_path: str | None = None,
                     max_generations: int | None = 3, wait: float | None = None, lock_wait: float = 30.0,
-                    templates: Path | None = None, progress: Progress = _quiet) -> ApplyReport:
+                    templates: Path | None = None, targets: list[str] | None = None,
+                    progress: Progress = _quiet) -> ApplyReport | FleetReport:
     """Render, diff, test with the target's nginx, keep history, install, and with `reload` reload and verify,
     restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, and Interrupted."""
+    from .fleet import rollout
+
     with open_engine(path, connect, container) as opened:
         inv = opened.inventory
         assert inv is not None
-        deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path, progress=progress,
-                               max_generations=max_generations, wait_generations=wait, lock_wait=lock_wait)
-        rendered = render_for(inv, deployer, templates, path.parent)
-        deployer.journal.plan("install the new config", "reload and verify")
-        with _reporting(inv, rendered, deployer.journal):
-            outcome = deployer.apply(rendered, reload=reload, dry_run=dry_run)
+        members = open_members(opened, container, targets, connect, stream_only=stream_only,
+                               config_path=config_path, progress=progress, max_generations=max_generations,
+                               wait_generations=wait, lock_wait=lock_wait)
+        rendered = {m.name: render_for(inv, m.deployer, templates, path.parent) for m in members}
+        journal = members[0].deployer.journal
+        journal.plan("install the new config", "reload and verify")
+        with _reporting(inv, rendered[members[0].name], journal):
+            result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress)
         notes = list(inv.nginx.notes) + opened.notes
-        if deployer.stream_only and inv.positions is not None and any(
-                path[:1] == ("nginx",) for path in inv.positions.keys):
+        if any(m.deployer.stream_only for m in members) and inv.positions is not None and any(
+                key[:1] == ("nginx",) for key in inv.positions.keys):
             notes.append("nginx: settings are not deployed with --stream-only (only the stream {} block is): set "
                          "them in the nginx.conf that includes it")
-        return ApplyReport(outcome, dry_run, notes)
+        reports = [ApplyReport(outcome, dry_run, notes) for _, outcome in result.outcomes]
+        if len(members) == 1 and not inv.targets:
+            return reports[0]
+        return FleetReport([name for name, _ in result.outcomes], reports, notes)
 
 
 @dataclass
@@ -419,15 +482,55 @@ class DiffReport:
 
 
 def diff_inventory(path: Path, *, connect: Connect, container: str | None = None, stream_only: bool | None = None,
-                   config_path: str | None = None, templates: Path | None = None) -> DiffReport:
-    """What apply would change, against both the file and what nginx has loaded."""
+                   config_path: str | None = None, templates: Path | None = None,
+                   targets: list[str] | None = None) -> DiffReport | Many:
+    """What apply would change, against both the file and what nginx has loaded (per target of a fleet)."""
     with open_engine(path, connect, container) as opened:
         assert opened.inventory is not None
-        deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path)
-        rendered = render_for(opened.inventory, deployer, templates, path.parent)
-        deployed = deployer.deployed()
-        return DiffReport(deployer.live.name, deployer.diff(rendered), sha(deployed) if deployed is not None else None,
-                          sha(rendered), deployer.loaded())
+        reports = []
+        members = open_members(opened, container, targets, connect, stream_only=stream_only, config_path=config_path)
+        for m in members:
+            rendered = render_for(opened.inventory, m.deployer, templates, path.parent)
+            deployed = m.deployer.deployed()
+            reports.append(DiffReport(m.deployer.live.name, m.deployer.diff(rendered),
+                                      sha(deployed) if deployed is not None else None, sha(rendered),
+                                      m.deployer.loaded()))
+        return _one_or_many(opened, members, reports)
+
+
+@dataclass
+class Many:
+    """A command's reports for each target of a fleet."""
+
+    names: list[str]
+    reports: list[Any]
+
+    @property
+    def differs(self) -> bool:
+        return any(r.differs for r in self.reports)
+
+    @property
+    def diff(self) -> str:
+        return "".join(getattr(r, "diff", "") for r in self.reports)
+
+    def to_dict(self) -> dict[str, Any]:
+        items = []
+        for name, report in zip(self.names, self.reports, strict=True):
+            data = report.to_dict()
+            items.append({"name": name, **(data if isinstance(data, dict) else {"entries": data})})
+        return {"targets": items}
+
+    def lines(self) -> list[str]:
+        out: list[str] = []
+        for name, report in zip(self.names, self.reports, strict=True):
+            out += [f"== {name}", *report.lines()]
+        return out
+
+
+def _one_or_many(opened: Opened, members: list[Member], reports: list[Any]) -> Any:
+    if len(members) == 1 and (opened.inventory is None or not opened.inventory.targets):
+        return reports[0]
+    return Many([m.name for m in members], reports)
 
 
 @dataclass
@@ -485,38 +588,42 @@ def _health_report(deployer: Deployer) -> dict[str, Any] | None:
 
 def target_status(path: Path | None, *, connect: Connect, container: str | None = None,
                   stream_only: bool | None = None, config_path: str | None = None,
-                  templates: Path | None = None) -> StatusReport:
-    """nginx version, processes, lingering generations, deployed vs loaded vs inventory. Without an
-    inventory (`path` None), what the target runs."""
+                  templates: Path | None = None, targets: list[str] | None = None) -> StatusReport | Many:
+    """nginx version, processes, lingering generations, deployed vs loaded vs inventory (per target of a
+    fleet). Without an inventory (`path` None), what the target runs."""
     with open_engine(path, connect, container) as opened:
-        inv = opened.inventory
-        deployer = open_target(opened, container, stream_only=stream_only, config_path=config_path)
-        live = deployer.live
-        deployed = deployer.deployed()
-        state = reload_state(live, shutdown_timeout_of(deployed))
-        loaded = deployer.loaded()
-        data: dict[str, Any] = {
-            "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
-            "master_pid": state.processes.master.pid if state.processes.master else None,
-            "worker_pids": sorted(state.processes.worker_pids), **state.to_dict(),
-            "config_path": deployer.config_path,
-            "deployed_sha256": sha(deployed) if deployed is not None else None,
-            "loaded": loaded, "last_apply": deployer.history.last_phase(),
-            "health": _health_report(deployer)}
-        if inv is not None:
-            rendered = render_for(inv, deployer, templates, opened.path.parent if opened.path else None)
-            data.update({"inventory_path": str(opened.path), "inventory_config_sha256": sha(rendered),
-                         "inventory_sha256": inv.digest,
-                         "drift": deployed != rendered,
-                         "reload_pending": deployed is not None and loaded != sha(deployed),
-                         "groups": [{"name": g.name, "protocol": g.protocol, "balance": g.balance,
-                                     "listen": [a.text for a in g.listen],
-                                     "servers": [{"address": s.address.text, "flags": s.params} for s in g.servers]}
-                                    for g in inv.upstreams]})
-        else:
-            data.update({"inventory_config_sha256": None, "inventory_sha256": None, "drift": None,
-                         "reload_pending": deployed is not None and loaded != sha(deployed)})
-        return StatusReport(data, state.summary(), inv)
+        members = open_members(opened, container, targets, connect, stream_only=stream_only, config_path=config_path)
+        return _one_or_many(opened, members, [_status(opened, m.deployer, templates) for m in members])
+
+
+def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> StatusReport:
+    inv = opened.inventory
+    live = deployer.live
+    deployed = deployer.deployed()
+    state = reload_state(live, shutdown_timeout_of(deployed))
+    loaded = deployer.loaded()
+    data: dict[str, Any] = {
+        "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
+        "master_pid": state.processes.master.pid if state.processes.master else None,
+        "worker_pids": sorted(state.processes.worker_pids), **state.to_dict(),
+        "config_path": deployer.config_path,
+        "deployed_sha256": sha(deployed) if deployed is not None else None,
+        "loaded": loaded, "last_apply": deployer.history.last_phase(),
+        "health": _health_report(deployer)}
+    if inv is not None:
+        rendered = render_for(inv, deployer, templates, opened.path.parent if opened.path else None)
+        data.update({"inventory_path": str(opened.path), "inventory_config_sha256": sha(rendered),
+                     "inventory_sha256": inv.digest,
+                     "drift": deployed != rendered,
+                     "reload_pending": deployed is not None and loaded != sha(deployed),
+                     "groups": [{"name": g.name, "protocol": g.protocol, "balance": g.balance,
+                                 "listen": [a.text for a in g.listen],
+                                 "servers": [{"address": s.address.text, "flags": s.params} for s in g.servers]}
+                                for g in inv.upstreams]})
+    else:
+        data.update({"inventory_config_sha256": None, "inventory_sha256": None, "drift": None,
+                     "reload_pending": deployed is not None and loaded != sha(deployed)})
+    return StatusReport(data, state.summary(), inv)
 
 
 @dataclass
@@ -535,13 +642,16 @@ class HistoryReport:
 
 
 def target_history(path: Path | None, *, connect: Connect, container: str | None = None,
-                   config_path: str | None = None) -> HistoryReport:
-    """The configs the target has run, newest first; the one nginx runs is marked current."""
+                   config_path: str | None = None, targets: list[str] | None = None) -> HistoryReport | Many:
+    """The configs the target has run, newest first; the one nginx runs is marked current (per target)."""
     with open_engine(path, connect, container) as opened:
-        deployer = open_target(opened, container, config_path=config_path)
-        rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
-                 "current": current} for e, current in deployer.history_rows()]
-        return HistoryReport(deployer.live.name, rows)
+        members = open_members(opened, container, targets, connect, config_path=config_path)
+        reports = []
+        for m in members:
+            rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
+                     "current": current} for e, current in m.deployer.history_rows()]
+            reports.append(HistoryReport(m.deployer.live.name, rows))
+        return _one_or_many(opened, members, reports)
 
 
 @dataclass
@@ -550,6 +660,10 @@ class RollbackReport:
     entry_id: int
     entry_hash: str
     outcome: Outcome
+
+    @property
+    def diff(self) -> str:
+        return self.outcome.diff
 
     def to_dict(self) -> dict[str, Any]:
         return {"target": self.target, "entry": self.entry_id, "sha256": self.entry_hash,
@@ -561,14 +675,22 @@ class RollbackReport:
 
 
 def rollback(path: Path | None, *, connect: Connect, container: str | None = None, to: int | None = None,
-             config_path: str | None = None, lock_wait: float = 30.0, progress: Progress = _quiet) -> RollbackReport:
-    """Re-apply an earlier config from the target's history: tested, reloaded, verified."""
+             config_path: str | None = None, lock_wait: float = 30.0, targets: list[str] | None = None,
+             progress: Progress = _quiet) -> RollbackReport | Many:
+    """Re-apply an earlier config from the target's history: tested, reloaded, verified; for a fleet, each
+    target to its own earlier config, one at a time, stopping at the first that fails."""
     with open_engine(path, connect, container) as opened:
-        deployer = open_target(opened, container, config_path=config_path, progress=progress, lock_wait=lock_wait)
-        deployer.journal.plan("install the earlier config", "reload and verify")
-        with _reporting(None, None, deployer.journal):
-            entry, outcome = deployer.rollback(to)
-        return RollbackReport(deployer.live.name, entry.id, entry.hash, outcome)
+        members = open_members(opened, container, targets, connect, config_path=config_path, progress=progress,
+                               lock_wait=lock_wait)
+        if to is not None and len(members) > 1:
+            raise UsageError("--to names one target's history entry: add --targets NAME (or --container)")
+        reports = []
+        for m in members:
+            m.deployer.journal.plan("install the earlier config", "reload and verify")
+            with _reporting(None, None, m.deployer.journal):
+                entry, outcome = m.deployer.rollback(to)
+            reports.append(RollbackReport(m.deployer.live.name, entry.id, entry.hash, outcome))
+        return _one_or_many(opened, members, reports)
 
 
 # -- drain / undrain ---------------------------------------------------------------------------------------------

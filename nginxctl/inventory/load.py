@@ -17,8 +17,18 @@ from typing import Any
 from .. import capacity
 from ..errors import InventoryError, Location, Problem
 from . import grammar as gr
-from .model import Group, HealthCheck, Inventory, NginxSettings, Server, Target
-from .schema import GROUP_KEYS, HEALTH_KEYS, NGINX_KEYS, NOT_DEFAULTABLE, SERVER_KEYS, TARGET_KEYS, TOP_KEYS, Key
+from .model import Group, HealthCheck, Inventory, NamedTarget, NginxSettings, Server, Target
+from .schema import (
+    FLEET_TARGET_KEYS,
+    GROUP_KEYS,
+    HEALTH_KEYS,
+    NGINX_KEYS,
+    NOT_DEFAULTABLE,
+    SERVER_KEYS,
+    TARGET_KEYS,
+    TOP_KEYS,
+    Key,
+)
 from .yamlsource import KeyPath, Positions, format_path, parse_yaml
 
 BACKUP_UNSUPPORTED = {"hash", "random", "random_two_least_conn"}
@@ -303,6 +313,32 @@ def _nginx(raw: dict[str, Any], groups: list[Group], report: _Report, machine: c
     return NginxSettings(**parsed)
 
 
+def _fleet(data: dict[str, Any], report: _Report) -> list[NamedTarget]:
+    """`targets:`: a list of named targets, names and containers unique; not together with `target:`."""
+    raw = data.get("targets")
+    if raw is None:
+        return []
+    if data.get("target"):
+        report(("targets",), "use either target: (one load balancer) or targets: (a fleet), not both", key=True)
+    if not isinstance(raw, list) or not raw:
+        report(("targets",), f"expected a non-empty list of targets ({{name: lb1, container: lb1}}), got "
+               f"{gr.describe(raw)}")
+        return []
+    out: list[NamedTarget] = []
+    seen: dict[tuple[str, Any], int] = {}
+    for i, item in enumerate(raw):
+        parsed = _mapping(item, ("targets", i), FLEET_TARGET_KEYS, report, "a target", ("name", "container"))
+        if parsed is None or "name" not in parsed or "container" not in parsed:
+            continue
+        for key in (("name", parsed["name"]), ("container", (parsed["container"], parsed.get("docker_host")))):
+            if key in seen:
+                report(("targets", i, key[0]), f"{key[0]} {parsed[key[0]]!r} is also target {seen[key] + 1}: each "
+                       "load balancer once")
+            seen[key] = i
+        out.append(NamedTarget(**parsed))
+    return out
+
+
 def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capacity.Machine | None = None) \
         -> Inventory:
     """Validate inventory text. Raises InventoryError with every problem, located in `source`.
@@ -351,6 +387,7 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
 
     nginx = _nginx(_section(data, "nginx", report), groups, report, machine)
     target_raw = _mapping(_section(data, "target", report), ("target",), TARGET_KEYS, report, "the target")
+    fleet = _fleet(data, report)
     if report.problems:
         raise InventoryError(report.problems)
     endpoints = top.get("discovery", ())
@@ -360,7 +397,8 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
                    "discovery: {etcd: {endpoints: [http://127.0.0.1:2379]}} at the top of the inventory")
     if report.problems:
         raise InventoryError(report.problems)
-    content = {"upstreams": groups, "nginx": nginx, "target": Target(**(target_raw or {})),
+    target = fleet[0] if fleet else Target(**(target_raw or {}))
+    content = {"upstreams": groups, "nginx": nginx, "target": target, "targets": tuple(fleet),
                "templates": top.get("templates"), "vars": top.get("vars", {}), "discovery_etcd_endpoints": endpoints}
     return Inventory(source=_safe_source(source), digest=inventory_digest(data), positions=positions,
                      **content)

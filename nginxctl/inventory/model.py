@@ -139,6 +139,13 @@ class Target:
 
 
 @dataclass(frozen=True)
+class NamedTarget(Target):
+    """One load balancer of a fleet (`targets:`)."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class Inventory:
     source: str
     digest: str
@@ -148,6 +155,7 @@ class Inventory:
     templates: str | None = None
     vars: dict[str, str] = field(default_factory=dict)
     discovery_etcd_endpoints: tuple[str, ...] = ()
+    targets: tuple[NamedTarget, ...] = ()   # a fleet; empty: the single `target`
     # Where each key sits in the file (yamlsource.Positions), to trace nginx errors back to it.
     positions: Any = field(default=None, compare=False, repr=False)
 

@@ -328,6 +328,12 @@ TARGET_KEYS = [
        "includes it.", "", False, _BOOL),
 ]
 
+FLEET_TARGET_KEYS = [
+    _k("name", lambda v: g.check_name(v, "a target name"), "How commands and reports name this load balancer "
+       "(--targets NAME,...).", "", json={"type": "string"}),
+    *TARGET_KEYS,
+]
+
 TOP_KEYS = [
     _k("upstreams", lambda v: v, "NAME: group. NAME becomes the upstream's name.", "upstream NAME",
        json={"type": "object", "minProperties": 1,
@@ -338,6 +344,9 @@ TOP_KEYS = [
     _k("nginx", lambda v: v, "Main-context settings for a whole nginx.conf.", "",
        json={"$ref": "#/$defs/nginx"}),
     _k("target", lambda v: v, "Where apply deploys.", "", json={"$ref": "#/$defs/target"}),
+    _k("targets", lambda v: v, "A fleet: several load balancers that serve this inventory, changed one at a "
+       "time (the first is the canary). Instead of target.", "",
+       json={"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/fleet_target"}}),
     _k("templates", _text, "Folder of templates overriding the shipped ones (relative to the inventory).",
        "", json={"type": "string"}),
     _k("vars", _vars, "NAME: VALUE pairs for custom templates.", "",
@@ -382,6 +391,7 @@ def json_schema() -> dict[str, Any]:
             "nginx": _object(NGINX_KEYS),
             "health_check": _object(HEALTH_KEYS),
             "target": _object(TARGET_KEYS),
+            "fleet_target": _object(FLEET_TARGET_KEYS, ("name", "container")),
         },
     })
     return schema
