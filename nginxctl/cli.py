@@ -464,6 +464,7 @@ def watch(
     log_format: Annotated[LogFormat, typer.Option("--log-format", help="One line per decision: text or "
                           "json.")] = LogFormat.text,
     templates: TemplatesOpt = None,
+    targets: TargetsOpt = None,
 ) -> None:
     """Keep the target running the inventory and the discovered backends (Docker labels, etcd keys):
     reconcile on every change, coalesced, through the same apply as `nginxctl apply --reload`. Stops
@@ -483,7 +484,8 @@ def watch(
             server = serve(registry, host, port)
         except OSError as exc:
             raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
-    options = WatchOptions(_inventory(inventory), container, quiet_period, max_wait, max_generations, templates)
+    options = WatchOptions(_inventory(inventory), container, quiet_period, max_wait, max_generations, templates,
+                           _names(targets))
     controller = Controller(options, connect=_connect, log=DecisionLog(log_format.value), metrics=registry)
     try:
         code = controller.run()

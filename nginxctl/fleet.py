@@ -62,8 +62,6 @@ def open_fleet(targets: list[Target], connect: Callable[[str | None], Any], make
                 clients[target.docker_host] = connect(target.docker_host)
             live = LiveNginx.attach(clients[target.docker_host], target.container or "")
         except EnvironmentProblem as exc:
-            for client in clients.values():
-                client.close()
             changed = "no target changed" + ("" if len(targets) == 1 else
                                              "; use --targets to change the reachable ones on purpose")
             raise EnvironmentProblem(f"target {name} is not reachable: {exc}", changed) from None

@@ -239,3 +239,43 @@ class Etcd:
         self.proc = None
         if getattr(self, "log", None):
             self.log.close()
+
+
+class Pong(socketserver.ThreadingTCPServer):
+    """Answers PONG to PING; `hang` accepts and never answers; `shutdown()` refuses connections."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, name: str = "P") -> None:
+        self.hang = threading.Event()
+        self.name = name
+        self.release = threading.Event()
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(handler) -> None:  # noqa: N805 (the server's own handler)
+                conn = handler.request
+                if self.hang.is_set():
+                    self.release.wait(30)  # a hung event loop: accepted, never answered
+                    return
+                data = b""
+                try:
+                    conn.sendall(self.name.encode() + b"\n")
+                    while True:
+                        chunk = conn.recv(64)
+                        if not chunk:
+                            return
+                        data += chunk
+                        if b"PING" in data:
+                            conn.sendall(b"PONG\r\n")
+                            data = b""
+                except OSError:
+                    return
+
+        super().__init__(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.shutdown()
+        self.server_close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import socketserver
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from nginxctl.controller.health import Tracker, probe
 from nginxctl.inventory.grammar import parse_duration
 from nginxctl.inventory.model import HealthCheck
 
-from helpers import TIMEOUT, cli, free_port, read_line
+from helpers import TIMEOUT, Pong, cli, free_port, read_line
 
 CHECK = HealthCheck(parse_duration("2s"), parse_duration("1s"), fails=3, passes=2)
 
@@ -38,46 +37,6 @@ def test_a_pass_between_fails_starts_the_count_again():
         assert not t.record(key, ok, CHECK, 1.0)
     assert t.down() == frozenset()
     assert t.record(key, False, CHECK, 1.0)
-
-
-class Pong(socketserver.ThreadingTCPServer):
-    """Answers PONG to PING; `hang` accepts and never answers; `shutdown()` refuses connections."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, port: int, name: str = "P") -> None:
-        self.hang = threading.Event()
-        self.name = name
-        self.release = threading.Event()
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(handler) -> None:  # noqa: N805 (the server's own handler)
-                conn = handler.request
-                if self.hang.is_set():
-                    self.release.wait(30)  # a hung event loop: accepted, never answered
-                    return
-                data = b""
-                try:
-                    conn.sendall(self.name.encode() + b"\n")
-                    while True:
-                        chunk = conn.recv(64)
-                        if not chunk:
-                            return
-                        data += chunk
-                        if b"PING" in data:
-                            conn.sendall(b"PONG\r\n")
-                            data = b""
-                except OSError:
-                    return
-
-        super().__init__(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.release.set()
-        self.shutdown()
-        self.server_close()
 
 
 @pytest.fixture
@@ -300,24 +259,23 @@ def test_checks_cost_no_reload_while_nothing_changes_and_a_flapping_server_is_da
     proc, events, changed = watch(lb.inventory, "--quiet-period", "100ms", "--max-wait", "2s",
                                   "--metrics", f"127.0.0.1:{metrics}")
     try:
-        wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("result") == "ok")
+        i, _ = wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("result") == "ok")
         since = time.time()
         deadline = time.monotonic() + 30
         while metric(metrics, "nginxctl_health_checks_total") < 20:  # 10 rounds of checks, all passing
             assert time.monotonic() < deadline
             changed.wait(0.2)
         assert reloads_in_nginx_log(lb, since) == 0
-        since = time.time()
-        flapping_until = time.monotonic() + 6.0
-        while time.monotonic() < flapping_until:  # B flaps every ~0.3 s for 6 s: bounded
-            (b.hang.clear if b.hang.is_set() else b.hang.set)()
-            b.release.set()
-            b.release.clear()
-            threading.Event().wait(0.3)
+        b.hang.set()  # B fails: out at the next pass
+        i, out = wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("result") == "ok", i + 1)
         b.hang.clear()
-        b.release.set()
-        flaps = reloads_in_nginx_log(lb, since)
-        assert 1 <= flaps <= 6 / 2 + 1, flaps  # it did reload, at most once per --max-wait (2 s)
+        b.release.set()  # and at once back: a flap, within --max-wait of the last health reload
+        i, back = wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("result") == "ok", i + 1)
+        assert back["added"] == [] and back["removed"] == []  # the same servers, B no longer rendered down
+        # undamped, B would be back a check and a quiet period later (~0.3 s); damped, a --max-wait (2 s) after
+        # the last health reload (give or take the two passes' own durations)
+        assert back["time"] - out["time"] >= 1.5, (out, back)
+        assert answers(port) == {"A", "B"}
     finally:
         a.release.set()
         b.release.set()

@@ -55,7 +55,7 @@ def start(lb, servers, **group):  # type: ignore[no-untyped-def]
 
 def test_every_procedure_names_a_test_that_exists():
     sections = re.findall(r"\n## (.+)\n<!-- test: (\w+) -->", RUNBOOK)
-    assert len(sections) == RUNBOOK.count("\n## ") == 9
+    assert len(sections) == RUNBOOK.count("\n## ") == 11
     assert all(name in globals() and callable(globals()[name]) for _, name in sections)
     assert all(blocks(title) for title, _ in sections)
 
@@ -319,3 +319,71 @@ def test_add_a_backend_by_registering_it(lb, backends, etcd):
     finally:
         watcher.terminate()
         assert watcher.wait(30) == 0
+
+
+@pytest.mark.integration
+def test_health_check_a_pool(lb):
+    import json
+
+    from helpers import Pong, free_port
+
+    a, b = Pong(free_port(), "A"), Pong(free_port(), "B")
+    try:
+        snippet = RUNBOOK.split("\n## Health-check a pool\n", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+        health = yaml.safe_load(snippet)["health_check"]
+        assert health == {"interval": "2s", "timeout": "1s", "fails": 3, "passes": 2, "send": "PING\r\n",
+                          "expect": "PONG"}
+        port, g = lb.group([f"127.0.0.1:{a.server_address[1]}", f"127.0.0.1:{b.server_address[1]}"],
+                           health_check=health)
+        lb.write({"netty_pool": g})
+        folder = lb.inventory.parent
+        watcher = subprocess.Popen([sys.executable, "-m", "nginxctl", "watch", "--quiet-period", "200ms"],
+                                   cwd=folder, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for(lambda: _answers(port) is not None)
+            validate, status = ok(run(blocks("Health-check a pool")[0], folder))
+            assert validate.stdout.startswith("ok:")
+            b.hang.set()  # B's event loop hangs: it accepts, never answers
+
+            def taken_out() -> bool:
+                st = json.loads(subprocess.run([sys.executable, "-m", "nginxctl", "status", "-f", "json"], cwd=folder,
+                                               env=env(), capture_output=True, text=True).stdout)
+                rows = (st.get("health") or {}).get("servers", [])
+                return any(r["state"] == "down" and r["rendered_down"] for r in rows) and not st["reload_pending"]
+
+            _wait_for(taken_out, timeout=2 * 3 + 1 + 20)
+            text = ok(run(["nginxctl status"], folder))[0].stdout
+            assert f"health      netty_pool/127.0.0.1:{b.server_address[1]} down since" in text
+            assert {_answers(port) for _ in range(6)} == {"A"}
+        finally:
+            b.release.set()
+            watcher.terminate()
+            assert watcher.wait(30) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.integration
+def test_roll_a_change_across_an_ha_pair(lb, backends, docker_client):
+    import json
+    import uuid
+
+    a = backends("A")
+    snippet = RUNBOOK.split("\n## Roll a change across an HA pair\n", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    names = [t["name"] for t in yaml.safe_load(snippet)["targets"]]
+    assert names == ["lb1", "lb2"]
+    lb2 = docker_client.containers.run("nginxctl/nginx:bare", name=f"nginxctl-test-{uuid.uuid4().hex[:10]}",
+                                       detach=True, network_mode="none", labels={"nginxctl.test": "1"})
+    try:
+        port, g = lb.group([a.address])
+        data = {"nginx": {"worker_processes": 1}, "upstreams": {"netty_pool": g},
+                "targets": [{"name": "lb1", "container": lb.name}, {"name": "lb2", "container": lb2.name}]}
+        lb.inventory.write_text(yaml.safe_dump(data, sort_keys=False))
+        apply, status = ok(run(blocks("Roll a change across an HA pair")[0], lb.inventory.parent))
+        assert "lb1: applied and reloaded" in apply.stdout and "lb2: applied and reloaded" in apply.stdout
+        assert [(t["name"], t["drift"]) for t in json.loads(status.stdout)["targets"]] == \
+            [("lb1", False), ("lb2", False)]
+        assert who(port) == "A"
+    finally:
+        lb2.remove(force=True)

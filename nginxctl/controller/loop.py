@@ -25,6 +25,7 @@ from typing import Any
 from .. import nginx
 from ..apply import Deployer
 from ..errors import (
+    EXIT_NOT_RESTORED,
     ApplyFailure,
     ConfigRejected,
     EnvironmentProblem,
@@ -34,8 +35,10 @@ from ..errors import (
     RestoreFailed,
     TemplateError,
 )
+from ..fleet import FleetFailure, Member, fleet_targets, open_fleet, rollout
 from ..history import sha
 from ..inventory import Inventory
+from ..inventory.model import Target
 from ..workflows import container_name, read_inventory, render_for
 from .debounce import Debouncer
 from .log import DecisionLog
@@ -56,6 +59,7 @@ class WatchOptions:
     max_wait: float = 10.0
     max_generations: int = 3
     templates: Path | None = None
+    targets: list[str] | None = None
 
 
 @dataclass
@@ -81,7 +85,7 @@ class Controller:
         self.inventory: Inventory | None = None
         self.inventory_text: str | None = None
         self.snapshots: dict[str, Snapshot] = {}
-        self.deployer: Deployer | None = None
+        self.members: list[Member] | None = None
         self.client: Any = None
         self.applied = Applied()
         self.retry_at: float | None = None
@@ -90,7 +94,7 @@ class Controller:
         self.skipped_seen: set[tuple[str, str, str]] = set()
         self.sources: list[Any] = []
         self.down: frozenset[tuple[str, str]] = frozenset()
-        self._lock: nginx.TargetLock | None = None
+        self._locks: list[nginx.TargetLock] = []
         self.machine: Any = None
         self.checker: Any = None
         self.last_health_apply: float | None = None
@@ -114,13 +118,16 @@ class Controller:
         self.client = self.connect(first.target.docker_host)
         self.machine = nginx.engine_machine(self.client)  # the engine's machine does not change under us
         self.inventory = read_inventory(self.options.inventory, machine=self.machine)
-        live = nginx.LiveNginx.attach(self.client, container_name(self.inventory, self.options.container))
-        self._lock = nginx.TargetLock(self.client, live, wait=0, purpose="watch", kind="watch")
-        self._lock.__enter__()
-        self.deployer = self._deployer(live)
+        self.members = self._attach()
+        for member in self.members:
+            lock = nginx.TargetLock(member.deployer.live.client, member.deployer.live, wait=0, purpose="watch",
+                                    kind="watch")
+            lock.__enter__()
+            self._locks.append(lock)
+        names = [m.deployer.live.name for m in self.members]
         publish = self.events.put
         self.sources.append(InventoryFile(str(self.options.inventory), publish))
-        self.sources.append(DockerSource(lambda: self.connect(first.target.docker_host), publish, live.name,
+        self.sources.append(DockerSource(lambda: self.connect(first.target.docker_host), publish, set(names),
                                          local_engine=first.target.docker_host is None))
         prefixes = {g.name: g.discover_prefix for g in self.inventory.upstreams if g.discover_prefix}
         if prefixes:
@@ -132,7 +139,8 @@ class Controller:
         self.sources.append(self.checker)
         for source in self.sources:
             source.start()
-        self.log("start", f"watching {self.options.inventory} for target {live.name}",
+        self.log("start", f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
+                 f"{', '.join(names)}",
                  quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
                  sources=[type(s).__name__ for s in self.sources])
 
@@ -142,18 +150,36 @@ class Controller:
                 source.stop()
             except Exception:  # noqa: BLE001 (stopping is best effort)
                 pass
-        if self._lock is not None:
-            self._lock.__exit__(None, None, None)
+        for lock in self._locks:
+            lock.__exit__(None, None, None)
         if self.client is not None:
             self.client.close()
         self.metrics.running = False
 
-    def _deployer(self, live: nginx.LiveNginx) -> Deployer:
+    @property
+    def deployer(self) -> Deployer | None:
+        """The first target's (where health state is published)."""
+        return self.members[0].deployer if self.members else None
+
+    def _attach(self) -> list[Member]:
+        """The targets: --container, else the inventory's fleet (limited by --targets) or its target; each
+        reached now. Raises EnvironmentProblem naming an unreachable one, UsageError."""
         assert self.inventory is not None
-        target = self.inventory.target
-        return Deployer(live, config_path=target.config_path, stream_only=target.stream_only,
-                        max_generations=self.options.max_generations, lock_wait=30.0,
-                        release_lock_in_background=True)
+        inv = self.inventory
+
+        def make(live: nginx.LiveNginx, target: Target) -> Deployer:
+            return Deployer(live, config_path=target.config_path, stream_only=target.stream_only,
+                            max_generations=self.options.max_generations, lock_wait=30.0,
+                            release_lock_in_background=True)
+
+        if self.options.container is not None or not inv.targets:
+            name = container_name(inv, self.options.container)
+            live = nginx.LiveNginx.attach(self.client, name)
+            return [Member(name, make(live, inv.target))]
+        targets = fleet_targets(inv, self.options.targets)
+        first_host = inv.target.docker_host
+        return open_fleet(list(targets), lambda host: self.client if host == first_host else self.connect(host),
+                          make, [t.name for t in targets])
 
     def run(self, install_signals: bool = True) -> int:
         """Start, apply, then reconcile on every change until stopped. Returns the exit code (0)."""
@@ -213,7 +239,7 @@ class Controller:
             self.debounce.change(now)
         elif event.kind == "target":
             self.log("target", f"{event.detail}: checking it runs the desired config")
-            self.deployer = None  # attach again: a restarted container has a new master
+            self.members = None  # attach again: a restarted container has a new master
             self.debounce.change(now)
         elif event.kind == "health":
             self._health_changed(now)
@@ -350,18 +376,27 @@ class Controller:
         self._report_skipped(merged)
         self.metrics.set_servers(merged.rows)
         try:
-            if self.deployer is None:
-                self.deployer = self._deployer(nginx.LiveNginx.attach(self.client, self.deployer_name()))
-            rendered = render_for(merged.inventory, self.deployer, self.options.templates,
-                                  self.options.inventory.parent)
-            desired = sha(rendered)
-            loaded = self.deployer.loaded()
-            if loaded == desired:
+            if self.members is None:
+                self.members = self._attach()
+            rendered = {m.name: render_for(merged.inventory, m.deployer, self.options.templates,
+                                           self.options.inventory.parent) for m in self.members}
+            desired = sha(rendered[self.members[0].name])
+            loaded = {m.name: m.deployer.loaded() for m in self.members}
+            behind = [m for m in self.members if loaded[m.name] != sha(rendered[m.name])]
+            if not behind:
                 self._succeeded(merged, desired, changed=False, reason=reason, began=began)
                 return
+            first = loaded[behind[0].name]
             self.log("apply", f"applying ({reason}): the desired config differs from the loaded one",
-                     desired=desired[:12], loaded=loaded[:12] if loaded else None)
-            outcome = self.deployer.apply(rendered, reload=True)
+                     desired=desired[:12], loaded=first[:12] if first else None,
+                     targets=[m.name for m in behind] if len(self.members) > 1 else None)
+            result = rollout(behind, rendered, reload=True, dry_run=False, progress=lambda _: None)
+            reloaded = any(o.reloaded for _, o in result.outcomes)
+        except FleetFailure as exc:
+            if isinstance(exc.cause, EnvironmentProblem):
+                self.members = None
+            self._failed("restore_failed" if exc.exit_code == EXIT_NOT_RESTORED else "restored",
+                         str(exc).replace("\n", "; "), retry=True)
         except TemplateError as exc:
             self._failed("rejected", f"the templates cannot render: {exc}", retry=False)
         except ConfigRejected as exc:
@@ -376,16 +411,12 @@ class Controller:
         except ApplyFailure as exc:
             self._failed("restored", str(exc).splitlines()[0], retry=True)
         except EnvironmentProblem as exc:
-            self.deployer = None
+            self.members = None
             self._failed("error", f"target unreachable: {exc}", retry=True)
         except NginxctlError as exc:
             self._failed("error", str(exc).splitlines()[0], retry=True)
         else:
-            self._succeeded(merged, desired, changed=outcome.reloaded, reason=reason, began=began)
-
-    def deployer_name(self) -> str:
-        assert self.inventory is not None
-        return container_name(self.inventory, self.options.container)
+            self._succeeded(merged, desired, changed=reloaded, reason=reason, began=began)
 
     def _succeeded(self, merged: Merged, desired: str, *, changed: bool, reason: str, began: float) -> None:
         now = self.clock()

@@ -122,7 +122,7 @@ class DockerSource:
     """Containers labelled `nginxctl.group`, while they run; Docker events trigger a fresh listing.
     Events about the target container (`target`) are published as `target` events."""
 
-    def __init__(self, connect: Callable[[], docker.DockerClient], publish: Publish, target: str | None,
+    def __init__(self, connect: Callable[[], docker.DockerClient], publish: Publish, target: set[str] | None,
                  local_engine: bool) -> None:
         self.connect = connect
         self.publish = publish
@@ -184,7 +184,7 @@ class DockerSource:
                             "update"):
                         self.last = self.snapshot(client)
                         self.publish(Event("snapshot", self.last))
-                    if self.target and attrs.get("name") == self.target and action in ("start", "restart", "die"):
+                    if self.target and attrs.get("name") in self.target and action in ("start", "restart", "die"):
                         self.publish(Event("target", detail=f"target container {action}"))
                 if self.stopping.is_set():
                     return

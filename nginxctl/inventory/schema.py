@@ -428,7 +428,8 @@ def reference_markdown() -> str:
     """The key reference as Markdown tables (docs/inventory.md is generated from this)."""
     sections = [("Top level", TOP_KEYS), ("A group: `upstreams.NAME`", GROUP_KEYS),
                 ("A server: `upstreams.NAME.servers[]`", SERVER_KEYS), ("`nginx:`", NGINX_KEYS),
-                ("`target:`", TARGET_KEYS)]
+                ("`target:`", TARGET_KEYS), ("`upstreams.NAME.health_check` (or `defaults.health_check`)",
+                                             HEALTH_KEYS), ("A fleet: `targets[]`", FLEET_TARGET_KEYS)]
     out = []
     for title, keys in sections:
         out += [f"### {title}", "", "| key | type | default | nginx | meaning |", "|---|---|---|---|---|"]
