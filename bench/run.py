@@ -564,6 +564,168 @@ def bench_watch(client: Any, tmp: Path, quick: bool) -> str:
     return table_apply + "\n" + table_idle
 
 
+class Greeter:
+    """A backend on 127.0.0.1 that greets each connection at once (the first byte) and answers PING with PONG;
+    `hung` accepts and never answers (a hung event loop)."""
+
+    def __init__(self) -> None:
+        import socketserver
+        import threading
+
+        self.hung = threading.Event()
+        self.release = threading.Event()
+        me = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                if me.hung.is_set():
+                    me.release.wait(60)
+                    return
+                with contextlib.suppress(OSError):
+                    self.request.sendall(b"hi\n")
+                    data = b""
+                    while True:
+                        chunk = self.request.recv(64)
+                        if not chunk:
+                            return
+                        data += chunk
+                        if b"PING" in data:
+                            self.request.sendall(b"PONG\n")
+                            data = b""
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self.port = free_port()
+        self.server = Server(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def blackholed(port: int) -> Iterator[None]:
+    """Drop the SYNs to 127.0.0.1:port (a backend whose host vanished): connects hang until they time out."""
+    rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "--syn", "-j", "DROP"]
+    subprocess.run(["iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=True)
+
+
+def first_bytes(port: int, seconds: float, rate: float, timeout: float) -> list[float]:
+    """New connections through the load balancer at `rate` per second for `seconds`: connect-to-first-byte
+    latency of each (a connection that gets no byte within `timeout` counts as `timeout`)."""
+    import threading
+
+    results: list[float] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        t0 = time.perf_counter()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+                s.settimeout(max(0.01, timeout - (time.perf_counter() - t0)))
+                got = s.recv(1)
+                took = time.perf_counter() - t0 if got else timeout
+        except OSError:
+            took = timeout
+        with lock:
+            results.append(min(took, timeout))
+
+    threads = []
+    start = time.perf_counter()
+    for i in range(int(seconds * rate)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)  # pacing the load, not synchronising
+        t = threading.Thread(target=one, daemon=True)
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join(timeout + 5)
+    return results
+
+
+def bench_health(client: Any, tmp: Path, quick: bool) -> str:
+    """A backend blackholed (SYNs dropped) or hung (accepts, never answers): new connections' connect-to-first-
+    byte latency through nginx with passive checks only, and with `watch` health checks; time to take it out."""
+    import json as _json
+    import threading
+
+    seconds, rate, timeout = (6.0, 10.0, 8.0) if quick else (20.0, 20.0, 8.0)
+    check = {"interval": "1s", "timeout": "500ms", "fails": 2, "passes": 2, "send": "PING\r\n", "expect": "PONG"}
+    rows = []
+    for failure in ("blackholed", "hung"):
+        for mode in ("passive only (max_fails 1, fail_timeout 10s)", "watch health checks"):
+            good, bad = Greeter(), Greeter()
+            box = Nginx(client)
+            listen = free_port()
+            inv = tmp / f"health-{box.name}.yaml"
+            group: dict[str, Any] = {"listen": f"127.0.0.1:{listen}",
+                                     "servers": [f"127.0.0.1:{good.port}", f"127.0.0.1:{bad.port}"],
+                                     "proxy_timeout": "1m"}
+            if mode.startswith("watch"):
+                group["health_check"] = check
+            inv.write_text(yaml.safe_dump({
+                "nginx": {"load_modules": ["/usr/lib/nginx/modules/ngx_stream_module.so"], "worker_processes": 1},
+                "target": {"container": box.name}, "upstreams": {"pool": group}}))
+            proc = None
+            events: list[dict[str, Any]] = []
+            try:
+                if mode.startswith("watch"):
+                    proc = subprocess.Popen([*NGINXCTL, "watch", "-i", str(inv), "--log-format", "json",
+                                             "--quiet-period", "100ms", "--max-wait", "2s"], stderr=subprocess.PIPE,
+                                            stdout=subprocess.DEVNULL, text=True)
+                    ready = threading.Event()
+
+                    def read(p: Any = proc, seen: list[dict[str, Any]] = events,
+                             arrived: threading.Event = ready) -> None:
+                        for line in p.stderr:
+                            with contextlib.suppress(ValueError):
+                                seen.append(_json.loads(line))
+                                arrived.set()
+
+                    threading.Thread(target=read, daemon=True).start()
+                    deadline = time.monotonic() + 60
+                    while not any(e.get("event") == "reload" for e in events) and time.monotonic() < deadline:
+                        ready.wait(0.2)
+                else:
+                    r = nginxctl("apply", "-i", str(inv), "--reload", "-q")
+                    assert r.returncode == 0, r.stderr
+                t0 = time.time()
+                with (blackholed(bad.port) if failure == "blackholed" else contextlib.nullcontext()):
+                    if failure == "hung":
+                        bad.hung.set()
+                    lat = sorted(first_bytes(listen, seconds, rate, timeout))
+                out = next((e["time"] - t0 for e in events if e.get("event") == "reload" and e.get("time", 0) > t0
+                            and e.get("result") == "ok"), None)
+            finally:
+                if proc is not None:
+                    proc.terminate()
+                    proc.wait(30)
+                box.remove()
+                good.close()
+                bad.close()
+            p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+            slow = sum(1 for x in lat if x > 1.0)
+            FACTS[f"health {failure} {mode.split()[0]}"] = (p50, p99, out)
+            rows.append([failure, mode, len(lat), f"{p50 * 1000:.0f}", f"{p99 * 1000:.0f}", f"{slow}",
+                         "-" if out is None else f"{out:.1f} s"])
+    return table("A failed backend: new connections through nginx, passive checks only vs watch health checks",
+                 ["backend", "checks", "connections", "p50 ms to first byte", "p99 ms", "over 1 s", "taken out after"],
+                 rows, f"{rate:.0f} new connections/s for {seconds:.0f} s, two backends, one failed from the start of "
+                 f"the window. Health check: interval 1s, timeout 500ms, fails 2 (out within 2 s plus one reload), "
+                 f"send PING / expect PONG. proxy_connect_timeout 5s (nginxctl's default); a connection with no "
+                 f"byte within {timeout:.0f} s counts as {timeout:.0f} s. Blackholed: its SYNs dropped (iptables on "
+                 "lo); hung: it accepts and never answers.")
+
+
 def bench_scale(client: Any, tmp: Path, quick: bool) -> str:
     from nginxctl.inventory import parse_inventory
     from nginxctl.render import render, template_env
@@ -632,6 +794,12 @@ def targets(quick: bool) -> str:
     if "watch ratio" in FACTS:
         rows.append(["watch: change seen to verified reload within 1.5x the bare manual sequence",
                      f"{FACTS['watch ratio']:.2f}x", met(FACTS["watch ratio"] <= 1.5)])
+    for failure in ("blackholed", "hung"):
+        health = FACTS.get(f"health {failure} watch")
+        if health:
+            out = health[2]
+            rows.append([f"{failure} backend taken out within interval x fails + one reload (2 s + ~0.3 s)",
+                         "-" if out is None else f"{out:.1f} s", met(out is not None and out <= 3.0)])
     if "watch idle" in FACTS:
         cpu, rss = FACTS["watch idle"]
         rows.append(["idle watcher: no CPU (event-driven), under 80 MiB", f"{cpu:.2f} % CPU, {rss:.1f} MiB",
@@ -671,6 +839,7 @@ def main() -> None:
                    "reloads": lambda: bench_reloads(client, tools, tmp, args.quick),
                    "apply": lambda: bench_apply(client, tmp, args.quick),
                    "watch": lambda: bench_watch(client, tmp, args.quick),
+                   "health": lambda: bench_health(client, tmp, args.quick),
                    "scale": lambda: bench_scale(client, tmp, args.quick)}
         for name, figure in figures.items():
             if only is not None and name not in only:
