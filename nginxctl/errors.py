@@ -144,14 +144,15 @@ class ConfigRejected(NginxctlError):
 
     exit_code = EXIT_REJECTED
 
-    def __init__(self, result: NginxOutput, located: list[str] | None = None) -> None:
+    def __init__(self, result: NginxOutput, located: list[str] | None = None, target: str | None = None) -> None:
         self.result = result
         self.located = located or []
+        self.target = target
         super().__init__(self._message())
 
     def _message(self) -> str:
         lines = [line for line in self.result.output.splitlines() if "[emerg]" in line or "[crit]" in line]
-        msg = "nginx rejected the config: " + ("; ".join(lines) if lines else self.result.output.strip())
+        msg = (f"{self.target}: " if self.target else "") + "nginx rejected the config: " + ("; ".join(lines) if lines else self.result.output.strip())
         if self.located:
             msg += "\n" + "\n".join(self.located)
         return msg
@@ -159,6 +160,12 @@ class ConfigRejected(NginxctlError):
     def locate(self, located: list[str]) -> ConfigRejected:
         """The same rejection, traced back to the inventory lines it came from."""
         self.located = located
+        self.args = (self._message(),)
+        return self
+
+    def on(self, target: str) -> ConfigRejected:
+        """The same rejection, naming the target whose nginx refused it (a fleet)."""
+        self.target = target
         self.args = (self._message(),)
         return self
 

@@ -113,8 +113,7 @@ def rollout(members: list[Member], rendered: dict[str, str], *, reload: bool, dr
         try:
             m.deployer.precheck(rendered[m.name])
         except ConfigRejected as exc:
-            exc.args = (f"{m.name}: {exc}",)
-            raise
+            raise exc.on(m.name) from None
     previous: dict[str, str | None] = {}
     changed: list[Member] = []
     for m in members:

@@ -219,3 +219,18 @@ def test_watch_keeps_a_fleet_in_step(lb, isolated, backends, docker_client):
         assert proc.wait(30) == 0
         if proc.stderr:
             proc.stderr.close()
+
+
+def test_a_config_a_target_rejects_is_installed_nowhere(lb, isolated, backends, docker_client):
+    a = backends("A")
+    lb2 = isolated()
+    port = free_port()
+    inv = fleet(lb, lb2, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    before = deployed(docker_client, lb.name), deployed(docker_client, lb2.name)
+    fleet(lb, lb2, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address, "no-such-host.invalid:80"]}})
+    result = cli("apply", "-i", str(inv), "--reload")
+    assert result.returncode == 1, result.stderr
+    assert "lb1: nginx rejected the config" in result.stderr and "host not found" in result.stderr
+    assert "upstreams.pool.servers[1]" in result.stderr
+    assert (deployed(docker_client, lb.name), deployed(docker_client, lb2.name)) == before

@@ -280,3 +280,76 @@ def test_checks_cost_no_reload_while_nothing_changes_and_a_flapping_server_is_da
         a.release.set()
         b.release.set()
         stop(proc)
+
+
+def test_a_slow_answer_passes_within_the_timeout_and_fails_beyond_it():
+    import socket as s_
+
+    with s_.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer(delay: float) -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(64)
+                threading.Event().wait(delay)  # the backend's own slowness, the thing under test
+                conn.sendall(b"PONG\r\n")
+
+        check = HealthCheck(parse_duration("2s"), parse_duration("400ms"), send="PING\r\n", expect="PONG")
+        for delay, expected in ((0.05, None), (0.8, "no reply within 400ms")):
+            t = threading.Thread(target=answer, args=(delay,), daemon=True)
+            t.start()
+            assert probe(f"127.0.0.1:{port}", check) == expected
+            t.join(5)
+
+
+def test_a_backend_that_resets_fails_the_check():
+    import socket as s_
+    import struct
+
+    with s_.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def reset() -> None:
+            conn, _ = server.accept()
+            conn.setsockopt(s_.SOL_SOCKET, s_.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.recv(64)
+            conn.close()  # RST, not FIN
+
+        t = threading.Thread(target=reset, daemon=True)
+        t.start()
+        check = HealthCheck(parse_duration("2s"), parse_duration("1s"), send="PING\r\n", expect="PONG")
+        result = probe(f"127.0.0.1:{port}", check)
+        t.join(5)
+        assert result in ("Connection reset by peer", "closed before sending 'PONG'"), result
+
+
+@pytest.mark.integration
+def test_discovered_servers_are_checked_like_static_ones(lb, pongs, etcd):
+    a, b = pongs("A"), pongs("B")
+    port = free_port()
+    health = {"interval": "300ms", "timeout": "200ms", "fails": 2, "passes": 1, "send": "PING\r\n", "expect": "PONG"}
+    b_address = f"127.0.0.1:{b.server_address[1]}"
+    etcd.client().put(f"/pool/{b_address}", b_address)
+    lb.inventory.write_text(yaml.safe_dump({
+        "target": {"container": lb.name}, "nginx": {"worker_processes": 1},
+        "discovery": {"etcd": {"endpoints": [etcd.endpoint]}},
+        "upstreams": {"pool": {"listen": f"127.0.0.1:{port}", "health_check": health, "discover": {"etcd": "/pool/"},
+                               "servers": [f"127.0.0.1:{a.server_address[1]}"]}}}))
+    proc, events, changed = watch(lb.inventory, "--quiet-period", "200ms", "--max-wait", "1s")
+    try:
+        i, _ = wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("result") == "ok")
+        assert answers(port) == {"A", "B"}
+        b.hang.set()
+        wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("result") == "ok", i + 1)
+        assert answers(port) == {"A"}
+        status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+        assert [(r["address"], r["state"]) for r in status["health"]["servers"] if r["state"] == "down"] == \
+            [(b_address, "down")]
+    finally:
+        b.release.set()
+        stop(proc)

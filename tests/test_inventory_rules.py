@@ -555,3 +555,28 @@ def test_discovery_endpoints(value):
 def test_a_group_with_neither_servers_nor_discover():
     assert "missing required key 'servers' in group 'pool' (or 'discover'" in one(
         "upstreams:\n  pool: {listen: 6666}\n")
+
+
+def test_targets_a_fleet_of_named_load_balancers():
+    inv = parse_inventory("targets:\n  - {name: lb1, container: c1}\n  - {name: lb2, container: c2, "
+                          "docker_host: 'tcp://127.0.0.1:2375'}\n" + GOOD, "inventory.yaml")
+    assert [(t.name, t.container, t.docker_host) for t in inv.targets] == \
+        [("lb1", "c1", None), ("lb2", "c2", "tcp://127.0.0.1:2375")]
+    assert inv.target.container == "c1"
+
+
+@pytest.mark.parametrize("targets, expected", [
+    ("[{name: lb1, container: c1}, {name: lb1, container: c2}]", "targets[1].name: name 'lb1' is also target 1"),
+    ("[{name: lb1, container: c1}, {name: lb2, container: c1}]", "targets[1].container: container"),
+    ("[{name: lb1}]", "missing required key 'container' in a target"),
+    ("[]", "expected a non-empty list of targets"),
+    ("[{name: 'lb 1', container: c1}]", "targets[0].name: expected a target name"),
+])
+def test_bad_targets(targets, expected):
+    found = one(f"targets: {targets}\n" + GOOD)
+    assert expected in found, found
+
+
+def test_target_and_targets_together():
+    found = one("target: {container: c0}\ntargets: [{name: lb1, container: c1}]\n" + GOOD)
+    assert "use either target: (one load balancer) or targets: (a fleet), not both" in found
