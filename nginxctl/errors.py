@@ -152,7 +152,8 @@ class ConfigRejected(NginxctlError):
 
     def _message(self) -> str:
         lines = [line for line in self.result.output.splitlines() if "[emerg]" in line or "[crit]" in line]
-        msg = (f"{self.target}: " if self.target else "") + "nginx rejected the config: " + ("; ".join(lines) if lines else self.result.output.strip())
+        said = "; ".join(lines) if lines else self.result.output.strip()
+        msg = (f"{self.target}: " if self.target else "") + "nginx rejected the config: " + said
         if self.located:
             msg += "\n" + "\n".join(self.located)
         return msg
