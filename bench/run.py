@@ -409,6 +409,18 @@ def bench_reloads(client: Any, tools: tuple[Path, Path], tmp: Path, quick: bool)
                  "Refused applies exit 4 and change nothing: the held connections stay and no generation is added.")
 
 
+def manual_apply(box: Nginx, inv: Path, tmp: Path) -> float:
+    """The bare manual sequence people run (copy the file, nginx -t, HUP; nothing verified): seconds taken."""
+    conf = tmp / "manual.conf"
+    conf.write_text(nginxctl("render", "-i", str(inv), "--full").stdout)
+    t0 = time.perf_counter()
+    for cmd in (["docker", "cp", str(conf), f"{box.name}:/etc/nginx/nginx.conf"],
+                ["docker", "exec", box.name, "/usr/sbin/nginx", "-t", "-q"],
+                ["docker", "kill", "-s", "HUP", box.name]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
 def bench_apply(client: Any, tmp: Path, quick: bool) -> str:
     runs = 3 if quick else 7
     box, inv = generated(client, tmp, free_port(), [f"127.0.0.1:{free_port()}"], worker_processes=2)
@@ -420,14 +432,7 @@ def bench_apply(client: Any, tmp: Path, quick: bool) -> str:
                 data["upstreams"]["pool"]["proxy_timeout"] = f"{7200 + 2 * i + (mode == 'nginxctl')}s"
                 inv.write_text(yaml.safe_dump(data))
                 if mode == "manual":
-                    conf = tmp / "manual.conf"
-                    conf.write_text(nginxctl("render", "-i", str(inv), "--full").stdout)
-                    t0 = time.perf_counter()
-                    for cmd in (["docker", "cp", str(conf), f"{box.name}:/etc/nginx/nginx.conf"],
-                                ["docker", "exec", box.name, "/usr/sbin/nginx", "-t", "-q"],
-                                ["docker", "kill", "-s", "HUP", box.name]):
-                        subprocess.run(cmd, check=True, capture_output=True)
-                    times[mode].append(time.perf_counter() - t0)
+                    times[mode].append(manual_apply(box, inv, tmp))
                 else:
                     t0 = time.perf_counter()
                     r = subprocess.run([*NGINXCTL, "apply", "-i", str(inv), "--reload", "-q",
@@ -525,14 +530,7 @@ def bench_watch(client: Any, tmp: Path, quick: bool) -> str:
     try:
         assert next_reload(0)["result"] == "ok"
         for i in range(runs):
-            conf = tmp / "manual.conf"
-            conf.write_text(nginxctl("render", "-i", str(inv), "--full").stdout)
-            t0 = time.perf_counter()
-            for cmd in (["docker", "cp", str(conf), f"{box.name}:/etc/nginx/nginx.conf"],
-                        ["docker", "exec", box.name, "/usr/sbin/nginx", "-t", "-q"],
-                        ["docker", "kill", "-s", "HUP", box.name]):
-                subprocess.run(cmd, check=True, capture_output=True)
-            times["manual"].append(time.perf_counter() - t0)
+            times["manual"].append(manual_apply(box, inv, tmp))
             seen = len(events)
             write(7201 + i)
             event = next_reload(seen)

@@ -133,6 +133,14 @@ def watch(inventory: Path, *args: str) -> tuple[subprocess.Popen[str], list[dict
     return proc, events, changed
 
 
+def pool(lb: Any, port: int, health: dict[str, Any], *servers: Pong) -> None:
+    """The inventory: one group on `port` with `health` over `servers`, for the `lb` target."""
+    lb.inventory.write_text(yaml.safe_dump({
+        "target": {"container": lb.name}, "nginx": {"worker_processes": 1},
+        "upstreams": {"pool": {"listen": f"127.0.0.1:{port}", "health_check": health,
+                               "servers": [f"127.0.0.1:{s.server_address[1]}" for s in servers]}}}))
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
@@ -173,10 +181,7 @@ def test_a_hung_backend_is_taken_out_within_interval_times_fails_and_put_back_af
     a, b = pongs("A"), pongs("B")
     port = free_port()
     health = {"interval": "500ms", "timeout": "300ms", "fails": 2, "passes": 2, "send": "PING\r\n", "expect": "PONG"}
-    lb.inventory.write_text(yaml.safe_dump({
-        "target": {"container": lb.name}, "nginx": {"worker_processes": 1},
-        "upstreams": {"pool": {"listen": f"127.0.0.1:{port}", "health_check": health,
-                               "servers": [f"127.0.0.1:{a.server_address[1]}", f"127.0.0.1:{b.server_address[1]}"]}}}))
+    pool(lb, port, health, a, b)
     proc, events, changed = watch(lb.inventory, "--quiet-period", "200ms", "--max-wait", "2s")
     try:
         i, _ = wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("result") == "ok")
@@ -204,10 +209,7 @@ def test_all_backends_failing_leaves_them_in_and_says_so(lb, pongs):
     a, b = pongs("A"), pongs("B")
     port = free_port()
     health = {"interval": "300ms", "timeout": "200ms", "fails": 2, "passes": 1, "send": "PING\r\n", "expect": "PONG"}
-    lb.inventory.write_text(yaml.safe_dump({
-        "target": {"container": lb.name}, "nginx": {"worker_processes": 1},
-        "upstreams": {"pool": {"listen": f"127.0.0.1:{port}", "health_check": health,
-                               "servers": [f"127.0.0.1:{a.server_address[1]}", f"127.0.0.1:{b.server_address[1]}"]}}}))
+    pool(lb, port, health, a, b)
     metrics = free_port()
     proc, events, changed = watch(lb.inventory, "--quiet-period", "200ms", "--max-wait", "1s",
                                   "--metrics", f"127.0.0.1:{metrics}")
@@ -251,10 +253,7 @@ def test_checks_cost_no_reload_while_nothing_changes_and_a_flapping_server_is_da
     a, b = pongs("A"), pongs("B")
     port = free_port()
     health = {"interval": "200ms", "timeout": "100ms", "fails": 1, "passes": 1, "send": "PING\r\n", "expect": "PONG"}
-    lb.inventory.write_text(yaml.safe_dump({
-        "target": {"container": lb.name}, "nginx": {"worker_processes": 1},
-        "upstreams": {"pool": {"listen": f"127.0.0.1:{port}", "health_check": health,
-                               "servers": [f"127.0.0.1:{a.server_address[1]}", f"127.0.0.1:{b.server_address[1]}"]}}}))
+    pool(lb, port, health, a, b)
     metrics = free_port()
     proc, events, changed = watch(lb.inventory, "--quiet-period", "100ms", "--max-wait", "2s",
                                   "--metrics", f"127.0.0.1:{metrics}")

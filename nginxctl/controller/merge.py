@@ -63,11 +63,8 @@ def merge(inv: Inventory, snapshots: dict[str, Snapshot], down: frozenset[tuple[
     for snapshot in snapshots.values():
         for candidate in snapshot.candidates:
             by_group.setdefault(candidate.group, []).append(candidate)
-    known = {g.name for g in inv.upstreams}
-    for group_name in sorted(set(by_group) - known):
-        for candidate in by_group[group_name]:
-            merged.skipped.append(Skipped(candidate.source, candidate.origin, group_name,
-                                          f"no group '{group_name}' in the inventory"))
+    # A backend labelled for a group this inventory does not have belongs to another load balancer
+    # sharing the engine (or etcd): not ours, not an error.
     groups: list[Group] = []
     for group in inv.upstreams:
         servers = list(group.servers)
@@ -77,9 +74,7 @@ def merge(inv: Inventory, snapshots: dict[str, Snapshot], down: frozenset[tuple[
         wanted = group.discover
         for candidate in by_group.get(group.name, []):
             if wanted is None or candidate.source != wanted:
-                merged.skipped.append(Skipped(candidate.source, candidate.origin, group.name,
-                                              f"group '{group.name}' does not discover from {candidate.source}"))
-                continue
+                continue  # the group does not discover from this source: its labels are not for us
             try:
                 server = candidate_server(candidate)
             except (InventoryError, ValueError) as exc:
