@@ -155,6 +155,17 @@ def _names(targets: str | None) -> list[str] | None:
     return names
 
 
+def _report_text(report: Any, quiet: bool) -> None:
+    """A report with diffs: for several targets each diff under its target's name, else diff then lines."""
+    if isinstance(report, (workflows.Many, workflows.FleetReport)):
+        for line in report.lines(with_diffs=not quiet):
+            out.print(line, markup=False)
+        return
+    if not quiet:
+        _diff_text(report.diff)
+    _lines(report.lines())
+
+
 def _lines(lines: list[str]) -> None:
     for line in lines:
         print(line)
@@ -281,9 +292,7 @@ def apply(
         _json_ok(report.to_dict())
         return
     _notes(report.notes, quiet)
-    if not quiet:
-        _diff_text(report.diff)
-    _lines(report.lines())
+    _report_text(report, quiet)
 
 
 @app.command()
@@ -306,8 +315,7 @@ def diff(
     if fmt is Format.json:
         _json_ok(report.to_dict(), code)
     else:
-        _diff_text(report.diff)
-        _lines(report.lines())
+        _report_text(report, False)
     if code:
         raise typer.Exit(code)
 

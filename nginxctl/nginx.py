@@ -550,7 +550,10 @@ class TargetLock:
 
     @property
     def name(self) -> str:
-        return f"nginxctl-{self.kind}-{self.live.container.id[:12]}"
+        # by the target's name, not its id: a container recreated under the same name is the same target
+        import hashlib
+
+        return f"nginxctl-{self.kind}-{hashlib.sha256(self.live.name.encode()).hexdigest()[:12]}"
 
     def __enter__(self) -> TargetLock:
         releasing = _RELEASING.pop(self.name, None)

@@ -111,7 +111,7 @@ class Opened:
         self.client.close()
 
 
-def open_engine(path: Path | None, connect: Connect, container: str | None = None) -> Opened:
+def open_engine(path: Path | None, connect: Connect, container: str | None = None, strict: bool = False) -> Opened:
     """Read the inventory (when `path`), connect to its engine, and check capacity against that engine's
     machine. A `container` given empty is refused first. Raises UsageError, InventoryError, EnvironmentProblem."""
     if container is not None:
@@ -123,7 +123,7 @@ def open_engine(path: Path | None, connect: Connect, container: str | None = Non
     client = connect(first.target.docker_host)
     try:
         inv = parse_inventory(text, str(path), machine=nginx.engine_machine(client))
-        inv, notes = with_discovered(inv, connect)
+        inv, notes = with_discovered(inv, connect, strict)
         return Opened(inv, path, client, notes)
     except BaseException:
         client.close()
@@ -165,9 +165,10 @@ def render_inventory(path: Path, *, full: bool, output: Path | None = None, temp
     return RenderReport(text, list(inv.nginx.notes) + discovered, output)
 
 
-def with_discovered(inv: Inventory, connect: Connect | None) -> tuple[Inventory, list[str]]:
+def with_discovered(inv: Inventory, connect: Connect | None, strict: bool = False) -> tuple[Inventory, list[str]]:
     """The inventory with its discovering groups' backends as the sources show them now (one snapshot),
-    and notes saying so. Groups that discover nothing are untouched."""
+    and notes saying so. Groups that discover nothing are untouched. `strict` (commands that change a
+    target): a source that cannot be reached is an EnvironmentProblem, not a group emptied."""
     if not any(g.discover for g in inv.upstreams):
         return inv, []
     from .controller.merge import merge
@@ -175,6 +176,12 @@ def with_discovered(inv: Inventory, connect: Connect | None) -> tuple[Inventory,
 
     docker_host = inv.target.docker_host
     snapshots, notes = snapshots_now(inv, (lambda: connect(docker_host)) if connect is not None else None)
+    missing = sorted({g.discover for g in inv.upstreams if g.discover and g.discover not in snapshots})
+    if strict and missing:
+        groups = ", ".join(g.name for g in inv.upstreams if g.discover in missing)
+        raise EnvironmentProblem(f"discovery from {', '.join(missing)} is not reachable: applying now would drop the "
+                                 f"servers of {groups} found there; nothing changed",
+                                 "apply when it is reachable again (a running `nginxctl watch` keeps them)")
     merged = merge(inv, snapshots)
     notes += [f"discover: {s.source} backend {s.origin} skipped: {s.reason}" for s in merged.skipped]
     return merged.inventory, notes
@@ -289,6 +296,8 @@ def open_members(opened: Opened, container: str | None, names: list[str] | None,
     from .fleet import Member, fleet_targets, open_fleet
 
     inv = opened.inventory
+    if container is not None and names:
+        raise UsageError("--targets and --container both name targets: use one of them")
     if container is not None or inv is None or not inv.targets:
         if names and (inv is None or not inv.targets):
             raise UsageError("--targets needs an inventory with targets: (a fleet)")
@@ -411,8 +420,13 @@ class FleetReport:
         return {"targets": [{"name": n, **r.to_dict()} for n, r in zip(self.names, self.reports, strict=True)],
                 "notes": self.notes}
 
-    def lines(self) -> list[str]:
-        return [f"{n}: {line}" for n, r in zip(self.names, self.reports, strict=True) for line in r.lines()]
+    def lines(self, with_diffs: bool = False) -> list[str]:
+        out: list[str] = []
+        for n, r in zip(self.names, self.reports, strict=True):
+            if with_diffs and r.outcome.diff:
+                out += [f"== {n}", *r.outcome.diff.rstrip("\n").split("\n")]
+            out += [f"{n}: {line}" for line in r.lines()]
+        return out
 
 
 def apply_inventory(path: Path, *, connect: Connect, container: str | None = None, reload: bool = False,
@@ -424,7 +438,7 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
     restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, and Interrupted."""
     from .fleet import rollout
 
-    with open_engine(path, connect, container) as opened:
+    with open_engine(path, connect, container, strict=not dry_run) as opened:
         inv = opened.inventory
         assert inv is not None
         members = open_members(opened, container, targets, connect, stream_only=stream_only,
@@ -490,7 +504,8 @@ def diff_inventory(path: Path, *, connect: Connect, container: str | None = None
         reports = []
         members = open_members(opened, container, targets, connect, stream_only=stream_only, config_path=config_path)
         for m in members:
-            rendered = render_for(opened.inventory, m.deployer, templates, path.parent)
+            rendered = render_for(_with_health(opened.inventory, _health_report(m.deployer, opened.inventory)),
+                                  m.deployer, templates, path.parent)
             deployed = m.deployer.deployed()
             reports.append(DiffReport(m.deployer.live.name, m.deployer.diff(rendered),
                                       sha(deployed) if deployed is not None else None, sha(rendered),
@@ -520,10 +535,15 @@ class Many:
             items.append({"name": name, **(data if isinstance(data, dict) else {"entries": data})})
         return {"targets": items}
 
-    def lines(self) -> list[str]:
+    def lines(self, with_diffs: bool = False) -> list[str]:
+        """Each target's lines under its name (`with_diffs`: its diff too, under the same header)."""
         out: list[str] = []
         for name, report in zip(self.names, self.reports, strict=True):
-            out += [f"== {name}", *report.lines()]
+            out.append(f"== {name}")
+            diff = str(getattr(report, "diff", "") or "")
+            if with_diffs and diff:
+                out += diff.rstrip("\n").split("\n")
+            out += report.lines()
         return out
 
 
@@ -557,6 +577,9 @@ class StatusReport:
             out.append(f"drift       {'yes (nginxctl diff shows it)' if d['drift'] else 'no'}")
             out.append(f"reload      {'pending' if d['reload_pending'] else 'not pending'}")
         health = d.get("health") or {}
+        if health and health.get("stale"):
+            out.append(f"health      as last published by watch (pid {health.get('watch_pid')}), which no longer "
+                       "runs: nothing checks the servers now")
         for row in health.get("servers", []):
             if row.get("state") == "down":
                 since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["since"])) if row.get("since") else "?"
@@ -574,16 +597,45 @@ class StatusReport:
         return out
 
 
-def _health_report(deployer: Deployer) -> dict[str, Any] | None:
-    """What `nginxctl watch` last published about its health checks of this target (None: never ran)."""
+def _health_report(deployer: Deployer, inv: Inventory | None) -> dict[str, Any] | None:
+    """What `nginxctl watch` last published about its health checks of this target (None: never ran),
+    marked `stale` when that watch no longer runs, and limited to the inventory's groups."""
     import json
+    import socket
 
     raw = deployer.live.read_file(f"{deployer.history.dir}/health.json")
     try:
         data = json.loads(raw) if raw else None
     except ValueError:
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    alive = False
+    if data.get("watch_host") == socket.gethostname() and not data.get("stopped"):
+        try:
+            os.kill(int(data.get("watch_pid") or 0), 0)
+            alive = True
+        except (OSError, ValueError):
+            alive = False
+    data["stale"] = not alive
+    if inv is not None:
+        groups = {g.name for g in inv.upstreams}
+        data["servers"] = [r for r in data.get("servers", []) if r.get("group") in groups]
+    return data
+
+
+def _with_health(inv: Inventory, health: dict[str, Any] | None) -> Inventory:
+    """The inventory as a running watch renders it: the servers its health checks took out are down."""
+    from dataclasses import replace
+
+    if not health or health.get("stale"):
+        return inv
+    down = {(r["group"], r["address"]) for r in health.get("servers", []) if r.get("rendered_down")}
+    if not down:
+        return inv
+    groups = tuple(replace(g, servers=tuple(replace(s, down=True) if (g.name, s.address.text) in down else s
+                                            for s in g.servers)) for g in inv.upstreams)
+    return replace(inv, upstreams=groups)
 
 
 def target_status(path: Path | None, *, connect: Connect, container: str | None = None,
@@ -609,9 +661,10 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
         "config_path": deployer.config_path,
         "deployed_sha256": sha(deployed) if deployed is not None else None,
         "loaded": loaded, "last_apply": deployer.history.last_phase(),
-        "health": _health_report(deployer)}
+        "health": _health_report(deployer, inv)}
     if inv is not None:
-        rendered = render_for(inv, deployer, templates, opened.path.parent if opened.path else None)
+        rendered = render_for(_with_health(inv, data["health"]), deployer, templates,
+                              opened.path.parent if opened.path else None)
         data.update({"inventory_path": str(opened.path), "inventory_config_sha256": sha(rendered),
                      "inventory_sha256": inv.digest,
                      "drift": deployed != rendered,
@@ -758,7 +811,7 @@ def _change_server(path: Path, original: str, edit: Any, client: docker.DockerCl
     from .files import write_atomic
 
     inv = parse_inventory(edit.text, str(path), machine=nginx.engine_machine(client))
-    inv, notes = with_discovered(inv, lambda host: nginx.connect(host))
+    inv, notes = with_discovered(inv, lambda host: nginx.connect(host), strict=True)
     for note in notes:
         progress(note)
     deployer = open_target(Opened(inv, path, client), container, progress=progress, lock_wait=lock_wait)

@@ -88,6 +88,10 @@ def test_udp_probe(pongs):
     ("{interval: 50ms, timeout: 10ms}", "health_check.interval", "at least 100ms"),
     ("{send: ''}", "health_check.send", "text of 1 to 1024 bytes"),
     ("{timeout: 5s}", "health_check.timeout", "timeout (5s) must be shorter than interval (2s)"),
+    ("{interval: 1 s}", "health_check.interval", "expected a duration"),
+    ("{interval: null}", "health_check.interval", "expected a duration"),
+    ("{timeout: -1s}", "health_check.timeout", "expected a duration"),
+    ("{timeout: 0}", "health_check.timeout", "expected a timeout of at least 10ms, got 0s"),
 ])
 def test_impossible_health_check_values_exit_2_located(tmp_path, health, where, message):
     inv = tmp_path / "inventory.yaml"
@@ -195,13 +199,20 @@ def test_a_hung_backend_is_taken_out_within_interval_times_fails_and_put_back_af
         status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
         down = [r for r in status["health"]["servers"] if r["state"] == "down"]
         assert [(r["address"], r["rendered_down"]) for r in down] == [(f"127.0.0.1:{b.server_address[1]}", True)]
+        assert status["health"]["stale"] is False and status["drift"] is False  # a health decision is not drift
+        assert cli("diff", "-i", str(lb.inventory)).returncode == 0
         assert down[0]["last_error"] == "no reply within 300ms"
         b.hang.clear()
         b.release.set()
         wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("result") == "ok", i + 1)
         assert answers(port) == {"A", "B"}
+        b.hang.set()
+        wait_event(events, changed, lambda e: e["event"] == "reload" and e.get("health_down"), i + 1)
     finally:
         stop(proc)
+    status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+    assert status["health"]["stale"] is True  # the watch stopped: nothing checks any more
+    assert "which no longer runs: nothing checks the servers now" in cli("status", "-i", str(lb.inventory)).stdout
 
 
 @pytest.mark.integration

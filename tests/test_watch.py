@@ -567,3 +567,26 @@ def test_the_target_removed_then_created_again_is_reapplied(lb, backends, watche
                                                 labels={"nginxctl.test": "1"})
     w.reload(timeout=40)  # a new container runs the image's bootstrap config: it drifted, re-applied
     assert replies(port) == {"A"}
+    second = subprocess.run([sys.executable, "-m", "nginxctl", "watch", "-i", str(inv)], capture_output=True,
+                            text=True, cwd="/", timeout=60)
+    assert second.returncode == 3, second.stderr  # the lock follows the name: still one watch per target
+
+
+def test_etcd_down_when_watch_starts_does_not_empty_the_pool(lb, backends, etcd, watches):
+    a = backends("A")
+    port = free_port()
+    inv = etcd_group(lb, etcd, port)
+    etcd.client().put(f"/ns/netty_pool/{a.address}", a.address)
+    assert subprocess.run([sys.executable, "-m", "nginxctl", "apply", "-i", str(inv), "--reload"],
+                          capture_output=True, text=True, cwd="/").returncode == 0
+    assert replies(port) == {"A"}
+    etcd.stop()
+    refused = subprocess.run([sys.executable, "-m", "nginxctl", "apply", "-i", str(inv), "--reload"],
+                             capture_output=True, text=True, cwd="/")
+    assert refused.returncode == 3 and "discovery from etcd is not reachable" in refused.stderr
+    w = watches(inv, *QUIET)
+    w.wait(lambda e: e["event"] == "wait" and "etcd not reachable yet" in e["message"])
+    assert replies(port) == {"A"}  # the target keeps what it runs
+    etcd.start()
+    w.wait(lambda e: e["event"] in ("in-sync", "reload") and e.get("result", "ok") == "ok", timeout=40)
+    assert replies(port) == {"A"}

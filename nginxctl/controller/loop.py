@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +87,7 @@ class Controller:
         self.inventory_text: str | None = None
         self.snapshots: dict[str, Snapshot] = {}
         self.members: list[Member] | None = None
+        self.failed_desired: str | None = None   # the desired config whose last apply failed
         self.client: Any = None
         self.applied = Applied()
         self.retry_at: float | None = None
@@ -97,6 +99,7 @@ class Controller:
         self._locks: list[nginx.TargetLock] = []
         self.machine: Any = None
         self.checker: Any = None
+        self.health_change: tuple[list[str], list[str]] = ([], [])
         self.last_health_apply: float | None = None
         self.health_due: float | None = None
         self.all_failing: set[str] = set()
@@ -145,6 +148,8 @@ class Controller:
                  sources=[type(s).__name__ for s in self.sources])
 
     def close(self) -> None:
+        if self.checker is not None and self.checker.targets:
+            self._write_health(stopped=True)
         for source in self.sources:
             try:
                 source.stop()
@@ -212,7 +217,8 @@ class Controller:
         wanted = {"docker"} | ({"etcd"} if any(isinstance(s, EtcdSource) for s in self.sources) else set())
         deadline = self.clock() + FIRST_SNAPSHOT_WAIT
         backlog = []
-        while not wanted <= set(self.snapshots) and self.clock() < deadline:
+        while not wanted <= {name for name, snap in self.snapshots.items() if snap.known} \
+                and self.clock() < deadline:
             try:
                 event = self.events.get(timeout=max(0.0, deadline - self.clock()))
             except queue.Empty:
@@ -302,8 +308,9 @@ class Controller:
                    for s in g.servers if (g.name, s.address.text) in merged.sources]
         self.checker.set_targets(targets)
 
-    def _write_health(self) -> None:
-        """Publish health state beside the target's config, for `nginxctl status`."""
+    def _write_health(self, stopped: bool = False) -> None:
+        """Publish health state beside the target's config, for `nginxctl status` (`stopped`: this watch is
+        ending, nothing checks any more)."""
         if self.checker is None or self.deployer is None:
             return
         import json
@@ -313,7 +320,8 @@ class Controller:
                 for (g, a), h in sorted(self.checker.health().items())]
         try:
             self.deployer.history.write({".nginxctl/health.json": json.dumps(
-                {"updated": time.time(), "watch_pid": os.getpid(), "servers": rows}, indent=1) + "\n"})
+                {"updated": time.time(), "watch_pid": os.getpid(), "watch_host": socket.gethostname(),
+                 "stopped": time.time() if stopped else None, "servers": rows}, indent=1) + "\n"})
         except NginxctlError:
             pass
 
@@ -356,6 +364,10 @@ class Controller:
         except EnvironmentProblem:
             return
         self.metrics.invalid_inventory.set(0)
+        if self.inventory is not None and (inventory.target != self.inventory.target
+                                           or inventory.targets != self.inventory.targets):
+            self.log("inventory", "the inventory names other targets now: this watch keeps controlling the ones it "
+                     "started with; restart it to follow the change", level="warning")
         self.inventory = inventory
         self.log("inventory", f"{self.options.inventory} changed and loads", sha256=inventory.digest[:12])
 
@@ -368,9 +380,23 @@ class Controller:
         self._load()
         assert self.inventory is not None
         if self.checker is not None:
+            before_down = self.down
             self.down = self._effective_down(self.checker.down())
+            self.health_change = (sorted(f"{g}/{a}" for g, a in self.down - before_down),
+                                  sorted(f"{g}/{a}" for g, a in before_down - self.down))
             self.last_health_apply = self.clock()
             self.health_due = None
+        unknown = sorted({g.discover for g in self.inventory.upstreams if g.discover
+                          and not (self.snapshots.get(g.discover) and self.snapshots[g.discover].known)})
+        if unknown:
+            # Nothing is known of these backends yet (the source never answered): rendering now would empty
+            # those groups. The target keeps what it runs until the source answers once.
+            wait = backoff(self.failures)
+            self.failures += 1
+            self.retry_at = self.clock() + wait
+            self.log("wait", f"{', '.join(unknown)} not reachable yet: the target keeps what it runs until "
+                     "discovery has answered once", retry_in=wait)
+            return
         merged = merge(self.inventory, self.snapshots, self.down)
         self._check_targets(merged)
         self._report_skipped(merged)
@@ -381,6 +407,8 @@ class Controller:
             rendered = {m.name: render_for(merged.inventory, m.deployer, self.options.templates,
                                            self.options.inventory.parent) for m in self.members}
             desired = sha(rendered[self.members[0].name])
+            if desired == self.failed_desired and self.retry_at is not None and self.clock() < self.retry_at:
+                return  # the same config failed moments ago: wait for its backoff, whatever woke us
             loaded = {m.name: m.deployer.loaded() for m in self.members}
             behind = [m for m in self.members if loaded[m.name] != sha(rendered[m.name])]
             if not behind:
@@ -393,6 +421,7 @@ class Controller:
             result = rollout(behind, rendered, reload=True, dry_run=False, progress=lambda _: None)
             reloaded = any(o.reloaded for _, o in result.outcomes)
         except FleetFailure as exc:
+            self.failed_desired = desired
             if isinstance(exc.cause, EnvironmentProblem):
                 self.members = None
             self._failed("restore_failed" if exc.exit_code == EXIT_NOT_RESTORED else "restored",
@@ -407,9 +436,11 @@ class Controller:
                          f"(--max-generations {exc.limit}); retrying in {GENERATIONS_RETRY:g}s",
                          retry=True, delay=GENERATIONS_RETRY)
         except RestoreFailed as exc:
-            self._failed("restore_failed", str(exc).splitlines()[0], retry=True)
+            self.failed_desired = desired
+            self._failed("restore_failed", str(exc).replace("\n", "; "), retry=True)
         except ApplyFailure as exc:
-            self._failed("restored", str(exc).splitlines()[0], retry=True)
+            self.failed_desired = desired
+            self._failed("restored", str(exc).replace("\n", "; "), retry=True)
         except EnvironmentProblem as exc:
             self.members = None
             self._failed("error", f"target unreachable: {exc}", retry=True)
@@ -438,12 +469,15 @@ class Controller:
             if self.burst_started is not None:
                 self.metrics.change_to_reload.observe(max(0.0, now - self.burst_started))
             self.log("reload", f"reloaded and verified ({reason})", result="ok", added=added, removed=removed,
-                     servers=count, seconds=round(now - began, 3), sha256=desired[:12],
+                     health_down=self.health_change[0], health_back=self.health_change[1], servers=count,
+                     seconds=round(now - began, 3), sha256=desired[:12],
                      since_first_change=None if self.burst_started is None else round(now - self.burst_started, 3))
         else:
             self.log("in-sync", f"nothing to do: the target runs the desired config ({reason})", sha256=desired[:12],
                      added=added, removed=removed, servers=count)
         self.applied = Applied(desired, servers)
+        self.failed_desired = None
+        self.health_change = ([], [])
         if self.checker is not None and self.checker.targets:
             self._write_health()
         self.retry_at = None

@@ -47,6 +47,7 @@ class Snapshot:
     candidates: tuple[Candidate, ...] = ()
     stale: bool = False
     error: str | None = None
+    known: bool = True   # False: the source has never answered (nothing is known, not "no backends")
     at: float = field(default_factory=time.monotonic)
 
 
@@ -129,7 +130,7 @@ class DockerSource:
         self.target = target
         self.local_engine = local_engine
         self.stopping = threading.Event()
-        self.last = Snapshot("docker")
+        self.last = Snapshot("docker", known=False)
         self.thread = threading.Thread(target=self._run, name="nginxctl-docker-source", daemon=True)
         self._events: Any = None
 
@@ -226,7 +227,7 @@ class EtcdSource:
         self.timeout = timeout
         self.stopping = threading.Event()
         self.keys: dict[str, tuple[str, bytes]] = {}   # key -> (group, value)
-        self.last = Snapshot("etcd")
+        self.last = Snapshot("etcd", known=False)
         self.revision = 0
         self._lock = threading.Lock()
         self._responses: list[requests.Response] = []

@@ -137,15 +137,17 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
 
 def _health(raw: Any, path: KeyPath, protocol: str, report: _Report) -> HealthCheck | None:
     """A group's health_check mapping, with its own rules, each located at its key."""
-    parsed = _mapping(raw, path, HEALTH_KEYS, report, "the health check")
-    if parsed is None:
-        return None
     before = len(report.problems)
+    parsed = _mapping(raw, path, HEALTH_KEYS, report, "the health check")
+    if parsed is None or len(report.problems) > before:
+        return None
     keys = set(raw)
     if "interval" in parsed and "timeout" in parsed and parsed["timeout"].ms >= parsed["interval"].ms:
         report(path + ("timeout" if "timeout" in keys else "interval",),
                f"timeout ({parsed['timeout']}) must be shorter than interval ({parsed['interval']}): a check must end "
                "before the next one starts")
+    if parsed["timeout"].ms < 10:
+        report(path + ("timeout",), f"expected a timeout of at least 10ms, got {parsed['timeout']}")
     if parsed.get("interval") is not None and parsed["interval"].ms < 100:
         report(path + ("interval",), f"expected an interval of at least 100ms, got {parsed['interval']}")
     if "expect" in parsed and "send" not in parsed:
