@@ -179,6 +179,7 @@ class Deployer:
     wait_generations: float | None = None
     journal: Journal = field(default_factory=Journal)
     release_lock_in_background: bool = False
+    count_connections: bool = True   # the controller's passes skip it: nobody reads it there
     _held: bool = False
     _checked: bool = False
 
@@ -388,7 +389,7 @@ class Deployer:
                        FAILED_RELOAD_SETTLE, interval=0.1)
 
     def _check_generations(self, deployed: str | None) -> ReloadState:
-        state = reload_state(self.live, shutdown_timeout_of(deployed))
+        state = reload_state(self.live, shutdown_timeout_of(deployed), connections=self.count_connections)
         for line in state.summary():
             self.progress(line)
         limit = self.max_generations
@@ -405,6 +406,8 @@ class Deployer:
             state = polled.value
             if polled.done:
                 return state
+        if not self.count_connections:  # refusing: say what the lingering workers hold
+            state = reload_state(self.live, state.shutdown_timeout)
         raise GenerationsLingering(len(state.generations), limit, [g.describe() for g in state.generations])
 
     def rollback(self, to: int | None, *, reload: bool = True) -> tuple[Entry, Outcome]:

@@ -150,11 +150,13 @@ def group_generations(old: list[tuple[int, int | None]], workers_per_generation:
     return [pids[i:i + per] for i in range(0, len(pids), per)]
 
 
-def reload_state(live: LiveNginx, shutdown_timeout: str | None) -> ReloadState:
-    """Old worker generations still shutting down, with the connections each holds."""
+def reload_state(live: LiveNginx, shutdown_timeout: str | None, connections: bool = True) -> ReloadState:
+    """Old worker generations still shutting down, with the connections each holds (`connections` False:
+    not counted, None: reading the socket tables of a busy host costs tens of milliseconds)."""
     procs = live.processes()
     old = sorted(procs.old_workers, key=lambda p: p.pid)
-    counts = _client_sockets(procs.master.pid if procs.master else None, [p.pid for p in old + procs.workers])
+    counts = _client_sockets(procs.master.pid if procs.master else None, [p.pid for p in old + procs.workers]) \
+        if connections else None
     groups = group_generations([(p.pid, _start_ticks(p.pid)) for p in old], len(procs.workers))
     generations = [Generation(g, None if counts is None else sum(counts.get(p, 0) for p in g)) for g in groups]
     current = None if counts is None else sum(counts.get(p.pid, 0) for p in procs.workers)

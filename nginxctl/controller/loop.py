@@ -175,7 +175,7 @@ class Controller:
         def make(live: nginx.LiveNginx, target: Target) -> Deployer:
             return Deployer(live, config_path=target.config_path, stream_only=target.stream_only,
                             max_generations=self.options.max_generations, lock_wait=30.0,
-                            release_lock_in_background=True)
+                            release_lock_in_background=True, count_connections=False)
 
         if self.options.container is not None or not inv.targets:
             name = container_name(inv, self.options.container)
