@@ -24,7 +24,7 @@ from .errors import (
     UsageError,
 )
 from .history import Entry, History, Phase, State, current_entry, loaded_now, select_rollback, sha
-from .nginx import LiveNginx, TargetLock
+from .nginx import FileInfo, LiveNginx, TargetLock
 from .nginxtext import (
     Process,
     Processes,
@@ -191,11 +191,13 @@ class Deployer:
         raw = self.live.read_file(self.config_path)
         return raw.decode() if raw is not None else None
 
-    def loaded(self, state: State | None = None) -> str | None:
-        """The hash of the config nginx runs now, as far as it is known (see `history.loaded_now`)."""
+    def loaded(self, state: State | None = None, info: FileInfo | None = None,
+               procs: Processes | None = None) -> str | None:
+        """The hash of the config nginx runs now, as far as it is known (see `history.loaded_now`). Pass what
+        was already read (the state, the config file, the processes) to read it once."""
         state = state or self.history.state()
-        info = self.live.stat_file(self.config_path)
-        master = self.live.master()
+        info = info or self.live.stat_file(self.config_path)
+        master = self.live.master(procs)
         started = parse_docker_time(self.live.started_at)
         older = None if info is None or info.mtime is None or started is None else info.mtime <= started
         return loaded_now(state, master, sha(info.content) if info else None, older)
@@ -227,14 +229,18 @@ class Deployer:
             self.check_included()
         self._checked = True
 
-    def precheck(self, rendered: str) -> None:
-        """Test `rendered` with the target's own nginx without installing it (a fleet tests every target
-        before changing any). Raises ConfigRejected, UsageError, EnvironmentProblem."""
+    def running(self) -> Processes:
+        """nginx's processes in the target. Raises EnvironmentProblem when no master runs (nothing to change)."""
         procs = self.live.processes()
         if procs.master is None:
             raise EnvironmentProblem(f"no nginx master process runs in {self.live.name}",
                                      "start nginx in it (is the container's command nginx?); nothing was written")
-        self.check_target_file(procs.master)
+        return procs
+
+    def precheck(self, rendered: str) -> None:
+        """Test `rendered` with the target's own nginx without installing it (a fleet tests every target
+        before changing any). Raises ConfigRejected, UsageError, EnvironmentProblem."""
+        self.check_target_file(self.running().master)
         if self.stream_only:
             return  # an included file cannot be tested alone: apply tests it in place, restoring on failure
         directory = self.config_path.rsplit("/", 1)[0]
@@ -281,18 +287,16 @@ class Deployer:
             return self._apply_locked(rendered, reload=reload)
 
     def _plan(self, rendered: str, *, reload: bool, dry_run: bool) -> tuple[Outcome, str | None, State]:
-        deployed = self.deployed()
+        info = self.live.stat_file(self.config_path)
+        deployed = info.content.decode() if info is not None else None
         state = self.history.state()
-        loaded = self.loaded(state)
+        procs = self.running()
+        loaded = self.loaded(state, info, procs)
         diff = unified_diff(deployed, rendered, f"{self.live.name}:{self.config_path}", "rendered")
         outcome = Outcome(self.live.name, deployed != rendered, False, diff,
                           sha(deployed) if deployed is not None else None, sha(rendered), loaded)
         if dry_run and reload:
             outcome.preview = self.preview(deployed)
-        procs = self.live.processes()
-        if procs.master is None:
-            raise EnvironmentProblem(f"no nginx master process runs in {self.live.name}",
-                                     "start nginx in it (is the container's command nginx?); nothing was written")
         if outcome.changed or outcome.loaded_before != outcome.new_hash:
             self.check_target_file(procs.master)
         return outcome, deployed, state

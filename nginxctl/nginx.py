@@ -10,6 +10,7 @@ never a traceback. What nginx prints is parsed in `nginxtext` (pure).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -551,8 +552,6 @@ class TargetLock:
     @property
     def name(self) -> str:
         # by the target's name, not its id: a container recreated under the same name is the same target
-        import hashlib
-
         return f"nginxctl-{self.kind}-{hashlib.sha256(self.live.name.encode()).hexdigest()[:12]}"
 
     def __enter__(self) -> TargetLock:

@@ -15,7 +15,6 @@ import os
 import queue
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -510,9 +509,3 @@ class Controller:
         for source in ("docker", "etcd"):
             self.metrics.skipped.labels(source).set(counts.get(source, 0))
 
-
-def watch(options: WatchOptions, *, connect: Connect, log: DecisionLog, metrics: Metrics,
-          ready: threading.Event | None = None) -> int:
-    """Run the controller until SIGTERM/SIGINT. Raises InventoryError, EnvironmentProblem, LockBusy at start."""
-    controller = Controller(options, connect=connect, log=log, metrics=metrics)
-    return controller.run()

@@ -190,8 +190,7 @@ class DockerSource:
                 if self.stopping.is_set():
                     return
                 raise ConnectionError("the Docker event stream ended")
-            except (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError,
-                    OSError, Exception) as exc:
+            except Exception as exc:  # noqa: BLE001 (the engine gone, a broken stream, anything: keep the last)
                 if self.stopping.is_set():
                     return
                 self.last = replace(self.last, stale=True, error=f"Docker: {str(exc).splitlines()[0][:200]}")
