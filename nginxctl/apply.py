@@ -197,10 +197,23 @@ class Deployer:
         was already read (the state, the config file, the processes) to read it once."""
         state = state or self.history.state()
         info = info or self.live.stat_file(self.config_path)
+        procs = procs or self.live.processes()
         master = self.live.master(procs)
         started = parse_docker_time(self.live.started_at)
         older = None if info is None or info.mtime is None or started is None else info.mtime <= started
-        return loaded_now(state, master, sha(info.content) if info else None, older)
+        return loaded_now(state, master, sha(info.content) if info else None, older, procs.worker_pids)
+
+    def loaded_config(self) -> tuple[str | None, str | None]:
+        """(hash, text) of the config nginx runs: the text when the installed file or a history entry holds
+        it, else None (the hash too when what runs is unknown)."""
+        info = self.live.stat_file(self.config_path)
+        loaded = self.loaded(info=info)
+        if loaded is None:
+            return None, None
+        if info is not None and sha(info.content) == loaded:
+            return loaded, info.content.decode(errors="replace")
+        entry = next((e for e in self.history.entries() if e.hash == loaded), None)
+        return loaded, self.history.read(entry) if entry is not None else None
 
     def diff(self, rendered: str) -> str:
         return unified_diff(self.deployed(), rendered, f"{self.live.name}:{self.config_path}", "rendered")
@@ -355,8 +368,10 @@ class Deployer:
                 raise ApplyFailure(failure.reason, failure.details, self.live.name) from None
             self._restore(deployed, failure, base)
         self.journal.did("reloaded and verified: nginx runs the new config")
+        assert outcome.reload is not None
         history.write({**history.record(rendered, entries),
-                       **history.state_file(State(Phase.DONE, new, previous, new, self.live.master()))})
+                       **history.state_file(State(Phase.DONE, new, previous, new, self.live.master(),
+                                                  tuple(sorted(outcome.reload.new_workers))))})
         outcome.reloaded = True
         return outcome
 
@@ -374,14 +389,14 @@ class Deployer:
         self._settle(failure)
         self.live.install_file(self.config_path, previous)
         try:
-            reload_and_verify(self.live, previous, self.config_path, error_log_of(previous))
+            restored = reload_and_verify(self.live, previous, self.config_path, error_log_of(previous))
         except (ReloadFailed, EnvironmentProblem) as again:
             reason = again.reason if isinstance(again, ReloadFailed) else str(again)
             self.history.write(self.history.state_file(base.with_(phase=Phase.RESTORE_FAILED, hash=sha(previous),
                                                                   loaded=None)))
             raise RestoreFailed(failure.reason, [*failure.details, f"restoring: {reason}"], self.live.name) from None
         self.history.write(self.history.state_file(State(Phase.DONE, sha(previous), sha(previous), sha(previous),
-                                                         self.live.master())))
+                                                         self.live.master(), tuple(sorted(restored.new_workers)))))
         raise ApplyFailure(failure.reason, failure.details, self.live.name)
 
     def _settle(self, failure: ReloadFailed) -> None:

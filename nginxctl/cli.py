@@ -19,7 +19,16 @@ import typer
 from rich.console import Console
 
 from . import __version__, workflows
-from .errors import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_REJECTED, NginxctlError, UsageError
+from . import status as status_mod
+from .errors import (
+    EXIT_CODES,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_REJECTED,
+    NginxctlError,
+    UsageError,
+)
 
 app = typer.Typer(
     name="nginxctl", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
@@ -68,6 +77,8 @@ TargetsOpt = Annotated[Optional[str], typer.Option(
     "--targets", help="With a fleet (targets: in the inventory): only these, e.g. lb1,lb2.")]
 GroupArg = Annotated[str, typer.Argument(help="The upstream group.")]
 ServerArg = Annotated[str, typer.Argument(help="The server's address as in the inventory, e.g. 10.0.0.5:6666.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Change the target even while `nginxctl watch` controls it "
+                     "(the watch logs it as drift and puts its config back at its next resync).")]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -277,17 +288,18 @@ def apply(
     lock_timeout: LockTimeoutOpt = "30s",  # type: ignore[assignment]
     templates: TemplatesOpt = None,
     targets: TargetsOpt = None,
+    force: ForceOpt = False,
     fmt: FormatOpt = Format.text,
     quiet: QuietOpt = False,
 ) -> None:
     """Render, diff, test, install and (with --reload) reload and verify, restoring on failure. With a fleet
     (targets: in the inventory): test on every target first, then change one at a time, putting the
-    changed ones back when one fails."""
+    changed ones back when one fails. Refused (exit 3) while `nginxctl watch` controls the target."""
     report = workflows.apply_inventory(
         _inventory(inventory), connect=_connect, container=container, reload=reload, dry_run=dry_run,
         stream_only=stream_only, config_path=config_path, max_generations=max_generations,
         wait=timeout if wait else None, lock_wait=lock_timeout, templates=templates, targets=_names(targets),
-        progress=_progress(quiet or fmt is Format.json))
+        force=force, progress=_progress(quiet or fmt is Format.json))
     if fmt is Format.json:
         _json_ok(report.to_dict())
         return
@@ -308,7 +320,7 @@ def diff(
 ) -> None:
     """Show what apply would change. Exit 0: nginx runs the inventory's config; 1: the file differs, or nginx
     has not loaded it yet (a reload is pending)."""
-    report = workflows.diff_inventory(_inventory(inventory), connect=_connect, container=container,
+    report = status_mod.diff_inventory(_inventory(inventory), connect=_connect, container=container,
                                       stream_only=stream_only, config_path=config_path, templates=templates,
                                       targets=_names(targets))
     code = EXIT_REJECTED if report.differs else 0
@@ -331,15 +343,20 @@ def status(
     targets: TargetsOpt = None,
     fmt: FormatOpt = Format.text,
 ) -> None:
-    """nginx version, processes, lingering generations, deployed vs loaded vs inventory config, drift.
-    With --container and no inventory: what the target runs."""
-    report = workflows.target_status(workflows.optional_inventory(inventory, container), connect=_connect,
-                                     container=container, stream_only=stream_only, config_path=config_path,
-                                     templates=templates, targets=_names(targets))
+    """What nginx runs: version, processes, lingering generations, the loaded config's servers and their
+    states (why a server is down), and what is wanted but not running yet (pending, drift). With --container
+    and no inventory: what the target runs. Exit 3 when a target of a fleet cannot be reached (the others
+    are reported)."""
+    report = status_mod.target_status(workflows.optional_inventory(inventory, container), connect=_connect,
+                                      container=container, stream_only=stream_only, config_path=config_path,
+                                      templates=templates, targets=_names(targets))
+    code = EXIT_ENVIRONMENT if getattr(report, "unreachable", None) else 0
     if fmt is Format.json:
-        _json_ok(report.to_dict())
-        return
-    _lines(report.lines())
+        _json_ok(report.to_dict(), code)
+    else:
+        _lines(report.lines())
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -371,13 +388,15 @@ def rollback(
     config_path: ConfigPathOpt = None,
     lock_timeout: LockTimeoutOpt = "30s",  # type: ignore[assignment]
     targets: TargetsOpt = None,
+    force: ForceOpt = False,
     fmt: FormatOpt = Format.text,
     quiet: QuietOpt = False,
 ) -> None:
-    """Re-apply an earlier config from the target's history: tested, reloaded, verified."""
+    """Re-apply an earlier config from the target's history: tested, reloaded, verified. Refused (exit 3)
+    while `nginxctl watch` controls the target."""
     report = workflows.rollback(workflows.optional_inventory(inventory, container), connect=_connect,
                                 container=container, to=to, config_path=config_path, lock_wait=lock_timeout,
-                                targets=_names(targets), progress=_progress(quiet or fmt is Format.json))
+                                targets=_names(targets), force=force, progress=_progress(quiet or fmt is Format.json))
     if fmt is Format.json:
         _json_ok(report.to_dict())
         return
@@ -473,6 +492,8 @@ def watch(
                           "json.")] = LogFormat.text,
     templates: TemplatesOpt = None,
     targets: TargetsOpt = None,
+    resync: Annotated[float, typer.Option("--resync", parser=_duration, help="Re-read what the target has loaded "
+                      "this often and correct any drift (a hand edit, a forced apply).")] = "30s",  # type: ignore[assignment]
 ) -> None:
     """Keep the target running the inventory and the discovered backends (Docker labels, etcd keys):
     reconcile on every change, coalesced, through the same apply as `nginxctl apply --reload`. Stops
@@ -493,7 +514,7 @@ def watch(
         except OSError as exc:
             raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
     options = WatchOptions(_inventory(inventory), container, quiet_period, max_wait, max_generations, templates,
-                           _names(targets))
+                           _names(targets), resync)
     controller = Controller(options, connect=_connect, log=DecisionLog(log_format.value), metrics=registry)
     try:
         code = controller.run()

@@ -129,6 +129,20 @@ class LockBusy(EnvironmentProblem):
         super().__init__(message)
 
 
+class WatchOwnsTarget(EnvironmentProblem):
+    """A running `nginxctl watch` controls the target: other commands do not change it behind its back."""
+
+    def __init__(self, target: str, watch: str, resync: float | None) -> None:
+        self.target = target
+        self.watch = watch
+        again = f"within {resync:g}s" if resync else "at its next resync"
+        super().__init__(f"{target} is controlled by nginxctl watch ({watch}); nothing changed",
+                         "change what the watch applies instead: edit its inventory (`down: true` to drain a "
+                         "server) and it reloads, verified, on its own; or stop the watch. --force (apply, "
+                         f"rollback) changes the target anyway: the watch sees the drift and puts its config back "
+                         f"{again}")
+
+
 @dataclass
 class NginxOutput:
     """What an nginx command run in a container returned."""

@@ -69,14 +69,17 @@ class State:
     previous: str | None = None    # the file before it
     loaded: str | None = None      # last verified as loaded by nginx
     master: Master | None = None   # ...by this master
+    workers: tuple[int, ...] | None = None   # ...whose workers were these (a reload by hand replaces them)
 
     @classmethod
     def parse(cls, raw: bytes | None) -> State:
         try:
             data = json.loads(raw) if raw else {}
             master = data.get("master")
+            workers = data.get("workers")
             return cls(Phase(data.get("phase", "done")), data.get("hash"), data.get("previous"),
-                       data.get("loaded"), Master(int(master["pid"]), str(master["started"])) if master else None)
+                       data.get("loaded"), Master(int(master["pid"]), str(master["started"])) if master else None,
+                       tuple(int(w) for w in workers) if isinstance(workers, list) else None)
         except (ValueError, KeyError, TypeError, AttributeError):
             return cls()
 
@@ -89,15 +92,20 @@ class State:
         return State(**{**self.__dict__, **changes})
 
 
-def loaded_now(state: State, master: Master | None, file_hash: str | None, file_older_than_master: bool | None) -> \
-        str | None:
+def loaded_now(state: State, master: Master | None, file_hash: str | None, file_older_than_master: bool | None,
+               workers: set[int] | None = None) -> str | None:
     """The hash of the config nginx runs, as far as it can be known (None: unknown).
 
-    The recorded one while the master that loaded it still runs; after a restart, the file on disk
-    when it is older than the new master (nginx read it at start), else unknown."""
+    The recorded one while the master that loaded it still runs and (when recorded) its workers still
+    serve; when none of them does, nginx was reloaded by something else: it re-read the file, so the
+    recorded config is loaded only if the file still is it, and what runs is unknown otherwise (the file
+    may have been written after that reload). After a restart, the file on disk when it is older than the
+    new master (nginx read it at start), else unknown."""
     if master is None:
         return None
     if state.master == master:
+        if state.workers and workers is not None and not set(state.workers) & workers:
+            return state.loaded if file_hash == state.loaded else None
         return state.loaded
     if file_hash is not None and file_older_than_master:
         return file_hash

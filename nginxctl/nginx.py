@@ -588,6 +588,15 @@ class TargetLock:
             self.progress(f"waiting for the lock on {self.live.name} ({describe_holder(holder.labels)})")
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())) or 0.05)
 
+    @classmethod
+    def holder_of(cls, client: docker.DockerClient, live: LiveNginx, kind: str = "watch") -> dict[str, str] | None:
+        """The labels of the live holder of this target's `kind` lock (None: nobody holds it, or the holder is
+        gone). Raises EnvironmentProblem."""
+        lock = cls(client, live, kind=kind)
+        with _engine(f"cannot read the {kind} lock of {live.name}"):
+            holder = lock._holder()
+        return None if holder is None or cls._stale(holder) else dict(holder.labels)
+
     def _holder(self) -> Container | None:
         try:
             return self.client.containers.get(self.name)

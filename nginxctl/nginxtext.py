@@ -232,3 +232,40 @@ def hosts_lookup(hosts_file: str, name: str) -> set[str]:
         if len(fields) >= 2 and name.lower() in (f.lower() for f in fields[1:]):
             found.add(fields[0])
     return found
+
+
+@dataclass(frozen=True)
+class UpstreamServer:
+    """One `server` line of an `upstream {}` block as nginx reads it."""
+
+    address: str
+    params: tuple[str, ...] = ()
+
+    @property
+    def state(self) -> str:
+        """up, down or backup: what nginx does with it (`down` wins over `backup`)."""
+        return "down" if "down" in self.params else "backup" if "backup" in self.params else "up"
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The parameters other than down/backup (weight, max_fails...): a change of these is a change."""
+        return tuple(p for p in self.params if p not in ("down", "backup"))
+
+
+_COMMENT = re.compile(r"#[^\n]*")
+_UPSTREAM = re.compile(r"\bupstream\s+([^\s{;]+)\s*\{([^}]*)\}", re.S)
+
+
+def parse_upstreams(config: str) -> dict[str, list[UpstreamServer]]:
+    """The `upstream NAME { server ADDR PARAMS; }` blocks of a config, in order: what nginx balances over.
+    Comments are ignored; an upstream block holds no nested blocks in the stream module."""
+    text = _COMMENT.sub("", config)
+    out: dict[str, list[UpstreamServer]] = {}
+    for m in _UPSTREAM.finditer(text):
+        servers = []
+        for statement in m.group(2).split(";"):
+            words = statement.split()
+            if len(words) >= 2 and words[0] == "server":
+                servers.append(UpstreamServer(words[1], tuple(words[2:])))
+        out[m.group(1)] = servers
+    return out

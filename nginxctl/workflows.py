@@ -36,10 +36,9 @@ from .errors import (
     UsageError,
 )
 from .fleet import Member
-from .history import sha
 from .inventory import Inventory, Target, parse_inventory
-from .nginxtext import Build, parse_version, shutdown_timeout_of
-from .observe import reload_state, server_connections
+from .nginxtext import Build
+from .observe import server_connections
 
 Progress = Callable[[str], None]
 Connect = Callable[[str | None], docker.DockerClient]
@@ -103,6 +102,7 @@ class Opened:
     path: Path | None
     client: docker.DockerClient
     notes: list[str] = field(default_factory=list)   # what discovery saw (one snapshot)
+    unknown_groups: set[str] = field(default_factory=set)   # discovering groups whose source was not reachable
 
     def __enter__(self) -> Opened:
         return self
@@ -123,8 +123,11 @@ def open_engine(path: Path | None, connect: Connect, container: str | None = Non
     client = connect(first.target.docker_host)
     try:
         inv = parse_inventory(text, str(path), machine=nginx.engine_machine(client))
+        discovering = {g.name: g.discover for g in inv.upstreams if g.discover}
         inv, notes = with_discovered(inv, connect, strict)
-        return Opened(inv, path, client, notes)
+        unreachable = {source for source in set(discovering.values())
+                       if any(n.startswith(f"discover: {source}: not reachable") for n in notes)}
+        return Opened(inv, path, client, notes, {g for g, source in discovering.items() if source in unreachable})
     except BaseException:
         client.close()
         raise
@@ -432,11 +435,13 @@ class FleetReport:
 def apply_inventory(path: Path, *, connect: Connect, container: str | None = None, reload: bool = False,
                     dry_run: bool = False, stream_only: bool | None = None, config_path: str | None = None,
                     max_generations: int | None = 3, wait: float | None = None, lock_wait: float = 30.0,
-                    templates: Path | None = None, targets: list[str] | None = None,
+                    templates: Path | None = None, targets: list[str] | None = None, force: bool = False,
                     progress: Progress = _quiet) -> ApplyReport | FleetReport:
     """Render, diff, test with the target's nginx, keep history, install, and with `reload` reload and verify,
-    restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, and Interrupted."""
+    restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, Interrupted, and
+    WatchOwnsTarget (a watch controls a target; `force` changes it anyway)."""
     from .fleet import rollout
+    from .owner import check_owner
 
     with open_engine(path, connect, container, strict=not dry_run) as opened:
         inv = opened.inventory
@@ -444,12 +449,15 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         members = open_members(opened, container, targets, connect, stream_only=stream_only,
                                config_path=config_path, progress=progress, max_generations=max_generations,
                                wait_generations=wait, lock_wait=lock_wait)
+        forced = [] if dry_run else check_owner(members, force=force)
+        for note in forced:
+            progress(note)
         rendered = {m.name: render_for(inv, m.deployer, templates, path.parent) for m in members}
         journal = members[0].deployer.journal
         journal.plan("install the new config", "reload and verify")
         with _reporting(inv, rendered[members[0].name], journal):
             result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress)
-        notes = list(inv.nginx.notes) + opened.notes
+        notes = list(inv.nginx.notes) + opened.notes + forced
         if any(m.deployer.stream_only for m in members) and inv.positions is not None and any(
                 key[:1] == ("nginx",) for key in inv.positions.keys):
             notes.append("nginx: settings are not deployed with --stream-only (only the stream {} block is): set "
@@ -461,64 +469,12 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
 
 
 @dataclass
-class DiffReport:
-    target: str
-    diff: str
-    deployed: str | None
-    rendered: str
-    loaded: str | None
-
-    @property
-    def pending(self) -> bool:
-        """The installed file is not what nginx runs: a reload would change what runs."""
-        return self.loaded != self.deployed
-
-    @property
-    def differs(self) -> bool:
-        """nginx does not run the inventory's config: the file differs, or it is not loaded yet."""
-        return bool(self.diff) or self.loaded != self.rendered
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {"target": self.target, "differs": self.differs, "diff": self.diff, "deployed_sha256": self.deployed,
-                "inventory_config_sha256": self.rendered, "loaded": self.loaded, "reload_pending": self.pending}
-        if self.differs:
-            what = "the deployed file differs from the inventory" if self.diff else \
-                "the file matches the inventory but nginx has not loaded it"
-            data["errors"] = [{"type": "Differences", "message": what}]
-        return data
-
-    def lines(self) -> list[str]:
-        if self.diff or self.loaded == self.rendered:
-            return []
-        loaded = f"sha256:{self.loaded[:12]}" if self.loaded else "an unknown config"
-        return [f"# {self.target}: the file matches the inventory, but nginx runs {loaded}: a reload is pending "
-                "(nginxctl apply --reload)"]
-
-
-def diff_inventory(path: Path, *, connect: Connect, container: str | None = None, stream_only: bool | None = None,
-                   config_path: str | None = None, templates: Path | None = None,
-                   targets: list[str] | None = None) -> DiffReport | Many:
-    """What apply would change, against both the file and what nginx has loaded (per target of a fleet)."""
-    with open_engine(path, connect, container) as opened:
-        assert opened.inventory is not None
-        reports = []
-        members = open_members(opened, container, targets, connect, stream_only=stream_only, config_path=config_path)
-        for m in members:
-            rendered = render_for(_with_health(opened.inventory, _health_report(m.deployer, opened.inventory)),
-                                  m.deployer, templates, path.parent)
-            deployed = m.deployer.deployed()
-            reports.append(DiffReport(m.deployer.live.name, m.deployer.diff(rendered),
-                                      sha(deployed) if deployed is not None else None, sha(rendered),
-                                      m.deployer.loaded()))
-        return _one_or_many(opened, members, reports)
-
-
-@dataclass
 class Many:
     """A command's reports for each target of a fleet."""
 
     names: list[str]
     reports: list[Any]
+    unreachable: dict[str, str] = field(default_factory=dict)   # targets not reached: why (read-only commands)
 
     @property
     def differs(self) -> bool:
@@ -533,7 +489,12 @@ class Many:
         for name, report in zip(self.names, self.reports, strict=True):
             data = report.to_dict()
             items.append({"name": name, **(data if isinstance(data, dict) else {"entries": data})})
-        return {"targets": items}
+        items += [{"name": name, "reachable": False, "error": why} for name, why in self.unreachable.items()]
+        out: dict[str, Any] = {"targets": items}
+        if self.unreachable:
+            out["errors"] = [{"type": "EnvironmentProblem", "message": f"{name} cannot be reached: {why}"}
+                             for name, why in self.unreachable.items()]
+        return out
 
     def lines(self, with_diffs: bool = False) -> list[str]:
         """Each target's lines under its name (`with_diffs`: its diff too, under the same header)."""
@@ -544,6 +505,8 @@ class Many:
             if with_diffs and diff:
                 out += diff.rstrip("\n").split("\n")
             out += report.lines()
+        for name, why in self.unreachable.items():
+            out += [f"== {name}", f"unreachable: {why}"]
         return out
 
 
@@ -551,132 +514,6 @@ def _one_or_many(opened: Opened, members: list[Member], reports: list[Any]) -> A
     if len(members) == 1 and (opened.inventory is None or not opened.inventory.targets):
         return reports[0]
     return Many([m.name for m in members], reports)
-
-
-@dataclass
-class StatusReport:
-    data: dict[str, Any]
-    summary: list[str]
-    inventory: Inventory | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
-
-    def lines(self) -> list[str]:
-        d = self.data
-        out = [f"container   {d['container']}  nginx {d['nginx_version']}",
-               f"master      {d['master_pid']}  workers {', '.join(map(str, d['worker_pids'])) or '-'}"]
-        out += [f"            {line}" for line in self.summary]
-        dep, loaded = d["deployed_sha256"], d["loaded"]
-        out.append(f"deployed    {dep[:12] if dep else 'none'}  {d['config_path']}")
-        out.append(f"loaded      {loaded[:12] if loaded else 'unknown'}"
-                   + ("  (the installed file is not loaded yet: nginxctl apply --reload)"
-                      if loaded != dep and dep else ""))
-        if self.inventory is not None:
-            out.append(f"inventory   {str(d['inventory_config_sha256'])[:12]}  {d['inventory_path']}")
-            out.append(f"drift       {'yes (nginxctl diff shows it)' if d['drift'] else 'no'}")
-            out.append(f"reload      {'pending' if d['reload_pending'] else 'not pending'}")
-        health = d.get("health") or {}
-        if health and health.get("stale"):
-            out.append(f"health      as last published by watch (pid {health.get('watch_pid')}), which no longer "
-                       "runs: nothing checks the servers now")
-        for row in health.get("servers", []):
-            if row.get("state") == "down":
-                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["since"])) if row.get("since") else "?"
-                rendered = "rendered down" if row.get("rendered_down") else "kept in (every primary fails)"
-                out.append(f"health      {row['group']}/{row['address']} down since {since}: {row.get('last_error')}"
-                           f" ({rendered})")
-        if health and not any(r.get("state") == "down" for r in health.get("servers", [])):
-            out.append(f"health      {len(health.get('servers', []))} server(s) checked by watch (pid "
-                       f"{health.get('watch_pid')}), all passing")
-        if d["last_apply"] not in ("done", "none") and d["reload_pending"]:
-            out.append(f"last apply  unfinished ({d['last_apply']}): the next apply --reload completes it")
-        for g in d.get("groups", []):
-            out.append(f"\n{g['name']}  {g['protocol']} {' '.join(g['listen'])}  {g['balance']}")
-            out += [f"  {s['address']}  {' '.join(s['flags'])}".rstrip() for s in g["servers"]]
-        return out
-
-
-def _health_report(deployer: Deployer, inv: Inventory | None) -> dict[str, Any] | None:
-    """What `nginxctl watch` last published about its health checks of this target (None: never ran),
-    marked `stale` when that watch no longer runs, and limited to the inventory's groups."""
-    import json
-    import socket
-
-    raw = deployer.live.read_file(f"{deployer.history.dir}/health.json")
-    try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    alive = False
-    if data.get("watch_host") == socket.gethostname() and not data.get("stopped"):
-        try:
-            os.kill(int(data.get("watch_pid") or 0), 0)
-            alive = True
-        except (OSError, ValueError):
-            alive = False
-    data["stale"] = not alive
-    if inv is not None:
-        groups = {g.name for g in inv.upstreams}
-        data["servers"] = [r for r in data.get("servers", []) if r.get("group") in groups]
-    return data
-
-
-def _with_health(inv: Inventory, health: dict[str, Any] | None) -> Inventory:
-    """The inventory as a running watch renders it: the servers its health checks took out are down."""
-    from dataclasses import replace
-
-    if not health or health.get("stale"):
-        return inv
-    down = {(r["group"], r["address"]) for r in health.get("servers", []) if r.get("rendered_down")}
-    if not down:
-        return inv
-    groups = tuple(replace(g, servers=tuple(replace(s, down=True) if (g.name, s.address.text) in down else s
-                                            for s in g.servers)) for g in inv.upstreams)
-    return replace(inv, upstreams=groups)
-
-
-def target_status(path: Path | None, *, connect: Connect, container: str | None = None,
-                  stream_only: bool | None = None, config_path: str | None = None,
-                  templates: Path | None = None, targets: list[str] | None = None) -> StatusReport | Many:
-    """nginx version, processes, lingering generations, deployed vs loaded vs inventory (per target of a
-    fleet). Without an inventory (`path` None), what the target runs."""
-    with open_engine(path, connect, container) as opened:
-        members = open_members(opened, container, targets, connect, stream_only=stream_only, config_path=config_path)
-        return _one_or_many(opened, members, [_status(opened, m.deployer, templates) for m in members])
-
-
-def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> StatusReport:
-    inv = opened.inventory
-    live = deployer.live
-    deployed = deployer.deployed()
-    state = reload_state(live, shutdown_timeout_of(deployed))
-    loaded = deployer.loaded()
-    data: dict[str, Any] = {
-        "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
-        "master_pid": state.processes.master.pid if state.processes.master else None,
-        "worker_pids": sorted(state.processes.worker_pids), **state.to_dict(),
-        "config_path": deployer.config_path,
-        "deployed_sha256": sha(deployed) if deployed is not None else None,
-        "loaded": loaded, "last_apply": deployer.history.last_phase(),
-        "health": _health_report(deployer, inv)}
-    if inv is not None:
-        rendered = render_for(_with_health(inv, data["health"]), deployer, templates,
-                              opened.path.parent if opened.path else None)
-        data.update({"inventory_path": str(opened.path), "inventory_config_sha256": sha(rendered),
-                     "inventory_sha256": inv.digest,
-                     "drift": deployed != rendered,
-                     "reload_pending": deployed is not None and loaded != sha(deployed),
-                     "groups": [{"name": g.name, "protocol": g.protocol, "balance": g.balance,
-                                 "listen": [a.text for a in g.listen],
-                                 "servers": [{"address": s.address.text, "flags": s.params} for s in g.servers]}
-                                for g in inv.upstreams]})
-    else:
-        data.update({"inventory_config_sha256": None, "inventory_sha256": None, "drift": None,
-                     "reload_pending": deployed is not None and loaded != sha(deployed)})
-    return StatusReport(data, state.summary(), inv)
 
 
 @dataclass
@@ -729,12 +566,17 @@ class RollbackReport:
 
 def rollback(path: Path | None, *, connect: Connect, container: str | None = None, to: int | None = None,
              config_path: str | None = None, lock_wait: float = 30.0, targets: list[str] | None = None,
-             progress: Progress = _quiet) -> RollbackReport | Many:
+             force: bool = False, progress: Progress = _quiet) -> RollbackReport | Many:
     """Re-apply an earlier config from the target's history: tested, reloaded, verified; for a fleet, each
-    target to its own earlier config, one at a time, stopping at the first that fails."""
+    target to its own earlier config, one at a time, stopping at the first that fails. Raises WatchOwnsTarget
+    when a watch controls a target (`force`: roll back anyway; the watch corrects it at its next resync)."""
+    from .owner import check_owner
+
     with open_engine(path, connect, container) as opened:
         members = open_members(opened, container, targets, connect, config_path=config_path, progress=progress,
                                lock_wait=lock_wait)
+        for note in check_owner(members, force=force):
+            progress(note)
         if to is not None and len(members) > 1:
             raise UsageError("--to names one target's history entry: add --targets NAME (or --container)")
         reports = []
@@ -815,6 +657,9 @@ def _change_server(path: Path, original: str, edit: Any, client: docker.DockerCl
     for note in notes:
         progress(note)
     deployer = open_target(Opened(inv, path, client), container, progress=progress, lock_wait=lock_wait)
+    from .owner import check_owner
+
+    check_owner([Member(deployer.live.name, deployer)])  # before the inventory is edited
     flag = "`down: true` written" if down else "`down` removed"
     deployer.journal.plan(f"{flag} in {path}", "install the new config", "reload and verify")
     rendered = render_for(inv, deployer, templates, path.parent)
@@ -839,6 +684,10 @@ def _change_server(path: Path, original: str, edit: Any, client: docker.DockerCl
                 write_atomic(path, original, expect=edit.text)
                 progress(f"{path} restored")
             raise
+    from .published import Published
+
+    # recorded so that `status` says a drained server is down for `drain`, not for the inventory
+    Published(deployer.live, deployer.history.base).set_drained(group, edit.address, down)
     report = DrainReport(deployer.live.name, group, edit.address, down, edit.changed, outcome)
     return report, deployer
 

@@ -187,7 +187,10 @@ def test_status_reports_versions_processes_and_drift(lb, backends):
     assert version[0].isdigit() and st["nginx_version"] == version and st["drift"] is False
     assert st["master_pid"] and len(st["worker_pids"]) == 2
     assert st["deployed_sha256"] == st["inventory_config_sha256"]
-    assert st["groups"][0]["servers"][1] == {"address": "127.0.0.1:1", "flags": ["backup"]}
+    # the servers of the config nginx runs, each with its state there
+    assert st["groups"][0]["servers"][1] == {"address": "127.0.0.1:1", "flags": ["backup"], "state": "backup",
+                                             "reason": None}
+    assert st["pending"] == {"added": [], "removed": [], "changed": [], "config": False}
     text = cli("status", "-i", str(lb.inventory))
     assert text.returncode == 0 and "drift       no" in text.stdout
 
@@ -341,7 +344,9 @@ def test_apply_without_reload_leaves_a_reload_pending_that_diff_and_status_repor
     expected = f"# {lb.name}: the file matches the inventory, but nginx runs sha256:{sha(first)[:12]}"
     assert diff.stdout.startswith(expected)
     status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
-    assert status["drift"] is False and status["reload_pending"] is True and status["loaded"] == sha(first)
+    # nginx still runs A: what the inventory wants is pending (drift), and the installed file awaits a reload
+    assert status["drift"] is True and status["reload_pending"] is True and status["loaded"] == sha(first)
+    assert status["pending"]["added"] and status["pending"]["removed"]
     assert who(port) == "A"
     assert apply(lb).returncode == 0
     assert cli("diff", "-i", str(lb.inventory)).returncode == 0

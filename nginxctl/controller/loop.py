@@ -11,13 +11,14 @@ target or the engine gone, a reload that did not take) stays pending and is retr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,16 +40,20 @@ from ..fleet import FleetFailure, Member, fleet_targets, open_fleet, rollout
 from ..history import sha
 from ..inventory import Inventory
 from ..inventory.model import Target
+from ..published import Published, WatchState
+from ..view import pending
 from ..workflows import container_name, read_inventory, render_for
 from .debounce import Debouncer
+from .isolate import culprits
 from .log import DecisionLog
-from .merge import Merged, merge
+from .merge import Merged, candidate_server, merge
 from .metrics import Metrics
 from .sources import DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
 
 Connect = Callable[[str | None], Any]
 GENERATIONS_RETRY = 2.0
 FIRST_SNAPSHOT_WAIT = 5.0
+MAX_ISOLATED_PER_PASS = 16   # discovered servers nginx refuses, found one rejection at a time
 
 
 @dataclass
@@ -60,6 +65,7 @@ class WatchOptions:
     max_generations: int = 3
     templates: Path | None = None
     targets: list[str] | None = None
+    resync: float = 30.0
 
 
 @dataclass
@@ -67,7 +73,6 @@ class Applied:
     """What the loop last verified on the target."""
 
     hash: str | None = None
-    servers: dict[str, set[str]] = field(default_factory=dict)   # group -> server addresses (usable or not)
 
 
 class Controller:
@@ -102,6 +107,14 @@ class Controller:
         self.last_health_apply: float | None = None
         self.health_due: float | None = None
         self.all_failing: set[str] = set()
+        self.isolated: dict[tuple[str, str], str] = {}   # discovered servers nginx refused -> its reason
+        self.resync_at: float | None = None
+        self.held: str | None = None          # why the desired config does not run yet
+        self.held_since: float | None = None
+        self.published: dict[str, tuple[Any, ...]] = {}     # target -> what was last published there
+        self.published_at: dict[str, float] = {}
+        self.last_rendered: dict[str, str] = {}
+        self.last_loaded: dict[str, str | None] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -149,6 +162,13 @@ class Controller:
     def close(self) -> None:
         if self.checker is not None and self.checker.targets:
             self._write_health(stopped=True)
+        for m in self.members or []:  # commands stop deferring to this watch at once
+            if m.name in self.published:
+                now = time.time()
+                state = WatchState(os.getpid(), socket.gethostname(), str(self.options.inventory.resolve()), now,
+                                   self.options.resync, self.published[m.name][0], self.published[m.name][1],
+                                   stopped=now)
+                Published(m.deployer.live, m.deployer.history.base).write(Published.watch_files(state, None))
         for source in self.sources:
             try:
                 source.stop()
@@ -208,6 +228,9 @@ class Controller:
                     self.debounce.change(now)
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
+                elif not self.debounce.pending and (event is not None and event.kind == "resync" or
+                                                    self.resync_at is not None and now >= self.resync_at):
+                    self._reconcile(reason="resync")
         finally:
             self.close()
 
@@ -231,7 +254,8 @@ class Controller:
             self.events.put(event)
 
     def _next_event(self) -> Event | None:
-        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due) if d is not None]
+        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due, self.resync_at)
+                     if d is not None]
         timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
         try:
             return self.events.get(timeout=timeout)
@@ -308,21 +332,16 @@ class Controller:
         self.checker.set_targets(targets)
 
     def _write_health(self, stopped: bool = False) -> None:
-        """Publish health state beside the target's config, for `nginxctl status` (`stopped`: this watch is
+        """Publish health state beside every target's config, for `nginxctl status` (`stopped`: this watch is
         ending, nothing checks any more)."""
-        if self.checker is None or self.deployer is None:
+        if self.checker is None or not self.members:
             return
-        import json
-
         rows = [{"group": g, "address": a, "state": "up" if h.up else "down", "since": h.since,
                  "last_error": h.last_error, "checks": h.checks, "rendered_down": (g, a) in self.down}
                 for (g, a), h in sorted(self.checker.health().items())]
-        try:
-            self.deployer.history.write({".nginxctl/health.json": json.dumps(
-                {"updated": time.time(), "watch_pid": os.getpid(), "watch_host": socket.gethostname(),
-                 "stopped": time.time() if stopped else None, "servers": rows}, indent=1) + "\n"})
-        except NginxctlError:
-            pass
+        files = Published.health_files(rows, stopped=stopped)
+        for m in self.members:
+            Published(m.deployer.live, m.deployer.history.base).write(files)
 
     def _on_check(self, target: Any, ok: bool, error: str | None) -> None:
         self.metrics.health_checks.labels(target.group, target.address, "pass" if ok else "fail").inc()
@@ -396,28 +415,42 @@ class Controller:
             self.log("wait", f"{', '.join(unknown)} not reachable yet: the target keeps what it runs until "
                      "discovery has answered once", retry_in=wait)
             return
-        merged = merge(self.inventory, self.snapshots, self.down)
+        merged = self._merge()
         self._check_targets(merged)
-        self._report_skipped(merged)
-        self.metrics.set_servers(merged.rows)
+        desired: str | None = None
         try:
             if self.members is None:
                 self.members = self._attach()
-            rendered = {m.name: render_for(merged.inventory, m.deployer, self.options.templates,
-                                           self.options.inventory.parent) for m in self.members}
-            desired = sha(rendered[self.members[0].name])
-            if desired == self.failed_desired and self.retry_at is not None and self.clock() < self.retry_at:
-                return  # the same config failed moments ago: wait for its backoff, whatever woke us
-            loaded = {m.name: m.deployer.loaded() for m in self.members}
-            behind = [m for m in self.members if loaded[m.name] != sha(rendered[m.name])]
-            if not behind:
-                self._succeeded(merged, desired, changed=False, reason=reason, began=began)
-                return
-            first = loaded[behind[0].name]
-            self.log("apply", f"applying ({reason}): the desired config differs from the loaded one",
-                     desired=desired[:12], loaded=first[:12] if first else None,
-                     targets=[m.name for m in behind] if len(self.members) > 1 else None)
-            result = rollout(behind, rendered, reload=True, dry_run=False, progress=lambda _: None)
+            for _ in range(MAX_ISOLATED_PER_PASS + 1):
+                rendered = {m.name: render_for(merged.inventory, m.deployer, self.options.templates,
+                                               self.options.inventory.parent) for m in self.members}
+                desired = sha(rendered[self.members[0].name])
+                loaded = {m.name: m.deployer.loaded_config() for m in self.members}
+                before = loaded[self.members[0].name]
+                self.last_rendered, self.last_loaded = rendered, {name: h for name, (h, _) in loaded.items()}
+                if desired == self.failed_desired and self.retry_at is not None and self.clock() < self.retry_at:
+                    self._publish()
+                    return  # the same config failed moments ago: wait for its backoff, whatever woke us
+                behind = [m for m in self.members if loaded[m.name][0] != sha(rendered[m.name])]
+                if not behind:
+                    self._succeeded(merged, rendered, before, changed=False, reason=reason, began=began)
+                    return
+                self._note_drift(behind, {name: h for name, (h, _) in loaded.items()}, reason)
+                self.log("apply", f"applying ({reason}): the desired config differs from the loaded one",
+                         desired=desired[:12], loaded=before[0][:12] if before[0] else None,
+                         targets=[m.name for m in behind] if len(self.members) > 1 else None)
+                try:
+                    result = rollout(behind, rendered, reload=True, dry_run=False, progress=lambda _: None)
+                except ConfigRejected as exc:
+                    if not self._isolate(exc, rendered.get(exc.target or "", rendered[behind[0].name]), merged):
+                        raise
+                    merged = self._merge()
+                    self._check_targets(merged)
+                    continue
+                break
+            else:
+                raise NginxctlError(f"nginx refused more than {MAX_ISOLATED_PER_PASS} discovered servers in one pass; "
+                                    "the last good config keeps running")
             reloaded = any(o.reloaded for _, o in result.outcomes)
         except FleetFailure as exc:
             self.failed_desired = desired
@@ -428,8 +461,10 @@ class Controller:
         except TemplateError as exc:
             self._failed("rejected", f"the templates cannot render: {exc}", retry=False)
         except ConfigRejected as exc:
-            self._failed("rejected", f"nginx rejected the config; the last good config keeps running: {exc}",
-                         retry=False)
+            self.failed_desired = desired
+            located = self._locate(exc, merged)
+            self._failed("rejected", f"nginx rejected the config; the last good config keeps running: "
+                         f"{str(exc).splitlines()[0]}", retry=False, located=located or None)
         except GenerationsLingering as exc:
             self._failed("refused", f"reload deferred: {exc.count} old worker generation(s) linger "
                          f"(--max-generations {exc.limit}); retrying in {GENERATIONS_RETRY:g}s",
@@ -446,35 +481,85 @@ class Controller:
         except NginxctlError as exc:
             self._failed("error", str(exc).splitlines()[0], retry=True)
         else:
-            self._succeeded(merged, desired, changed=reloaded, reason=reason, began=began)
+            self._succeeded(merged, rendered, before, changed=reloaded, reason=reason, began=began)
+        finally:
+            self.resync_at = self.clock() + self.options.resync
 
-    def _succeeded(self, merged: Merged, desired: str, *, changed: bool, reason: str, began: float) -> None:
+    def _merge(self) -> Merged:
+        assert self.inventory is not None
+        # a refused backend is tried again once its source drops it or changes its address
+        present = set()
+        for snapshot in self.snapshots.values():
+            for candidate in snapshot.candidates:
+                with contextlib.suppress(InventoryError, ValueError):
+                    present.add((candidate.group, candidate_server(candidate).address.text))
+        self.isolated = {k: v for k, v in self.isolated.items() if k in present}
+        merged = merge(self.inventory, self.snapshots, self.down, self.isolated)
+        self._report_skipped(merged)
+        self.metrics.set_servers(merged.rows)
+        return merged
+
+    def _isolate(self, exc: ConfigRejected, rendered: str, merged: Merged) -> bool:
+        """Leave out the discovered servers nginx's rejection points at, so the rest of the change applies.
+        False when the rejection is not about a discovered server (the inventory's author must fix it)."""
+        discovered = {key for key, source in merged.sources.items() if source != "static"}
+        found = [c for c in culprits(exc.result.output, rendered, discovered) if (c[0], c[1]) not in self.isolated]
+        for group, address, why in found:
+            self.isolated[(group, address)] = why
+            self.log("skip", f"{merged.sources[(group, address)]} backend {group}/{address} left out: nginx refuses "
+                     f"it ({why}); the rest of the change applies", group=group, server=address,
+                     source=merged.sources[(group, address)], reason=why)
+        return bool(found)
+
+    def _locate(self, exc: ConfigRejected, merged: Merged) -> list[str]:
+        """The inventory lines a rejection comes from (as `apply` says them)."""
+        from ..trace import trace
+
+        try:
+            assert self.members is not None
+            rendered = render_for(merged.inventory, self.members[0].deployer, self.options.templates,
+                                  self.options.inventory.parent)
+            return trace(exc.result.output, rendered, merged.inventory)
+        except NginxctlError:
+            return []
+
+    def _note_drift(self, behind: list[Member], loaded: dict[str, str | None], reason: str) -> None:
+        """Say so when a target runs something this watch did not put there (a forced apply, a rollback, a
+        hand edit): the pass about to run puts the desired config back."""
+        if self.applied.hash is None:
+            return
+        for m in behind:
+            now = loaded[m.name]
+            if now != self.applied.hash:
+                runs = f"sha256:{now[:12]}" if now else "an unknown config"
+                self.log("drift", f"{m.name} runs {runs}, not the config this watch verified "
+                         f"(sha256:{self.applied.hash[:12]}): changed outside the watch (a forced apply, a "
+                         f"rollback, a hand edit); putting the desired config back ({reason})",
+                         target=m.name, loaded=now[:12] if now else None, level="warning")
+
+    def _succeeded(self, merged: Merged, rendered: dict[str, str], before: tuple[str | None, str | None], *,
+                   changed: bool, reason: str, began: float) -> None:
+        """Every target runs `rendered`; `before` is (hash, text) of what the first one ran before this pass."""
+        assert self.members
         now = self.clock()
-        servers: dict[str, set[str]] = {g.name: set() for g in merged.inventory.upstreams}
-        for group, address in merged.sources:
-            servers[group].add(address)
-        if self.applied.hash is None:  # the first pass: everything is new, say how much
-            added: list[str] = []
-            removed: list[str] = []
-        else:
-            added = sorted(f"{g}/{a}" for g, addrs in servers.items()
-                           for a in addrs - self.applied.servers.get(g, set()))
-            removed = sorted(f"{g}/{a}" for g, addrs in self.applied.servers.items()
-                             for a in addrs - servers.get(g, set()))
-        count = sum(len(addrs) for addrs in servers.values())
+        desired = sha(rendered[self.members[0].name])
+        count = len(merged.sources)
+        change = pending(before[1], rendered[self.members[0].name]) if before[1] is not None else None
+        what: dict[str, Any] = {"added": change.added, "removed": change.removed, "changed": change.changed} \
+            if change is not None else {"loaded_before": "unknown"}
         self.metrics.last_success.set(time.time())
         if changed:
             self.metrics.reloads.labels("ok").inc()
             if self.burst_started is not None:
                 self.metrics.change_to_reload.observe(max(0.0, now - self.burst_started))
-            self.log("reload", f"reloaded and verified ({reason})", result="ok", added=added, removed=removed,
+            self.log("reload", f"reloaded and verified ({reason})", result="ok", **what,
                      health_down=self.health_change[0], health_back=self.health_change[1], servers=count,
                      seconds=round(now - began, 3), sha256=desired[:12],
                      since_first_change=None if self.burst_started is None else round(now - self.burst_started, 3))
-        else:
+        elif reason != "resync" or self.applied.hash != desired:
             self.log("in-sync", f"nothing to do: the target runs the desired config ({reason})", sha256=desired[:12],
-                     added=added, removed=removed, servers=count)
-        self.applied = Applied(desired, servers)
+                     servers=count)
+        self.applied = Applied(desired)
         self.failed_desired = None
         self.health_change = ([], [])
         if self.checker is not None and self.checker.targets:
@@ -482,20 +567,59 @@ class Controller:
         self.retry_at = None
         self.failures = 0
         self.burst_started = None
+        self.held = None
+        self.held_since = None
         self.metrics.pending.set(self.debounce.changes)
+        self._publish(rendered, {name: sha(text) for name, text in rendered.items()})
 
-    def _failed(self, result: str, message: str, *, retry: bool, delay: float | None = None) -> None:
+    def _publish(self, rendered: dict[str, str] | None = None, loaded: dict[str, str | None] | None = None) -> None:
+        """Publish on each target what this watch wants and whether it runs, for `status`, `diff` and the
+        one-owner rule; also the heartbeat (at least once per --resync). `rendered`/`loaded` per target, as
+        this pass saw them (None: as the last pass did)."""
+        if rendered is not None:
+            self.last_rendered = rendered
+        if loaded is not None:
+            self.last_loaded = loaded
+        if not self.members or not self.last_rendered:
+            return
+        unreachable = sorted(name for name, snap in self.snapshots.items() if snap.stale)
+        now = time.time()
+        for m in self.members:
+            text = self.last_rendered.get(m.name)
+            if text is None:
+                continue
+            desired = sha(text)
+            key = (desired, self.last_loaded.get(m.name), self.held, tuple(unreachable))
+            if self.published.get(m.name) == key and now - self.published_at.get(m.name, 0.0) < self.options.resync / 2:
+                continue
+            state = WatchState(os.getpid(), socket.gethostname(), str(self.options.inventory.resolve()), now,
+                               self.options.resync, desired, key[1], self.held, self.held_since, unreachable)
+            previous = self.published.get(m.name)
+            Published(m.deployer.live, m.deployer.history.base).write(
+                Published.watch_files(state, text if previous is None or previous[0] != desired else None))
+            self.published[m.name] = key
+            self.published_at[m.name] = now
+
+    def _failed(self, result: str, message: str, *, retry: bool, delay: float | None = None,
+                located: list[str] | None = None) -> None:
+        """The desired config does not run: say why, retry (with backoff) or wait for the next change, and
+        publish it as held, so `status` says what waits and why."""
         self.metrics.reloads.labels(result).inc()
+        extra: dict[str, Any] = {"located": located} if located else {}
         if retry:
             wait = delay if delay is not None else backoff(self.failures)
             self.failures += 1
             self.retry_at = self.clock() + wait
-            self.log("reload", message, result=result, retry_in=wait)
+            self.log("reload", message, result=result, retry_in=wait, **extra)
         else:
             self.retry_at = None
             self.burst_started = None
-            self.log("reload", message, result=result)
-        self.metrics.pending.set(self.debounce.changes + (1 if self.retry_at is not None else 0))
+            self.log("reload", message, result=result, **extra)
+        self.held = message
+        self.held_since = self.held_since or time.time()
+        # the desired config does not run: that is a pending change, retried or not
+        self.metrics.pending.set(max(1, self.debounce.changes))
+        self._publish()
 
     def _report_skipped(self, merged: Merged) -> None:
         counts: dict[str, int] = {}

@@ -53,11 +53,14 @@ def _state(server: Server) -> str:
     return "down" if server.down else "backup" if server.backup else "up"
 
 
-def merge(inv: Inventory, snapshots: dict[str, Snapshot], down: frozenset[tuple[str, str]] = frozenset()) -> Merged:
+def merge(inv: Inventory, snapshots: dict[str, Snapshot], down: frozenset[tuple[str, str]] = frozenset(),
+          isolated: dict[tuple[str, str], str] | None = None) -> Merged:
     """The inventory with each discovering group's backends added from the latest snapshots.
 
     `down` are (group, address) pairs rendered `down` (health checks), for static and discovered servers.
+    `isolated` are discovered (group, address) pairs nginx refused, with its reason: skipped like a bad label.
     """
+    isolated = isolated or {}
     merged = Merged(inv)
     by_group: dict[str, list[Candidate]] = {}
     for snapshot in snapshots.values():
@@ -81,6 +84,11 @@ def merge(inv: Inventory, snapshots: dict[str, Snapshot], down: frozenset[tuple[
                 reason = "; ".join(p.message if not p.path else f"{p.path}: {p.message}" for p in exc.problems) \
                     if isinstance(exc, InventoryError) else str(exc)
                 merged.skipped.append(Skipped(candidate.source, candidate.origin, group.name, reason))
+                continue
+            if (group.name, server.address.text) in isolated:
+                merged.skipped.append(Skipped(candidate.source, candidate.origin, group.name,
+                                              f"nginx refuses {server.address.text}: "
+                                              f"{isolated[(group.name, server.address.text)]}"))
                 continue
             if server.address.text in seen:
                 merged.skipped.append(Skipped(candidate.source, candidate.origin, group.name,

@@ -53,7 +53,7 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Event:
-    """What the loop's queue carries: kind is inventory, snapshot, target or stop."""
+    """What the loop's queue carries: kind is inventory, snapshot, target, resync, health or stop."""
 
     kind: str
     snapshot: Snapshot | None = None
@@ -185,8 +185,11 @@ class DockerSource:
                             "update"):
                         self.last = self.snapshot(client)
                         self.publish(Event("snapshot", self.last))
-                    if self.target and attrs.get("name") in self.target and action in ("start", "restart", "die"):
-                        self.publish(Event("target", detail=f"target container {action}"))
+                    if self.target and attrs.get("name") in self.target:
+                        if action in ("start", "restart", "die"):
+                            self.publish(Event("target", detail=f"target container {action}"))
+                        elif action == "extract-to-dir":  # `docker cp` into it: look at what it runs now
+                            self.publish(Event("resync", detail="files copied into the target container"))
                 if self.stopping.is_set():
                     return
                 raise ConnectionError("the Docker event stream ended")

@@ -1,0 +1,306 @@
+"""`nginxctl status` and `nginxctl diff`: what nginx runs, and what is wanted that it does not run yet.
+
+The servers listed are those of the config nginx has *loaded* (see `view`), never the ones nginxctl would
+render. What is wanted comes from the running watch when one controls the target (its published desired
+config: health decisions and discovered backends included, never drift), else from the inventory and the
+discovery sources this command can reach now (a source it cannot reach is named in `notes`, and the groups
+that discover from it are left out of `pending`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .apply import Deployer
+from .errors import EnvironmentProblem
+from .fleet import Member
+from .history import sha
+from .inventory import Inventory
+from .nginxtext import parse_version, shutdown_timeout_of
+from .observe import reload_state
+from .published import Published, WatchState
+from .view import Pending, ServerView, pending, servers_view
+from .workflows import Connect, Many, Opened, open_engine, open_members, render_for
+
+
+@dataclass
+class Desired:
+    """What the target should run, and who says so."""
+
+    text: str | None
+    by: str                                   # watch | inventory | none
+    watch: WatchState | None = None
+    unknown_groups: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
+    health: dict[str, Any] | None = None
+
+
+def _with_health(inv: Inventory, health: dict[str, Any] | None) -> Inventory:
+    """The inventory as a running watch renders it: the servers its health checks took out are down."""
+    if not health or health.get("stale"):
+        return inv
+    down = {(r["group"], r["address"]) for r in health.get("servers", []) if r.get("rendered_down")}
+    if not down:
+        return inv
+    groups = tuple(replace(g, servers=tuple(replace(s, down=True) if (g.name, s.address.text) in down else s
+                                            for s in g.servers)) for g in inv.upstreams)
+    return replace(inv, upstreams=groups)
+
+
+def desired_config(opened: Opened, deployer: Deployer, templates: Path | None) -> Desired:
+    """What the target should run: the live watch's published desired config, else the inventory rendered
+    with what the sources show now and the published health decisions (when their watch still runs)."""
+    published = Published(deployer.live, deployer.history.base)
+    inv = opened.inventory
+    health = published.health()
+    if health is not None and inv is not None:
+        groups = {g.name for g in inv.upstreams}
+        health["servers"] = [r for r in health.get("servers", []) if r.get("group") in groups]
+    watch = published.live_watch()
+    if watch is not None:
+        text = published.desired(watch)
+        notes = [f"what is wanted is what nginxctl watch ({watch.describe()}) wants"]
+        if watch.unreachable:
+            notes.append(f"the watch cannot reach {', '.join(watch.unreachable)}: it keeps their last backends")
+        if text is not None:
+            return Desired(text, "watch", watch, set(), notes, health)
+        notes.append("the watch has not published its desired config yet: rendering the inventory instead")
+    else:
+        notes = []
+    if inv is None:
+        return Desired(None, "none", watch, set(), notes, health)
+    text = render_for(_with_health(inv, health), deployer, templates, opened.path.parent if opened.path else None)
+    notes += [n for n in opened.notes if ": not reachable" in n]
+    if opened.unknown_groups:
+        notes.append(f"what {', '.join(sorted(opened.unknown_groups))} should run cannot be known now (discovery "
+                     "not reachable): those groups are shown as nginx runs them and left out of pending")
+    return Desired(text, "inventory", watch, set(opened.unknown_groups), notes, health)
+
+
+def _group_rows(views: dict[str, list[ServerView]], inv: Inventory | None) -> list[dict[str, Any]]:
+    meta = {g.name: g for g in inv.upstreams} if inv is not None else {}
+    rows = []
+    for name, servers in views.items():
+        g = meta.get(name)
+        rows.append({"name": name, "protocol": g.protocol if g else None, "balance": g.balance if g else None,
+                     "listen": [a.text for a in g.listen] if g else [],
+                     "servers": [s.to_dict() for s in servers]})
+    return rows
+
+
+@dataclass
+class StatusReport:
+    data: dict[str, Any]
+    summary: list[str]
+    inventory: Inventory | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.data
+
+    def lines(self) -> list[str]:
+        d = self.data
+        out = [f"container   {d['container']}  nginx {d['nginx_version']}",
+               f"master      {d['master_pid']}  workers {', '.join(map(str, d['worker_pids'])) or '-'}"]
+        out += [f"            {line}" for line in self.summary]
+        dep, loaded = d["deployed_sha256"], d["loaded"]
+        out.append(f"deployed    {dep[:12] if dep else 'none'}  {d['config_path']}")
+        out.append(f"loaded      {loaded[:12] if loaded else 'unknown'}"
+                   + ("  (the installed file is not loaded yet: nginxctl apply --reload)"
+                      if d["reload_pending"] else ""))
+        watch = d.get("watch")
+        if watch:
+            held = f"; held back since {_when(watch['held_since'])}: {watch['held']}" if watch.get("held") else ""
+            out.append(f"watch       pid {watch['pid']} on {watch['host']} controls this target "
+                       f"({watch['inventory']}){held}")
+        if d.get("wanted_by") == "inventory":
+            out.append(f"inventory   {str(d['inventory_config_sha256'])[:12]}  {d['inventory_path']}")
+        if d["drift"] is not None:
+            pend = d.get("pending")
+            if pend is None:
+                out.append("drift       yes: nginx runs a config nginxctl cannot identify")
+            else:
+                out.append(f"drift       {'yes: ' + Pending(**pend).summary() + ' pending' if d['drift'] else 'no'}")
+                out += [f"pending     + {item}" for item in pend["added"]]
+                out += [f"pending     - {item}" for item in pend["removed"]]
+                out += [f"pending     ~ {item}" for item in pend["changed"]]
+                if pend["config"]:
+                    out.append("pending     ~ other settings (nginxctl diff shows them)")
+            out.append(f"reload      {'pending' if d['reload_pending'] else 'not pending'}")
+        health = d.get("health") or {}
+        if health and health.get("stale"):
+            out.append(f"health      as last published by watch (pid {health.get('watch_pid')}), which no longer "
+                       "runs: nothing checks the servers now")
+        for row in health.get("servers", []):
+            if row.get("state") == "down":
+                rendered = "rendered down" if row.get("rendered_down") else "kept in (every primary fails)"
+                out.append(f"health      {row['group']}/{row['address']} down since {_when(row.get('since'))}: "
+                           f"{row.get('last_error')} ({rendered})")
+        if health and not any(r.get("state") == "down" for r in health.get("servers", [])):
+            out.append(f"health      {len(health.get('servers', []))} server(s) checked by watch (pid "
+                       f"{health.get('watch_pid')}), all passing")
+        if d["last_apply"] not in ("done", "none") and d["reload_pending"]:
+            out.append(f"last apply  unfinished ({d['last_apply']}): the next apply --reload completes it")
+        out += [f"note        {note}" for note in d.get("notes", [])]
+        if d.get("groups") is None:
+            out.append("\nthe servers nginx runs cannot be listed: the loaded config is not known")
+        for g in d.get("groups") or []:
+            head = f"\n{g['name']}"
+            if g["protocol"]:
+                head += f"  {g['protocol']} {' '.join(g['listen'])}  {g['balance']}"
+            out.append(head)
+            for s in g["servers"]:
+                state = s["state"] + (f" ({s['reason']})" if s.get("reason") else "")
+                extra = " ".join(f for f in s["flags"] if f not in ("down", "backup"))
+                out.append(f"  {s['address']}  {state}  {extra}".rstrip())
+        return out
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "?"
+
+
+def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> StatusReport:
+    inv = opened.inventory
+    live = deployer.live
+    deployed = deployer.deployed()
+    state = reload_state(live, shutdown_timeout_of(deployed))
+    loaded, loaded_text = deployer.loaded_config()
+    want = desired_config(opened, deployer, templates)
+    health = want.health
+    health_down = {(r["group"], r["address"]) for r in (health or {}).get("servers", []) if r.get("rendered_down")}
+    views = servers_view(loaded_text, health_down=health_down,
+                         drained=Published(live, deployer.history.base).drained()) if loaded_text else None
+    data: dict[str, Any] = {
+        "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
+        "master_pid": state.processes.master.pid if state.processes.master else None,
+        "worker_pids": sorted(state.processes.worker_pids), **state.to_dict(),
+        "config_path": deployer.config_path,
+        "deployed_sha256": sha(deployed) if deployed is not None else None,
+        "loaded": loaded, "last_apply": deployer.history.last_phase(), "health": health,
+        "reload_pending": deployed is not None and loaded != sha(deployed),
+        "groups": _group_rows(views, inv) if views is not None else None,
+        "wanted_by": want.by, "notes": want.notes,
+        "watch": None if want.watch is None else {
+            "pid": want.watch.pid, "host": want.watch.host, "inventory": want.watch.inventory,
+            "updated": want.watch.updated, "held": want.watch.held, "held_since": want.watch.held_since,
+            "unreachable": want.watch.unreachable},
+        "inventory_path": str(opened.path) if opened.path else None,
+        "inventory_sha256": inv.digest if inv is not None else None,
+        "inventory_config_sha256": sha(want.text) if want.text is not None else None,
+        "pending": None, "drift": None}
+    if want.text is not None:
+        change = pending(loaded_text, want.text, unknown_groups=want.unknown_groups) if loaded_text else None
+        data["pending"] = change.to_dict() if change is not None else None
+        data["drift"] = bool(change) if change is not None else True
+    if loaded_text is None:
+        data["notes"].append("nginx runs a config nginxctl cannot identify (changed outside nginxctl, or the "
+                             "container restarted with a newer file): `nginxctl apply --reload` makes it known")
+    return StatusReport(data, state.summary(), inv)
+
+
+def target_status(path: Path | None, *, connect: Connect, container: str | None = None,
+                  stream_only: bool | None = None, config_path: str | None = None,
+                  templates: Path | None = None, targets: list[str] | None = None) -> StatusReport | Many:
+    """What each target runs: nginx, processes, lingering generations, the loaded config's servers and their
+    states, what is pending and why. The targets of a fleet that cannot be reached are named in `unreachable`
+    and the others reported (the CLI exits 3)."""
+    with open_engine(path, connect, container) as opened:
+        members, down = _reachable(opened, container, targets, connect, stream_only, config_path)
+        reports = [_status(opened, m.deployer, templates) for m in members]
+        if len(members) == 1 and not down and (opened.inventory is None or not opened.inventory.targets):
+            return reports[0]
+        return Many([m.name for m in members], reports, down)
+
+
+def _reachable(opened: Opened, container: str | None, targets: list[str] | None, connect: Connect,
+               stream_only: bool | None, config_path: str | None) -> tuple[list[Member], dict[str, str]]:
+    """The members that can be reached, and why the others cannot (a read-only command reports what it can)."""
+    from .fleet import fleet_targets
+
+    inv = opened.inventory
+    if container is not None or inv is None or not inv.targets:
+        return open_members(opened, container, targets, connect, stream_only=stream_only,
+                            config_path=config_path), {}
+    members: list[Member] = []
+    down: dict[str, str] = {}
+    for t in fleet_targets(inv, targets):
+        try:
+            members += open_members(opened, None, [t.name], connect, stream_only=stream_only, config_path=config_path)
+        except EnvironmentProblem as exc:
+            down[t.name] = str(exc).splitlines()[0]
+    if not members:
+        raise EnvironmentProblem("no target of the fleet can be reached: " +
+                                 "; ".join(f"{n}: {why}" for n, why in down.items()))
+    return members, down
+
+
+@dataclass
+class DiffReport:
+    target: str
+    diff: str
+    deployed: str | None
+    rendered: str
+    loaded: str | None
+    change: Pending | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pending(self) -> bool:
+        """The installed file is not what nginx runs: a reload would change what runs."""
+        return self.loaded != self.deployed
+
+    @property
+    def differs(self) -> bool:
+        """nginx does not run what is wanted: the file differs, or it is not loaded yet."""
+        if self.change is not None and not self.change and self.loaded is not None:
+            return False  # only groups whose wanted servers cannot be known differ
+        return bool(self.diff) or self.loaded != self.rendered
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "target": self.target, "differs": self.differs, "diff": self.diff, "deployed_sha256": self.deployed,
+            "inventory_config_sha256": self.rendered, "loaded": self.loaded, "reload_pending": self.pending,
+            "pending": self.change.to_dict() if self.change is not None else None, "notes": self.notes}
+        if self.differs:
+            what = "the deployed file differs from what is wanted" if self.diff else \
+                "the file matches what is wanted but nginx has not loaded it"
+            data["errors"] = [{"type": "Differences", "message": what}]
+        return data
+
+    def lines(self) -> list[str]:
+        out = [f"# note: {n}" for n in self.notes]
+        if self.diff or self.loaded == self.rendered:
+            return out
+        loaded = f"sha256:{self.loaded[:12]}" if self.loaded else "an unknown config"
+        return out + [f"# {self.target}: the file matches the inventory, but nginx runs {loaded}: a reload is "
+                      "pending (nginxctl apply --reload)"]
+
+
+def diff_inventory(path: Path, *, connect: Connect, container: str | None = None, stream_only: bool | None = None,
+                   config_path: str | None = None, templates: Path | None = None,
+                   targets: list[str] | None = None) -> DiffReport | Many:
+    """What is wanted (the running watch's desired config, else the inventory) against the installed file and
+    what nginx has loaded (per target of a fleet)."""
+    with open_engine(path, connect, container) as opened:
+        assert opened.inventory is not None
+        reports = []
+        members = open_members(opened, container, targets, connect, stream_only=stream_only, config_path=config_path)
+        for m in members:
+            want = desired_config(opened, m.deployer, templates)
+            assert want.text is not None
+            deployed = m.deployer.deployed()
+            loaded, loaded_text = m.deployer.loaded_config()
+            change = pending(loaded_text, want.text, unknown_groups=want.unknown_groups) \
+                if loaded_text is not None else None
+            text = m.deployer.diff(want.text)
+            if change is not None and not change and want.unknown_groups:
+                text = ""  # only groups whose wanted servers cannot be known now differ: nothing to show
+            reports.append(DiffReport(m.deployer.live.name, text,
+                                      sha(deployed) if deployed is not None else None, sha(want.text), loaded,
+                                      change, want.notes))
+        if len(members) == 1 and not opened.inventory.targets:
+            return reports[0]
+        return Many([m.name for m in members], reports)

@@ -1,0 +1,186 @@
+"""The controller tells the truth and keeps control (issue 12), against real nginx, real Docker backends, real etcd:
+one bad discovered backend blocks nothing; one owner per target (`apply`, `rollback`, `drain` refused while a watch
+runs, `--force` is drift the watch corrects); `status` and `diff` describe what nginx runs."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+import yaml
+from nginxctl.nginx import LiveNginx
+from test_fleet import fleet, isolated  # noqa: F401 (fixture)
+from test_watch import QUIET, backend_containers, register, replies, watches, write  # noqa: F401 (fixtures)
+
+from helpers import Held, cli, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def status(inv: Any, *args: str) -> tuple[int, dict[str, Any]]:
+    result = cli("status", "-i", str(inv), "--format", "json", *args)
+    return result.returncode, json.loads(result.stdout)
+
+
+def servers(st: dict[str, Any], group: str) -> dict[str, tuple[str, str | None]]:
+    g = next(g for g in st["groups"] if g["name"] == group)
+    return {s["address"]: (s["state"], s["reason"]) for s in g["servers"]}
+
+
+def test_an_unresolvable_discovered_backend_is_left_out_and_the_rest_applies(lb, backends, backend_containers,
+                                                                              watches):
+    static = backends("S")
+    port = free_port()
+    group = f"pool{uuid.uuid4().hex[:8]}"
+    inv = write(lb, {group: {"listen": f"127.0.0.1:{port}", "servers": [static.address], "discover": "docker"}})
+    # passes the grammar, but nginx cannot resolve it: `nginx -t` rejects the whole config
+    backend_containers("BAD", {"nginxctl.group": group, "nginxctl.port": "40105",
+                               "nginxctl.address": "nosuchhost.invalid"})
+    w = watches(inv, *QUIET)
+    w.reload()
+    skip = next(e for e in w.seen if e["event"] == "skip" and e.get("server") == "nosuchhost.invalid:40105")
+    assert "host not found" in skip["message"] and skip["group"] == group
+    assert replies(port) == {"S"}
+    port_d1 = free_port()
+    backend_containers("D1", {"nginxctl.group": group, "nginxctl.port": str(port_d1)}, port=port_d1)
+    event = w.reload()
+    assert event["added"] == [f"{group}/127.0.0.1:{port_d1}"]  # against what nginx had loaded
+    assert replies(port, 8) == {"S", "D1"}
+    m = w.metrics()
+    assert m[("nginxctl_discovered_skipped", (("source", "docker"),))] == 1
+    assert m[("nginxctl_pending_changes", ())] == 0
+    assert not [e for e in w.seen if e["event"] == "reload" and e.get("result") == "rejected"]
+    assert w.stop() == 0
+
+
+def test_one_owner_apply_rollback_drain_refused_while_a_watch_runs_and_force_is_corrected(lb, backends, watches,
+                                                                                         tmp_path):
+    a, a2, b = backends("A"), backends("A"), backends("B")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address, a2.address]}})
+    w = watches(inv, *QUIET, "--resync", "1s")
+    w.reload()
+    refused = cli("apply", "-i", str(inv), "--reload")
+    assert refused.returncode == 3
+    assert "controlled by nginxctl watch" in refused.stderr and "--force" in refused.stderr
+    as_json = json.loads(cli("apply", "-i", str(inv), "--reload", "--format", "json").stdout)
+    assert as_json["exit_code"] == 3 and as_json["errors"][0]["type"] == "WatchOwnsTarget"
+    assert cli("rollback", "--container", lb.name).returncode == 3
+    before = inv.read_text()
+    drained = cli("drain", "pool", a.address, "-i", str(inv))
+    assert drained.returncode == 3 and inv.read_text() == before  # nothing edited
+    assert cli("apply", "-i", str(inv), "--reload", "--dry-run").returncode == 0  # a preview changes nothing
+
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"target": {"container": lb.name}, "nginx": {"worker_processes": 1},
+                                     "upstreams": {"pool": {"listen": f"127.0.0.1:{port}",
+                                                            "servers": [b.address]}}}))
+    forced = cli("apply", "-i", str(other), "--reload", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "drift to it" in forced.stderr
+    drift = w.wait(lambda e: e["event"] == "drift")
+    assert drift["target"] == lb.name
+    w.reload()
+    assert replies(port) == {"A"}
+    code, st = status(inv)
+    assert code == 0 and st["drift"] is False and st["watch"]["pid"] == w.proc.pid
+    assert w.stop() == 0
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0  # the watch is gone: apply works again
+
+
+def test_a_reload_by_hand_is_drift_the_watch_corrects_within_the_resync(lb, backends, watches):
+    a = backends("A")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    w = watches(inv, *QUIET, "--resync", "1s")
+    w.reload()
+    live = LiveNginx.attach(lb.client, lb.name)
+    conf = live.read_file("/etc/nginx/nginx.conf").decode()
+    live.install_file("/etc/nginx/nginx.conf", conf.replace(f"listen 127.0.0.1:{port}",
+                                                            f"listen 127.0.0.1:{free_port()}"))
+    live.signal_reload()
+    drift = w.wait(lambda e: e["event"] == "drift", timeout=30)
+    assert "an unknown config" in drift["message"]
+    w.reload()
+    assert replies(port) == {"A"}
+    assert w.stop() == 0
+
+
+def test_status_while_a_change_is_held_back_lists_what_nginx_runs_and_the_pending_change(lb, backends, watches):
+    a, b, c = backends("A"), backends("B"), backends("C")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    w = watches(inv, *QUIET, "--max-generations", "1")
+    w.reload()
+    held = Held(port)  # pins the current generation once it is old
+    try:
+        write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address, b.address]}})
+        w.reload()
+        write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address, b.address, c.address]}})
+        w.wait(lambda e: e["event"] == "reload" and e.get("result") == "refused")
+        code, st = status(inv)
+        assert code == 0
+        assert servers(st, "pool") == {a.address: ("up", None), b.address: ("up", None)}  # what nginx runs
+        assert st["pending"]["added"] == [f"pool/{c.address}"] and st["drift"] is True
+        assert "old worker generation" in st["watch"]["held"]
+        assert w.metrics()[("nginxctl_pending_changes", ())] >= 1
+        text = cli("status", "-i", str(inv)).stdout
+        assert f"pending     + pool/{c.address}" in text and "held back since" in text
+    finally:
+        held.close()
+    w.reload()
+    code, st = status(inv)
+    assert st["drift"] is False and st["watch"]["held"] is None
+    assert w.stop() == 0
+
+
+def test_status_during_an_etcd_outage_shows_the_servers_nginx_runs(lb, backends, etcd):
+    a = backends("A")
+    port = free_port()
+    inv = write(lb, {"netty_pool": {"listen": f"127.0.0.1:{port}", "discover": {"etcd": "/ns/netty_pool/"}}},
+                discovery={"etcd": {"endpoints": [etcd.endpoint]}})
+    etcd.client().put(f"/ns/netty_pool/{a.address}", a.address)
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    etcd.stop()
+    code, st = status(inv)
+    assert code == 0
+    assert servers(st, "netty_pool") == {a.address: ("up", None)}
+    assert st["drift"] is False and st["pending"]["removed"] == []
+    assert any("etcd" in n and "not reachable" in n for n in st["notes"])
+    text = cli("status", "-i", str(inv)).stdout
+    assert "127.0.0.1:9" not in text.replace(a.address, "") and "etcd" in text
+    assert cli("diff", "-i", str(inv)).returncode == 0
+
+
+def test_a_down_server_says_why_drain_or_inventory(lb, backends):
+    a, b, c = backends("A"), backends("B"), backends("C")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}",
+                              "servers": [a.address, b.address, {"address": c.address, "down": True}]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    assert cli("drain", "pool", b.address, "-i", str(inv)).returncode == 0
+    _, st = status(inv)
+    assert servers(st, "pool") == {a.address: ("up", None), b.address: ("down", "drain"),
+                                   c.address: ("down", "inventory")}
+    assert cli("undrain", "pool", b.address, "-i", str(inv)).returncode == 0
+    _, st = status(inv)
+    assert servers(st, "pool")[b.address] == ("up", None)
+
+
+def test_fleet_status_with_a_target_down_reports_the_others(lb, isolated, backends, docker_client):  # noqa: F811
+    a = backends("A")
+    box = isolated()
+    port = free_port()
+    inv = fleet(lb, box, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    box.stop(timeout=1)
+    result = cli("status", "-i", str(inv), "--format", "json")
+    assert result.returncode == 3
+    st = json.loads(result.stdout)
+    by_name = {t["name"]: t for t in st["targets"]}
+    assert by_name["lb1"]["drift"] is False and servers(by_name["lb1"], "pool") == {a.address: ("up", None)}
+    assert by_name["lb2"]["reachable"] is False and st["exit_code"] == 3
+    text = cli("status", "-i", str(inv))
+    assert text.returncode == 3 and "== lb1" in text.stdout and "unreachable" in text.stdout
