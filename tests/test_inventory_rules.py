@@ -11,6 +11,7 @@ from nginxctl.capacity import Machine
 from nginxctl.errors import InventoryError
 from nginxctl.inventory import parse_inventory
 from nginxctl.inventory.yamlsource import MAX_BYTES
+from nginxctl.render import render, template_env
 
 
 def problems(text: str, machine: Machine | None = None) -> list[str]:
@@ -356,6 +357,49 @@ def test_merge_keys_override_without_a_duplicate_key_error():
     assert [(g.balance, g.listen[0].port) for g in inv.upstreams] == [("least_conn", 1), ("random", 2)]
     assert "duplicate key 'listen'" in one("upstreams:\n  a: &base {listen: 1, servers: [127.0.0.1:1]}\n"
                                            "  b:\n    <<: *base\n    listen: 2\n    listen: 3\n")
+
+
+LOADERS = [yaml.SafeLoader] + ([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])
+
+
+@pytest.fixture(params=LOADERS, ids=lambda loader: loader.__name__)
+def loader(request, monkeypatch):
+    """Each YAML parser the loader may use: libyaml's when PyYAML has it, else PyYAML's own."""
+    from nginxctl.inventory import yamlsource
+
+    monkeypatch.setattr(yamlsource, "_Loader", request.param)
+    return request.param
+
+
+# YAML 1.1 reads these plain keys as booleans, null or numbers; a name is what the user wrote.
+@pytest.mark.parametrize("name", ["yes", "no", "on", "off", "y", "n", "true", "False", "null", "Null", "NULL"])
+def test_a_group_name_yaml_reads_as_a_boolean_or_null_is_the_text_written(loader, name):
+    inv = parse_inventory(f"upstreams:\n  {name}: {{listen: 6666, servers: [127.0.0.1:7001]}}\n"
+                          f"  pool: {{listen: 6667, servers: [127.0.0.1:7002]}}\n", "inventory.yaml")
+    assert [g.name for g in inv.upstreams] == [name, "pool"]
+    assert f"upstream {name} {{" in render(inv, template_env())
+
+
+def test_names_are_taken_as_written_in_every_mapping_of_names(loader):
+    inv = parse_inventory("vars: {on: x, No: y}\nupstreams:\n  pool:\n    listen: 6666\n"
+                          "    servers: [127.0.0.1:7001]\n    vars: {off: z}\n", "inventory.yaml")
+    assert inv.vars == {"on": "x", "No": "y"} and inv.upstreams[0].vars == {"off": "z"}
+
+
+@pytest.mark.parametrize("name", ["1", "0x1f", "1.5", "~", "2024-01-01"])
+def test_a_group_name_yaml_reads_as_a_number_or_null_is_refused_as_written_and_located(loader, name):
+    found = one(f"upstreams:\n  {name}: {{listen: 6666, servers: [127.0.0.1:7001]}}\n")
+    assert found.startswith(f"inventory.yaml:2:3: upstreams.{name}: expected an upstream name: a letter or "
+                            f"'_' then letters, digits, '_' or '-' (at most 63), got '{name}'"), found
+
+
+def test_duplicate_names_are_compared_as_written(loader):
+    """`yes` and `true` are one key in YAML 1.1 (both True), two names here; `pool` twice is a duplicate."""
+    inv = parse_inventory("upstreams:\n  yes: {listen: 1, servers: [127.0.0.1:1]}\n"
+                          "  true: {listen: 2, servers: [127.0.0.1:1]}\n", "inventory.yaml")
+    assert [g.name for g in inv.upstreams] == ["yes", "true"]
+    assert "duplicate key 'yes'" in one("upstreams:\n  yes: {listen: 1, servers: [127.0.0.1:1]}\n"
+                                        "  'yes': {listen: 2, servers: [127.0.0.1:1]}\n")
 
 
 def test_a_merge_of_something_else_than_a_mapping_is_located():
