@@ -582,6 +582,9 @@ def test_a_discovering_group_needs_no_servers_but_etcd_needs_endpoints():
     ("etcd", "expected docker, or a mapping {etcd: /key/prefix/}"),
     ("{etcd: 'ns pool'}", "expected an etcd key prefix starting with /"),
     ("{consul: /x/}", "expected docker, or a mapping {etcd: /key/prefix/}"),
+    ("[docker, {etcd: /x/}]", "expected one source per group, docker or {etcd: /key/prefix/}, not a list (a group "
+                              "discovers from one source; list fixed backends under servers:), got a list"),
+    ("[docker]", "expected one source per group, docker or {etcd: /key/prefix/}, not a list"),
 ])
 def test_discover_values(value, expected):
     found = one(f"discovery: {{etcd: {{endpoints: [http://127.0.0.1:2379]}}}}\nupstreams:\n"

@@ -75,6 +75,16 @@ def test_sections_are_mappings_in_the_schema_and_the_docs(section: str) -> None:
     assert f"| `{section}` | object |" in reference_document()
 
 
+def test_discover_is_documented_as_the_one_source_it_takes() -> None:
+    """The reference says what the loader and the schema take: `docker` or `{etcd: PREFIX}`, one source, no list."""
+    row = next(line for line in reference_document().splitlines() if line.startswith("| `discover` |"))
+    assert row.startswith("| `discover` | `docker` or `{etcd: /prefix/}` |"), row
+    for value in (["docker"], ["docker", {"etcd": "/x/"}]):
+        doc = {"discovery": {"etcd": {"endpoints": ["http://127.0.0.1:2379"]}},
+               "upstreams": {"pool": {"listen": 6666, "discover": value}}}
+        assert not loads(doc) and not VALIDATOR.is_valid(doc)
+
+
 def test_the_shipped_inventory_is_valid_for_the_schema() -> None:
     VALIDATOR.validate(yaml.safe_load((ROOT / "inventory.yaml").read_text()))
 

@@ -141,6 +141,9 @@ def _probe_text(value: Any) -> str:
 def _discover(value: Any) -> tuple[str, str | None]:
     """`docker`, or `{etcd: /prefix/}` -> (source, prefix)."""
     expected = "docker, or a mapping {etcd: /key/prefix/}"
+    if isinstance(value, list):
+        raise g.Invalid("one source per group, docker or {etcd: /key/prefix/}, not a list (a group discovers from "
+                        "one source; list fixed backends under servers:)", value)
     if value == "docker":
         return ("docker", None)
     if isinstance(value, dict) and list(value) == ["etcd"]:
@@ -264,7 +267,7 @@ GROUP_KEYS = [
        "and expect. See docs/controller.md.", "", json={"$ref": "#/$defs/health_check"}),
     _k("discover", _discover, "Servers found at run time besides `servers`: `docker` (running containers "
        "labelled nginxctl.group=NAME) or `{etcd: /prefix/}` (one server per key under the prefix; needs "
-       "discovery.etcd.endpoints). See docs/controller.md.", "server",
+       "discovery.etcd.endpoints). One source per group, not a list. See docs/controller.md.", "server",
        json={"oneOf": [{"const": "docker"},
                        {"type": "object", "properties": {"etcd": {"type": "string", "pattern": "^/"}},
                         "required": ["etcd"], "additionalProperties": False}]}),
@@ -440,8 +443,8 @@ def reference_markdown() -> str:
             elif isinstance(typ, list):
                 typ = " or ".join(typ)
             elif typ is None:  # a section ($ref), or a choice of types
-                typ = ("object" if "$ref" in k.json else "auto or integer" if k.name == "worker_processes" else
-                       "address or list" if "oneOf" in k.json else None)
+                typ = {"worker_processes": "auto or integer", "listen": "address or list",
+                       "discover": "`docker` or `{etcd: /prefix/}`"}.get(k.name, "object" if "$ref" in k.json else None)
             if typ is None:
                 raise TypeError(f"key {k.name!r}: say its type in reference_markdown()")
             default = "" if k.default is None else f"`{k.default}`"
