@@ -272,6 +272,21 @@ def test_worker_processes_must_be_auto_or_positive():
     assert "expected 'auto' or an integer >= 1" in one("nginx: {worker_processes: 0}\n" + GOOD)
 
 
+@pytest.mark.parametrize("value", [513, 100000, 2 ** 63])
+def test_worker_processes_beyond_what_nginx_can_run_and_reload_is_refused_located(value):
+    assert one(f"nginx: {{worker_processes: {value}}}\n" + GOOD) == (
+        "inventory.yaml:1:27: nginx.worker_processes: expected 'auto' or an integer >= 1 and <= 512 (nginx runs at "
+        "most 1024 processes, and a reload starts the new workers before the old ones leave), got " + str(value))
+    assert parse_inventory("nginx: {worker_processes: 512}\n" + GOOD).nginx.worker_processes == 512
+
+
+def test_derived_workers_beyond_what_nginx_can_run_are_refused_without_a_machine_too():
+    assert one("nginx: {max_connections: 10000000}\n" + GOOD) == (
+        "inventory.yaml:1:26: nginx.max_connections: max_connections 10000000 needs 1505 workers at 20000 open files "
+        "per process, beyond the 512 nginx can run and reload: lower max_connections, or raise fd_limit if the host "
+        "allows more")
+
+
 def test_max_connections_beyond_fd_limit_is_an_error():
     msg = one("nginx: {worker_processes: 1, max_connections: 40000}\n" + GOOD)
     assert "beyond the open-file limit of 20000 per process: raise worker_processes to at least 7" in msg
@@ -516,10 +531,10 @@ def test_an_intent_beyond_the_machine_is_refused():
 
 
 def test_without_a_machine_only_the_inventory_limits_apply():
-    inv = parse_inventory("nginx: {max_connections: 10000000}\n" + GOOD)
-    assert inv.nginx.worker_processes == 1505
-    assert inv.nginx.notes[0] == ("max_connections 10000000 needs 20000000 sockets; at 20000 open files per process "
-                                  "that is 1505 workers (worker_processes 1505)")
+    inv = parse_inventory("nginx: {max_connections: 1000000}\n" + GOOD)
+    assert inv.nginx.worker_processes == 151
+    assert inv.nginx.notes[0] == ("max_connections 1000000 needs 2000000 sockets; at 20000 open files per process "
+                                  "that is 151 workers (worker_processes 151)")
 
 
 def test_the_worker_bound_is_four_per_cpu_and_at_least_four():

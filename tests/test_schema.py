@@ -62,6 +62,13 @@ def test_a_value_the_loader_takes_the_schema_takes(key: str, value: Any) -> None
     assert loads(doc) and VALIDATOR.is_valid(doc)
 
 
+def test_worker_processes_beyond_nginx_limit_in_the_schema_too() -> None:
+    doc: dict[str, Any] = {"upstreams": {"pool": group()}, "nginx": {"worker_processes": 513}}
+    assert not loads(doc) and not VALIDATOR.is_valid(doc)
+    doc["nginx"]["worker_processes"] = 512
+    assert loads(doc) and VALIDATOR.is_valid(doc)
+
+
 def test_fail_timeout_in_seconds_in_the_schema_too() -> None:
     doc = {"upstreams": {"pool": {**group(), "servers": [{"address": "127.0.0.1:1", "fail_timeout": "500ms"}]}}}
     assert not loads(doc) and not VALIDATOR.is_valid(doc)

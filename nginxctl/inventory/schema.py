@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..capacity import NGINX_MAX_WORKERS, NGINX_WORKER_LIMIT
 from . import grammar as g
 from .yamlsource import MAX_BYTES, MAX_DEPTH, MAX_NODES
 
@@ -58,8 +59,8 @@ def _enum(*choices: str) -> tuple[Parser, dict[str, Any]]:
 def _worker_processes(value: Any) -> int | str:
     if value == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= g.NGX_MAX_INT:
-        raise g.Invalid(f"'auto' or an integer >= 1 and <= {g.NGX_MAX_INT}", value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= NGINX_MAX_WORKERS:
+        raise g.Invalid(f"'auto' or an integer >= 1 and <= {NGINX_MAX_WORKERS} ({NGINX_WORKER_LIMIT})", value)
     return value
 
 
@@ -285,8 +286,9 @@ HEALTH_KEYS = [
 ]
 
 NGINX_KEYS = [
-    _k("worker_processes", _worker_processes, "Worker processes; auto: one per core.", "worker_processes",
-       "auto", {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]}),
+    _k("worker_processes", _worker_processes, f"Worker processes; auto: one per core. At most {NGINX_MAX_WORKERS} "
+       f"({NGINX_WORKER_LIMIT}).", "worker_processes",
+       "auto", {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": NGINX_MAX_WORKERS}]}),
     _k("worker_connections", _int(16, 1048576), "Connections per worker, client and backend sides "
        "together: each proxied connection takes two. Derived from max_connections when that is set.",
        "events { worker_connections }"),
