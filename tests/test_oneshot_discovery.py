@@ -1,0 +1,47 @@
+"""The one-shot commands (render, apply, drain) with discovering groups: what they say about the sources and
+what they refuse, against a real Docker engine, a real nginx and an etcd endpoint where none listens."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from helpers import IMAGE, cli, free_port, write_inventory
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def labelled(docker_client: Any) -> Iterator[Callable[[dict[str, str]], Any]]:
+    """Running containers with the given labels (no network: only their labels matter), removed afterwards."""
+    made: list[Any] = []
+
+    def run(labels: dict[str, str]) -> Any:
+        container = docker_client.containers.run(IMAGE, name=f"nginxctl-test-lab-{uuid.uuid4().hex[:8]}", detach=True,
+                                                 network_mode="none", labels={"nginxctl.test": "1", **labels})
+        made.append(container)
+        return container
+
+    yield run
+    for container in made:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 (already gone)
+            pass
+
+
+def test_backends_seen_now_counts_only_this_inventorys_groups(tmp_path, labelled):
+    """The engine is shared: containers labelled for another load balancer's group are not this one's backends."""
+    group = f"pool{uuid.uuid4().hex[:8]}"
+    for port in ("7001", "7002"):
+        labelled({"nginxctl.group": group, "nginxctl.port": port, "nginxctl.address": "127.0.0.1"})
+    labelled({"nginxctl.group": f"{group}-other", "nginxctl.port": "7003", "nginxctl.address": "127.0.0.1"})
+    inv = write_inventory(tmp_path / "inventory.yaml",
+                          {"upstreams": {group: {"listen": f"127.0.0.1:{free_port()}", "discover": "docker"}}})
+    result = cli("render", "-i", str(inv))
+    assert result.returncode == 0, result.stderr
+    assert f"discover: docker: 2 backend(s) seen now for {group} (a snapshot" in result.stderr, result.stderr
+    assert result.stdout.count("server 127.0.0.1:700") == 2
