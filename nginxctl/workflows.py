@@ -438,7 +438,9 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
     restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, and Interrupted."""
     from .fleet import rollout
 
-    with open_engine(path, connect, container, strict=not dry_run) as opened:
+    # A dry run refuses what apply refuses: a discovery source that cannot be reached is exit 3 for both,
+    # not a preview that empties its groups.
+    with open_engine(path, connect, container, strict=True) as opened:
         inv = opened.inventory
         assert inv is not None
         members = open_members(opened, container, targets, connect, stream_only=stream_only,

@@ -45,3 +45,21 @@ def test_backends_seen_now_counts_only_this_inventorys_groups(tmp_path, labelled
     assert result.returncode == 0, result.stderr
     assert f"discover: docker: 2 backend(s) seen now for {group} (a snapshot" in result.stderr, result.stderr
     assert result.stdout.count("server 127.0.0.1:700") == 2
+
+
+def test_a_dry_run_with_a_discovery_source_down_refuses_as_apply_does(lb):
+    """`apply --reload --dry-run` must not preview a change the real apply refuses: with etcd unreachable, both
+    exit 3 with the same reason, and the target keeps what it runs."""
+    port, group = lb.group(["127.0.0.1:7001"], discover={"etcd": "/nginxctl-test/pool/"})
+    lb.write({"pool": group}, discovery={"etcd": {"endpoints": [f"http://127.0.0.1:{free_port()}"]}})  # no etcd there
+    before = lb.container.exec_run(["nginx", "-T"]).output
+    runs = {args: cli("apply", "-i", str(lb.inventory), *args)
+            for args in (("--reload",), ("--reload", "--dry-run"), ("--dry-run",))}
+    reasons = {}
+    for args, result in runs.items():
+        assert result.returncode == 3, (args, result.stdout, result.stderr)
+        assert "would be allowed" not in result.stdout + result.stderr
+        reasons[args] = [line for line in result.stderr.splitlines() if "discovery from etcd is not reachable" in line]
+    assert reasons[("--reload",)] == reasons[("--reload", "--dry-run")] == reasons[("--dry-run",)] != [], reasons
+    assert "applying now would drop the servers of pool found there" in reasons[("--reload",)][0]
+    assert lb.container.exec_run(["nginx", "-T"]).output == before
