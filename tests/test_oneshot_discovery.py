@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from helpers import IMAGE, cli, free_port, write_inventory
+from helpers import IMAGE, cli, free_port, who, write_inventory
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ def test_a_dry_run_with_a_discovery_source_down_refuses_as_apply_does(lb):
     exit 3 with the same reason, and the target keeps what it runs."""
     port, group = lb.group(["127.0.0.1:7001"], discover={"etcd": "/nginxctl-test/pool/"})
     lb.write({"pool": group}, discovery={"etcd": {"endpoints": [f"http://127.0.0.1:{free_port()}"]}})  # no etcd there
-    before = lb.container.exec_run(["nginx", "-T"]).output
+    before = lb.container.exec_run(["nginx", "-T"], stderr=False).output
     runs = {args: cli("apply", "-i", str(lb.inventory), *args)
             for args in (("--reload",), ("--reload", "--dry-run"), ("--dry-run",))}
     reasons = {}
@@ -62,4 +62,31 @@ def test_a_dry_run_with_a_discovery_source_down_refuses_as_apply_does(lb):
         reasons[args] = [line for line in result.stderr.splitlines() if "discovery from etcd is not reachable" in line]
     assert reasons[("--reload",)] == reasons[("--reload", "--dry-run")] == reasons[("--dry-run",)] != [], reasons
     assert "applying now would drop the servers of pool found there" in reasons[("--reload",)][0]
-    assert lb.container.exec_run(["nginx", "-T"]).output == before
+    assert lb.container.exec_run(["nginx", "-T"], stderr=False).output == before
+
+
+def test_drain_of_a_docker_discovered_server_is_refused_and_the_documented_way_works(lb, backends, labelled):
+    """drain refuses (exit 2) a server the group discovers from Docker, changes nothing, and says how to drain it;
+    doing what it says (list it with down: true, drain again) takes it out of rotation with a verified reload."""
+    a, b = backends("A"), backends("B")
+    name = f"pool{uuid.uuid4().hex[:8]}"  # the engine is shared: labels for this test's group only
+    port, group = lb.group([a.address], discover="docker")
+    lb.write({name: group})
+    labelled({"nginxctl.group": name, "nginxctl.address": "127.0.0.1", "nginxctl.port": str(b.port)})
+    assert cli("apply", "-i", str(lb.inventory), "--reload").returncode == 0
+    assert {who(port) for _ in range(6)} == {"A", "B"}
+    before = lb.inventory.read_text()
+    refused = cli("drain", name, b.address, "-i", str(lb.inventory))
+    assert refused.returncode == 2, refused.stderr
+    assert (f"no server {b.address} in group '{name}' (servers: {a.address}); if it is a backend discovered from "
+            "docker: drain marks down only the servers the inventory lists. Drain a discovered backend at its source: "
+            "stop or remove its container") in refused.stderr, refused.stderr
+    assert f"add {{address: {b.address}, down: true}} to the group's servers:" in refused.stderr
+    assert lb.inventory.read_text() == before
+    assert {who(port) for _ in range(6)} == {"A", "B"}
+    group["servers"] = [a.address, {"address": b.address, "down": True}]
+    lb.write({name: group})
+    done = cli("drain", name, b.address, "-i", str(lb.inventory))
+    assert done.returncode == 0, done.stderr
+    assert f"drained {b.address} in '{name}': inventory unchanged, reloaded" in done.stdout
+    assert [who(port) for _ in range(6)] == ["A"] * 6
