@@ -27,6 +27,11 @@ MEMORY_WARNING = 1024 ** 3
 # core; up to 4 leaves room for a host whose CPUs are shared, and at least 4 for small machines.
 WORKERS_PER_CPU = 4
 MIN_WORKER_BOUND = 4
+# nginx's process table holds 1024 processes (NGX_MAX_PROCESSES; a worker beyond it is not started), and a
+# reload starts the new generation before the old one leaves: at most half of it can be reloaded.
+NGINX_MAX_WORKERS = 512
+NGINX_WORKER_LIMIT = ("nginx runs at most 1024 processes, and a reload starts the new workers before the old ones "
+                      "leave")
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,10 @@ def plan(*, max_connections: int | None, worker_processes: int | str, worker_con
             problems.append(("max_connections", f"max_connections {max_connections} needs {workers} workers at "
                              f"{fd_limit} open files per process{on_machine}: lower max_connections, raise "
                              "fd_limit if the host allows more, or set worker_processes yourself"))
+        elif workers > NGINX_MAX_WORKERS:
+            problems.append(("max_connections", f"max_connections {max_connections} needs {workers} workers at "
+                             f"{fd_limit} open files per process, beyond the {NGINX_MAX_WORKERS} nginx can run and "
+                             "reload: lower max_connections, or raise fd_limit if the host allows more"))
         elif workers > 1:
             notes.append(f"max_connections {max_connections} needs {sockets} sockets; at {fd_limit} open files "
                          f"per process that is {workers} workers (worker_processes {workers}){on_machine}")

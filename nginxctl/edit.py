@@ -146,7 +146,26 @@ def _canonical(value: Any) -> str | None:
         return None
 
 
-def _find(data: Any, root: yaml.Node | None, group: str, server: str) \
+def _discovered(group: str, address: str, listed: list[str], discover: Any, down: bool) -> UsageError:
+    """`address` is not listed in `group`, which discovers servers: drain cannot mark it down in the inventory.
+    The refusal says how to do it at the source (Docker labels cannot change on a running container)."""
+    etcd = discover.get("etcd") if isinstance(discover, dict) else None
+    source = f"etcd (keys under {etcd})" if etcd else "docker"
+    head = (f"no server {address} in group '{group}' (servers: {', '.join(listed)}); if it is a backend discovered "
+            f"from {source}: ") if listed else \
+        f"{address} is not listed in group '{group}', whose servers are discovered from {source}: "
+    if not down:
+        return UsageError(head + "undrain changes only the servers the inventory lists (a discovered backend comes "
+                          "back when its source lists it again)")
+    first, then = ("delete its key", f'set its value to {{"address": "{address}", "down": true}}') if etcd else (
+        "stop or remove its container", f"add {{address: {address}, down: true}} to the group's servers: (a listed "
+        "server wins over a discovered one with the same address) and run this drain again")
+    return UsageError(head + "drain marks down only the servers the inventory lists. Drain a discovered backend at "
+                      f"its source: {first} (nginxctl watch, or the next apply --reload, takes it out); or, to send it "
+                      f"no new connections while its open ones finish, {then}")
+
+
+def _find(data: Any, root: yaml.Node | None, group: str, server: str, down: bool = True) \
         -> tuple[yaml.MappingNode, yaml.SequenceNode, int, str]:
     """(group node, servers node, index, canonical address) of `server` in `group`. Raises UsageError."""
     try:
@@ -158,7 +177,10 @@ def _find(data: Any, root: yaml.Node | None, group: str, server: str) \
         known = ", ".join(upstreams) if isinstance(upstreams, dict) else "none"
         raise UsageError(f"no group '{group}' in the inventory (groups: {known})")
     servers = upstreams[group].get("servers") if isinstance(upstreams[group], dict) else None
+    discover = upstreams[group].get("discover") if isinstance(upstreams[group], dict) else None
     if not isinstance(servers, list):
+        if discover is not None:
+            raise _discovered(group, wanted, [], discover, down)
         raise UsageError(f"group '{group}' has no servers list")
     addresses = []
     for i, item in enumerate(servers):
@@ -172,6 +194,8 @@ def _find(data: Any, root: yaml.Node | None, group: str, server: str) \
                 raise _refuse(f"change {wanted} of '{group}', which YAML merges in with <<,")
             return group_node[2], servers_node[2], i, wanted
         addresses.append(str(address))
+    if discover is not None:
+        raise _discovered(group, wanted, addresses, discover, down)
     raise UsageError(f"no server {wanted} in group '{group}' (servers: {', '.join(addresses)})")
 
 
@@ -200,7 +224,7 @@ def set_down(text: str, group: str, server: str, down: bool, *, force: bool = Fa
     cannot be edited in place for (merged in with `<<`, a block scalar).
     """
     data, root = _load(text)
-    group_node, servers_node, index, address = _find(data, root, group, server)
+    group_node, servers_node, index, address = _find(data, root, group, server, down)
     group_data = data["upstreams"][group]
     servers = group_data["servers"]
     backup, is_down = _flags(servers[index])

@@ -443,7 +443,9 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
     from .fleet import rollout
     from .owner import check_owner
 
-    with open_engine(path, connect, container, strict=not dry_run) as opened:
+    # A dry run refuses what apply refuses: a discovery source that cannot be reached is exit 3 for both,
+    # not a preview that empties its groups.
+    with open_engine(path, connect, container, strict=True) as opened:
         inv = opened.inventory
         assert inv is not None
         members = open_members(opened, container, targets, connect, stream_only=stream_only,

@@ -49,6 +49,57 @@ def test_unknown_group_and_server():
         set_down(SHIPPED, "echo", "127.0.0.1:1", True)
 
 
+DISCOVERING = """\
+discovery: {etcd: {endpoints: ['http://127.0.0.1:2379']}}
+upstreams:
+  web: {listen: 8080, discover: docker}
+  netty: {listen: 6666, discover: {etcd: /services/netty/}, servers: [127.0.0.1:7001, 127.0.0.1:7002]}
+"""
+
+
+@pytest.mark.parametrize("group", ["web", "netty"])
+def test_drain_of_a_discovered_server_is_refused_with_how_to_drain_it_at_its_source(group):
+    with pytest.raises(UsageError) as info:
+        set_down(DISCOVERING, group, "127.0.0.1:7005", True)
+    message = str(info.value)
+    head = ("127.0.0.1:7005 is not listed in group 'web', whose servers are discovered from docker: " if group == "web"
+            else "no server 127.0.0.1:7005 in group 'netty' (servers: 127.0.0.1:7001, 127.0.0.1:7002); if it is a "
+            "backend discovered from etcd (keys under /services/netty/): ")  # a typo is told from a discovered backend
+    assert message.startswith(head + "drain marks down only the servers the inventory lists. "), message
+    if group == "web":
+        assert message.endswith(
+            "Drain a discovered backend at its source: stop or remove its container (nginxctl watch, or the next apply "
+            "--reload, takes it out); or, to send it no new connections while its open ones finish, add {address: "
+            "127.0.0.1:7005, down: true} to the group's servers: (a listed server wins over a discovered one with the "
+            "same address) and run this drain again"), message
+    else:
+        assert message.endswith(
+            "Drain a discovered backend at its source: delete its key (nginxctl watch, or the next apply --reload, "
+            "takes it out); or, to send it no new connections while its open ones finish, set its value to "
+            "{\"address\": \"127.0.0.1:7005\", \"down\": true}"), message
+    with pytest.raises(UsageError, match="^127.0.0.1:7005 is not listed in group 'web', whose servers are discovered "
+                       "from docker: undrain changes only the servers the inventory lists"):
+        set_down(DISCOVERING, "web", "127.0.0.1:7005", False)
+    assert set_down(DISCOVERING, "netty", "127.0.0.1:7002", True).changed  # a listed server drains as always
+
+
+def test_the_ways_given_to_drain_a_discovered_server_render_it_down():
+    """What the refusal suggests works: a listed `down: true` server wins over the discovered one (Docker), and an
+    etcd value with "down": true is rendered down."""
+    from nginxctl.controller.merge import merge
+    from nginxctl.controller.sources import Candidate, Snapshot, etcd_fields, label_fields
+
+    listed = DISCOVERING.replace("discover: docker}", "discover: docker, servers: [{address: 127.0.0.1:7005, down: "
+                                 "true}]}")
+    docker = Snapshot("docker", (Candidate("docker", "web", "c1", label_fields(
+        {"nginxctl.group": "web", "nginxctl.port": "7005"}, "127.0.0.1")),))
+    etcd = Snapshot("etcd", (Candidate("etcd", "netty", "/services/netty/x", etcd_fields(
+        b'{"address": "127.0.0.1:7005", "down": true}')),))
+    merged = merge(parse_inventory(listed), {"docker": docker, "etcd": etcd}).inventory
+    assert [(s.address.text, s.down) for s in merged.group("web").servers] == [("127.0.0.1:7005", True)]  # type: ignore[union-attr]
+    assert ("127.0.0.1:7005", True) in [(s.address.text, s.down) for s in merged.group("netty").servers]  # type: ignore[union-attr]
+
+
 def test_last_live_server_refused_unless_forced_and_a_backup_takes_over():
     one = set_down(SHIPPED, "echo", "127.0.0.1:9001", True).text
     with pytest.raises(UsageError, match="last server of 'echo' taking new connections"):

@@ -11,6 +11,7 @@ from nginxctl.capacity import Machine
 from nginxctl.errors import InventoryError
 from nginxctl.inventory import parse_inventory
 from nginxctl.inventory.yamlsource import MAX_BYTES
+from nginxctl.render import render, template_env
 
 
 def problems(text: str, machine: Machine | None = None) -> list[str]:
@@ -271,6 +272,21 @@ def test_worker_processes_must_be_auto_or_positive():
     assert "expected 'auto' or an integer >= 1" in one("nginx: {worker_processes: 0}\n" + GOOD)
 
 
+@pytest.mark.parametrize("value", [513, 100000, 2 ** 63])
+def test_worker_processes_beyond_what_nginx_can_run_and_reload_is_refused_located(value):
+    assert one(f"nginx: {{worker_processes: {value}}}\n" + GOOD) == (
+        "inventory.yaml:1:27: nginx.worker_processes: expected 'auto' or an integer >= 1 and <= 512 (nginx runs at "
+        "most 1024 processes, and a reload starts the new workers before the old ones leave), got " + str(value))
+    assert parse_inventory("nginx: {worker_processes: 512}\n" + GOOD).nginx.worker_processes == 512
+
+
+def test_derived_workers_beyond_what_nginx_can_run_are_refused_without_a_machine_too():
+    assert one("nginx: {max_connections: 10000000}\n" + GOOD) == (
+        "inventory.yaml:1:26: nginx.max_connections: max_connections 10000000 needs 1505 workers at 20000 open files "
+        "per process, beyond the 512 nginx can run and reload: lower max_connections, or raise fd_limit if the host "
+        "allows more")
+
+
 def test_max_connections_beyond_fd_limit_is_an_error():
     msg = one("nginx: {worker_processes: 1, max_connections: 40000}\n" + GOOD)
     assert "beyond the open-file limit of 20000 per process: raise worker_processes to at least 7" in msg
@@ -356,6 +372,49 @@ def test_merge_keys_override_without_a_duplicate_key_error():
     assert [(g.balance, g.listen[0].port) for g in inv.upstreams] == [("least_conn", 1), ("random", 2)]
     assert "duplicate key 'listen'" in one("upstreams:\n  a: &base {listen: 1, servers: [127.0.0.1:1]}\n"
                                            "  b:\n    <<: *base\n    listen: 2\n    listen: 3\n")
+
+
+LOADERS = [yaml.SafeLoader] + ([yaml.CSafeLoader] if hasattr(yaml, "CSafeLoader") else [])
+
+
+@pytest.fixture(params=LOADERS, ids=lambda loader: loader.__name__)
+def loader(request, monkeypatch):
+    """Each YAML parser the loader may use: libyaml's when PyYAML has it, else PyYAML's own."""
+    from nginxctl.inventory import yamlsource
+
+    monkeypatch.setattr(yamlsource, "_Loader", request.param)
+    return request.param
+
+
+# YAML 1.1 reads these plain keys as booleans, null or numbers; a name is what the user wrote.
+@pytest.mark.parametrize("name", ["yes", "no", "on", "off", "y", "n", "true", "False", "null", "Null", "NULL"])
+def test_a_group_name_yaml_reads_as_a_boolean_or_null_is_the_text_written(loader, name):
+    inv = parse_inventory(f"upstreams:\n  {name}: {{listen: 6666, servers: [127.0.0.1:7001]}}\n"
+                          f"  pool: {{listen: 6667, servers: [127.0.0.1:7002]}}\n", "inventory.yaml")
+    assert [g.name for g in inv.upstreams] == [name, "pool"]
+    assert f"upstream {name} {{" in render(inv, template_env())
+
+
+def test_names_are_taken_as_written_in_every_mapping_of_names(loader):
+    inv = parse_inventory("vars: {on: x, No: y}\nupstreams:\n  pool:\n    listen: 6666\n"
+                          "    servers: [127.0.0.1:7001]\n    vars: {off: z}\n", "inventory.yaml")
+    assert inv.vars == {"on": "x", "No": "y"} and inv.upstreams[0].vars == {"off": "z"}
+
+
+@pytest.mark.parametrize("name", ["1", "0x1f", "1.5", "~", "2024-01-01"])
+def test_a_group_name_yaml_reads_as_a_number_or_null_is_refused_as_written_and_located(loader, name):
+    found = one(f"upstreams:\n  {name}: {{listen: 6666, servers: [127.0.0.1:7001]}}\n")
+    assert found.startswith(f"inventory.yaml:2:3: upstreams.{name}: expected an upstream name: a letter or "
+                            f"'_' then letters, digits, '_' or '-' (at most 63), got '{name}'"), found
+
+
+def test_duplicate_names_are_compared_as_written(loader):
+    """`yes` and `true` are one key in YAML 1.1 (both True), two names here; `pool` twice is a duplicate."""
+    inv = parse_inventory("upstreams:\n  yes: {listen: 1, servers: [127.0.0.1:1]}\n"
+                          "  true: {listen: 2, servers: [127.0.0.1:1]}\n", "inventory.yaml")
+    assert [g.name for g in inv.upstreams] == ["yes", "true"]
+    assert "duplicate key 'yes'" in one("upstreams:\n  yes: {listen: 1, servers: [127.0.0.1:1]}\n"
+                                        "  'yes': {listen: 2, servers: [127.0.0.1:1]}\n")
 
 
 def test_a_merge_of_something_else_than_a_mapping_is_located():
@@ -472,10 +531,10 @@ def test_an_intent_beyond_the_machine_is_refused():
 
 
 def test_without_a_machine_only_the_inventory_limits_apply():
-    inv = parse_inventory("nginx: {max_connections: 10000000}\n" + GOOD)
-    assert inv.nginx.worker_processes == 1505
-    assert inv.nginx.notes[0] == ("max_connections 10000000 needs 20000000 sockets; at 20000 open files per process "
-                                  "that is 1505 workers (worker_processes 1505)")
+    inv = parse_inventory("nginx: {max_connections: 1000000}\n" + GOOD)
+    assert inv.nginx.worker_processes == 151
+    assert inv.nginx.notes[0] == ("max_connections 1000000 needs 2000000 sockets; at 20000 open files per process "
+                                  "that is 151 workers (worker_processes 151)")
 
 
 def test_the_worker_bound_is_four_per_cpu_and_at_least_four():
@@ -538,6 +597,9 @@ def test_a_discovering_group_needs_no_servers_but_etcd_needs_endpoints():
     ("etcd", "expected docker, or a mapping {etcd: /key/prefix/}"),
     ("{etcd: 'ns pool'}", "expected an etcd key prefix starting with /"),
     ("{consul: /x/}", "expected docker, or a mapping {etcd: /key/prefix/}"),
+    ("[docker, {etcd: /x/}]", "expected one source per group, docker or {etcd: /key/prefix/}, not a list (a group "
+                              "discovers from one source; list fixed backends under servers:), got a list"),
+    ("[docker]", "expected one source per group, docker or {etcd: /key/prefix/}, not a list"),
 ])
 def test_discover_values(value, expected):
     found = one(f"discovery: {{etcd: {{endpoints: [http://127.0.0.1:2379]}}}}\nupstreams:\n"

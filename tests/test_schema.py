@@ -62,6 +62,13 @@ def test_a_value_the_loader_takes_the_schema_takes(key: str, value: Any) -> None
     assert loads(doc) and VALIDATOR.is_valid(doc)
 
 
+def test_worker_processes_beyond_nginx_limit_in_the_schema_too() -> None:
+    doc: dict[str, Any] = {"upstreams": {"pool": group()}, "nginx": {"worker_processes": 513}}
+    assert not loads(doc) and not VALIDATOR.is_valid(doc)
+    doc["nginx"]["worker_processes"] = 512
+    assert loads(doc) and VALIDATOR.is_valid(doc)
+
+
 def test_fail_timeout_in_seconds_in_the_schema_too() -> None:
     doc = {"upstreams": {"pool": {**group(), "servers": [{"address": "127.0.0.1:1", "fail_timeout": "500ms"}]}}}
     assert not loads(doc) and not VALIDATOR.is_valid(doc)
@@ -73,6 +80,16 @@ def test_fail_timeout_in_seconds_in_the_schema_too() -> None:
 def test_sections_are_mappings_in_the_schema_and_the_docs(section: str) -> None:
     assert not VALIDATOR.is_valid({"upstreams": {"pool": group()}, section: 5})
     assert f"| `{section}` | object |" in reference_document()
+
+
+def test_discover_is_documented_as_the_one_source_it_takes() -> None:
+    """The reference says what the loader and the schema take: `docker` or `{etcd: PREFIX}`, one source, no list."""
+    row = next(line for line in reference_document().splitlines() if line.startswith("| `discover` |"))
+    assert row.startswith("| `discover` | `docker` or `{etcd: /prefix/}` |"), row
+    for value in (["docker"], ["docker", {"etcd": "/x/"}]):
+        doc = {"discovery": {"etcd": {"endpoints": ["http://127.0.0.1:2379"]}},
+               "upstreams": {"pool": {"listen": 6666, "discover": value}}}
+        assert not loads(doc) and not VALIDATOR.is_valid(doc)
 
 
 def test_the_shipped_inventory_is_valid_for_the_schema() -> None:

@@ -424,6 +424,9 @@ def snapshots_now(inv: Any, connect: Callable[[], docker.DockerClient] | None) -
             notes.append(f"discover: etcd: not reachable ({error}); discovering groups rendered with their "
                          "static servers only")
     for source_name, snapshot in sorted(snapshots.items()):
-        notes.append(f"discover: {source_name}: {len(snapshot.candidates)} backend(s) seen now (a snapshot: "
+        # The engine (or etcd) may be shared: backends of another load balancer's groups are not counted.
+        groups = sorted(g.name for g in inv.upstreams if g.discover == source_name)
+        seen = sum(1 for c in snapshot.candidates if c.group in groups)
+        notes.append(f"discover: {source_name}: {seen} backend(s) seen now for {', '.join(groups)} (a snapshot: "
                      "`nginxctl watch` follows changes)")
     return snapshots, notes

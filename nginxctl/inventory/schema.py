@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..capacity import NGINX_MAX_WORKERS, NGINX_WORKER_LIMIT
 from . import grammar as g
 from .yamlsource import MAX_BYTES, MAX_DEPTH, MAX_NODES
 
@@ -58,8 +59,8 @@ def _enum(*choices: str) -> tuple[Parser, dict[str, Any]]:
 def _worker_processes(value: Any) -> int | str:
     if value == "auto":
         return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= g.NGX_MAX_INT:
-        raise g.Invalid(f"'auto' or an integer >= 1 and <= {g.NGX_MAX_INT}", value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= NGINX_MAX_WORKERS:
+        raise g.Invalid(f"'auto' or an integer >= 1 and <= {NGINX_MAX_WORKERS} ({NGINX_WORKER_LIMIT})", value)
     return value
 
 
@@ -141,6 +142,9 @@ def _probe_text(value: Any) -> str:
 def _discover(value: Any) -> tuple[str, str | None]:
     """`docker`, or `{etcd: /prefix/}` -> (source, prefix)."""
     expected = "docker, or a mapping {etcd: /key/prefix/}"
+    if isinstance(value, list):
+        raise g.Invalid("one source per group, docker or {etcd: /key/prefix/}, not a list (a group discovers from "
+                        "one source; list fixed backends under servers:)", value)
     if value == "docker":
         return ("docker", None)
     if isinstance(value, dict) and list(value) == ["etcd"]:
@@ -264,7 +268,7 @@ GROUP_KEYS = [
        "and expect. See docs/controller.md.", "", json={"$ref": "#/$defs/health_check"}),
     _k("discover", _discover, "Servers found at run time besides `servers`: `docker` (running containers "
        "labelled nginxctl.group=NAME) or `{etcd: /prefix/}` (one server per key under the prefix; needs "
-       "discovery.etcd.endpoints). See docs/controller.md.", "server",
+       "discovery.etcd.endpoints). One source per group, not a list. See docs/controller.md.", "server",
        json={"oneOf": [{"const": "docker"},
                        {"type": "object", "properties": {"etcd": {"type": "string", "pattern": "^/"}},
                         "required": ["etcd"], "additionalProperties": False}]}),
@@ -282,8 +286,9 @@ HEALTH_KEYS = [
 ]
 
 NGINX_KEYS = [
-    _k("worker_processes", _worker_processes, "Worker processes; auto: one per core.", "worker_processes",
-       "auto", {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1}]}),
+    _k("worker_processes", _worker_processes, f"Worker processes; auto: one per core. At most {NGINX_MAX_WORKERS} "
+       f"({NGINX_WORKER_LIMIT}).", "worker_processes",
+       "auto", {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": NGINX_MAX_WORKERS}]}),
     _k("worker_connections", _int(16, 1048576), "Connections per worker, client and backend sides "
        "together: each proxied connection takes two. Derived from max_connections when that is set.",
        "events { worker_connections }"),
@@ -440,8 +445,8 @@ def reference_markdown() -> str:
             elif isinstance(typ, list):
                 typ = " or ".join(typ)
             elif typ is None:  # a section ($ref), or a choice of types
-                typ = ("object" if "$ref" in k.json else "auto or integer" if k.name == "worker_processes" else
-                       "address or list" if "oneOf" in k.json else None)
+                typ = {"worker_processes": "auto or integer", "listen": "address or list",
+                       "discover": "`docker` or `{etcd: /prefix/}`"}.get(k.name, "object" if "$ref" in k.json else None)
             if typ is None:
                 raise TypeError(f"key {k.name!r}: say its type in reference_markdown()")
             default = "" if k.default is None else f"`{k.default}`"

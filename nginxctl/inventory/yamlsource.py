@@ -149,11 +149,14 @@ class _Walker:
             out: dict[Any, Any] = {}
             own: set[str] = set()
             for key_node, value_node, merged in self._pairs(node, path):
-                key = self._scalar(key_node) if isinstance(key_node, yaml.ScalarNode) else None
-                if not isinstance(key, (str, int, bool, float)):
+                if not isinstance(key_node, yaml.ScalarNode):
                     self._problem(key_node, path, "expected a plain key (text), got a complex key")
                     continue
-                key = str(key) if not isinstance(key, str) else key
+                # Every key is a name (a group, a setting, a variable): the text as written. YAML 1.1 would
+                # read `yes`/`on` as true, `null`/`~` as None and `0x1f` as 31. Constructing the key still
+                # refuses a tag PyYAML does not know, as it does for values.
+                self._scalar(key_node)
+                key = key_node.value
                 if not merged and key in own:
                     first = self.positions.keys[path + (key,)]
                     self._problem(key_node, path + (key,), f"duplicate key '{key}' (first set on line "
