@@ -6,7 +6,9 @@ either is missing they fail with that message: they never skip.
 
 from __future__ import annotations
 
+import io
 import sys
+import tarfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +18,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import IMAGE, Backend, Etcd, free_port, write_inventory  # noqa: E402
+from helpers import BACKEND_CONF, IMAGE, Backend, Etcd, Watch, free_port, write_inventory  # noqa: E402
 
-DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd"}
+DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd", "backend_containers", "isolated"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -130,3 +132,72 @@ def etcd(tmp_path: Path) -> Iterator[Etcd]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture
+def watches() -> Iterator[Callable[..., Watch]]:
+    started: list[Watch] = []
+
+    def start(inventory: Path, *args: str) -> Watch:
+        w = Watch(inventory, *args)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.close()
+
+
+@pytest.fixture
+def backend_containers(docker_client: Any) -> Iterator[Callable[..., Any]]:
+    """Backends as containers of the project's nginx image, answering a fixed reply (stream `return`)."""
+    made: list[Any] = []
+
+    def make(reply: str, labels: dict[str, str], port: int | None = None, start: bool = True) -> Any:
+        port = port or free_port()
+        container = docker_client.containers.create(
+            IMAGE, ["/usr/sbin/nginx", "-c", "/etc/nginx/backend.conf", "-g", "daemon off;"],
+            name=f"nginxctl-test-be-{uuid.uuid4().hex[:8]}", network_mode="host",
+            labels={"nginxctl.test": "1", **labels})
+        made.append(container)
+        data = BACKEND_CONF.format(port=port, reply=reply).encode()
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("backend.conf")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        container.put_archive("/etc/nginx", buf.getvalue())
+        container.port_ = port
+        if start:
+            container.start()
+        return container
+
+    yield make
+    for container in made:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 (already gone)
+            pass
+
+
+@pytest.fixture
+def isolated(docker_client: Any) -> Iterator[Any]:
+    """An nginx container in a network namespace of its own (network none): a second load balancer that can
+    bind the same 127.0.0.1 ports as the host-network one."""
+    made: list[Any] = []
+
+    def make() -> Any:
+        box = docker_client.containers.run(IMAGE, name=f"nginxctl-test-{uuid.uuid4().hex[:10]}", detach=True,
+                                           network_mode="none", labels={"nginxctl.test": "1"})
+        made.append(box)
+        return box
+
+    yield make
+    for box in made:
+        try:
+            box.remove(force=True)
+        except Exception:  # noqa: BLE001 (already gone)
+            pass
+        for lock in docker_client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}):
+            if lock.labels.get("nginxctl.target") == box.name:
+                lock.remove(force=True)

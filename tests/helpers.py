@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+import queue
+import signal
 import socket
 import socketserver
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 IMAGE = os.environ.get("NGINXCTL_TEST_IMAGE", "nginxctl/nginx:bare")
 TIMEOUT = 5.0
@@ -279,3 +286,80 @@ class Pong(socketserver.ThreadingTCPServer):
         self.release.set()
         self.shutdown()
         self.server_close()
+
+
+class Watch:
+    """`nginxctl watch` in a subprocess; its JSON decision log read line by line."""
+
+    def __init__(self, inventory: Path, *args: str) -> None:
+        self.metrics_port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nginxctl", "watch", "-i", str(inventory), "--log-format", "json",
+             "--metrics", f"127.0.0.1:{self.metrics_port}", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = {"event": "raw", "message": line.rstrip()}
+            self.lines.put(event)
+        self.lines.put({"event": "exited"})
+
+    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+        """The next log event matching `predicate` (earlier ones are kept in `seen`)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no matching event within {timeout}s; seen: {self.seen[-15:]}") from None
+            self.seen.append(event)
+            if predicate(event):
+                return event
+            if event["event"] == "exited":
+                raise AssertionError(f"watch exited ({self.proc.wait()}); seen: {self.seen[-15:]}")
+
+    def reload(self, timeout: float = 30.0) -> dict[str, Any]:
+        return self.wait(lambda e: e["event"] == "reload" and e.get("result") == "ok", timeout)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+BACKEND_CONF = """load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes 1;
+error_log stderr notice;
+pid /tmp/backend.pid;
+events {{ worker_connections 64; }}
+stream {{ server {{ listen 127.0.0.1:{port}; return "{reply}\\n"; }} }}
+"""

@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +16,9 @@ import yaml
 from nginxctl.history import sha
 from nginxctl.nginx import LiveNginx
 
-from helpers import IMAGE, cli, free_port, who
+from helpers import cli, free_port, who
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def isolated(docker_client: Any) -> Iterator[Any]:
-    """An nginx container in a network namespace of its own (network none): a second load balancer that can
-    bind the same 127.0.0.1 ports as the host-network one."""
-    made: list[Any] = []
-
-    def make() -> Any:
-        box = docker_client.containers.run(IMAGE, name=f"nginxctl-test-{uuid.uuid4().hex[:10]}", detach=True,
-                                           network_mode="none", labels={"nginxctl.test": "1"})
-        made.append(box)
-        return box
-
-    yield make
-    for box in made:
-        try:
-            box.remove(force=True)
-        except Exception:  # noqa: BLE001 (already gone)
-            pass
-        for lock in docker_client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}):
-            if lock.labels.get("nginxctl.target") == box.name:
-                lock.remove(force=True)
 
 
 def fleet(lb: Any, lb2: Any, groups: dict[str, Any], **extra: Any) -> Path:

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import yaml
 from nginxctl.nginx import LiveNginx
-from test_fleet import fleet, isolated  # noqa: F401 (fixture)
-from test_watch import QUIET, backend_containers, register, replies, watches, write  # noqa: F401 (fixtures)
 
 from helpers import Held, cli, free_port
+from test_fleet import fleet
+from test_watch import QUIET, replies, write
 
 pytestmark = pytest.mark.integration
 
@@ -169,7 +169,7 @@ def test_a_down_server_says_why_drain_or_inventory(lb, backends):
     assert servers(st, "pool")[b.address] == ("up", None)
 
 
-def test_fleet_status_with_a_target_down_reports_the_others(lb, isolated, backends, docker_client):  # noqa: F811
+def test_fleet_status_with_a_target_down_reports_the_others(lb, isolated, backends, docker_client):
     a = backends("A")
     box = isolated()
     port = free_port()

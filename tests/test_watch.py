@@ -3,20 +3,15 @@ serving a fixed reply with a stream `return`, TCP servers on the host) and a rea
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,135 +19,11 @@ import pytest
 import yaml
 from nginxctl.history import sha
 from nginxctl.nginx import LiveNginx
-from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import IMAGE, TIMEOUT, free_port, read_line
 
 pytestmark = pytest.mark.integration
 QUIET = ["--quiet-period", "300ms", "--max-wait", "3s"]
-
-
-class Watch:
-    """`nginxctl watch` in a subprocess; its JSON decision log read line by line."""
-
-    def __init__(self, inventory: Path, *args: str) -> None:
-        self.metrics_port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nginxctl", "watch", "-i", str(inventory), "--log-format", "json",
-             "--metrics", f"127.0.0.1:{self.metrics_port}", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "raw", "message": line.rstrip()}
-            self.lines.put(event)
-        self.lines.put({"event": "exited"})
-
-    def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
-        """The next log event matching `predicate` (earlier ones are kept in `seen`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                event = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no matching event within {timeout}s; seen: {self.seen[-15:]}") from None
-            self.seen.append(event)
-            if predicate(event):
-                return event
-            if event["event"] == "exited":
-                raise AssertionError(f"watch exited ({self.proc.wait()}); seen: {self.seen[-15:]}")
-
-    def reload(self, timeout: float = 30.0) -> dict[str, Any]:
-        return self.wait(lambda e: e["event"] == "reload" and e.get("result") == "ok", timeout)
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        out = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        return out
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(30)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.reader.join(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
-def watches() -> Iterator[Callable[..., Watch]]:
-    started: list[Watch] = []
-
-    def start(inventory: Path, *args: str) -> Watch:
-        w = Watch(inventory, *args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.close()
-
-
-BACKEND_CONF = """load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes 1;
-error_log stderr notice;
-pid /tmp/backend.pid;
-events {{ worker_connections 64; }}
-stream {{ server {{ listen 127.0.0.1:{port}; return "{reply}\\n"; }} }}
-"""
-
-
-@pytest.fixture
-def backend_containers(docker_client: Any) -> Iterator[Callable[..., Any]]:
-    """Backends as containers of the project's nginx image, answering a fixed reply (stream `return`)."""
-    made: list[Any] = []
-
-    def make(reply: str, labels: dict[str, str], port: int | None = None, start: bool = True) -> Any:
-        port = port or free_port()
-        container = docker_client.containers.create(
-            IMAGE, ["/usr/sbin/nginx", "-c", "/etc/nginx/backend.conf", "-g", "daemon off;"],
-            name=f"nginxctl-test-be-{uuid.uuid4().hex[:8]}", network_mode="host",
-            labels={"nginxctl.test": "1", **labels})
-        made.append(container)
-        data = BACKEND_CONF.format(port=port, reply=reply).encode()
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            info = tarfile.TarInfo("backend.conf")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        container.put_archive("/etc/nginx", buf.getvalue())
-        container.port_ = port
-        if start:
-            container.start()
-        return container
-
-    yield make
-    for container in made:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 (already gone)
-            pass
 
 
 def reply(port: int) -> str | None:
