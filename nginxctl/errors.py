@@ -25,7 +25,8 @@ EXIT_CODES: dict[int, str] = {
                    "or `drain --wait` timed out with connections left",
     EXIT_USAGE: "usage or inventory error: file, line, column, key path, what was expected; nothing written",
     EXIT_ENVIRONMENT: "environment error: Docker unreachable, image missing, container missing or not running, "
-                      "target locked by another nginxctl",
+                      "target locked by another nginxctl or controlled by `nginxctl watch` (without --force), "
+                      "a fleet target unreachable",
     EXIT_RESTORED: "the change did not take and the previous config was restored, verified and is running; or "
                    "the reload was refused because old worker generations linger (nothing changed)",
     EXIT_NOT_RESTORED: "the change did not take and restoring the previous config failed too: the target may "
