@@ -184,3 +184,41 @@ def test_fleet_status_with_a_target_down_reports_the_others(lb, isolated, backen
     assert by_name["lb2"]["reachable"] is False and st["exit_code"] == 3
     text = cli("status", "-i", str(inv))
     assert text.returncode == 3 and "== lb1" in text.stdout and "unreachable" in text.stdout
+
+
+def test_status_after_a_forced_apply_shows_what_nginx_runs_against_what_the_watch_wants(lb, backends, watches,
+                                                                                       tmp_path):
+    a, a2, b = backends("A"), backends("A"), backends("B")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address, a2.address]}})
+    w = watches(inv, *QUIET, "--resync", "1h")  # no resync during the test: the drift stays to be seen
+    w.reload()
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"target": {"container": lb.name}, "nginx": {"worker_processes": 1},
+                                     "upstreams": {"pool": {"listen": f"127.0.0.1:{port}",
+                                                            "servers": [b.address]}}}))
+    assert cli("apply", "-i", str(other), "--reload", "--force").returncode == 0
+    code, st = status(inv)
+    assert code == 0 and st["wanted_by"] == "watch"
+    assert servers(st, "pool") == {b.address: ("up", None)}  # what nginx runs now, not what anyone wants
+    assert sorted(st["pending"]["added"]) == sorted([f"pool/{a.address}", f"pool/{a2.address}"])
+    assert st["pending"]["removed"] == [f"pool/{b.address}"] and st["drift"] is True
+    diff = cli("diff", "-i", str(inv))
+    assert diff.returncode == 1, (diff.stdout, w.seen)
+    assert w.stop() == 0
+
+
+def test_the_first_reload_line_says_what_changed_on_nginx(lb, backends, watches):
+    a, b = backends("A"), backends("B")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [{"address": a.address, "weight": 3}, b.address]}})
+    w = watches(inv, *QUIET)
+    first = w.reload()  # against what nginx had loaded before the watch started, not against nothing
+    assert first["added"] == [f"pool/{b.address}"] and first["removed"] == []
+    assert first["changed"] == [f"pool/{a.address}: up -> up weight=3"]
+    write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [{"address": a.address, "weight": 1}, b.address]}})
+    event = w.reload()
+    assert event["changed"] == [f"pool/{a.address}: up weight=3 -> up weight=1"] and event["added"] == []
+    assert w.stop() == 0

@@ -276,9 +276,16 @@ class Controller:
             previous = self.snapshots.get(event.snapshot.source)
             self.snapshots[event.snapshot.source] = event.snapshot
             self._source_state(event.snapshot, previous)
-            if previous is None or previous.candidates != event.snapshot.candidates:
+            if previous is None or self._ours(previous) != self._ours(event.snapshot):
                 self.debounce.change(now)
         self.metrics.pending.set(self.debounce.changes + (1 if self.retry_at is not None else 0))
+
+    def _ours(self, snapshot: Snapshot) -> tuple[Any, ...]:
+        """The candidates of a snapshot that this inventory's groups discover: backends labelled for another
+        load balancer's groups on a shared engine are no reason for a pass."""
+        wanted = {g.name for g in self.inventory.upstreams if g.discover == snapshot.source} \
+            if self.inventory is not None else set()
+        return tuple(c for c in snapshot.candidates if c.group in wanted)
 
     # -- health checks -------------------------------------------------------------------------------------
 
