@@ -40,6 +40,7 @@ from ..history import sha
 from ..inventory import Inventory
 from ..inventory.model import Target
 from ..workflows import container_name, read_inventory, render_for
+from .damping import Decision, decide
 from .debounce import Debouncer
 from .log import DecisionLog
 from .merge import Merged, merge
@@ -99,7 +100,7 @@ class Controller:
         self.machine: Any = None
         self.checker: Any = None
         self.health_change: tuple[list[str], list[str]] = ([], [])
-        self.last_health_apply: float | None = None
+        self.health_changed_at: dict[tuple[str, str], float] = {}   # per server, its last rendered health change
         self.health_due: float | None = None
         self.all_failing: set[str] = set()
 
@@ -259,20 +260,39 @@ class Controller:
     # -- health checks -------------------------------------------------------------------------------------
 
     def _health_changed(self, now: float) -> None:
-        """A server went down or came back: render it so, at most once per --max-wait (a flapping server
-        does not reload nginx at every flap)."""
+        """A server went down or came back: render it so at the next pass, unless that server's own last
+        rendered change is less than --max-wait old (then when it is: see damping.py)."""
         if self.checker is None or self.inventory is None:
             return
-        down = self._effective_down(self.checker.down())
-        if down == self.down:
-            return
-        earliest = self.last_health_apply + self.options.max_wait if self.last_health_apply is not None else now
-        if now >= earliest:
+        decision = self._health_decision(now)
+        if decision.down != self.down:
             self.debounce.change(now)
-            self.health_due = None
-        else:
-            self.health_due = earliest
+        self.health_due = decision.due
         self._write_health()
+
+    def _health_decision(self, now: float) -> Decision[tuple[str, str]]:
+        assert self.checker is not None and self.inventory is not None
+        want = self._effective_down(self.checker.down())
+        return decide(want, self.down, self.health_changed_at, now, self.options.max_wait,
+                      [frozenset(p) for p in self._primaries(merge(self.inventory, self.snapshots)).values()])
+
+    def _render_health(self) -> None:
+        """At each pass: what health checks take out or put back now. `health_back` names only servers whose
+        checks pass again (not those kept in because every primary of their group fails)."""
+        assert self.checker is not None
+        decision = self._health_decision(self.clock())
+        before_down, self.down = self.down, decision.down
+        self.health_changed_at, self.health_due = decision.changed_at, decision.due
+        passing = {k for k, h in self.checker.health().items() if h.up}
+        self.health_change = (sorted(f"{g}/{a}" for g, a in self.down - before_down),
+                              sorted(f"{g}/{a}" for g, a in before_down - self.down if (g, a) in passing))
+
+    @staticmethod
+    def _primaries(merged: Merged) -> dict[str, list[tuple[str, str]]]:
+        """Per group, its primary servers that health checks may take out."""
+        return {group.name: [(group.name, s.address.text) for s in group.servers
+                             if not s.backup and not s.down and (group.name, s.address.text) in merged.sources]
+                for group in merged.inventory.upstreams}
 
     def _effective_down(self, failing: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
         """What is rendered down: failing servers, except that a group never loses every primary server to
@@ -280,9 +300,9 @@ class Controller:
         assert self.inventory is not None
         keep: set[tuple[str, str]] = set()
         merged = merge(self.inventory, self.snapshots)
+        by_group = self._primaries(merged)
         for group in merged.inventory.upstreams:
-            primaries = [(group.name, s.address.text) for s in group.servers
-                         if not s.backup and not s.down and (group.name, s.address.text) in merged.sources]
+            primaries = by_group[group.name]
             all_failing = bool(primaries) and all(p in failing for p in primaries)
             self.metrics.all_down.labels(group.name).set(1 if all_failing else 0)
             if all_failing:
@@ -379,12 +399,7 @@ class Controller:
         self._load()
         assert self.inventory is not None
         if self.checker is not None:
-            before_down = self.down
-            self.down = self._effective_down(self.checker.down())
-            self.health_change = (sorted(f"{g}/{a}" for g, a in self.down - before_down),
-                                  sorted(f"{g}/{a}" for g, a in before_down - self.down))
-            self.last_health_apply = self.clock()
-            self.health_due = None
+            self._render_health()
         unknown = sorted({g.discover for g in self.inventory.upstreams if g.discover
                           and not (self.snapshots.get(g.discover) and self.snapshots[g.discover].known)})
         if unknown:
