@@ -199,7 +199,7 @@ class Controller:
             while True:
                 event = self._next_event()
                 if event is not None and event.kind == "stop":
-                    self.log("stop", f"{event.detail}: stopping; the target keeps the config it runs")
+                    self._log_stop(event.detail)
                     return 0
                 if event is not None:
                     self._handle(event)
@@ -211,6 +211,17 @@ class Controller:
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
         finally:
             self.close()
+
+    def _log_stop(self, detail: str) -> None:
+        """The `stop` line says what was seen and is not applied (a burst in its quiet period, a retry, a
+        health change held by its damping): this watch drops it, the target keeps what it runs."""
+        pending = self.debounce.changes + (1 if self.retry_at is not None else 0) \
+            + (1 if self.health_due is not None else 0)
+        if pending:
+            self.log("stop", f"{detail}: stopping; {pending} change(s) seen were not applied; the target keeps "
+                     "the config it runs", not_applied=pending, level="warning")
+        else:
+            self.log("stop", f"{detail}: stopping; the target keeps the config it runs")
 
     def _first_snapshots(self) -> None:
         """Give the discovery sources a moment to publish, so the first apply includes what they see."""
