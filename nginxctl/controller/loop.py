@@ -45,7 +45,7 @@ from .debounce import Debouncer
 from .log import DecisionLog
 from .merge import Merged, merge
 from .metrics import Metrics
-from .sources import DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
+from .sources import BACKOFF, DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
 
 Connect = Callable[[str | None], Any]
 GENERATIONS_RETRY = 2.0
@@ -103,6 +103,7 @@ class Controller:
         self.health_changed_at: dict[tuple[str, str], float] = {}   # per server, its last rendered health change
         self.health_due: float | None = None
         self.all_failing: set[str] = set()
+        self.waiting = False   # a `wait` line was logged: sources that never answered, not logged per retry
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -235,8 +236,9 @@ class Controller:
             except queue.Empty:
                 break
             if event.kind == "snapshot" and event.snapshot is not None:
+                previous = self.snapshots.get(event.snapshot.source)
                 self.snapshots[event.snapshot.source] = event.snapshot
-                self._source_state(event.snapshot)
+                self._source_state(event.snapshot, previous)
             elif event.kind == "stop":
                 backlog.append(event)
         for event in backlog:
@@ -361,8 +363,10 @@ class Controller:
     def _source_state(self, snapshot: Snapshot, previous: Snapshot | None = None) -> None:
         self.metrics.source_stale.labels(snapshot.source).set(1 if snapshot.stale else 0)
         if snapshot.stale and (previous is None or not previous.stale):
-            self.log("source", f"{snapshot.source} unreachable: keeping its last {len(snapshot.candidates)} "
-                     "backend(s) and retrying", source=snapshot.source, error=snapshot.error)
+            kept = f"keeping its last {len(snapshot.candidates)} backend(s)" if snapshot.known else \
+                "nothing known of its backends yet"
+            self.log("source", f"{snapshot.source} unreachable: {kept}; retrying with backoff (every "
+                     f"{BACKOFF[-1]:g}s at most) until it answers", source=snapshot.source, error=snapshot.error)
         elif previous is not None and previous.stale and not snapshot.stale:
             self.log("source", f"{snapshot.source} reachable again: resynced", source=snapshot.source,
                      backends=len(snapshot.candidates))
@@ -419,9 +423,12 @@ class Controller:
             wait = backoff(self.failures)
             self.failures += 1
             self.retry_at = self.clock() + wait
-            self.log("wait", f"{', '.join(unknown)} not reachable yet: the target keeps what it runs until "
-                     "discovery has answered once", retry_in=wait)
+            if not self.waiting:  # once, not once per retry
+                self.waiting = True
+                self.log("wait", f"{', '.join(unknown)} not reachable yet: the target keeps what it runs until "
+                         "discovery has answered once", retry_in=wait)
             return
+        self.waiting = False
         merged = merge(self.inventory, self.snapshots, self.down)
         self._check_targets(merged)
         self._report_skipped(merged)
