@@ -98,7 +98,8 @@ class LB:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
-        for lock in self.client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}):
+        for lock in self.client.containers.list(all=True, filters={"label": "nginxctl.role=lock"},
+                                                ignore_removed=True):  # a lock released meanwhile
             if lock.labels.get("nginxctl.target") == self.name:
                 lock.remove(force=True)
 
