@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import IMAGE, Backend, Etcd, free_port, write_inventory  # noqa: E402
+from helpers import IMAGE, Backend, Etcd, Pong, free_port, write_inventory  # noqa: E402
 
 DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd"}
 
@@ -63,6 +63,21 @@ def backends() -> Iterator[Callable[..., Backend]]:
             backend.stop()
         except Exception:
             pass
+
+
+@pytest.fixture
+def pongs() -> Iterator[Callable[..., Pong]]:
+    """Start PING/PONG servers: pongs('A') -> a server named A on a free port, that `hang` can make hang."""
+    made: list[Pong] = []
+
+    def make(name: str = "P") -> Pong:
+        server = Pong(free_port(), name)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
 
 
 class LB:

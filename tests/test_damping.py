@@ -121,20 +121,6 @@ def test_the_clock_of_a_server_is_forgotten_once_it_holds_nothing():
 
 # -- with the controller, real nginx -----------------------------------------------------------------------------
 
-@pytest.fixture
-def pongs():
-    made: list[Pong] = []
-
-    def make(name: str) -> Pong:
-        server = Pong(free_port(), name)
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.close()
-
-
 def write_pool(lb: Any, port: int, health: dict[str, Any], servers: list[Pong], connect_timeout: str = "5s") -> None:
     lb.inventory.write_text(yaml.safe_dump({
         "target": {"container": lb.name}, "nginx": {"worker_processes": 1},
