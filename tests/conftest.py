@@ -18,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import BACKEND_CONF, IMAGE, Backend, Etcd, Watch, free_port, write_inventory  # noqa: E402
+from helpers import BACKEND_CONF, IMAGE, Backend, Etcd, Pong, Watch, free_port, write_inventory  # noqa: E402
 
 DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd", "backend_containers", "isolated"}
 
@@ -67,6 +67,21 @@ def backends() -> Iterator[Callable[..., Backend]]:
             pass
 
 
+@pytest.fixture
+def pongs() -> Iterator[Callable[..., Pong]]:
+    """Start PING/PONG servers: pongs('A') -> a server named A on a free port, that `hang` can make hang."""
+    made: list[Pong] = []
+
+    def make(name: str = "P") -> Pong:
+        server = Pong(free_port(), name)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
 class LB:
     """A load balancer under test: an nginx container (host network) and an inventory for it."""
 
@@ -100,7 +115,8 @@ class LB:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
-        for lock in self.client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}):
+        for lock in self.client.containers.list(all=True, filters={"label": "nginxctl.role=lock"},
+                                                ignore_removed=True):  # a lock released meanwhile
             if lock.labels.get("nginxctl.target") == self.name:
                 lock.remove(force=True)
 

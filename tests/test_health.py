@@ -39,20 +39,6 @@ def test_a_pass_between_fails_starts_the_count_again():
     assert t.record(key, False, CHECK, 1.0)
 
 
-@pytest.fixture
-def pongs():
-    made: list[Pong] = []
-
-    def make(name: str = "P") -> Pong:
-        server = Pong(free_port(), name)
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.close()
-
-
 def test_probes_against_real_sockets(pongs):
     p = pongs()
     address = f"127.0.0.1:{p.server_address[1]}"

@@ -43,12 +43,13 @@ from ..inventory.model import Target
 from ..published import Published, WatchState
 from ..view import pending
 from ..workflows import container_name, read_inventory, render_for
+from .damping import Decision, decide
 from .debounce import Debouncer
 from .isolate import culprits
 from .log import DecisionLog
 from .merge import Merged, candidate_server, merge
 from .metrics import Metrics
-from .sources import DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
+from .sources import BACKOFF, DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
 
 Connect = Callable[[str | None], Any]
 GENERATIONS_RETRY = 2.0
@@ -104,7 +105,7 @@ class Controller:
         self.machine: Any = None
         self.checker: Any = None
         self.health_change: tuple[list[str], list[str]] = ([], [])
-        self.last_health_apply: float | None = None
+        self.health_changed_at: dict[tuple[str, str], float] = {}   # per server, its last rendered health change
         self.health_due: float | None = None
         self.all_failing: set[str] = set()
         self.isolated: dict[tuple[str, str], str] = {}   # discovered servers nginx refused -> its reason
@@ -115,6 +116,7 @@ class Controller:
         self.published_at: dict[str, float] = {}
         self.last_rendered: dict[str, str] = {}
         self.last_loaded: dict[str, str | None] = {}
+        self.waiting = False   # a `wait` line was logged: sources that never answered, not logged per retry
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -218,7 +220,7 @@ class Controller:
             while True:
                 event = self._next_event()
                 if event is not None and event.kind == "stop":
-                    self.log("stop", f"{event.detail}: stopping; the target keeps the config it runs")
+                    self._log_stop(event.detail)
                     return 0
                 if event is not None:
                     self._handle(event)
@@ -234,6 +236,17 @@ class Controller:
         finally:
             self.close()
 
+    def _log_stop(self, detail: str) -> None:
+        """The `stop` line says what was seen and is not applied (a burst in its quiet period, a retry, a
+        health change held by its damping): this watch drops it, the target keeps what it runs."""
+        pending = self.debounce.changes + (1 if self.retry_at is not None else 0) \
+            + (1 if self.health_due is not None else 0)
+        if pending:
+            self.log("stop", f"{detail}: stopping; {pending} change(s) seen were not applied; the target keeps "
+                     "the config it runs", not_applied=pending, level="warning")
+        else:
+            self.log("stop", f"{detail}: stopping; the target keeps the config it runs")
+
     def _first_snapshots(self) -> None:
         """Give the discovery sources a moment to publish, so the first apply includes what they see."""
         wanted = {"docker"} | ({"etcd"} if any(isinstance(s, EtcdSource) for s in self.sources) else set())
@@ -246,8 +259,9 @@ class Controller:
             except queue.Empty:
                 break
             if event.kind == "snapshot" and event.snapshot is not None:
+                previous = self.snapshots.get(event.snapshot.source)
                 self.snapshots[event.snapshot.source] = event.snapshot
-                self._source_state(event.snapshot)
+                self._source_state(event.snapshot, previous)
             elif event.kind == "stop":
                 backlog.append(event)
         for event in backlog:
@@ -290,20 +304,39 @@ class Controller:
     # -- health checks -------------------------------------------------------------------------------------
 
     def _health_changed(self, now: float) -> None:
-        """A server went down or came back: render it so, at most once per --max-wait (a flapping server
-        does not reload nginx at every flap)."""
+        """A server went down or came back: render it so at the next pass, unless that server's own last
+        rendered change is less than --max-wait old (then when it is: see damping.py)."""
         if self.checker is None or self.inventory is None:
             return
-        down = self._effective_down(self.checker.down())
-        if down == self.down:
-            return
-        earliest = self.last_health_apply + self.options.max_wait if self.last_health_apply is not None else now
-        if now >= earliest:
+        decision = self._health_decision(now)
+        if decision.down != self.down:
             self.debounce.change(now)
-            self.health_due = None
-        else:
-            self.health_due = earliest
+        self.health_due = decision.due
         self._write_health()
+
+    def _health_decision(self, now: float) -> Decision[tuple[str, str]]:
+        assert self.checker is not None and self.inventory is not None
+        want = self._effective_down(self.checker.down())
+        return decide(want, self.down, self.health_changed_at, now, self.options.max_wait,
+                      [frozenset(p) for p in self._primaries(merge(self.inventory, self.snapshots)).values()])
+
+    def _render_health(self) -> None:
+        """At each pass: what health checks take out or put back now. `health_back` names only servers whose
+        checks pass again (not those kept in because every primary of their group fails)."""
+        assert self.checker is not None
+        decision = self._health_decision(self.clock())
+        before_down, self.down = self.down, decision.down
+        self.health_changed_at, self.health_due = decision.changed_at, decision.due
+        passing = {k for k, h in self.checker.health().items() if h.up}
+        self.health_change = (sorted(f"{g}/{a}" for g, a in self.down - before_down),
+                              sorted(f"{g}/{a}" for g, a in before_down - self.down if (g, a) in passing))
+
+    @staticmethod
+    def _primaries(merged: Merged) -> dict[str, list[tuple[str, str]]]:
+        """Per group, its primary servers that health checks may take out."""
+        return {group.name: [(group.name, s.address.text) for s in group.servers
+                             if not s.backup and not s.down and (group.name, s.address.text) in merged.sources]
+                for group in merged.inventory.upstreams}
 
     def _effective_down(self, failing: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
         """What is rendered down: failing servers, except that a group never loses every primary server to
@@ -311,9 +344,9 @@ class Controller:
         assert self.inventory is not None
         keep: set[tuple[str, str]] = set()
         merged = merge(self.inventory, self.snapshots)
+        by_group = self._primaries(merged)
         for group in merged.inventory.upstreams:
-            primaries = [(group.name, s.address.text) for s in group.servers
-                         if not s.backup and not s.down and (group.name, s.address.text) in merged.sources]
+            primaries = by_group[group.name]
             all_failing = bool(primaries) and all(p in failing for p in primaries)
             self.metrics.all_down.labels(group.name).set(1 if all_failing else 0)
             if all_failing:
@@ -356,8 +389,10 @@ class Controller:
     def _source_state(self, snapshot: Snapshot, previous: Snapshot | None = None) -> None:
         self.metrics.source_stale.labels(snapshot.source).set(1 if snapshot.stale else 0)
         if snapshot.stale and (previous is None or not previous.stale):
-            self.log("source", f"{snapshot.source} unreachable: keeping its last {len(snapshot.candidates)} "
-                     "backend(s) and retrying", source=snapshot.source, error=snapshot.error)
+            kept = f"keeping its last {len(snapshot.candidates)} backend(s)" if snapshot.known else \
+                "nothing known of its backends yet"
+            self.log("source", f"{snapshot.source} unreachable: {kept}; retrying with backoff (every "
+                     f"{BACKOFF[-1]:g}s at most) until it answers", source=snapshot.source, error=snapshot.error)
         elif previous is not None and previous.stale and not snapshot.stale:
             self.log("source", f"{snapshot.source} reachable again: resynced", source=snapshot.source,
                      backends=len(snapshot.candidates))
@@ -405,12 +440,7 @@ class Controller:
         self._load()
         assert self.inventory is not None
         if self.checker is not None:
-            before_down = self.down
-            self.down = self._effective_down(self.checker.down())
-            self.health_change = (sorted(f"{g}/{a}" for g, a in self.down - before_down),
-                                  sorted(f"{g}/{a}" for g, a in before_down - self.down))
-            self.last_health_apply = self.clock()
-            self.health_due = None
+            self._render_health()
         unknown = sorted({g.discover for g in self.inventory.upstreams if g.discover
                           and not (self.snapshots.get(g.discover) and self.snapshots[g.discover].known)})
         if unknown:
@@ -419,9 +449,12 @@ class Controller:
             wait = backoff(self.failures)
             self.failures += 1
             self.retry_at = self.clock() + wait
-            self.log("wait", f"{', '.join(unknown)} not reachable yet: the target keeps what it runs until "
-                     "discovery has answered once", retry_in=wait)
+            if not self.waiting:  # once, not once per retry
+                self.waiting = True
+                self.log("wait", f"{', '.join(unknown)} not reachable yet: the target keeps what it runs until "
+                         "discovery has answered once", retry_in=wait)
             return
+        self.waiting = False
         merged = self._merge()
         self._check_targets(merged)
         desired: str | None = None

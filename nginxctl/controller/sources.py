@@ -149,7 +149,9 @@ class DockerSource:
 
     def snapshot(self, client: docker.DockerClient) -> Snapshot:
         candidates = []
-        for c in client.containers.list(filters={"label": GROUP_LABEL, "status": "running"}):
+        # ignore_removed: a container listed and gone (404) when inspected was created and removed at once; it
+        # is not in the snapshot, and it is no sign of an unreachable engine
+        for c in client.containers.list(filters={"label": GROUP_LABEL, "status": "running"}, ignore_removed=True):
             labels = c.labels or {}
             settings = c.attrs.get("NetworkSettings", {})
             mode = c.attrs.get("HostConfig", {}).get("NetworkMode", "")
