@@ -21,6 +21,7 @@ from .errors import (
     Journal,
     ReloadFailed,
     RestoreFailed,
+    Step,
     UsageError,
 )
 from .history import Entry, History, Phase, State, current_entry, loaded_now, select_rollback, sha
@@ -341,7 +342,7 @@ class Deployer:
             if deployed is not None:
                 files.update(history.record(deployed, entries))
             history.write(files)
-            self.journal.did("new config staged beside the old one (nothing nginx reads changed)")
+            self.journal.did(Step.STAGE, "new config staged beside the old one (nothing nginx reads changed)")
             if not self.stream_only:
                 self.progress("testing the new config with the container's nginx")
                 try:
@@ -350,7 +351,8 @@ class Deployer:
                     history.write(history.state_file(base.with_(phase=Phase.DONE, hash=previous)))
                     raise
             self.live.commit_staged(self.config_path)
-            self.journal.did(f"new config installed at {self.config_path} (nginx still runs the previous one)")
+            self.journal.did(Step.INSTALL,
+                             f"new config installed at {self.config_path} (nginx still runs the previous one)")
             if self.stream_only:
                 self._test_in_place(deployed, base)
         if not reload:
@@ -367,7 +369,7 @@ class Deployer:
                                                             loaded=None)))
                 raise ApplyFailure(failure.reason, failure.details, self.live.name) from None
             self._restore(deployed, failure, base)
-        self.journal.did("reloaded and verified: nginx runs the new config")
+        self.journal.did(Step.RELOAD, "reloaded and verified: nginx runs the new config")
         assert outcome.reload is not None
         history.write({**history.record(rendered, entries),
                        **history.state_file(State(Phase.DONE, new, previous, new, self.live.master(),

@@ -6,6 +6,7 @@ Every error can describe itself as data (`to_dict`) for `--format json`.
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,20 +307,33 @@ class Interrupted(NginxctlError):
         return {"type": "Interrupted", "message": "interrupted", "done": self.done, "not_done": self.not_done}
 
 
+class Step(enum.Enum):
+    """The steps of a change, as a journal records them: matched by identity, never by their text."""
+
+    EDIT = "edit the inventory"
+    STAGE = "stage the new config beside the old one"
+    INSTALL = "install the new config"
+    RELOAD = "reload and verify"
+    PUT_BACK = "put the inventory back"
+
+
 @dataclass
 class Journal:
-    """What a workflow has done so far, for the report an interruption gives (see `Interrupted`)."""
+    """What a workflow has done so far, for the report an interruption gives (see `Interrupted`). Each step
+    is planned and done by its `Step`; the text says it to people (the step's own, or a more precise one)."""
 
-    done: list[str] = field(default_factory=list)
-    pending: list[str] = field(default_factory=list)
+    done: list[tuple[Step, str]] = field(default_factory=list)
+    pending: list[tuple[Step, str]] = field(default_factory=list)
 
-    def did(self, what: str) -> None:
-        self.done.append(what)
-        if what in self.pending:
-            self.pending.remove(what)
+    def did(self, step: Step, what: str | None = None) -> None:
+        self.done.append((step, what or step.value))
+        self.pending = [(s, text) for s, text in self.pending if s is not step]
 
-    def plan(self, *steps: str) -> None:
-        self.pending = list(steps)
+    def plan(self, *steps: Step | tuple[Step, str]) -> None:
+        self.pending = [(s, s.value) if isinstance(s, Step) else s for s in steps]
+
+    def has_done(self, step: Step) -> bool:
+        return any(s is step for s, _ in self.done)
 
     def interrupted(self) -> Interrupted:
-        return Interrupted(list(self.done), list(self.pending))
+        return Interrupted([text for _, text in self.done], [text for _, text in self.pending])

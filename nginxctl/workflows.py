@@ -33,6 +33,7 @@ from .errors import (
     Location,
     NginxctlError,
     Problem,
+    Step,
     UsageError,
 )
 from .fleet import Member
@@ -456,7 +457,7 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
             progress(note)
         rendered = {m.name: render_for(inv, m.deployer, templates, path.parent) for m in members}
         journal = members[0].deployer.journal
-        journal.plan("install the new config", "reload and verify")
+        journal.plan(Step.INSTALL, Step.RELOAD)
         with _reporting(inv, rendered[members[0].name], journal):
             result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress)
         notes = list(inv.nginx.notes) + opened.notes + forced
@@ -583,7 +584,7 @@ def rollback(path: Path | None, *, connect: Connect, container: str | None = Non
             raise UsageError("--to names one target's history entry: add --targets NAME (or --container)")
         reports = []
         for m in members:
-            m.deployer.journal.plan("install the earlier config", "reload and verify")
+            m.deployer.journal.plan((Step.INSTALL, "install the earlier config"), Step.RELOAD)
             with _reporting(None, None, m.deployer.journal):
                 entry, outcome = m.deployer.rollback(to)
             reports.append(RollbackReport(m.deployer.live.name, entry.id, entry.hash, outcome))
@@ -663,7 +664,7 @@ def _change_server(path: Path, original: str, edit: Any, client: docker.DockerCl
 
     check_owner([Member(deployer.live.name, deployer)])  # before the inventory is edited
     flag = "`down: true` written" if down else "`down` removed"
-    deployer.journal.plan(f"{flag} in {path}", "install the new config", "reload and verify")
+    deployer.journal.plan((Step.EDIT, f"{flag} in {path}"), Step.INSTALL, Step.RELOAD)
     rendered = render_for(inv, deployer, templates, path.parent)
     with deployer.locked():
         written = False
@@ -672,13 +673,13 @@ def _change_server(path: Path, original: str, edit: Any, client: docker.DockerCl
                 if edit.changed:
                     write_atomic(path, edit.text, expect=original)
                     written = True
-                    deployer.journal.did(f"{flag} in {path}")
+                    deployer.journal.did(Step.EDIT, f"{flag} in {path}")
                 outcome = deployer.apply(rendered, reload=True)
         except Interrupted:
             # Interrupted before the target changed: the inventory goes back, so it says what runs.
-            if written and not any("installed" in d for d in deployer.journal.done):
+            if written and not deployer.journal.has_done(Step.INSTALL):
                 write_atomic(path, original, expect=edit.text)
-                deployer.journal.did(f"{path} put back as it was")
+                deployer.journal.did(Step.PUT_BACK, f"{path} put back as it was")
                 raise deployer.journal.interrupted() from None
             raise
         except NginxctlError:

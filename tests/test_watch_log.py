@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from helpers import Etcd, free_port
-from test_watch import Watch, etcd_group, replies, write
+from helpers import Etcd, Watch, free_port
+from test_watch import etcd_group, replies, write
 
 pytestmark = pytest.mark.integration
 
