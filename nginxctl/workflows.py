@@ -601,7 +601,8 @@ def _health_report(deployer: Deployer, inv: Inventory | None) -> dict[str, Any] 
     """What `nginxctl watch` last published about its health checks of this target (None: never ran),
     marked `stale` when that watch no longer runs, and limited to the inventory's groups."""
     import json
-    import socket
+
+    from .host import process_alive
 
     raw = deployer.live.read_file(f"{deployer.history.dir}/health.json")
     try:
@@ -610,13 +611,14 @@ def _health_report(deployer: Deployer, inv: Inventory | None) -> dict[str, Any] 
         return None
     if not isinstance(data, dict):
         return None
-    alive = False
-    if data.get("watch_host") == socket.gethostname() and not data.get("stopped"):
-        try:
-            os.kill(int(data.get("watch_pid") or 0), 0)
-            alive = True
-        except (OSError, ValueError):
-            alive = False
+    alive: bool | None = False
+    if not data.get("stopped"):
+        alive = process_alive(data.get("watch") or {})
+        if alive is None:  # the watch runs out of sight (in a container, say): alive while it beats
+            try:
+                alive = time.time() - float(data["updated"]) < 3 * float(data["heartbeat_seconds"])
+            except (KeyError, TypeError, ValueError):
+                alive = False
     data["stale"] = not alive
     if inv is not None:
         groups = {g.name for g in inv.upstreams}

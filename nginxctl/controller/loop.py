@@ -49,6 +49,9 @@ from .sources import DockerSource, EtcdSource, Event, InventoryFile, Snapshot, b
 Connect = Callable[[str | None], Any]
 GENERATIONS_RETRY = 2.0
 FIRST_SNAPSHOT_WAIT = 5.0
+# How often the published health is re-stamped while nothing changes: `status` in another PID namespace (the
+# watch in a container, status on the host) cannot see the process, and calls it stale after 3 missed beats.
+HEALTH_HEARTBEAT = 10.0
 
 
 @dataclass
@@ -60,6 +63,7 @@ class WatchOptions:
     max_generations: int = 3
     templates: Path | None = None
     targets: list[str] | None = None
+    lock_owner: str | None = None
 
 
 @dataclass
@@ -101,6 +105,7 @@ class Controller:
         self.health_change: tuple[list[str], list[str]] = ([], [])
         self.last_health_apply: float | None = None
         self.health_due: float | None = None
+        self.heartbeat_due: float | None = None
         self.all_failing: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -123,7 +128,7 @@ class Controller:
         self.members = self._attach()
         for member in self.members:
             lock = nginx.TargetLock(member.deployer.live.client, member.deployer.live, wait=0, purpose="watch",
-                                    kind="watch")
+                                    kind="watch", owner=self.options.lock_owner)
             lock.__enter__()
             self._locks.append(lock)
         names = [m.deployer.live.name for m in self.members]
@@ -206,6 +211,8 @@ class Controller:
                 if self.health_due is not None and now >= self.health_due:
                     self.health_due = None
                     self.debounce.change(now)
+                if self.heartbeat_due is not None and now >= self.heartbeat_due:
+                    self._write_health()
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
         finally:
@@ -231,7 +238,8 @@ class Controller:
             self.events.put(event)
 
     def _next_event(self) -> Event | None:
-        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due) if d is not None]
+        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due, self.heartbeat_due)
+                     if d is not None]
         timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
         try:
             return self.events.get(timeout=timeout)
@@ -310,19 +318,25 @@ class Controller:
     def _write_health(self, stopped: bool = False) -> None:
         """Publish health state beside the target's config, for `nginxctl status` (`stopped`: this watch is
         ending, nothing checks any more)."""
-        if self.checker is None or self.deployer is None:
+        self.heartbeat_due = None
+        if self.checker is None or self.deployer is None or not self.checker.targets:
             return
         import json
+
+        from ..host import process_identity
 
         rows = [{"group": g, "address": a, "state": "up" if h.up else "down", "since": h.since,
                  "last_error": h.last_error, "checks": h.checks, "rendered_down": (g, a) in self.down}
                 for (g, a), h in sorted(self.checker.health().items())]
         try:
             self.deployer.history.write({".nginxctl/health.json": json.dumps(
-                {"updated": time.time(), "watch_pid": os.getpid(), "watch_host": socket.gethostname(),
+                {"updated": time.time(), "heartbeat_seconds": HEALTH_HEARTBEAT, "watch_pid": os.getpid(),
+                 "watch_host": socket.gethostname(), "watch": process_identity(),
                  "stopped": time.time() if stopped else None, "servers": rows}, indent=1) + "\n"})
         except NginxctlError:
             pass
+        if not stopped:
+            self.heartbeat_due = self.clock() + HEALTH_HEARTBEAT
 
     def _on_check(self, target: Any, ok: bool, error: str | None) -> None:
         self.metrics.health_checks.labels(target.group, target.address, "pass" if ok else "fail").inc()
