@@ -45,6 +45,7 @@ from .log import DecisionLog
 from .merge import Merged, merge
 from .metrics import Metrics
 from .sources import DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
+from .systemd import notify, watchdog_interval
 
 Connect = Callable[[str | None], Any]
 GENERATIONS_RETRY = 2.0
@@ -106,6 +107,8 @@ class Controller:
         self.last_health_apply: float | None = None
         self.health_due: float | None = None
         self.heartbeat_due: float | None = None
+        self.watchdog = watchdog_interval()
+        self.watchdog_due: float | None = None
         self.all_failing: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -197,12 +200,18 @@ class Controller:
             signal.signal(signal.SIGINT, self._on_signal)
         try:
             self.start()
+            # Ready once the loop runs, not after a first apply: a discovery source down at start (the
+            # loop waits for it) must not look like a failed start to systemd and become a restart loop.
+            notify("READY=1")
+            if self.watchdog is not None:
+                self.watchdog_due = self.clock()
             self._first_snapshots()
             self.debounce.change(self.clock())
             self._reconcile(reason="start")
             while True:
                 event = self._next_event()
                 if event is not None and event.kind == "stop":
+                    notify("STOPPING=1")
                     self.log("stop", f"{event.detail}: stopping; the target keeps the config it runs")
                     return 0
                 if event is not None:
@@ -213,6 +222,9 @@ class Controller:
                     self.debounce.change(now)
                 if self.heartbeat_due is not None and now >= self.heartbeat_due:
                     self._write_health()
+                if self.watchdog is not None and self.watchdog_due is not None and now >= self.watchdog_due:
+                    notify("WATCHDOG=1")  # the loop turns: a pass stuck on a hung engine call stops these
+                    self.watchdog_due = now + self.watchdog
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
         finally:
@@ -238,8 +250,8 @@ class Controller:
             self.events.put(event)
 
     def _next_event(self) -> Event | None:
-        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due, self.heartbeat_due)
-                     if d is not None]
+        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due, self.heartbeat_due,
+                                 self.watchdog_due) if d is not None]
         timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
         try:
             return self.events.get(timeout=timeout)
@@ -313,6 +325,7 @@ class Controller:
         targets = [Target(g.name, s.address.text, g.health_check, g.protocol == "udp")
                    for g in merged.inventory.upstreams if g.health_check is not None
                    for s in g.servers if (g.name, s.address.text) in merged.sources]
+        self.metrics.checked([(t.group, t.address) for t in targets])
         self.checker.set_targets(targets)
 
     def _write_health(self, stopped: bool = False) -> None:
