@@ -8,8 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,7 +18,7 @@ import pytest
 import yaml
 from nginxctl.host import process_alive, process_identity
 
-from helpers import Pong, cli, free_port, who
+from helpers import Pong, cli, free_port, wait_for, who
 
 COMPOSE = Path(__file__).parent.parent / "compose" / "docker-compose.yml"
 CONTROLLER_IMAGE = "nginxctl/nginxctl:local"
@@ -125,14 +123,6 @@ class Controller:
             self.container.remove(force=True)
         except docker.errors.NotFound:
             pass
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
-    """Poll `predicate` (a check on real state) until it holds; never a bare sleep."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what()
-        threading.Event().wait(0.2)
 
 
 @pytest.fixture

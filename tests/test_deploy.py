@@ -12,18 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from helpers import free_port, who, write_inventory
+from helpers import free_port, terminate, wait_for, who, write_inventory
 
 ROOT = Path(__file__).parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "nginxctl.rules.yml"
@@ -36,14 +35,6 @@ def tool(name: str) -> str:
     path = shutil.which(name) or f"/usr/bin/{name}"
     assert os.access(path, os.X_OK), f"{name} is missing: run scripts/setup.sh (it installs it)"
     return path
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` (a check on real state) until it holds; never a bare sleep."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        threading.Event().wait(0.2)
 
 
 def alerts() -> list[dict[str, Any]]:
@@ -140,9 +131,7 @@ def test_watch_tells_systemd_it_is_ready_when_the_loop_runs_even_with_etcd_down(
         assert "STOPPING=1" in received(notify_socket, "STOPPING=1")
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
 
 
 # -- a real Prometheus ------------------------------------------------------------------------------------------
@@ -185,13 +174,7 @@ class Prometheus:
             return False
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, 30)
         self.log.close()
 
 
