@@ -494,6 +494,9 @@ def watch(
     targets: TargetsOpt = None,
     resync: Annotated[float, typer.Option("--resync", parser=_duration, help="Re-read what the target has loaded "
                       "this often and correct any drift (a hand edit, a forced apply).")] = "30s",  # type: ignore[assignment]
+    lock_owner: Annotated[Optional[str], typer.Option("--lock-owner", envvar="NGINXCTL_LOCK_OWNER", help="This "
+                          "controller's stable name in the watch lock (say, its container's name): started again "
+                          "under it, a restarted or recreated controller takes its own lock back.")] = None,
 ) -> None:
     """Keep the target running the inventory and the discovered backends (Docker labels, etcd keys):
     reconcile on every change, coalesced, through the same apply as `nginxctl apply --reload`. Stops
@@ -514,7 +517,7 @@ def watch(
         except OSError as exc:
             raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
     options = WatchOptions(_inventory(inventory), container, quiet_period, max_wait, max_generations, templates,
-                           _names(targets), resync)
+                           _names(targets), resync, lock_owner or None)
     controller = Controller(options, connect=_connect, log=DecisionLog(log_format.value), metrics=registry)
     try:
         code = controller.run()

@@ -34,6 +34,7 @@ from docker.models.containers import Container
 from .capacity import Machine
 from .errors import EnvironmentProblem, LockBusy, NginxOutput
 from .history import Master
+from .host import process_alive, process_identity
 from .nginxtext import Build, Process, Processes, parse_build, parse_docker_time, parse_top, staged_name
 
 DEFAULT_IMAGE = "nginx:stable"
@@ -536,7 +537,8 @@ class TargetLock:
 
     Docker refuses a second container of the same name, so two nginxctl runs, even on different
     machines talking to one engine, cannot both hold it. A lock left by a killed process is taken
-    over when its owner is gone (same host) or it is older than LOCK_STALE_SECONDS.
+    over when that process is gone (seen from the same machine and PID namespace), when it is held under
+    our own `owner`, or (not a watch lock) when it is older than LOCK_STALE_SECONDS.
     Raises LockBusy (exit 3) naming the holder, EnvironmentProblem.
     """
 
@@ -547,6 +549,7 @@ class TargetLock:
     purpose: str = "apply"
     kind: str = "lock"  # "watch": the lock a controller holds for its life, beside the change lock
     release_in_background: bool = False
+    owner: str | None = None  # --lock-owner: a restarted or recreated controller takes its own lock back
     _container: Container | None = None
 
     @property
@@ -560,8 +563,9 @@ class TargetLock:
             releasing.join()
         deadline = time.monotonic() + self.wait
         labels = {"nginxctl.role": "lock", "nginxctl.host": socket.gethostname(),
-                  "nginxctl.pid": str(os.getpid()), "nginxctl.time": str(int(time.time())),
-                  "nginxctl.target": self.live.name, "nginxctl.purpose": self.purpose}
+                  **{f"nginxctl.{key}": value for key, value in process_identity().items()},
+                  "nginxctl.time": str(int(time.time())), "nginxctl.target": self.live.name,
+                  "nginxctl.purpose": self.purpose, **({"nginxctl.owner": self.owner} if self.owner else {})}
         while True:
             with _engine(f"cannot take the lock on {self.live.name}"):
                 try:
@@ -595,7 +599,7 @@ class TargetLock:
         lock = cls(client, live, kind=kind)
         with _engine(f"cannot read the {kind} lock of {live.name}"):
             holder = lock._holder()
-        return None if holder is None or cls._stale(holder) else dict(holder.labels)
+        return None if holder is None or lock._stale(holder) else dict(holder.labels)
 
     def _holder(self) -> Container | None:
         try:
@@ -603,30 +607,25 @@ class TargetLock:
         except docker.errors.NotFound:
             return None
 
-    @staticmethod
-    def _stale(holder: Container) -> bool:
+    def _stale(self, holder: Container) -> bool:
         labels = holder.labels
         if int(time.time()) - int(labels.get("nginxctl.time", "0")) > LOCK_STALE_SECONDS \
                 and labels.get("nginxctl.purpose") != "watch":
             return True
-        if labels.get("nginxctl.host") == socket.gethostname():
-            try:
-                pid = int(labels.get("nginxctl.pid", "0"))
-                if pid == os.getpid():
-                    # ours, yet we are taking it: a create whose answer was lost (the engine went away
-                    # mid-call) left it; nothing in this process holds it
-                    return True
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            except (PermissionError, ValueError):
-                return False
-            try:  # a killed process its parent has not reaped yet is gone too
-                with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
-                    return any(line.startswith("State:") and "Z" in line.split()[1:2] for line in fh)
-            except OSError:
-                return False
-        return False
+        me = process_identity()
+        theirs = {key: labels.get(f"nginxctl.{key}", "") for key in me}
+        if not theirs["boot"] and labels.get("nginxctl.host") == socket.gethostname():
+            theirs.update(boot=me["boot"], pidns=me["pidns"])  # a lock from before identities: host name and PID
+        if theirs == me:
+            # ours, yet we are taking it: a create whose answer was lost (the engine went away mid-call) left
+            # it; nothing in this process holds it
+            return True
+        alive = process_alive(theirs)
+        if alive is not None:
+            return not alive
+        # Out of our sight (another PID namespace or machine). Held under our own --lock-owner, it is this
+        # controller before a restart or a recreate of its container: ours to take back.
+        return bool(self.owner) and labels.get("nginxctl.owner") == self.owner
 
     @staticmethod
     def _remove(holder: Container) -> None:
@@ -652,4 +651,5 @@ _RELEASING: dict[str, threading.Thread] = {}
 def describe_holder(labels: dict[str, str]) -> str:
     age = int(time.time()) - int(labels.get("nginxctl.time", "0") or 0)
     what = labels.get("nginxctl.purpose", "apply")
-    return f"{what} by pid {labels.get('nginxctl.pid')} on {labels.get('nginxctl.host')}, for {age}s"
+    owner = f", owner {labels['nginxctl.owner']}" if labels.get("nginxctl.owner") else ""
+    return f"{what} by pid {labels.get('nginxctl.pid')} on {labels.get('nginxctl.host')}{owner}, for {age}s"

@@ -26,6 +26,7 @@ from typing import Any
 
 from .errors import NginxctlError
 from .history import Store
+from .host import process_alive, process_identity
 
 FORMAT = 2
 LIVE_HEARTBEATS = 3
@@ -40,12 +41,16 @@ def _load(raw: bytes | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _process_gone(data: dict[str, Any]) -> bool:
-    """Whether the publishing process is known to be gone: only decidable on its own host."""
-    if data.get("host") != socket.gethostname():
+def _gone(identity: Any, host: Any = None, pid: Any = None) -> bool:
+    """Whether the publishing process is known to be gone: by its identity (boot, PID namespace, pid, start:
+    decidable wherever the same PID namespace is seen, a container's included), else, for files an older
+    nginxctl wrote, by host name and pid on that host."""
+    if isinstance(identity, dict) and identity:
+        return process_alive(identity) is False
+    if host != socket.gethostname():
         return False
     try:
-        os.kill(int(data.get("pid") or 0), 0)
+        os.kill(int(pid or 0), 0)
     except ProcessLookupError:
         return True
     except (PermissionError, ValueError, OSError):
@@ -68,6 +73,7 @@ class WatchState:
     held_since: float | None = None
     unreachable: list[str] = field(default_factory=list)   # discovery sources not reachable now
     stopped: float | None = None
+    identity: dict[str, str] = field(default_factory=dict)  # host.process_identity() of the watch
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, **self.__dict__}
@@ -78,7 +84,7 @@ class WatchState:
             return cls(int(data["pid"]), str(data["host"]), str(data.get("inventory", "")), float(data["updated"]),
                        float(data.get("resync") or 30.0), data.get("desired_sha256"), data.get("loaded_sha256"),
                        data.get("held"), data.get("held_since"), list(data.get("unreachable") or []),
-                       data.get("stopped"))
+                       data.get("stopped"), dict(data.get("identity") or {}))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -88,7 +94,7 @@ class WatchState:
             return False
         if now - self.updated > max(MIN_LIVE_SECONDS, LIVE_HEARTBEATS * self.resync):
             return False
-        return not _process_gone({"host": self.host, "pid": self.pid})
+        return not _gone(self.identity, self.host, self.pid)
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}, inventory {self.inventory}"
@@ -147,22 +153,25 @@ class Published:
         data = self._read("health.json")
         if data is None:
             return None
-        watch = self.watch()
-        if data.get("stopped"):
+        if data.get("stopped") or _gone(data.get("watch"), data.get("watch_host"), data.get("watch_pid")):
             alive = False
-        elif watch is not None and watch.pid == data.get("watch_pid") and watch.host == data.get("watch_host"):
-            alive = watch.live()
-        else:  # published by a watch that wrote no heartbeat (an older nginxctl): its process must run here
-            alive = data.get("watch_host") == socket.gethostname() and not _process_gone(
-                {"host": data.get("watch_host"), "pid": data.get("watch_pid")})
+        elif data.get("heartbeat_seconds"):  # re-stamped while nothing changes: alive while it beats
+            try:
+                alive = time.time() - float(data["updated"]) < LIVE_HEARTBEATS * float(data["heartbeat_seconds"])
+            except (KeyError, TypeError, ValueError):
+                alive = False
+        else:  # an older nginxctl wrote no heartbeat: its process must be seen running
+            alive = data.get("watch_host") == socket.gethostname() and process_alive(data.get("watch") or {}) \
+                is not False and not _gone(None, data.get("watch_host"), data.get("watch_pid"))
         data["stale"] = not alive
         return data
 
     @staticmethod
-    def health_files(rows: list[dict[str, Any]], *, stopped: bool) -> dict[str, str]:
+    def health_files(rows: list[dict[str, Any]], *, stopped: bool, heartbeat: float) -> dict[str, str]:
         now = time.time()
-        return {"health.json": json.dumps({"format": FORMAT, "updated": now, "watch_pid": os.getpid(),
-                                           "watch_host": socket.gethostname(), "stopped": now if stopped else None,
+        return {"health.json": json.dumps({"format": FORMAT, "updated": now, "heartbeat_seconds": heartbeat,
+                                           "watch_pid": os.getpid(), "watch_host": socket.gethostname(),
+                                           "watch": process_identity(), "stopped": now if stopped else None,
                                            "servers": rows}, indent=1) + "\n"}
 
     # -- drained servers ------------------------------------------------------------------------------------

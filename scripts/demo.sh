@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: bring up nginx + two echo servers (compose/), apply the shipped inventory with
-# `nginxctl apply --reload`, and show connections alternating between the two backends; then run the
-# controller, `nginxctl watch`, start a third echo server labelled nginxctl.group=echo, and show it join.
+# `nginxctl apply --reload`, and show connections alternating between the two backends; then start the
+# controller (`nginxctl watch` in its container, the compose service `controller`), start a third echo
+# server labelled nginxctl.group=echo, and show it join.
 # Stop it with: docker-compose -f compose/docker-compose.yml -p nginxctl-demo down -v
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,15 +27,17 @@ echo "== status"
 echo "== 6 connections to 127.0.0.1:8000 (group 'echo')"
 connections 6
 
-echo "== nginxctl watch (the controller), decisions in .demo-watch.log"
-.venv/bin/nginxctl watch -i inventory.yaml --quiet-period 300ms >.demo-watch.log 2>&1 &
-watch_pid=$!
-trap 'kill -TERM "$watch_pid" 2>/dev/null || true; wait "$watch_pid" 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do grep -qE " (reload|in-sync): " .demo-watch.log && break; sleep 0.1; done
+echo "== the controller, nginxctl watch, in its container (nginxctl-demo-controller; metrics on 127.0.0.1:9145)"
+compose -f compose/docker-compose.yml -p nginxctl-demo up -d controller
+logged() { docker logs nginxctl-demo-controller 2>&1 | grep -qE "$1"; }
+for _ in $(seq 1 100); do logged '"event": "(reload|in-sync)"' && break; sleep 0.1; done
 echo "== start nginxctl-demo-echo-c, labelled nginxctl.group=echo nginxctl.port=9003"
 compose -f compose/docker-compose.yml -p nginxctl-demo up -d echo-c
-for _ in $(seq 1 100); do grep -q "added=echo/127.0.0.1:9003" .demo-watch.log && break; sleep 0.1; done
-cat .demo-watch.log
+for _ in $(seq 1 100); do logged '"added": \["echo/127.0.0.1:9003"\]' && break; sleep 0.1; done
+docker logs nginxctl-demo-controller 2>&1
+echo "== the controller's metrics"
+.venv/bin/python -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9145/metrics").read().decode())' \
+  | grep -E '^nginxctl_(reloads_total|servers|pending_changes)'
 echo "== 6 connections to 127.0.0.1:8000: echo-c has joined"
 connections 6
 echo "== stop: docker-compose -f compose/docker-compose.yml -p nginxctl-demo down -v"

@@ -236,13 +236,8 @@ class Etcd:
         return etcd3gw.Etcd3Client(host="127.0.0.1", port=self.port, timeout=5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            terminate(self.proc)
         self.proc = None
         if getattr(self, "log", None):
             self.log.close()
@@ -363,3 +358,25 @@ pid /tmp/backend.pid;
 events {{ worker_connections 64; }}
 stream {{ server {{ listen 127.0.0.1:{port}; return "{reply}\\n"; }} }}
 """
+
+
+def terminate(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Stop a process a test started: SIGTERM, then SIGKILL if it lingers past `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def wait_for(predicate: Any, timeout: float, what: Any) -> None:
+    """Poll `predicate` (a check on real state) until it holds, failing with `what` (a text, or a function
+    giving one) after `timeout` seconds; never a bare sleep."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what() if callable(what) else what
+        threading.Event().wait(0.2)

@@ -251,9 +251,10 @@ def test_run_the_controller_as_a_service(lb, backends):
     a = backends("A")
     port = start(lb, [a])
     metrics = f"127.0.0.1:{free_port()}"
-    unit = RUNBOOK.split("```ini\n", 1)[1].split("```", 1)[0]
+    unit = (Path(__file__).parent.parent / "deploy" / "systemd" / "nginxctl-watch.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert exec_start.split()[1:] == ["watch", "--metrics", "127.0.0.1:9145", "--log-format", "json"]
+    assert "install -m 0644 deploy/systemd/nginxctl-watch.service /etc/systemd/system/" in RUNBOOK
     folder = lb.inventory.parent
     started, stop = blocks("Run the controller as a service")
     try:

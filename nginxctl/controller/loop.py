@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..fleet import FleetFailure, Member, fleet_targets, open_fleet, rollout
 from ..history import sha
+from ..host import process_identity
 from ..inventory import Inventory
 from ..inventory.model import Target
 from ..published import Published, WatchState
@@ -50,11 +51,15 @@ from .log import DecisionLog
 from .merge import Merged, candidate_server, merge
 from .metrics import Metrics
 from .sources import BACKOFF, DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
+from .systemd import notify, watchdog_interval
 
 Connect = Callable[[str | None], Any]
 GENERATIONS_RETRY = 2.0
 FIRST_SNAPSHOT_WAIT = 5.0
 MAX_ISOLATED_PER_PASS = 16   # discovered servers nginx refuses, found one rejection at a time
+# How often the published health is re-stamped while nothing changes: `status` in another PID namespace (the
+# watch in a container, status on the host) cannot see the process, and calls it stale after 3 missed beats.
+HEALTH_HEARTBEAT = 10.0
 
 
 @dataclass
@@ -67,6 +72,7 @@ class WatchOptions:
     templates: Path | None = None
     targets: list[str] | None = None
     resync: float = 30.0
+    lock_owner: str | None = None
 
 
 @dataclass
@@ -107,6 +113,9 @@ class Controller:
         self.health_change: tuple[list[str], list[str]] = ([], [])
         self.health_changed_at: dict[tuple[str, str], float] = {}   # per server, its last rendered health change
         self.health_due: float | None = None
+        self.heartbeat_due: float | None = None
+        self.watchdog = watchdog_interval()
+        self.watchdog_due: float | None = None
         self.all_failing: set[str] = set()
         self.isolated: dict[tuple[str, str], str] = {}   # discovered servers nginx refused -> its reason
         self.resync_at: float | None = None
@@ -138,7 +147,7 @@ class Controller:
         self.members = self._attach()
         for member in self.members:
             lock = nginx.TargetLock(member.deployer.live.client, member.deployer.live, wait=0, purpose="watch",
-                                    kind="watch")
+                                    kind="watch", owner=self.options.lock_owner)
             lock.__enter__()
             self._locks.append(lock)
         names = [m.deployer.live.name for m in self.members]
@@ -169,7 +178,7 @@ class Controller:
                 now = time.time()
                 state = WatchState(os.getpid(), socket.gethostname(), str(self.options.inventory.resolve()), now,
                                    self.options.resync, self.published[m.name][0], self.published[m.name][1],
-                                   stopped=now)
+                                   stopped=now, identity=process_identity())
                 Published(m.deployer.live, m.deployer.history.base).write(Published.watch_files(state, None))
         for source in self.sources:
             try:
@@ -214,12 +223,18 @@ class Controller:
             signal.signal(signal.SIGINT, self._on_signal)
         try:
             self.start()
+            # Ready once the loop runs, not after a first apply: a discovery source down at start (the
+            # loop waits for it) must not look like a failed start to systemd and become a restart loop.
+            notify("READY=1")
+            if self.watchdog is not None:
+                self.watchdog_due = self.clock()
             self._first_snapshots()
             self.debounce.change(self.clock())
             self._reconcile(reason="start")
             while True:
                 event = self._next_event()
                 if event is not None and event.kind == "stop":
+                    notify("STOPPING=1")
                     self._log_stop(event.detail)
                     return 0
                 if event is not None:
@@ -228,6 +243,11 @@ class Controller:
                 if self.health_due is not None and now >= self.health_due:
                     self.health_due = None
                     self.debounce.change(now)
+                if self.heartbeat_due is not None and now >= self.heartbeat_due:
+                    self._write_health()
+                if self.watchdog is not None and self.watchdog_due is not None and now >= self.watchdog_due:
+                    notify("WATCHDOG=1")  # the loop turns: a pass stuck on a hung engine call stops these
+                    self.watchdog_due = now + self.watchdog
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
                 elif not self.debounce.pending and (event is not None and event.kind == "resync" or
@@ -268,8 +288,8 @@ class Controller:
             self.events.put(event)
 
     def _next_event(self) -> Event | None:
-        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due, self.resync_at)
-                     if d is not None]
+        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due, self.resync_at,
+                                 self.heartbeat_due, self.watchdog_due) if d is not None]
         timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
         try:
             return self.events.get(timeout=timeout)
@@ -369,19 +389,23 @@ class Controller:
         targets = [Target(g.name, s.address.text, g.health_check, g.protocol == "udp")
                    for g in merged.inventory.upstreams if g.health_check is not None
                    for s in g.servers if (g.name, s.address.text) in merged.sources]
+        self.metrics.checked([(t.group, t.address) for t in targets])
         self.checker.set_targets(targets)
 
     def _write_health(self, stopped: bool = False) -> None:
         """Publish health state beside every target's config, for `nginxctl status` (`stopped`: this watch is
         ending, nothing checks any more)."""
-        if self.checker is None or not self.members:
+        self.heartbeat_due = None
+        if self.checker is None or not self.members or not self.checker.targets:
             return
         rows = [{"group": g, "address": a, "state": "up" if h.up else "down", "since": h.since,
                  "last_error": h.last_error, "checks": h.checks, "rendered_down": (g, a) in self.down}
                 for (g, a), h in sorted(self.checker.health().items())]
-        files = Published.health_files(rows, stopped=stopped)
+        files = Published.health_files(rows, stopped=stopped, heartbeat=HEALTH_HEARTBEAT)
         for m in self.members:
             Published(m.deployer.live, m.deployer.history.base).write(files)
+        if not stopped:
+            self.heartbeat_due = self.clock() + HEALTH_HEARTBEAT
 
     def _on_check(self, target: Any, ok: bool, error: str | None) -> None:
         self.metrics.health_checks.labels(target.group, target.address, "pass" if ok else "fail").inc()
@@ -633,7 +657,8 @@ class Controller:
             if self.published.get(m.name) == key and now - self.published_at.get(m.name, 0.0) < self.options.resync / 2:
                 continue
             state = WatchState(os.getpid(), socket.gethostname(), str(self.options.inventory.resolve()), now,
-                               self.options.resync, desired, key[1], self.held, self.held_since, unreachable)
+                               self.options.resync, desired, key[1], self.held, self.held_since, unreachable,
+                               identity=process_identity())
             previous = self.published.get(m.name)
             Published(m.deployer.live, m.deployer.history.base).write(
                 Published.watch_files(state, text if previous is None or previous[0] != desired else None))

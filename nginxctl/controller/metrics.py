@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 RELOAD_RESULTS = ("ok", "rejected", "restored", "refused", "restore_failed", "error")
+CHECK_RESULTS = ("pass", "fail")
 
 
 class Metrics:
@@ -57,6 +58,13 @@ class Metrics:
             counts[row] = counts.get(row, 0) + 1
         for (group, source, state), n in counts.items():
             self.servers.labels(group, source, state).set(n)
+
+    def checked(self, servers: list[tuple[str, str]]) -> None:
+        """Health-check counters at 0 for every (group, server) checked and every result, so a healthy pool's
+        dashboard has a `fail` series to show before the first failure."""
+        for group, server in servers:
+            for result in CHECK_RESULTS:
+                self.health_checks.labels(group, server, result)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
