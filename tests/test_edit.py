@@ -87,7 +87,8 @@ def test_the_ways_given_to_drain_a_discovered_server_render_it_down():
     """What the refusal suggests works: a listed `down: true` server wins over the discovered one (Docker), and an
     etcd value with "down": true is rendered down."""
     from nginxctl.controller.merge import merge
-    from nginxctl.controller.sources import Candidate, Snapshot, etcd_fields, label_fields
+    from nginxctl.controller.model import Candidate, Snapshot
+    from nginxctl.controller.sources import etcd_fields, label_fields
 
     listed = DISCOVERING.replace("discover: docker}", "discover: docker, servers: [{address: 127.0.0.1:7005, down: "
                                  "true}]}")

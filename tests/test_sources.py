@@ -10,7 +10,8 @@ from typing import Any
 
 import docker
 import docker.errors
-from nginxctl.controller.sources import DockerSource, Event
+from nginxctl.controller.model import Event
+from nginxctl.controller.sources import DockerSource
 
 LABELS = {"nginxctl.group": "pool", "nginxctl.port": "7001"}
 

@@ -50,7 +50,8 @@ from .isolate import culprits
 from .log import DecisionLog
 from .merge import Merged, candidate_server, merge
 from .metrics import Metrics
-from .sources import BACKOFF, DockerSource, EtcdSource, Event, InventoryFile, Snapshot, backoff
+from .model import BACKOFF, Event, EventKind, Snapshot, backoff
+from .sources import DockerSource, EtcdSource, InventoryFile
 from .systemd import notify, watchdog_interval
 
 Connect = Callable[[str | None], Any]
@@ -130,7 +131,7 @@ class Controller:
     # -- lifecycle -------------------------------------------------------------------------------------
 
     def stop(self, reason: str = "stop requested") -> None:
-        self.events.put(Event("stop", detail=reason))
+        self.events.put(Event(EventKind.STOP, detail=reason))
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self.stop(f"{signal.Signals(signum).name} received")
@@ -161,7 +162,7 @@ class Controller:
         from .health import Checker
 
         # idle (no thread wakes) until a group has a health_check
-        self.checker = Checker(lambda: self.events.put(Event("health")), self._on_check)
+        self.checker = Checker(lambda: self.events.put(Event(EventKind.HEALTH)), self._on_check)
         self.sources.append(self.checker)
         for source in self.sources:
             source.start()
@@ -233,7 +234,7 @@ class Controller:
             self._reconcile(reason="start")
             while True:
                 event = self._next_event()
-                if event is not None and event.kind == "stop":
+                if event is not None and event.kind is EventKind.STOP:
                     notify("STOPPING=1")
                     self._log_stop(event.detail)
                     return 0
@@ -250,7 +251,7 @@ class Controller:
                     self.watchdog_due = now + self.watchdog
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
-                elif not self.debounce.pending and (event is not None and event.kind == "resync" or
+                elif not self.debounce.pending and (event is not None and event.kind is EventKind.RESYNC or
                                                     self.resync_at is not None and now >= self.resync_at):
                     self._reconcile(reason="resync")
         finally:
@@ -278,11 +279,11 @@ class Controller:
                 event = self.events.get(timeout=max(0.0, deadline - self.clock()))
             except queue.Empty:
                 break
-            if event.kind == "snapshot" and event.snapshot is not None:
+            if event.kind is EventKind.SNAPSHOT and event.snapshot is not None:
                 previous = self.snapshots.get(event.snapshot.source)
                 self.snapshots[event.snapshot.source] = event.snapshot
                 self._source_state(event.snapshot, previous)
-            elif event.kind == "stop":
+            elif event.kind is EventKind.STOP:
                 backlog.append(event)
         for event in backlog:
             self.events.put(event)
@@ -298,15 +299,15 @@ class Controller:
 
     def _handle(self, event: Event) -> None:
         now = self.clock()
-        if event.kind == "inventory":
+        if event.kind is EventKind.INVENTORY:
             self.debounce.change(now)
-        elif event.kind == "target":
+        elif event.kind is EventKind.TARGET:
             self.log("target", f"{event.detail}: checking it runs the desired config")
             self.members = None  # attach again: a restarted container has a new master
             self.debounce.change(now)
-        elif event.kind == "health":
+        elif event.kind is EventKind.HEALTH:
             self._health_changed(now)
-        elif event.kind == "snapshot" and event.snapshot is not None:
+        elif event.kind is EventKind.SNAPSHOT and event.snapshot is not None:
             previous = self.snapshots.get(event.snapshot.source)
             self.snapshots[event.snapshot.source] = event.snapshot
             self._source_state(event.snapshot, previous)

@@ -15,7 +15,7 @@ from ..errors import InventoryError
 from ..inventory import Group, Inventory, Server
 from ..inventory.grammar import parse_server_address
 from ..inventory.load import parse_server
-from .sources import Candidate, Snapshot
+from .model import Candidate, Snapshot
 
 # Never connected to: nginx skips a `down` server. Port 9 is discard; the address only has to parse.
 PLACEHOLDER = Server(address=parse_server_address("127.0.0.1:9"), down=True)

@@ -1,33 +1,57 @@
 """Prometheus metrics and /healthz for `nginxctl watch`: a view of the loop's state, set where it decides.
 
 Served by a small HTTP server on its own thread (`serve`); `/metrics` is the Prometheus text format,
-`/healthz` answers 200 while the loop runs (it beats at every pass) and 503 once it stopped.
+`/healthz` is a liveness probe: 200 while the loop makes progress, 503 once it stopped or when it has not
+beaten for `STUCK_AFTER` seconds. The loop beats at every pass and at every idle wake-up (at least every
+`IDLE_BEAT` seconds, see `loop`); long work it runs on purpose beats as it goes. A probe that sees 503 should
+restart the controller: a hung loop applies nothing, whatever the process table says.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from ..lazy import lazy_import
 
-RELOAD_RESULTS = ("ok", "rejected", "restored", "refused", "restore_failed", "error")
+if TYPE_CHECKING:
+    import prometheus_client
+else:
+    prometheus_client = lazy_import("prometheus_client")
+
 CHECK_RESULTS = ("pass", "fail")
+IDLE_BEAT = 5.0       # the loop wakes at least this often when nothing happens
+STUCK_AFTER = 60.0    # /healthz answers 503 when the loop has not beaten for this long
+
+
+class Result(str, enum.Enum):
+    """What a reload attempt came to (`nginxctl_reloads_total{result}`)."""
+
+    OK = "ok"                          # reloaded and verified
+    REJECTED = "rejected"              # nginx -t refused the config; nothing changed
+    RESTORED = "restored"              # did not take; the previous config was restored
+    REFUSED = "refused"                # old worker generations linger; nothing changed
+    RESTORE_FAILED = "restore_failed"  # did not take, and the restore failed too
+    ERROR = "error"                    # the target or the engine could not be reached
 
 
 class Metrics:
     """The controller's metrics, in a registry of their own (never the process-global one)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = prometheus_client.CollectorRegistry()
         r = self.registry
+        Counter, Gauge, Histogram = prometheus_client.Counter, prometheus_client.Gauge, prometheus_client.Histogram
         self.reloads = Counter("nginxctl_reloads", "Reloads attempted, by result: ok (verified), rejected (nginx -t "
                                "refused, nothing changed), restored (did not take, previous config restored), "
                                "refused (old generations linger), restore_failed, error (target unreachable)",
                                ["result"], registry=r)
-        for result in RELOAD_RESULTS:
-            self.reloads.labels(result)
+        for result in Result:
+            self.reloads.labels(result.value)
         self.reconciles = Counter("nginxctl_reconciles", "Reconcile passes (desired config compared with the "
                                   "loaded one)", registry=r)
         self.last_success = Gauge("nginxctl_last_success_timestamp_seconds", "When the target was last verified "
@@ -49,6 +73,21 @@ class Metrics:
         self.all_down = Gauge("nginxctl_group_all_failing", "1 while every primary server of a group fails its "
                               "health checks (they are all kept in)", ["group"], registry=r)
         self.running = True
+        self.clock: Callable[[], float] = time.monotonic
+        self.last_beat = self.clock()
+
+    def beat(self) -> None:
+        """The loop made progress (a pass, an idle wake-up, a step of long work)."""
+        self.last_beat = self.clock()
+
+    def alive(self) -> tuple[bool, str]:
+        """Whether /healthz answers 200, and what it says."""
+        if not self.running:
+            return False, "stopped"
+        idle = self.clock() - self.last_beat
+        if idle > STUCK_AFTER:
+            return False, f"stuck: the reconcile loop has not made progress for {idle:.0f}s"
+        return True, "ok"
 
     def set_servers(self, rows: list[tuple[str, str, str]]) -> None:
         """Replace the server gauge with (group, source, state) rows, counted."""
@@ -67,7 +106,7 @@ class Metrics:
                 self.health_checks.labels(group, server, result)
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return prometheus_client.generate_latest(self.registry)
 
 
 def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
@@ -77,10 +116,10 @@ def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)
             if self.path.split("?", 1)[0] == "/metrics":
-                body, status, ctype = metrics.exposition(), 200, CONTENT_TYPE_LATEST
+                body, status, ctype = metrics.exposition(), 200, prometheus_client.CONTENT_TYPE_LATEST
             elif self.path == "/healthz":
-                ok = metrics.running
-                body, status, ctype = (b"ok\n" if ok else b"stopped\n"), 200 if ok else 503, "text/plain"
+                ok, said = metrics.alive()
+                body, status, ctype = f"{said}\n".encode(), 200 if ok else 503, "text/plain"
             else:
                 body, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
             self.send_response(status)

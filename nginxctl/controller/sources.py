@@ -19,52 +19,22 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
-import requests
-import requests.exceptions
+from ..lazy import lazy_import
+from .model import Candidate, Event, EventKind, Publish, Snapshot, backoff
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+    import requests
+    import requests.exceptions
+else:
+    docker = lazy_import("docker")
+    requests = lazy_import("requests")
 
 GROUP_LABEL = "nginxctl.group"
-BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A backend a source sees, before validation: `fields` are the server's keys as found."""
-
-    source: str     # docker | etcd
-    group: str
-    origin: str     # the container's name, or the etcd key
-    fields: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    source: str                          # "docker", or "etcd"
-    candidates: tuple[Candidate, ...] = ()
-    stale: bool = False
-    error: str | None = None
-    known: bool = True   # False: the source has never answered (nothing is known, not "no backends")
-    at: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class Event:
-    """What the loop's queue carries: kind is inventory, snapshot, target, resync, health or stop."""
-
-    kind: str
-    snapshot: Snapshot | None = None
-    detail: str = ""
-
-
-Publish = Callable[[Event], None]
-
-
-def backoff(attempt: int) -> float:
-    return BACKOFF[min(attempt, len(BACKOFF) - 1)]
 
 
 class InventoryFile:
@@ -85,7 +55,7 @@ class InventoryFile:
                 paths = {os.path.abspath(str(event.src_path)),
                          os.path.abspath(str(getattr(event, "dest_path", "") or event.src_path))}
                 if target in paths:
-                    publish(Event("inventory", detail=event.event_type))
+                    publish(Event(EventKind.INVENTORY, detail=event.event_type))
 
         self.observer = Observer()
         self.observer.schedule(Handler(), os.path.dirname(self.path), recursive=False)
@@ -172,9 +142,9 @@ class DockerSource:
                 client = self.connect()
                 since = time.time()
                 self.last = self.snapshot(client)
-                self.publish(Event("snapshot", self.last))
+                self.publish(Event(EventKind.SNAPSHOT, self.last))
                 if attempt:
-                    self.publish(Event("target", detail="docker engine back"))
+                    self.publish(Event(EventKind.TARGET, detail="docker engine back"))
                 attempt = 0
                 self._events = client.events(decode=True, since=since, filters={"type": "container"})
                 for event in self._events:
@@ -186,12 +156,12 @@ class DockerSource:
                             "start", "die", "stop", "kill", "destroy", "pause", "unpause", "restart", "rename",
                             "update"):
                         self.last = self.snapshot(client)
-                        self.publish(Event("snapshot", self.last))
+                        self.publish(Event(EventKind.SNAPSHOT, self.last))
                     if self.target and attrs.get("name") in self.target:
                         if action in ("start", "restart", "die"):
-                            self.publish(Event("target", detail=f"target container {action}"))
+                            self.publish(Event(EventKind.TARGET, detail=f"target container {action}"))
                         elif action == "extract-to-dir":  # `docker cp` into it: look at what it runs now
-                            self.publish(Event("resync", detail="files copied into the target container"))
+                            self.publish(Event(EventKind.RESYNC, detail="files copied into the target container"))
                 if self.stopping.is_set():
                     return
                 raise ConnectionError("the Docker event stream ended")
@@ -199,7 +169,7 @@ class DockerSource:
                 if self.stopping.is_set():
                     return
                 self.last = replace(self.last, stale=True, error=f"Docker: {str(exc).splitlines()[0][:200]}")
-                self.publish(Event("snapshot", self.last))
+                self.publish(Event(EventKind.SNAPSHOT, self.last))
                 self.stopping.wait(backoff(attempt))
                 attempt += 1
             finally:
@@ -330,7 +300,7 @@ class EtcdSource:
                 client = self.client_for(self.endpoints[attempt % len(self.endpoints)])
                 self.revision = self.read(client)
                 self.last = self.snapshot()
-                self.publish(Event("snapshot", self.last))
+                self.publish(Event(EventKind.SNAPSHOT, self.last))
                 attempt = 0
                 for group, prefix in self.prefixes.items():
                     thread = threading.Thread(target=self._watch_thread, args=(client, group, prefix, errors),
@@ -348,7 +318,7 @@ class EtcdSource:
                     self.revision = max(self.revision, revision)
                     if self.changed.empty():  # a burst of events is one snapshot
                         self.last = self.snapshot()
-                        self.publish(Event("snapshot", self.last))
+                        self.publish(Event(EventKind.SNAPSHOT, self.last))
                 if self.stopping.is_set():
                     return
                 raise ConnectionError(errors.get() if not errors.empty() else "the etcd watch ended")
@@ -357,7 +327,7 @@ class EtcdSource:
                     return
                 reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
                 self.last = replace(self.last, stale=True, error=f"etcd: {reason}")
-                self.publish(Event("snapshot", self.last))
+                self.publish(Event(EventKind.SNAPSHOT, self.last))
                 self._close_streams()
                 for thread in watchers:
                     thread.join(1)
