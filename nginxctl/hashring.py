@@ -123,9 +123,27 @@ class Ring:
 
         `unavailable` names servers that nginx skips at run time besides those marked down (failed by
         max_fails, full by max_conns); nginxctl cannot see that state, so the caller says it."""
+        return self.lookup_from(self.first_point(key), unavailable)
+
+    def shares(self, unavailable: Iterable[str] = ()) -> dict[str, float]:
+        """The fraction of the 32-bit key-hash space each server text receives (0 for down ones).
+
+        A point owns the hashes from just above the previous point up to itself (the first point also
+        owns everything above the last), and hands them on to the next live point when its server is
+        down: what uniformly spread keys would see."""
+        out = {p.name: 0.0 for p in self.peers}
+        count = len(self.values)
+        for i in range(count):
+            arc = (self.values[i] - self.values[i - 1]) % 2**32 if count > 1 else 2**32
+            owner = self.lookup_from(i, unavailable)
+            if owner is not None:
+                out[owner] += arc / 2**32
+        return out
+
+    def lookup_from(self, start: int, unavailable: Iterable[str] = ()) -> str | None:
+        """The server nginx picks when its walk starts at point `start` (see `lookup`)."""
         skip = set(unavailable)
         live = {p.name for p in self.peers if not p.down and p.name not in skip}
-        start = self.first_point(key)
         count = len(self.values)
         for step in range(count):
             owner = self.owners[(start + step) % count]

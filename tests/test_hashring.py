@@ -1,0 +1,265 @@
+"""nginxctl.hashring maps a key where nginx's `hash KEY consistent` maps it.
+
+Pure tests pin the ring's rules (points per weight, chaining, down servers, wrap-around, keys); the
+integration tests ask a real nginx: 250 source addresses in 127.0.0.0/8 connect through it, and the
+backend each one reaches must be the server the ring predicts, for every one of them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import struct
+import time
+import zlib
+from collections import Counter
+
+import pytest
+from nginxctl.hashring import (
+    POINTS_PER_WEIGHT,
+    Peer,
+    Ring,
+    UnsupportedHashKey,
+    address_text,
+    key_for,
+    key_parts,
+    ring_for_group,
+    server_points,
+    split_server,
+)
+from nginxctl.inventory.load import parse_inventory
+
+from helpers import TIMEOUT, Backend, cli, read_line
+
+THREE = [("127.0.0.1:9001", 1, False), ("127.0.0.1:9002", 1, False), ("127.0.0.1:9003", 1, False)]
+KEYS = [f"10.{i // 256}.{i % 256}.7".encode() for i in range(2000)]
+
+
+# --- pure -----------------------------------------------------------------------------------------
+
+def test_a_point_is_the_crc32_of_host_nul_port_and_the_previous_point() -> None:
+    points = server_points("127.0.0.1:9001")
+    assert len(points) == POINTS_PER_WEIGHT
+    assert points[0] == zlib.crc32(b"127.0.0.1\x009001" + b"\0\0\0\0")
+    assert points[1] == zlib.crc32(b"127.0.0.1\x009001" + struct.pack("<I", points[0]))
+
+
+def test_server_text_is_cut_like_nginx_does() -> None:
+    assert split_server("127.0.0.1:9001") == (b"127.0.0.1", b"9001")
+    assert split_server("[::1]:6666") == (b"[::1]", b"6666")
+    assert split_server("db.local:3306") == (b"db.local", b"3306")
+    assert split_server("unix:/run/app.sock") == (b"/run/app.sock", b"")
+    assert split_server("UNIX:/run/app.sock") == (b"/run/app.sock", b"")
+    assert split_server("db.local") == (b"db.local", b"")
+    assert split_server("host:ab") == (b"host:ab", b"")
+
+
+def test_the_ring_is_deterministic_sorted_and_unique() -> None:
+    one, two = Ring.build(THREE), Ring.build(list(THREE))
+    assert one == two
+    assert list(one.values) == sorted(set(one.values))
+    assert len(one.values) == 3 * POINTS_PER_WEIGHT
+    assert [one.lookup(k) for k in KEYS] == [two.lookup(k) for k in KEYS]
+
+
+def test_weight_multiplies_the_points_and_the_share() -> None:
+    ring = Ring.build([("127.0.0.1:9001", 3, False), ("127.0.0.1:9002", 1, False), ("127.0.0.1:9003", 1, False)])
+    assert [ring.point_count(p.name) for p in ring.peers] == [480, 160, 160]
+    share = Counter(ring.lookup(k) for k in KEYS)
+    assert share["127.0.0.1:9001"] > share["127.0.0.1:9002"] + share["127.0.0.1:9003"] - 200
+
+
+def test_lookup_takes_the_first_point_at_or_after_the_key_and_wraps() -> None:
+    ring = Ring.build(THREE)
+    for key in KEYS[:200]:
+        h = zlib.crc32(key)
+        owner = next((o for v, o in zip(ring.values, ring.owners, strict=True) if v >= h), ring.owners[0])
+        assert ring.lookup(key) == owner
+    # a key hashing above the last point wraps to the first point's server
+    above = next(k for k in (str(i).encode() for i in range(10**6)) if zlib.crc32(k) > ring.values[-1])
+    assert ring.first_point(above) == len(ring.values)
+    assert ring.lookup(above) == ring.owners[0]
+
+
+def test_a_down_server_keeps_its_points_and_its_keys_move_to_the_next_point() -> None:
+    up = Ring.build(THREE)
+    down = Ring.build([THREE[0], (THREE[1][0], 1, True), THREE[2]])
+    assert down.values == up.values  # down peers still place their points
+    for key in KEYS:
+        before, after = up.lookup(key), down.lookup(key)
+        assert after != "127.0.0.1:9002"
+        if before != "127.0.0.1:9002":
+            assert after == before
+        else:
+            i = up.first_point(key)
+            assert after == next(up.owners[(i + s) % len(up.owners)] for s in range(len(up.owners))
+                                 if up.owners[(i + s) % len(up.owners)] != "127.0.0.1:9002")
+    assert down.lookup(b"x", unavailable=["127.0.0.1:9001", "127.0.0.1:9003"]) is None
+    assert Ring.build([(n, 1, True) for n, _, _ in THREE]).lookup(b"x") is None
+
+
+def test_adding_a_server_moves_keys_only_to_it() -> None:
+    three = Ring.build(THREE)
+    four = Ring.build([*THREE, ("127.0.0.1:9004", 1, False)])
+    moved = [k for k in KEYS if three.lookup(k) != four.lookup(k)]
+    assert all(four.lookup(k) == "127.0.0.1:9004" for k in moved)
+    share = four.shares()["127.0.0.1:9004"]
+    assert 0.15 < share < 0.35
+    assert abs(len(moved) / len(KEYS) - share) < 4 * (share * (1 - share) / len(KEYS)) ** 0.5
+
+
+def test_shares_cover_the_key_space_and_follow_down_servers() -> None:
+    ring = Ring.build(THREE)
+    shares = ring.shares()
+    assert abs(sum(shares.values()) - 1) < 1e-9
+    down = Ring.build([THREE[0], (THREE[1][0], 1, True), THREE[2]]).shares()
+    assert down["127.0.0.1:9002"] == 0
+    assert abs(down["127.0.0.1:9001"] + down["127.0.0.1:9003"] - 1) < 1e-9
+    assert down["127.0.0.1:9001"] >= shares["127.0.0.1:9001"]
+    assert Ring.build([THREE[0]]).shares() == {"127.0.0.1:9001": 1.0}
+
+
+def test_a_name_repeated_for_each_address_maps_keys_to_that_name() -> None:
+    once = Ring.build([("db.local:5432", 1, False), ("127.0.0.1:9001", 1, False)])
+    twice = Ring.build([("db.local:5432", 1, False), ("db.local:5432", 1, True), ("127.0.0.1:9001", 1, False)])
+    assert once.values == twice.values
+    assert [once.lookup(k) for k in KEYS[:300]] == [twice.lookup(k) for k in KEYS[:300]]
+    assert twice.lookup_index(b"k") in (0, 2)
+
+
+def test_bad_groups_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        Ring.build([])
+    with pytest.raises(ValueError, match="weight must be 1 or more"):
+        Ring.build([Peer("127.0.0.1:1", 0)])
+
+
+def test_keys_from_the_four_variables_and_text() -> None:
+    assert key_for("$remote_addr", "127.0.0.5", 40000, "127.0.0.1", 80) == b"127.0.0.5"
+    assert key_for("$remote_addr:$remote_port", "127.0.0.5", 40000, "127.0.0.1", 80) == b"127.0.0.5:40000"
+    assert key_for("x${server_port}-$server_addr", "::1", 1, "::1", 80) == b"x80-::1"
+    assert key_for("fixed", "1.2.3.4", 1, "1.2.3.4", 1) == b"fixed"
+
+
+@pytest.mark.parametrize("template, variable", [("$binary_remote_addr", "binary_remote_addr"),
+                                                ("$remote_addr$ssl_preread_server_name", "ssl_preread_server_name"),
+                                                ("$remote_addrx", "remote_addrx"), ("a$", "")])
+def test_other_variables_are_refused_with_the_reason(template: str, variable: str) -> None:
+    with pytest.raises(UnsupportedHashKey) as err:
+        key_parts(template)
+    assert err.value.exit_code == 2
+    assert err.value.variable == variable
+    assert str(err.value) == ("a hash key nginxctl can compute is built from $remote_addr, $remote_port, "
+                              f"$server_addr, $server_port and plain text; got ${variable} in hash key {template!r}")
+
+
+@pytest.mark.parametrize("text, nginx", [
+    ("127.0.0.5", "127.0.0.5"), ("::1", "::1"), ("::", "::"), ("1::", "1::"), ("1::2", "1::2"),
+    ("2001:db8:0:0:1:0:0:1", "2001:db8::1:0:0:1"), ("fe80::1:0:0:1", "fe80::1:0:0:1"),
+    ("::ffff:10.1.2.3", "::ffff:10.1.2.3"), ("::10.1.2.3", "::10.1.2.3"),
+    ("2001:DB8::0001", "2001:db8::1"), ("1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7:8"), ("1:0:2:3:4:5:6:7", "1:0:2:3:4:5:6:7"),
+])
+def test_addresses_are_written_as_nginx_writes_them(text: str, nginx: str) -> None:
+    assert address_text(ipaddress.ip_address(text).packed) == nginx
+
+
+def test_ring_for_group_uses_the_rendered_server_text() -> None:
+    inv = parse_inventory("target: {container: x}\nupstreams:\n  g:\n    listen: 127.0.0.1:7000\n"
+                          "    balance: hash\n    hash_key: $remote_addr\n    consistent: true\n"
+                          "    servers: [127.0.0.1:9001, {address: 127.0.0.1:9002, weight: 2}, "
+                          "{address: '[::1]:9003', down: true}]\n")
+    group = inv.group("g")
+    assert group is not None
+    ring = ring_for_group(group)
+    assert ring.peers == (Peer("127.0.0.1:9001", 1, False), Peer("127.0.0.1:9002", 2, False),
+                          Peer("[::1]:9003", 1, True))
+
+
+# --- against a real nginx -------------------------------------------------------------------------
+
+def sources(count: int = 250, seed: int = 14) -> list[str]:
+    """Distinct addresses in 127.0.0.0/8 (all local on Linux loopback), none ending in .0 or .255."""
+    rng = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < count:
+        out.add(f"127.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}")
+    return sorted(out)
+
+
+def connect_from(port: int, source: str) -> tuple[str, int]:
+    """Connect through nginx from `source` (kernel-chosen port); the backend's name and our port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0)) as s:
+        return read_line(s), int(s.getsockname()[1])
+
+
+def apply(lb) -> None:  # type: ignore[no-untyped-def]
+    result = cli("apply", "-i", str(lb.inventory), "--reload", "--quiet")
+    assert result.returncode == 0, result.stderr
+
+
+def check(lb, port: int, key: str, names: dict[str, str], budget: float = 60.0) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Every source reaches the server the ring predicts; returns source -> backend name."""
+    inv = parse_inventory(lb.inventory.read_text())
+    group = inv.upstreams[0]
+    ring = ring_for_group(group)
+    deadline = time.monotonic() + budget
+    seen: dict[str, str] = {}
+    wrong = []
+    for src in sources():
+        assert time.monotonic() < deadline, f"{len(seen)} sources checked in {budget}s"
+        name, src_port = connect_from(port, src)
+        expected = ring.lookup(key_for(key, src, src_port, "127.0.0.1", port))
+        if expected is None or names[expected] != name:
+            wrong.append((src, src_port, expected, name))
+        seen[src] = name
+    assert not wrong, f"{len(wrong)}/{len(seen)} sources reached another server than predicted: {wrong[:10]}"
+    print(f"{group.name}: {len(seen)} sources all as predicted: {dict(sorted(Counter(seen.values()).items()))}")
+    return seen
+
+
+def hashed(lb, servers: list[object], port: int, key: str = "$remote_addr") -> None:  # type: ignore[no-untyped-def]
+    _, group = lb.group(servers, port=port, balance="hash", hash_key=key, consistent=True)
+    lb.write({"devices": group})
+    apply(lb)
+
+
+def test_nginx_maps_every_source_where_the_ring_says_then_a_fourth_server_takes_a_quarter(lb, backends):
+    pool: list[Backend] = [backends(n) for n in "ABCD"]
+    names = {b.address: b.name for b in pool}
+    port = lb.group([])[0]
+    hashed(lb, [b.address for b in pool[:3]], port)
+    before = check(lb, port, "$remote_addr", names)
+    assert set(before.values()) == {"A", "B", "C"}
+
+    hashed(lb, [b.address for b in pool], port)
+    after = check(lb, port, "$remote_addr", names)
+    moved = [src for src in before if before[src] != after[src]]
+    assert all(after[src] == "D" for src in moved), "a key moved between old servers"
+    # The ring gives D its arcs' share of the hash space, not exactly 1/4; 250 keys sample it.
+    share = ring_for_group(parse_inventory(lb.inventory.read_text()).upstreams[0]).shares()[pool[3].address]
+    print(f"a fourth server: {len(moved)}/{len(before)} keys moved; D's arcs hold {share:.1%} of the ring "
+          f"(1/4 with perfectly even arcs)")
+    assert abs(len(moved) / len(before) - share) < 4 * (share * (1 - share) / len(before)) ** 0.5
+
+
+def test_nginx_agrees_with_weights_and_a_down_server(lb, backends):
+    pool = [backends(n) for n in "ABC"]
+    names = {b.address: b.name for b in pool}
+    port = lb.group([])[0]
+    hashed(lb, [{"address": pool[0].address, "weight": 3}, pool[1].address, {"address": pool[2].address,
+                                                                              "weight": 2}], port)
+    weighted = Counter(check(lb, port, "$remote_addr", names).values())
+    assert weighted["A"] > weighted["B"]
+
+    hashed(lb, [pool[0].address, {"address": pool[1].address, "down": True}, pool[2].address], port)
+    assert "B" not in check(lb, port, "$remote_addr", names).values()
+
+
+def test_nginx_agrees_on_keys_with_ports_and_the_server_address(lb, backends):
+    pool = [backends(n) for n in "ABC"]
+    names = {b.address: b.name for b in pool}
+    port = lb.group([])[0]
+    for key in ("$remote_addr:$remote_port", "k-$server_addr:$server_port/$remote_addr"):
+        hashed(lb, [b.address for b in pool], port, key)
+        assert len(set(check(lb, port, key, names).values())) == 3
