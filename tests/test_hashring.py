@@ -7,10 +7,12 @@ backend each one reaches must be the server the ring predicts, for every one of 
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import random
 import socket
 import struct
+import tarfile
 import time
 import zlib
 from collections import Counter
@@ -198,8 +200,11 @@ def apply(lb) -> None:  # type: ignore[no-untyped-def]
     assert result.returncode == 0, result.stderr
 
 
-def check(lb, port: int, key: str, names: dict[str, str], budget: float = 60.0) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """Every source reaches the server the ring predicts; returns source -> backend name."""
+def check(lb, port: int, key: str, names: dict[str, str | frozenset[str]], budget: float = 60.0,  # type: ignore[no-untyped-def]
+          unavailable: list[str] | None = None) -> dict[str, str]:
+    """Every source reaches the server the ring predicts; returns source -> backend name.
+
+    `names`: server text -> the backend's name, or the names of its addresses (a host name)."""
     inv = parse_inventory(lb.inventory.read_text())
     group = inv.upstreams[0]
     ring = ring_for_group(group)
@@ -209,8 +214,9 @@ def check(lb, port: int, key: str, names: dict[str, str], budget: float = 60.0) 
     for src in sources():
         assert time.monotonic() < deadline, f"{len(seen)} sources checked in {budget}s"
         name, src_port = connect_from(port, src)
-        expected = ring.lookup(key_for(key, src, src_port, "127.0.0.1", port))
-        if expected is None or names[expected] != name:
+        expected = ring.lookup(key_for(key, src, src_port, "127.0.0.1", port), unavailable or ())
+        allowed = names.get(expected or "", "")
+        if name not in ({allowed} if isinstance(allowed, str) else allowed):
             wrong.append((src, src_port, expected, name))
         seen[src] = name
     assert not wrong, f"{len(wrong)}/{len(seen)} sources reached another server than predicted: {wrong[:10]}"
@@ -263,3 +269,47 @@ def test_nginx_agrees_on_keys_with_ports_and_the_server_address(lb, backends):
     for key in ("$remote_addr:$remote_port", "k-$server_addr:$server_port/$remote_addr"):
         hashed(lb, [b.address for b in pool], port, key)
         assert len(set(check(lb, port, key, names).values())) == 3
+
+
+def test_a_stopped_backend_sends_its_keys_to_the_next_point_as_the_ring_says(lb, backends):
+    pool = [backends(n) for n in "ABC"]
+    names = {b.address: b.name for b in pool}
+    port = lb.group([])[0]
+    hashed(lb, [b.address for b in pool], port)
+    pool[1].stop()  # refuses connections: nginx tries the next point (proxy_next_upstream, max_fails)
+    assert "B" not in check(lb, port, "$remote_addr", names, unavailable=[pool[1].address]).values()
+
+
+def test_a_host_name_server_is_hashed_by_its_text_not_its_address(lb, backends):
+    pool = [backends(n) for n in "ABC"]
+    named = f"localhost:{pool[0].port}"
+    names = {named: "A", pool[1].address: "B", pool[2].address: "C"}
+    port = lb.group([])[0]
+    hashed(lb, [named, pool[1].address, pool[2].address], port)
+    seen = check(lb, port, "$remote_addr", names)
+    # Hashed by its address instead, A's points (and so some keys) would sit elsewhere: the test can tell.
+    as_address = Ring.build([(pool[0].address, 1, False), (pool[1].address, 1, False), (pool[2].address, 1, False)])
+    by_address = {pool[0].address: "A", pool[1].address: "B", pool[2].address: "C"}
+    assert [s for s in seen if by_address[as_address.lookup(s.encode()) or ""] != seen[s]]
+
+
+def test_a_name_with_several_addresses_takes_its_keys_round_robin_over_them(lb_factory, backends):
+    """nginx makes one peer per address, all with the name's text: same points, and among the
+    addresses smooth weighted round robin (so which address is not a function of the key)."""
+    lb = lb_factory(extra_hosts=["pool.test:127.0.0.2", "pool.test:127.0.0.3"])
+    # glibc returns only the first /etc/hosts line for a name unless host.conf says `multi on`
+    data = b"multi on\n"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("host.conf")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    lb.container.put_archive("/etc", buf.getvalue())
+    b, c = backends("B"), backends("C")
+    a1 = backends("A1", host="127.0.0.2")
+    backends("A2", host="127.0.0.3", port=a1.port)
+    named = f"pool.test:{a1.port}"
+    port = lb.group([])[0]
+    hashed(lb, [named, b.address, c.address], port)
+    seen = check(lb, port, "$remote_addr", {named: frozenset({"A1", "A2"}), b.address: "B", c.address: "C"})
+    assert {"A1", "A2"} <= set(seen.values()), "the name's keys all went to one of its addresses"
