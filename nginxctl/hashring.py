@@ -25,9 +25,11 @@ The lookup (`ngx_stream_upstream_init_chash_peer`, `ngx_stream_upstream_find_cha
 - The point's server text is looked up among the peers: a peer with that text that is not down (and,
   at run time, not failed by max_fails/fail_timeout nor full by max_conns) takes the connection;
   among several such peers (one name, several addresses) nginx picks by smooth weighted round robin.
-- If none can, the walk moves to the next point, and so on; after as many steps as there are points
-  nginx gives up ("no live upstreams"). The consistent branch has no 20-tries limit and no
-  round-robin fallback: those belong to plain `hash`, which this module does not model.
+- If none can, the walk moves to the next point; after 20 such moves (21 points looked at) nginx
+  gives up on the key and falls back to round robin over all peers (`hp->tries > 20`). A group of a
+  single peer and an empty key take round robin from the start. The stored copy of the oldest
+  stream module walked every point and then failed instead; 1.22 has the 20-move limit (checked
+  against a real nginx: tests/test_hashring.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .errors import UsageError
 from .inventory.model import Group
 
 POINTS_PER_WEIGHT = 160
+MAX_MOVES = 20  # points nginx moves on past the first before it falls back to round robin
 
 KEY_VARIABLES = ("remote_addr", "remote_port", "server_addr", "server_port")
 
@@ -119,33 +122,39 @@ class Ring:
         return bisect.bisect_left(self.values, zlib.crc32(key))
 
     def lookup(self, key: bytes, unavailable: Iterable[str] = ()) -> str | None:
-        """The server text a new connection with this key reaches; None when nginx finds no live peer.
+        """The server text a new connection with this key reaches, or None when the key does not decide
+        it: nginx then balances round robin (the walk passed 21 points of unavailable servers, or the
+        key is empty), or finds no live server at all.
 
         `unavailable` names servers that nginx skips at run time besides those marked down (failed by
         max_fails, full by max_conns); nginxctl cannot see that state, so the caller says it."""
+        if not key:
+            return None
         return self.lookup_from(self.first_point(key), unavailable)
 
     def shares(self, unavailable: Iterable[str] = ()) -> dict[str, float]:
-        """The fraction of the 32-bit key-hash space each server text receives (0 for down ones).
+        """The fraction of the 32-bit key-hash space each server text receives by key (0 for down ones).
 
         A point owns the hashes from just above the previous point up to itself (the first point also
         owns everything above the last), and hands them on to the next live point when its server is
-        down: what uniformly spread keys would see."""
+        down: what uniformly spread keys would see. What falls to round robin (see `lookup`) is under
+        the empty string."""
         out = {p.name: 0.0 for p in self.peers}
         count = len(self.values)
         for i in range(count):
             arc = (self.values[i] - self.values[i - 1]) % 2**32 if count > 1 else 2**32
             owner = self.lookup_from(i, unavailable)
-            if owner is not None:
-                out[owner] += arc / 2**32
+            out[owner or ""] = out.get(owner or "", 0.0) + arc / 2**32
         return out
 
     def lookup_from(self, start: int, unavailable: Iterable[str] = ()) -> str | None:
         """The server nginx picks when its walk starts at point `start` (see `lookup`)."""
         skip = set(unavailable)
         live = {p.name for p in self.peers if not p.down and p.name not in skip}
+        if len(self.peers) == 1:  # nginx: a single peer is served round robin, i.e. it or nothing
+            return self.peers[0].name if live else None
         count = len(self.values)
-        for step in range(count):
+        for step in range(MAX_MOVES + 1):
             owner = self.owners[(start + step) % count]
             if owner in live:
                 return owner

@@ -95,10 +95,31 @@ def test_a_down_server_keeps_its_points_and_its_keys_move_to_the_next_point() ->
             assert after == before
         else:
             i = up.first_point(key)
-            assert after == next(up.owners[(i + s) % len(up.owners)] for s in range(len(up.owners))
-                                 if up.owners[(i + s) % len(up.owners)] != "127.0.0.1:9002")
+            assert after == next((up.owners[(i + s) % len(up.owners)] for s in range(21)
+                                  if up.owners[(i + s) % len(up.owners)] != "127.0.0.1:9002"), None)
     assert down.lookup(b"x", unavailable=["127.0.0.1:9001", "127.0.0.1:9003"]) is None
     assert Ring.build([(n, 1, True) for n, _, _ in THREE]).lookup(b"x") is None
+
+
+def test_after_21_points_of_unavailable_servers_the_key_no_longer_decides() -> None:
+    servers = [(f"127.0.0.1:{9000 + i}", 1, i >= 2) for i in range(30)]  # 2 up, 28 down
+    ring = Ring.build(servers)
+    live = {"127.0.0.1:9000", "127.0.0.1:9001"}
+    undecided = 0
+    for key in KEYS:
+        i = ring.first_point(key)
+        walk = [ring.owners[(i + s) % len(ring.owners)] for s in range(21)]
+        first_live = next((o for o in walk if o in live), None)
+        assert ring.lookup(key) == first_live
+        undecided += first_live is None
+    assert 0.15 * len(KEYS) < undecided < 0.35 * len(KEYS)  # (28/30)**21 = 0.23
+    assert ring.shares()[""] > 0.15
+    assert ring.lookup(b"") is None  # an empty key: round robin
+
+
+def test_a_single_server_takes_every_key_unless_it_is_down() -> None:
+    assert Ring.build([THREE[0]]).lookup(b"k") == THREE[0][0]
+    assert Ring.build([(THREE[0][0], 1, True)]).lookup(b"k") is None
 
 
 def test_adding_a_server_moves_keys_only_to_it() -> None:
@@ -120,6 +141,7 @@ def test_shares_cover_the_key_space_and_follow_down_servers() -> None:
     assert abs(down["127.0.0.1:9001"] + down["127.0.0.1:9003"] - 1) < 1e-9
     assert down["127.0.0.1:9001"] >= shares["127.0.0.1:9001"]
     assert Ring.build([THREE[0]]).shares() == {"127.0.0.1:9001": 1.0}
+    assert "" not in shares
 
 
 def test_a_name_repeated_for_each_address_maps_keys_to_that_name() -> None:
@@ -201,7 +223,8 @@ def apply(lb) -> None:  # type: ignore[no-untyped-def]
 
 
 def check(lb, port: int, key: str, names: dict[str, str | frozenset[str]], budget: float = 60.0,  # type: ignore[no-untyped-def]
-          unavailable: list[str] | None = None) -> dict[str, str]:
+          unavailable: list[str] | None = None, round_robin: list[tuple[str, str]] | None = None) \
+        -> dict[str, str]:
     """Every source reaches the server the ring predicts; returns source -> backend name.
 
     `names`: server text -> the backend's name, or the names of its addresses (a host name)."""
@@ -215,12 +238,17 @@ def check(lb, port: int, key: str, names: dict[str, str | frozenset[str]], budge
         assert time.monotonic() < deadline, f"{len(seen)} sources checked in {budget}s"
         name, src_port = connect_from(port, src)
         expected = ring.lookup(key_for(key, src, src_port, "127.0.0.1", port), unavailable or ())
+        seen[src] = name
+        if expected is None and round_robin is not None:  # the key does not decide: any live server
+            round_robin.append((src, name))
+            continue
         allowed = names.get(expected or "", "")
         if name not in ({allowed} if isinstance(allowed, str) else allowed):
             wrong.append((src, src_port, expected, name))
-        seen[src] = name
     assert not wrong, f"{len(wrong)}/{len(seen)} sources reached another server than predicted: {wrong[:10]}"
-    print(f"{group.name}: {len(seen)} sources all as predicted: {dict(sorted(Counter(seen.values()).items()))}")
+    decided = len(seen) - len(round_robin or ())
+    print(f"{group.name}: {decided} sources decided by key, all as predicted: "
+          f"{dict(sorted(Counter(seen.values()).items()))}")
     return seen
 
 
@@ -313,3 +341,25 @@ def test_a_name_with_several_addresses_takes_its_keys_round_robin_over_them(lb_f
     hashed(lb, [named, b.address, c.address], port)
     seen = check(lb, port, "$remote_addr", {named: frozenset({"A1", "A2"}), b.address: "B", c.address: "C"})
     assert {"A1", "A2"} <= set(seen.values()), "the name's keys all went to one of its addresses"
+
+
+def test_after_21_points_of_down_servers_nginx_balances_round_robin(lb, backends):
+    a, b = backends("A"), backends("B")
+    idle = [f"127.0.0.1:{p}" for p in range(40001, 40029)]  # 28 down servers: never connected to
+    port = lb.group([])[0]
+    hashed(lb, [a.address, b.address, *({"address": s, "down": True} for s in idle)], port)
+    undecided: list[tuple[str, str]] = []
+    seen = check(lb, port, "$remote_addr", {a.address: "A", b.address: "B"}, round_robin=undecided)
+    print(f"{len(undecided)} sources round robin (past 21 points)")
+    assert 0.1 * len(seen) < len(undecided) < 0.4 * len(seen)
+    # Had nginx walked on past 21 points, each of these would sit where the full walk ends; round robin
+    # alternates instead, so about half of them differ.
+    ring = ring_for_group(parse_inventory(lb.inventory.read_text()).upstreams[0])
+    names = {a.address: "A", b.address: "B"}
+
+    def full_walk(src: str) -> str:
+        i = ring.first_point(src.encode())
+        walk = (ring.owners[(i + s) % len(ring.owners)] for s in range(len(ring.owners)))
+        return names[next(o for o in walk if o in names)]
+
+    assert [src for src, name in undecided if full_walk(src) != name]
