@@ -2,9 +2,10 @@
 
 `rebalance` must know, for every held connection, the server a new connection with the same key
 reaches now; asking nginx is not possible, so we compute what its stream module computes. The facts
-below come from nginx's src/stream/ngx_stream_upstream_hash_module.c (1.22, the version in our
-image; later versions only add re-building the same ring when a `resolve` server changes) and
-src/stream/ngx_stream_upstream_round_robin.c. They are restated here in our own words.
+below come from nginx's src/stream/ngx_stream_upstream_hash_module.c (the current source, where
+`ngx_stream_upstream_update_chash` rebuilds the same ring when a `resolve` server changes, and an
+older copy), ngx_stream_upstream_round_robin.c and ngx_stream_upstream.c, restated in our own
+words; every rule below is checked against the nginx 1.22.1 of our image by tests/test_hashring.py.
 
 The ring (`ngx_stream_upstream_init_chash`):
 - Only primary peers take part, in the order of the `server` lines; a server whose name resolves to
@@ -27,9 +28,8 @@ The lookup (`ngx_stream_upstream_init_chash_peer`, `ngx_stream_upstream_find_cha
   among several such peers (one name, several addresses) nginx picks by smooth weighted round robin.
 - If none can, the walk moves to the next point; after 20 such moves (21 points looked at) nginx
   gives up on the key and falls back to round robin over all peers (`hp->tries > 20`). A group of a
-  single peer and an empty key take round robin from the start. The stored copy of the oldest
-  stream module walked every point and then failed instead; 1.22 has the 20-move limit (checked
-  against a real nginx: tests/test_hashring.py).
+  single peer and an empty key take round robin from the start. (Old versions walked every point
+  and then failed instead; 1.22 has the limit.)
 """
 
 from __future__ import annotations
