@@ -52,10 +52,11 @@ def backends() -> Iterator[Callable[..., Backend]]:
     """Start echo servers: backends('A') -> a TCP server named A on a free port."""
     started: list[Backend] = []
 
-    def start(name: str, udp: bool = False) -> Backend:
+    def start(name: str, udp: bool = False, host: str = "127.0.0.1", port: int | None = None) -> Backend:
         import socket
 
-        backend = Backend(name, free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM), udp).start()
+        port = port or free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+        backend = Backend(name, port, udp, host).start()
         started.append(backend)
         return backend
 
@@ -85,11 +86,11 @@ def pongs() -> Iterator[Callable[..., Pong]]:
 class LB:
     """A load balancer under test: an nginx container (host network) and an inventory for it."""
 
-    def __init__(self, client: Any, tmp_path: Path, image: str = IMAGE) -> None:
+    def __init__(self, client: Any, tmp_path: Path, image: str = IMAGE, **run: Any) -> None:
         self.client = client
         self.name = f"nginxctl-test-{uuid.uuid4().hex[:10]}"
         self.container = client.containers.run(image, name=self.name, detach=True, network_mode="host",
-                                               labels={"nginxctl.test": "1"})
+                                               labels={"nginxctl.test": "1"}, **run)
         self.inventory = tmp_path / "inventory.yaml"
 
     def write(self, upstreams: dict[str, Any], nginx: dict[str, Any] | None = None,
@@ -125,8 +126,9 @@ class LB:
 def lb_factory(docker_client: Any, tmp_path: Path) -> Iterator[Callable[..., LB]]:
     made: list[LB] = []
 
-    def make(image: str = IMAGE) -> LB:
-        lb = LB(docker_client, tmp_path, image)
+    def make(image: str = IMAGE, **run: Any) -> LB:
+        """`run`: more options for the container (e.g. extra_hosts)."""
+        lb = LB(docker_client, tmp_path, image, **run)
         made.append(lb)
         return lb
 

@@ -53,11 +53,11 @@ class _TCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port: int, name: str) -> None:
+    def __init__(self, port: int, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
         self.conns: set[socket.socket] = set()
         self.changed = threading.Condition()
-        super().__init__(("127.0.0.1", port), _TCPHandler)
+        super().__init__((host, port), _TCPHandler)
 
     def register(self, conn: socket.socket) -> None:
         with self.changed:
@@ -87,14 +87,17 @@ class _UDPServer(socketserver.ThreadingUDPServer):
 
 @dataclass
 class Backend:
-    """An echo server on 127.0.0.1:port that sends its name first (TCP) or before the echo (UDP)."""
+    """An echo server on host:port (127.0.0.1 unless said) that sends its name first (TCP) or before the
+    echo (UDP); a TCP one may listen on another loopback address, e.g. 127.0.0.2."""
 
     name: str
     port: int
     udp: bool = False
+    host: str = "127.0.0.1"
 
     def start(self) -> Backend:
-        self.server: socketserver.BaseServer = (_UDPServer if self.udp else _TCPServer)(self.port, self.name)
+        self.server: socketserver.BaseServer = (_UDPServer(self.port, self.name) if self.udp
+                                                else _TCPServer(self.port, self.name, self.host))
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
         self.thread.start()
@@ -102,7 +105,7 @@ class Backend:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def wait_connections(self, count: int, timeout: float = TIMEOUT) -> bool:
         """Block until exactly `count` connections are open to this backend (TCP)."""

@@ -7,7 +7,8 @@ import json
 import subprocess
 import sys
 
-CORE = ["nginxctl.inventory", "nginxctl.render", "nginxctl.capacity", "nginxctl.trace", "nginxctl.edit"]
+CORE = ["nginxctl.inventory", "nginxctl.render", "nginxctl.capacity", "nginxctl.trace", "nginxctl.edit",
+        "nginxctl.hashring"]
 EDGE = ["docker", "typer", "click", "requests"]
 
 
