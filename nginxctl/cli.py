@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from . import __version__, workflows
+from . import drain as drain_mod
 from . import status as status_mod
 from .errors import (
     EXIT_CODES,
@@ -29,6 +30,7 @@ from .errors import (
     NginxctlError,
     UsageError,
 )
+from .inventoryfile import DEFAULT_INVENTORY, optional_inventory
 
 app = typer.Typer(
     name="nginxctl", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
@@ -154,7 +156,7 @@ def _connect(docker_host: str | None) -> Any:
 
 
 def _inventory(path: Path | None) -> Path:
-    return path if path is not None else workflows.DEFAULT_INVENTORY
+    return path if path is not None else DEFAULT_INVENTORY
 
 
 def _names(targets: str | None) -> list[str] | None:
@@ -347,7 +349,7 @@ def status(
     states (why a server is down), and what is wanted but not running yet (pending, drift). With --container
     and no inventory: what the target runs. Exit 3 when a target of a fleet cannot be reached (the others
     are reported)."""
-    report = status_mod.target_status(workflows.optional_inventory(inventory, container), connect=_connect,
+    report = status_mod.target_status(optional_inventory(inventory, container), connect=_connect,
                                       container=container, stream_only=stream_only, config_path=config_path,
                                       templates=templates, targets=_names(targets))
     code = EXIT_ENVIRONMENT if getattr(report, "unreachable", None) else 0
@@ -369,7 +371,7 @@ def history(
     fmt: FormatOpt = Format.text,
 ) -> None:
     """The configs the target has run, newest first; the one nginx runs is marked current."""
-    report = workflows.target_history(workflows.optional_inventory(inventory, container), connect=_connect,
+    report = workflows.target_history(optional_inventory(inventory, container), connect=_connect,
                                       container=container, config_path=config_path, targets=_names(targets))
     if fmt is Format.json:
         _json_ok(report.to_dict() if isinstance(report, workflows.Many) else
@@ -394,7 +396,7 @@ def rollback(
 ) -> None:
     """Re-apply an earlier config from the target's history: tested, reloaded, verified. Refused (exit 3)
     while `nginxctl watch` controls the target."""
-    report = workflows.rollback(workflows.optional_inventory(inventory, container), connect=_connect,
+    report = workflows.rollback(optional_inventory(inventory, container), connect=_connect,
                                 container=container, to=to, config_path=config_path, lock_wait=lock_timeout,
                                 targets=_names(targets), force=force, progress=_progress(quiet or fmt is Format.json))
     if fmt is Format.json:
@@ -427,7 +429,7 @@ def drain(
     from .errors import DrainTimeout
 
     try:
-        report = workflows.drain(_inventory(inventory), group, server, connect=_connect, container=container,
+        report = drain_mod.drain(_inventory(inventory), group, server, connect=_connect, container=container,
                                  wait=timeout if wait else None, force=force, lock_wait=lock_timeout,
                                  templates=templates, progress=_progress(quiet or fmt is Format.json))
     except DrainTimeout as exc:
@@ -454,7 +456,7 @@ def undrain(
     quiet: QuietOpt = False,
 ) -> None:
     """Put a drained server back: remove its down flag in the inventory, apply and reload."""
-    report = workflows.undrain(_inventory(inventory), group, server, connect=_connect, container=container,
+    report = drain_mod.undrain(_inventory(inventory), group, server, connect=_connect, container=container,
                                lock_wait=lock_timeout, templates=templates,
                                progress=_progress(quiet or fmt is Format.json))
     if fmt is Format.json:

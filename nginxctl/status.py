@@ -9,12 +9,12 @@ that discover from it are left out of `pending`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .apply import Deployer
+from .desired import render_for
 from .errors import EnvironmentProblem
 from .fleet import Member
 from .history import sha
@@ -22,8 +22,9 @@ from .inventory import Inventory
 from .nginxtext import parse_version, shutdown_timeout_of
 from .observe import reload_state
 from .published import Published, WatchState
-from .view import Pending, ServerView, pending, servers_view
-from .workflows import Connect, Many, Opened, open_engine, open_members, render_for
+from .reports import DiffReport, Many, StatusReport
+from .targets import Connect, Opened, open_engine, open_members
+from .view import ServerView, pending, servers_view
 
 
 @dataclass
@@ -89,77 +90,6 @@ def _group_rows(views: dict[str, list[ServerView]], inv: Inventory | None) -> li
                      "listen": [a.text for a in g.listen] if g else [],
                      "servers": [s.to_dict() for s in servers]})
     return rows
-
-
-@dataclass
-class StatusReport:
-    data: dict[str, Any]
-    summary: list[str]
-    inventory: Inventory | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.data
-
-    def lines(self) -> list[str]:
-        d = self.data
-        out = [f"container   {d['container']}  nginx {d['nginx_version']}",
-               f"master      {d['master_pid']}  workers {', '.join(map(str, d['worker_pids'])) or '-'}"]
-        out += [f"            {line}" for line in self.summary]
-        dep, loaded = d["deployed_sha256"], d["loaded"]
-        out.append(f"deployed    {dep[:12] if dep else 'none'}  {d['config_path']}")
-        out.append(f"loaded      {loaded[:12] if loaded else 'unknown'}"
-                   + ("  (the installed file is not loaded yet: nginxctl apply --reload)"
-                      if d["reload_pending"] else ""))
-        watch = d.get("watch")
-        if watch:
-            held = f"; held back since {_when(watch['held_since'])}: {watch['held']}" if watch.get("held") else ""
-            out.append(f"watch       pid {watch['pid']} on {watch['host']} controls this target "
-                       f"({watch['inventory']}){held}")
-        if d.get("wanted_by") == "inventory":
-            out.append(f"inventory   {str(d['inventory_config_sha256'])[:12]}  {d['inventory_path']}")
-        if d["drift"] is not None:
-            pend = d.get("pending")
-            if pend is None:
-                out.append("drift       yes: nginx runs a config nginxctl cannot identify")
-            else:
-                out.append(f"drift       {'yes: ' + Pending(**pend).summary() + ' pending' if d['drift'] else 'no'}")
-                out += [f"pending     + {item}" for item in pend["added"]]
-                out += [f"pending     - {item}" for item in pend["removed"]]
-                out += [f"pending     ~ {item}" for item in pend["changed"]]
-                if pend["config"]:
-                    out.append("pending     ~ other settings (nginxctl diff shows them)")
-            out.append(f"reload      {'pending' if d['reload_pending'] else 'not pending'}")
-        health = d.get("health") or {}
-        if health and health.get("stale"):
-            out.append(f"health      as last published by watch (pid {health.get('watch_pid')}), which no longer "
-                       "runs: nothing checks the servers now")
-        for row in health.get("servers", []):
-            if row.get("state") == "down":
-                rendered = "rendered down" if row.get("rendered_down") else "kept in (every primary fails)"
-                out.append(f"health      {row['group']}/{row['address']} down since {_when(row.get('since'))}: "
-                           f"{row.get('last_error')} ({rendered})")
-        if health and not any(r.get("state") == "down" for r in health.get("servers", [])):
-            out.append(f"health      {len(health.get('servers', []))} server(s) checked by watch (pid "
-                       f"{health.get('watch_pid')}), all passing")
-        if d["last_apply"] not in ("done", "none") and d["reload_pending"]:
-            out.append(f"last apply  unfinished ({d['last_apply']}): the next apply --reload completes it")
-        out += [f"note        {note}" for note in d.get("notes", [])]
-        if d.get("groups") is None:
-            out.append("\nthe servers nginx runs cannot be listed: the loaded config is not known")
-        for g in d.get("groups") or []:
-            head = f"\n{g['name']}"
-            if g["protocol"]:
-                head += f"  {g['protocol']} {' '.join(g['listen'])}  {g['balance']}"
-            out.append(head)
-            for s in g["servers"]:
-                state = s["state"] + (f" ({s['reason']})" if s.get("reason") else "")
-                extra = " ".join(f for f in s["flags"] if f not in ("down", "backup"))
-                out.append(f"  {s['address']}  {state}  {extra}".rstrip())
-        return out
-
-
-def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "?"
 
 
 def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> StatusReport:
@@ -235,48 +165,6 @@ def _reachable(opened: Opened, container: str | None, targets: list[str] | None,
         raise EnvironmentProblem("no target of the fleet can be reached: " +
                                  "; ".join(f"{n}: {why}" for n, why in down.items()))
     return members, down
-
-
-@dataclass
-class DiffReport:
-    target: str
-    diff: str
-    deployed: str | None
-    rendered: str
-    loaded: str | None
-    change: Pending | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def pending(self) -> bool:
-        """The installed file is not what nginx runs: a reload would change what runs."""
-        return self.loaded != self.deployed
-
-    @property
-    def differs(self) -> bool:
-        """nginx does not run what is wanted: the file differs, or it is not loaded yet."""
-        if self.change is not None and not self.change and self.loaded is not None:
-            return False  # only groups whose wanted servers cannot be known differ
-        return bool(self.diff) or self.loaded != self.rendered
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "target": self.target, "differs": self.differs, "diff": self.diff, "deployed_sha256": self.deployed,
-            "inventory_config_sha256": self.rendered, "loaded": self.loaded, "reload_pending": self.pending,
-            "pending": self.change.to_dict() if self.change is not None else None, "notes": self.notes}
-        if self.differs:
-            what = "the deployed file differs from what is wanted" if self.diff else \
-                "the file matches what is wanted but nginx has not loaded it"
-            data["errors"] = [{"type": "Differences", "message": what}]
-        return data
-
-    def lines(self) -> list[str]:
-        out = [f"# note: {n}" for n in self.notes]
-        if self.diff or self.loaded == self.rendered:
-            return out
-        loaded = f"sha256:{self.loaded[:12]}" if self.loaded else "an unknown config"
-        return out + [f"# {self.target}: the file matches the inventory, but nginx runs {loaded}: a reload is "
-                      "pending (nginxctl apply --reload)"]
 
 
 def diff_inventory(path: Path, *, connect: Connect, container: str | None = None, stream_only: bool | None = None,

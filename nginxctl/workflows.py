@@ -10,149 +10,32 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import docker
+from typing import TYPE_CHECKING
 
 from . import nginx
-from .apply import Deployer, Outcome
-from .capacity import Machine
-from .clock import poll_until
-from .errors import (
-    ApplyFailure,
-    ConfigRejected,
-    DrainCancelled,
-    DrainTimeout,
-    EnvironmentProblem,
-    Interrupted,
-    InventoryError,
-    Journal,
-    Location,
-    NginxctlError,
-    Problem,
-    Step,
-    UsageError,
+from .desired import render_config, render_for, stream_module
+from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, Step, UsageError
+from .inventory import Inventory, check_capacity
+from .inventoryfile import container_name, read_inventory
+from .reports import (
+    ApplyReport,
+    FleetReport,
+    HistoryReport,
+    Many,
+    RenderReport,
+    RollbackReport,
+    ValidateReport,
+    one_or_many,
 )
-from .fleet import Member
-from .inventory import Inventory, Target, parse_inventory
-from .nginxtext import Build
-from .observe import server_connections
+from .targets import Connect, Progress, open_engine, open_members, quiet, with_discovered
 
-Progress = Callable[[str], None]
-Connect = Callable[[str | None], docker.DockerClient]
-DEFAULT_INVENTORY = Path("inventory.yaml")
-
-
-def _quiet(_: str) -> None:
-    return None
-
-
-# -- the inventory -------------------------------------------------------------------------------------
-
-def read_text(path: Path) -> str:
-    """The inventory file's text. Raises InventoryError (exit 2) for a missing or unreadable file."""
-    name = str(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        problem = "inventory file not found: create it (see the README) or pass -i PATH"
-    except IsADirectoryError:
-        problem = "is a folder, not an inventory file"
-    except UnicodeDecodeError as exc:
-        problem = f"not UTF-8 text ({exc.reason})"
-    except OSError as exc:
-        problem = f"cannot read: {exc.strerror}"
-    raise InventoryError([Problem(Location(name), "", problem)])
-
-
-def read_inventory(path: Path, machine: Machine | None = None) -> Inventory:
-    """Read and validate the inventory file; `machine` is where nginx runs (capacity is checked
-    against it). Raises InventoryError (exit 2)."""
-    return parse_inventory(read_text(path), str(path), machine=machine)
-
-
-def optional_inventory(path: Path | None, container: str | None) -> Path | None:
-    """The inventory a target command uses: `path` when given, else ./inventory.yaml, which may be
-    missing when --container names the target (status, history and rollback need no inventory)."""
-    if path is not None:
-        return path
-    if container and not DEFAULT_INVENTORY.exists():
-        return None
-    return DEFAULT_INVENTORY
-
-
-def container_name(inv: Inventory | None, container: str | None) -> str:
-    """--container, else the inventory's target.container. Raises UsageError."""
-    if container is not None and not container.strip():
-        raise UsageError("--container is empty: name a container (an unset shell variable?); nothing was done")
-    name = container or (inv.target.container if inv else None)
-    if not name:
-        raise UsageError("no container: pass --container NAME or set target.container in the inventory")
-    return name
-
-
-@dataclass
-class Opened:
-    """An inventory checked against the machine of the Docker engine it targets, and that engine
-    (closed when the `with` block ends)."""
-
-    inventory: Inventory | None
-    path: Path | None
-    client: docker.DockerClient
-    notes: list[str] = field(default_factory=list)   # what discovery saw (one snapshot)
-    unknown_groups: set[str] = field(default_factory=set)   # discovering groups whose source was not reachable
-
-    def __enter__(self) -> Opened:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-
-
-def open_engine(path: Path | None, connect: Connect, container: str | None = None, strict: bool = False) -> Opened:
-    """Read the inventory (when `path`), connect to its engine, and check capacity against that engine's
-    machine. A `container` given empty is refused first. Raises UsageError, InventoryError, EnvironmentProblem."""
-    if container is not None:
-        container_name(None, container)
-    if path is None:
-        return Opened(None, None, connect(None))
-    text = read_text(path)
-    first = parse_inventory(text, str(path))
-    client = connect(first.target.docker_host)
-    try:
-        inv = parse_inventory(text, str(path), machine=nginx.engine_machine(client))
-        discovering = {g.name: g.discover for g in inv.upstreams if g.discover}
-        inv, notes = with_discovered(inv, connect, strict)
-        unreachable = {source for source in set(discovering.values())
-                       if any(n.startswith(f"discover: {source}: not reachable") for n in notes)}
-        return Opened(inv, path, client, notes, {g for g, source in discovering.items() if source in unreachable})
-    except BaseException:
-        client.close()
-        raise
+if TYPE_CHECKING:
+    import docker
 
 
 # -- render ----------------------------------------------------------------------------------------------
-
-def render_config(inv: Inventory, templates: Path | None = None, *, full: bool,
-                  modules: tuple[str, ...] = (), base: Path | None = None) -> str:
-    """The rendered config; `templates` (else the inventory's `templates:`, relative to `base`, the
-    inventory's folder) overrides the shipped templates. Raises TemplateError."""
-    from .render import render, template_env
-
-    if templates is None and inv.templates:
-        templates = (base if base is not None else Path(inv.source).parent) / inv.templates
-    return render(inv, template_env(templates), full=full, modules=modules)
-
-
-@dataclass
-class RenderReport:
-    text: str
-    notes: list[str]
-    written: Path | None
-
 
 def render_inventory(path: Path, *, full: bool, output: Path | None = None, templates: Path | None = None) -> \
         RenderReport:
@@ -161,7 +44,7 @@ def render_inventory(path: Path, *, full: bool, output: Path | None = None, temp
     from .files import write_atomic
     from .host import local_machine
 
-    inv = read_inventory(path, machine=local_machine())
+    inv = check_capacity(read_inventory(path), local_machine())
     inv, discovered = with_discovered(inv, nginx.connect)
     text = render_config(inv, templates, full=full, base=path.parent)
     if output is not None:
@@ -169,58 +52,7 @@ def render_inventory(path: Path, *, full: bool, output: Path | None = None, temp
     return RenderReport(text, list(inv.nginx.notes) + discovered, output)
 
 
-def with_discovered(inv: Inventory, connect: Connect | None, strict: bool = False) -> tuple[Inventory, list[str]]:
-    """The inventory with its discovering groups' backends as the sources show them now (one snapshot),
-    and notes saying so. Groups that discover nothing are untouched. `strict` (commands that change a
-    target): a source that cannot be reached is an EnvironmentProblem, not a group emptied."""
-    if not any(g.discover for g in inv.upstreams):
-        return inv, []
-    from .controller.merge import merge
-    from .controller.sources import snapshots_now
-
-    docker_host = inv.target.docker_host
-    snapshots, notes = snapshots_now(inv, (lambda: connect(docker_host)) if connect is not None else None)
-    missing = sorted({g.discover for g in inv.upstreams if g.discover and g.discover not in snapshots})
-    if strict and missing:
-        groups = ", ".join(g.name for g in inv.upstreams if g.discover in missing)
-        raise EnvironmentProblem(f"discovery from {', '.join(missing)} is not reachable: applying now would drop the "
-                                 f"servers of {groups} found there; nothing changed",
-                                 "apply when it is reachable again (a running `nginxctl watch` keeps them)")
-    merged = merge(inv, snapshots)
-    notes += [f"discover: {s.source} backend {s.origin} skipped: {s.reason}" for s in merged.skipped]
-    return merged.inventory, notes
-
-
-def _loads_stream(inv: Inventory) -> bool:
-    return any(m.endswith("ngx_stream_module.so") for m in inv.nginx.load_modules)
-
-
-def _stream_module(inv: Inventory, build: Build) -> tuple[str, ...]:
-    return (build.stream_module,) if build.dynamic_stream and not _loads_stream(inv) else ()
-
-
 # -- validate --------------------------------------------------------------------------------------------
-
-@dataclass
-class ValidateReport:
-    ok: bool
-    image: str
-    nginx_version: str
-    modules: list[str]
-    unchecked_names: list[str]
-    network: str
-    inventory: Inventory
-    output: str
-    located: list[str]
-    groups: int
-    discovered: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "image": self.image, "nginx_version": self.nginx_version,
-                "stream_module_loaded": self.modules, "unchecked_names": self.unchecked_names,
-                "network": self.network, "inventory_sha256": self.inventory.digest, "output": self.output,
-                "errors": self.located, "notes": list(self.inventory.nginx.notes) + self.discovered}
-
 
 def choose_image(client: docker.DockerClient, inv: Inventory, *, image: str | None, live: nginx.LiveNginx | None,
                  pull: bool, progress: Progress) -> str:
@@ -241,7 +73,7 @@ def choose_image(client: docker.DockerClient, inv: Inventory, *, image: str | No
 
 def validate(path: Path, *, connect: Connect, image: str | None = None, container: str | None = None,
              resolve: bool = False, pull: bool = False, templates: Path | None = None,
-             progress: Progress = _quiet) -> ValidateReport:
+             progress: Progress = quiet) -> ValidateReport:
     """`nginx -t` of the full rendered config in a throwaway, locked-down container.
     Returns the report (ok or not); raises InventoryError, TemplateError, EnvironmentProblem."""
     from .trace import trace
@@ -257,7 +89,7 @@ def validate(path: Path, *, connect: Connect, image: str | None = None, containe
         chosen = choose_image(client, inv, image=image, live=live, pull=pull, progress=progress)
         progress(f"inspecting nginx in {chosen}")
         build = nginx.image_build(client, chosen)
-        modules = _stream_module(inv, build)
+        modules = stream_module(inv, build)
         text = render_config(inv, templates, full=True, modules=modules, base=path.parent)
         names = sorted({s.address.host for g in inv.upstreams for s in g.servers
                         if s.address.is_name and s.address.host})
@@ -272,68 +104,8 @@ def validate(path: Path, *, connect: Connect, image: str | None = None, containe
 
 # -- targets: apply, diff, status, history, rollback --------------------------------------------------------
 
-def open_target(opened: Opened, container: str | None, *, stream_only: bool | None = None,
-                config_path: str | None = None, progress: Progress = _quiet, **kwargs: Any) -> Deployer:
-    """The Deployer for the target: --container or the inventory's target; flags win over the inventory.
-    Raises UsageError, EnvironmentProblem."""
-    inv = opened.inventory
-    if config_path is not None:
-        from .inventory.grammar import Invalid, check_path
-
-        try:
-            check_path(config_path, "--config-path: an absolute path")
-        except Invalid as exc:
-            raise UsageError(str(exc)) from None
-    live = nginx.LiveNginx.attach(opened.client, container_name(inv, container))
-    target = inv.target if inv else Target()
-    return Deployer(live, config_path=config_path or target.config_path,
-                    stream_only=target.stream_only if stream_only is None else stream_only,
-                    progress=progress, **kwargs)
-
-
-def open_members(opened: Opened, container: str | None, names: list[str] | None, connect: Connect, *,
-                 stream_only: bool | None = None, config_path: str | None = None, progress: Progress = _quiet,
-                 **kwargs: Any) -> list[Member]:
-    """The targets a command acts on: --container (one), else the inventory's `targets:` (a fleet, limited
-    by --targets) or its `target:`. Every one is reached before anything changes. Raises UsageError,
-    EnvironmentProblem naming the unreachable target."""
-    from .fleet import Member, fleet_targets, open_fleet
-
-    inv = opened.inventory
-    if container is not None and names:
-        raise UsageError("--targets and --container both name targets: use one of them")
-    if container is not None or inv is None or not inv.targets:
-        if names and (inv is None or not inv.targets):
-            raise UsageError("--targets needs an inventory with targets: (a fleet)")
-        one = open_target(opened, container, stream_only=stream_only, config_path=config_path, progress=progress,
-                          **kwargs)
-        return [Member(one.live.name if container or inv is None else (inv.target.container or one.live.name), one)]
-    if config_path is not None:
-        raise UsageError("--config-path names one file: with a fleet, set config_path per target in targets:")
-    targets = fleet_targets(inv, names)
-
-    def make(live: nginx.LiveNginx, target: Target) -> Deployer:
-        return Deployer(live, config_path=target.config_path,
-                        stream_only=target.stream_only if stream_only is None else stream_only,
-                        progress=progress, **kwargs)
-
-    def reuse(host: str | None) -> Any:
-        return opened.client if host == (inv.target.docker_host if inv else None) else connect(host)
-
-    return open_fleet(list(targets), reuse, make, [t.name for t in targets])
-
-
-def render_for(inv: Inventory, deployer: Deployer, templates: Path | None, base: Path | None = None) -> str:
-    """What the target should run: the stream block for a stream-only target, else a whole nginx.conf
-    (with the stream module loaded when the target's nginx builds it as a dynamic module)."""
-    modules: tuple[str, ...] = ()
-    if not deployer.stream_only and not _loads_stream(inv):
-        modules = _stream_module(inv, deployer.live.build())
-    return render_config(inv, templates, full=not deployer.stream_only, modules=modules, base=base)
-
-
 @contextlib.contextmanager
-def _reporting(inv: Inventory | None, rendered: str | None, journal: Journal) -> Iterator[None]:
+def reporting(inv: Inventory | None, rendered: str | None, journal: Journal) -> Iterator[None]:
     """Trace an nginx rejection back to the inventory; turn Ctrl-C into a report of what was done."""
     from .trace import trace
 
@@ -366,78 +138,11 @@ def _bind_failures(details: list[str], inv: Inventory) -> list[str]:
     return out
 
 
-@dataclass
-class ApplyReport:
-    outcome: Outcome
-    dry_run: bool
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def diff(self) -> str:
-        return self.outcome.diff
-
-    def to_dict(self) -> dict[str, Any]:
-        o = self.outcome
-        data: dict[str, Any] = {
-            "target": o.target, "changed": o.changed, "reloaded": o.reloaded, "dry_run": self.dry_run,
-            "previous_sha256": o.previous_hash, "new_sha256": o.new_hash, "loaded_before": o.loaded_before,
-            "diff": o.diff, "messages": o.messages, "notes": self.notes}
-        if o.reload:
-            data["workers"] = {"old": sorted(o.reload.old_workers), "new": sorted(o.reload.new_workers)}
-        if o.generations is not None:
-            data["before_reload"] = o.generations.to_dict()
-        if o.preview is not None:
-            data["reload_preview"] = o.preview.to_dict()
-        return data
-
-    def lines(self) -> list[str]:
-        o = self.outcome
-        if self.dry_run:
-            out = ["dry run: " + ("changes shown above; nothing changed" if o.changed else "no changes to the file")]
-            if not o.changed and o.loaded_before != o.new_hash:
-                out.append(f"dry run: nginx in {o.target} has not loaded this config yet: a reload would load it")
-            return out + (o.preview.lines() if o.preview else [])
-        if o.reloaded and o.reload:
-            return [f"applied and reloaded: nginx in {o.target} runs config sha256:{o.new_hash[:12]} (workers "
-                    f"{sorted(o.reload.old_workers)} -> {sorted(o.reload.new_workers)})"]
-        if o.changed:
-            return [f"installed config sha256:{o.new_hash[:12]} in {o.target}; not reloaded: nginx still runs the "
-                    "previous config (use --reload)"]
-        if o.loaded_before != o.new_hash:
-            return [f"{o.target} has this config installed but nginx has not loaded it: use --reload"]
-        return [f"no changes: {o.target} already runs this config; nothing done"]
-
-
-@dataclass
-class FleetReport:
-    """`apply` on a fleet: one report per target, in rollout order."""
-
-    names: list[str]
-    reports: list[ApplyReport]
-    notes: list[str]
-
-    @property
-    def diff(self) -> str:
-        return "".join(r.outcome.diff for r in self.reports)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"targets": [{"name": n, **r.to_dict()} for n, r in zip(self.names, self.reports, strict=True)],
-                "notes": self.notes}
-
-    def lines(self, with_diffs: bool = False) -> list[str]:
-        out: list[str] = []
-        for n, r in zip(self.names, self.reports, strict=True):
-            if with_diffs and r.outcome.diff:
-                out += [f"== {n}", *r.outcome.diff.rstrip("\n").split("\n")]
-            out += [f"{n}: {line}" for line in r.lines()]
-        return out
-
-
 def apply_inventory(path: Path, *, connect: Connect, container: str | None = None, reload: bool = False,
                     dry_run: bool = False, stream_only: bool | None = None, config_path: str | None = None,
                     max_generations: int | None = 3, wait: float | None = None, lock_wait: float = 30.0,
                     templates: Path | None = None, targets: list[str] | None = None, force: bool = False,
-                    progress: Progress = _quiet) -> ApplyReport | FleetReport:
+                    progress: Progress = quiet) -> ApplyReport | FleetReport:
     """Render, diff, test with the target's nginx, keep history, install, and with `reload` reload and verify,
     restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, Interrupted, and
     WatchOwnsTarget (a watch controls a target; `force` changes it anyway)."""
@@ -458,7 +163,7 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         rendered = {m.name: render_for(inv, m.deployer, templates, path.parent) for m in members}
         journal = members[0].deployer.journal
         journal.plan(Step.INSTALL, Step.RELOAD)
-        with _reporting(inv, rendered[members[0].name], journal):
+        with reporting(inv, rendered[members[0].name], journal):
             result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress)
         notes = list(inv.nginx.notes) + opened.notes + forced
         if any(m.deployer.stream_only for m in members) and inv.positions is not None and any(
@@ -471,69 +176,6 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         return FleetReport([name for name, _ in result.outcomes], reports, notes)
 
 
-@dataclass
-class Many:
-    """A command's reports for each target of a fleet."""
-
-    names: list[str]
-    reports: list[Any]
-    unreachable: dict[str, str] = field(default_factory=dict)   # targets not reached: why (read-only commands)
-
-    @property
-    def differs(self) -> bool:
-        return any(r.differs for r in self.reports)
-
-    @property
-    def diff(self) -> str:
-        return "".join(getattr(r, "diff", "") for r in self.reports)
-
-    def to_dict(self) -> dict[str, Any]:
-        items = []
-        for name, report in zip(self.names, self.reports, strict=True):
-            data = report.to_dict()
-            items.append({"name": name, **(data if isinstance(data, dict) else {"entries": data})})
-        items += [{"name": name, "reachable": False, "error": why} for name, why in self.unreachable.items()]
-        out: dict[str, Any] = {"targets": items}
-        if self.unreachable:
-            out["errors"] = [{"type": "EnvironmentProblem", "message": f"{name} cannot be reached: {why}"}
-                             for name, why in self.unreachable.items()]
-        return out
-
-    def lines(self, with_diffs: bool = False) -> list[str]:
-        """Each target's lines under its name (`with_diffs`: its diff too, under the same header)."""
-        out: list[str] = []
-        for name, report in zip(self.names, self.reports, strict=True):
-            out.append(f"== {name}")
-            diff = str(getattr(report, "diff", "") or "")
-            if with_diffs and diff:
-                out += diff.rstrip("\n").split("\n")
-            out += report.lines()
-        for name, why in self.unreachable.items():
-            out += [f"== {name}", f"unreachable: {why}"]
-        return out
-
-
-def _one_or_many(opened: Opened, members: list[Member], reports: list[Any]) -> Any:
-    if len(members) == 1 and (opened.inventory is None or not opened.inventory.targets):
-        return reports[0]
-    return Many([m.name for m in members], reports)
-
-
-@dataclass
-class HistoryReport:
-    target: str
-    rows: list[dict[str, Any]]
-
-    def to_dict(self) -> list[dict[str, Any]]:  # type: ignore[override]
-        return self.rows
-
-    def lines(self) -> list[str]:
-        if not self.rows:
-            return [f"no history on {self.target} yet (apply records it)"]
-        return [f"{r['id']:>4}  {r['time']}  {str(r['sha256'])[:12]}{'  current' if r['current'] else ''}"
-                for r in self.rows]
-
-
 def target_history(path: Path | None, *, connect: Connect, container: str | None = None,
                    config_path: str | None = None, targets: list[str] | None = None) -> HistoryReport | Many:
     """The configs the target has run, newest first; the one nginx runs is marked current (per target)."""
@@ -544,32 +186,12 @@ def target_history(path: Path | None, *, connect: Connect, container: str | None
             rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
                      "current": current} for e, current in m.deployer.history_rows()]
             reports.append(HistoryReport(m.deployer.live.name, rows))
-        return _one_or_many(opened, members, reports)
-
-
-@dataclass
-class RollbackReport:
-    target: str
-    entry_id: int
-    entry_hash: str
-    outcome: Outcome
-
-    @property
-    def diff(self) -> str:
-        return self.outcome.diff
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "entry": self.entry_id, "sha256": self.entry_hash,
-                "reloaded": self.outcome.reloaded, "diff": self.outcome.diff}
-
-    def lines(self) -> list[str]:
-        state = "rolled back and reloaded" if self.outcome.reloaded else "already running"
-        return [f"{state}: {self.target} runs history entry {self.entry_id} (sha256:{self.entry_hash[:12]})"]
+        return one_or_many(opened, members, reports)
 
 
 def rollback(path: Path | None, *, connect: Connect, container: str | None = None, to: int | None = None,
              config_path: str | None = None, lock_wait: float = 30.0, targets: list[str] | None = None,
-             force: bool = False, progress: Progress = _quiet) -> RollbackReport | Many:
+             force: bool = False, progress: Progress = quiet) -> RollbackReport | Many:
     """Re-apply an earlier config from the target's history: tested, reloaded, verified; for a fleet, each
     target to its own earlier config, one at a time, stopping at the first that fails. Raises WatchOwnsTarget
     when a watch controls a target (`force`: roll back anyway; the watch corrects it at its next resync)."""
@@ -585,180 +207,9 @@ def rollback(path: Path | None, *, connect: Connect, container: str | None = Non
         reports = []
         for m in members:
             m.deployer.journal.plan((Step.INSTALL, "install the earlier config"), Step.RELOAD)
-            with _reporting(None, None, m.deployer.journal):
+            with reporting(None, None, m.deployer.journal):
                 entry, outcome = m.deployer.rollback(to)
             reports.append(RollbackReport(m.deployer.live.name, entry.id, entry.hash, outcome))
-        return _one_or_many(opened, members, reports)
+        return one_or_many(opened, members, reports)
 
 
-# -- drain / undrain ---------------------------------------------------------------------------------------------
-
-@dataclass
-class DrainReport:
-    target: str
-    group: str
-    address: str
-    down: bool
-    inventory_changed: bool
-    outcome: Outcome
-    remaining: dict[int, int] | None = None  # worker pid -> connections still open to the server
-    counted: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "group": self.group, "server": self.address, "down": self.down,
-                "inventory_changed": self.inventory_changed, "reloaded": self.outcome.reloaded,
-                "remaining_connections": None if self.remaining is None else sum(self.remaining.values()),
-                "holders": None if self.remaining is None else {str(k): v for k, v in self.remaining.items()}}
-
-    def lines(self) -> list[str]:
-        verb = "drained" if self.down else "undrained"
-        state = "reloaded" if self.outcome.reloaded else "nginx already runs this config"
-        out = [f"{verb} {self.address} in '{self.group}': inventory "
-               f"{'updated' if self.inventory_changed else 'unchanged'}, {state}"]
-        if not self.down:
-            return out
-        if not self.counted:
-            out.append("connections cannot be counted from here (a unix socket, or a remote Docker engine)")
-        elif not self.remaining:
-            out.append(f"no connection to {self.address} remains")
-        else:
-            who = ", ".join(f"worker {pid}: {n}" for pid, n in sorted(self.remaining.items()))
-            out.append(f"{sum(self.remaining.values())} connection(s) to {self.address} remain ({who})")
-        return out
-
-
-def change_server(path: Path, group: str, server: str, *, down: bool, connect: Connect,
-                  container: str | None = None, force: bool = False, lock_wait: float = 30.0,
-                  templates: Path | None = None, progress: Progress = _quiet) -> tuple[DrainReport, Deployer]:
-    """Edit the inventory (`down: true` set or removed), then apply and reload it, under the target's lock.
-    The inventory file is put back when the apply does not succeed or is interrupted before it changed
-    the target. Raises UsageError, InventoryError, and what apply raises."""
-    from .edit import set_down
-
-    if container is not None:
-        container_name(None, container)
-    original = read_text(path)
-    parse_inventory(original, str(path))  # a broken inventory is reported as it is, before any edit
-    edit = set_down(original, group, server, down, force=force)
-    first = parse_inventory(edit.text, str(path))
-    client = connect(first.target.docker_host)
-    try:
-        return _change_server(path, original, edit, client, container=container, group=group, down=down,
-                              lock_wait=lock_wait, templates=templates, progress=progress)
-    except BaseException:
-        client.close()
-        raise
-
-
-def _change_server(path: Path, original: str, edit: Any, client: docker.DockerClient, *, container: str | None,
-                   group: str, down: bool, lock_wait: float, templates: Path | None,
-                   progress: Progress) -> tuple[DrainReport, Deployer]:
-    from .files import write_atomic
-
-    inv = parse_inventory(edit.text, str(path), machine=nginx.engine_machine(client))
-    inv, notes = with_discovered(inv, lambda host: nginx.connect(host), strict=True)
-    for note in notes:
-        progress(note)
-    deployer = open_target(Opened(inv, path, client), container, progress=progress, lock_wait=lock_wait)
-    from .owner import check_owner
-
-    check_owner([Member(deployer.live.name, deployer)])  # before the inventory is edited
-    flag = "`down: true` written" if down else "`down` removed"
-    deployer.journal.plan((Step.EDIT, f"{flag} in {path}"), Step.INSTALL, Step.RELOAD)
-    rendered = render_for(inv, deployer, templates, path.parent)
-    with deployer.locked():
-        written = False
-        try:
-            with _reporting(inv, rendered, deployer.journal):
-                if edit.changed:
-                    write_atomic(path, edit.text, expect=original)
-                    written = True
-                    deployer.journal.did(Step.EDIT, f"{flag} in {path}")
-                outcome = deployer.apply(rendered, reload=True)
-        except Interrupted:
-            # Interrupted before the target changed: the inventory goes back, so it says what runs.
-            if written and not deployer.journal.has_done(Step.INSTALL):
-                write_atomic(path, original, expect=edit.text)
-                deployer.journal.did(Step.PUT_BACK, f"{path} put back as it was")
-                raise deployer.journal.interrupted() from None
-            raise
-        except NginxctlError:
-            if written:
-                write_atomic(path, original, expect=edit.text)
-                progress(f"{path} restored")
-            raise
-    from .published import Published
-
-    # recorded so that `status` says a drained server is down for `drain`, not for the inventory
-    Published(deployer.live, deployer.history.base).set_drained(group, edit.address, down)
-    report = DrainReport(deployer.live.name, group, edit.address, down, edit.changed, outcome)
-    return report, deployer
-
-
-def drain(path: Path, group: str, server: str, *, connect: Connect, container: str | None = None,
-          wait: float | None = None, force: bool = False, lock_wait: float = 30.0, templates: Path | None = None,
-          progress: Progress = _quiet) -> DrainReport:
-    """Mark a server down in the inventory, apply and reload, then count (with `wait`, wait until none
-    remain) the connections still open to it. Raises DrainTimeout when `wait` runs out, and what
-    `change_server` raises."""
-    report, deployer = change_server(path, group, server, down=True, connect=connect, container=container,
-                                     force=force, lock_wait=lock_wait, templates=templates, progress=progress)
-    with contextlib.closing(deployer.live.client):
-        return _wait_drained(report, deployer, wait, progress)
-
-
-def _wait_drained(report: DrainReport, deployer: Deployer, wait: float | None, progress: Progress) -> DrainReport:
-    from .inventory.grammar import parse_server_address
-
-    group = report.group
-    address = parse_server_address(report.address)
-    if address.kind == "unix":
-        report.counted = False
-        return report
-    assert address.host is not None and address.port is not None
-    host, port = address.host, address.port
-
-    def check() -> tuple[bool, dict[int, int] | None]:
-        if not _still_down(deployer, report.address):
-            raise DrainCancelled(f"stopped waiting: {report.address} is no longer drained on {deployer.live.name} "
-                             "(undrained or changed by another command meanwhile)")
-        held = server_connections(deployer.live, host, port)
-        return held is None or not held, held
-
-    said: list[int] = []
-
-    def waiting(held: dict[int, int] | None) -> None:
-        total = sum((held or {}).values())
-        if said and said[-1] == total:
-            return  # say it when the count changes, not every half second
-        said.append(total)
-        who = ", ".join(f"worker {pid}: {n}" for pid, n in sorted((held or {}).items()))
-        progress(f"waiting: {total} connection(s) to {report.address} ({who})")
-
-    try:
-        polled = poll_until(check, wait or 0.0, interval=0.5, on_wait=waiting)
-    except KeyboardInterrupt:
-        raise Interrupted([f"{report.address} drained in '{group}' (inventory and nginx)"],
-                          ["waiting for its connections to close"]) from None
-    report.remaining = polled.value
-    report.counted = polled.value is not None
-    if wait is not None and not polled.done and polled.value:
-        raise DrainTimeout(report.address, sum(polled.value.values()), f"{wait:g}s", polled.value)
-    return report
-
-
-def _still_down(deployer: Deployer, address: str) -> bool:
-    """Whether the target's config still has `server ADDRESS ... down;` (someone may undrain meanwhile)."""
-    import re
-
-    text = deployer.deployed() or ""
-    return re.search(rf"^\s*server\s+{re.escape(address)}(\s[^;]*)?\sdown;", text, re.M) is not None
-
-
-def undrain(path: Path, group: str, server: str, *, connect: Connect, container: str | None = None,
-            lock_wait: float = 30.0, templates: Path | None = None, progress: Progress = _quiet) -> DrainReport:
-    """Put a drained server back: remove its `down` in the inventory, apply and reload."""
-    report, deployer = change_server(path, group, server, down=False, connect=connect, container=container,
-                                     lock_wait=lock_wait, templates=templates, progress=progress)
-    deployer.live.client.close()
-    return report

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from nginxctl import workflows
+from nginxctl import drain as drain_mod
 from nginxctl.errors import Interrupted
 from nginxctl.nginx import LiveNginx, TargetLock, connect
 
@@ -147,7 +147,7 @@ def test_ctrl_c_in_drain_says_what_was_and_was_not_done(lb, backends, stop_at, i
             raise KeyboardInterrupt
 
     with pytest.raises(Interrupted) as caught:
-        workflows.drain(lb.inventory, "pool", b.address, connect=connect, progress=progress)
+        drain_mod.drain(lb.inventory, "pool", b.address, connect=connect, progress=progress)
     report = str(caught.value)
     assert report.startswith("interrupted") and "not done: reload and verify" in report
     assert caught.value.exit_code == 130

@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import nginx
 from ..apply import Deployer
+from ..desired import render_for
 from ..errors import (
     EXIT_NOT_RESTORED,
     ApplyFailure,
@@ -39,17 +40,17 @@ from ..errors import (
 from ..fleet import FleetFailure, Member, fleet_targets, open_fleet, rollout
 from ..history import sha
 from ..host import process_identity
-from ..inventory import Inventory
+from ..inventory import Inventory, check_capacity
 from ..inventory.model import Target
+from ..inventoryfile import container_name, read_inventory
 from ..published import Published, WatchState
 from ..view import pending
-from ..workflows import container_name, read_inventory, render_for
 from .damping import Decision, decide
 from .debounce import Debouncer
 from .isolate import culprits
 from .log import DecisionLog
 from .merge import Merged, candidate_server, merge
-from .metrics import Metrics
+from .metrics import IDLE_BEAT, Metrics
 from .model import BACKOFF, Event, EventKind, Snapshot, backoff
 from .sources import DockerSource, EtcdSource, InventoryFile
 from .systemd import notify, watchdog_interval
@@ -144,7 +145,7 @@ class Controller:
         first = read_inventory(self.options.inventory)
         self.client = self.connect(first.target.docker_host)
         self.machine = nginx.engine_machine(self.client)  # the engine's machine does not change under us
-        self.inventory = read_inventory(self.options.inventory, machine=self.machine)
+        self.inventory = check_capacity(first, self.machine)
         self.members = self._attach()
         for member in self.members:
             lock = nginx.TargetLock(member.deployer.live.client, member.deployer.live, wait=0, purpose="watch",
@@ -234,6 +235,7 @@ class Controller:
             self._reconcile(reason="start")
             while True:
                 event = self._next_event()
+                self.metrics.beat()  # progress, for /healthz: a pass, an event, or an idle wake-up
                 if event is not None and event.kind is EventKind.STOP:
                     notify("STOPPING=1")
                     self._log_stop(event.detail)
@@ -291,7 +293,8 @@ class Controller:
     def _next_event(self) -> Event | None:
         deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due, self.resync_at,
                                  self.heartbeat_due, self.watchdog_due) if d is not None]
-        timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
+        # never sleep longer than IDLE_BEAT: an idle loop still beats (a hung one does not)
+        timeout = min(IDLE_BEAT, max(0.0, min(deadlines) - self.clock())) if deadlines else IDLE_BEAT
         try:
             return self.events.get(timeout=timeout)
         except queue.Empty:

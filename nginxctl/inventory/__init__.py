@@ -3,9 +3,9 @@
 Everything here is a function of data: no file, Docker or network access.
 """
 
-from .load import parse_inventory
+from .load import check_capacity, parse_inventory
 from .model import Group, Inventory, NginxSettings, Server, Target
 from .schema import json_schema, reference_markdown
 
-__all__ = ["parse_inventory", "Inventory", "Group", "Server", "NginxSettings", "Target", "json_schema",
-           "reference_markdown"]
+__all__ = ["check_capacity", "parse_inventory", "Inventory", "Group", "Server", "NginxSettings", "Target",
+           "json_schema", "reference_markdown"]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .. import capacity
@@ -345,9 +346,9 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
         -> Inventory:
     """Validate inventory text. Raises InventoryError with every problem, located in `source`.
 
-    `machine` is where nginx runs: capacity intents beyond its memory or its CPUs (at most
-    Machine.max_workers derived workers) are refused. None: only the inventory's own limits
-    (nginx.fd_limit, nginx.memory_limit) apply.
+    Capacity is planned with the inventory's own limits (nginx.fd_limit, nginx.memory_limit); `machine`
+    (where nginx runs) also refuses intents beyond its memory or its CPUs (at most Machine.max_workers derived
+    workers): the same as `check_capacity(parse_inventory(text, source), machine)`.
     """
     data, positions, duplicates = parse_yaml(text, source)
     report = _Report(positions)
@@ -402,8 +403,22 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
     target = fleet[0] if fleet else Target(**(target_raw or {}))
     content = {"upstreams": groups, "nginx": nginx, "target": target, "targets": tuple(fleet),
                "templates": top.get("templates"), "vars": top.get("vars", {}), "discovery_etcd_endpoints": endpoints}
-    return Inventory(source=_safe_source(source), digest=inventory_digest(data), positions=positions,
-                     **content)
+    inv = Inventory(source=_safe_source(source), digest=inventory_digest(data), positions=positions, data=data,
+                    **content)
+    return inv if machine is None else check_capacity(inv, machine)
+
+
+def check_capacity(inv: Inventory, machine: capacity.Machine) -> Inventory:
+    """The inventory with its capacity planned for `machine` (where nginx runs: the Docker engine's, or this
+    machine's for `render`): intents beyond its memory or its CPUs are refused. The second of two steps
+    (parse, then check against a machine): the text is not parsed again. Raises InventoryError, located."""
+    if inv.data is None:
+        return inv
+    report = _Report(inv.positions)
+    nginx = _nginx(_section(inv.data, "nginx", report), list(inv.upstreams), report, machine)
+    if report.problems:
+        raise InventoryError(report.problems)
+    return replace(inv, nginx=nginx)
 
 
 def parse_server(fields: Any, source: str) -> Server:

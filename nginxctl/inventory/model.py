@@ -158,6 +158,8 @@ class Inventory:
     targets: tuple[NamedTarget, ...] = ()   # a fleet; empty: the single `target`
     # Where each key sits in the file (yamlsource.Positions), to trace nginx errors back to it.
     positions: Any = field(default=None, compare=False, repr=False)
+    # The parsed YAML, kept so that capacity can be checked against a machine later without parsing again.
+    data: Any = field(default=None, compare=False, repr=False)
 
     def group(self, name: str) -> Group | None:
         return next((g for g in self.upstreams if g.name == name), None)
