@@ -345,8 +345,10 @@ class SockDiag:
 
     def destroy(self, sock: TcpSocket) -> bool:
         """Close `sock` in the kernel (SOCK_DESTROY, like `ss -K`): its owner's next read or write fails
-        with ECONNABORTED, and the peer receives a reset. The cookie makes sure it is that very socket,
-        not a newer one on the same addresses. True when destroyed; False when it no longer exists.
+        with ECONNABORTED (103) and its peer receives a reset (ECONNRESET); what a client behind nginx
+        sees depends on which of nginx's two sockets is destroyed (docs/sockdiag.md). The cookie makes
+        sure it is that very socket, not a newer one on the same addresses. True when destroyed; False
+        when it no longer exists (or a newer socket holds its addresses).
 
         Raises SockDiagUnavailable when the kernel lacks CONFIG_INET_DIAG_DESTROY (EOPNOTSUPP) or
         nginxctl lacks CAP_NET_ADMIN in the socket's namespace (EPERM).
@@ -364,8 +366,8 @@ class SockDiag:
                 err = self._error(reply)
                 if err == 0:
                     return True
-                if err == errno.ENOENT:
-                    return False
+                if err in (errno.ENOENT, errno.ESTALE):
+                    return False  # gone, or its addresses now belong to a newer socket (another cookie)
                 if err == errno.EOPNOTSUPP:
                     raise SockDiagUnavailable("this kernel cannot destroy sockets (SOCK_DESTROY: EOPNOTSUPP)",
                                               "it needs CONFIG_INET_DIAG_DESTROY=y", err)
