@@ -157,7 +157,7 @@ def test_destroy_refuses_a_socket_of_another_cookie_on_the_same_addresses(pairs)
     p = pairs(1)
     with SockDiag() as diag:
         (sock,) = diag.tcp(local_ports=[p.port])
-        impostor = TcpSocket(**{**sock.__dict__, "cookie": sock.cookie + 1_000_000})
+        impostor = sock._replace(cookie=sock.cookie + 1_000_000)
         assert diag.destroy(impostor) is False
         assert len(diag.tcp(local_ports=[p.port])) == 1
     p.clients[0].sendall(b"ok")
