@@ -401,7 +401,7 @@ def socket_owners(pids: Iterable[int]) -> dict[int, int]:
     /proc/PID/fd links). An inode that several of them hold (a listening socket inherited from the
     master) maps to the first of `pids` holding it. A process that is gone is left out.
 
-    One readlink per open file: ~40,000 links read in ~0.1 s (docs/sockdiag.md). Links are read relative
+    One readlink per open file, ~3 us each: 80,000 in 0.27 s (docs/sockdiag.md). Links are read relative
     to an open /proc/PID/fd directory, and only "socket:[N]" ones are kept.
     """
     owners: dict[int, int] = {}

@@ -138,8 +138,9 @@ def test_last_send_and_receive_tell_a_busy_connection_from_an_idle_one(pairs):
     assert servers[idle].last_data_recv_ms is not None and servers[idle].last_data_recv_ms >= 300
 
 
-def test_destroy_closes_exactly_the_chosen_socket_its_peer_sees_a_reset(pairs):
-    p = pairs(3)
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_destroy_closes_exactly_the_chosen_socket_its_peer_sees_a_reset(pairs, host):
+    p = pairs(3, host)
     with SockDiag() as diag:
         chosen = next(s for s in diag.tcp(local_ports=[p.port]) if s.remote[1] == p.local_port(1))
         assert diag.destroy(chosen) is True
