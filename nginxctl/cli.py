@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -21,16 +22,27 @@ from rich.console import Console
 from . import __version__, workflows
 from . import drain as drain_mod
 from . import status as status_mod
+from .controller.log import DecisionLog
+from .controller.loop import Controller, WatchOptions
+from .controller.metrics import Metrics, serve
 from .errors import (
     EXIT_CODES,
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_REJECTED,
+    ConfigRejected,
+    DrainTimeout,
+    EnvironmentProblem,
+    InventoryError,
     NginxctlError,
+    NginxOutput,
     UsageError,
 )
+from .inventory import json_schema
+from .inventory.grammar import Invalid, parse_duration
 from .inventoryfile import DEFAULT_INVENTORY, optional_inventory
+from .nginx import connect
 
 app = typer.Typer(
     name="nginxctl", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
@@ -49,7 +61,6 @@ class Format(str, Enum):
 
 def _duration(value: str) -> float:
     """A time option: a duration with units (30s, 500ms, 10m, 1h30m) or a number of seconds."""
-    from .inventory.grammar import Invalid, parse_duration
 
     try:
         return parse_duration(value).ms / 1000
@@ -126,7 +137,6 @@ def handled(func: F) -> F:
 def _report(errors: list[dict[str, Any]], code: int, as_json: bool, text: str) -> None:
     if as_json:
         _print_json({"ok": False, "exit_code": code, "errors": errors})
-    from .errors import InventoryError
 
     if errors and errors[0].get("type") == InventoryError.__name__:
         for line in text.splitlines():
@@ -150,7 +160,6 @@ def _notes(notes: list[str], quiet: bool) -> None:
 
 
 def _connect(docker_host: str | None) -> Any:
-    from .nginx import connect
 
     return connect(docker_host)
 
@@ -227,7 +236,6 @@ def render(
 @handled
 def schema() -> None:
     """Print the inventory's JSON Schema (for yaml-language-server and other editors)."""
-    from .inventory import json_schema
 
     print(json.dumps(json_schema(), indent=2))
 
@@ -249,7 +257,6 @@ def validate(
     quiet: QuietOpt = False,
 ) -> None:
     """Run nginx -t on the rendered config in a throwaway, locked-down container."""
-    from .errors import ConfigRejected, NginxOutput
 
     report = workflows.validate(_inventory(inventory), connect=_connect, image=image, container=container,
                                 resolve=resolve, pull=pull, templates=templates,
@@ -426,7 +433,6 @@ def drain(
 ) -> None:
     """Mark a server down in the inventory (comments kept), apply and reload, and report (with --wait: wait
     until none remain) its connections still open. Exit 1 when --wait times out with connections left."""
-    from .errors import DrainTimeout
 
     try:
         report = drain_mod.drain(_inventory(inventory), group, server, connect=_connect, container=container,
@@ -503,10 +509,6 @@ def watch(
     """Keep the target running the inventory and the discovered backends (Docker labels, etcd keys):
     reconcile on every change, coalesced, through the same apply as `nginxctl apply --reload`. Stops
     cleanly on SIGINT/SIGTERM (exit 0)."""
-    from .controller.log import DecisionLog
-    from .controller.loop import Controller, WatchOptions
-    from .controller.metrics import Metrics, serve
-    from .errors import EnvironmentProblem
 
     if max_wait < quiet_period:
         raise UsageError(f"--max-wait ({max_wait:g}s) must not be shorter than --quiet-period ({quiet_period:g}s)")
@@ -543,7 +545,6 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def main() -> None:
     """Console entry point."""
-    import signal
 
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -5,6 +5,7 @@ put back when the change does not take."""
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from . import nginx
 from .apply import Deployer
 from .clock import poll_until
 from .desired import render_for
+from .edit import set_down
 from .errors import (
     DrainCancelled,
     DrainTimeout,
@@ -19,10 +21,14 @@ from .errors import (
     NginxctlError,
     Step,
 )
+from .files import write_atomic
 from .fleet import Member
 from .inventory import Inventory, check_capacity, parse_inventory
+from .inventory.grammar import parse_server_address
 from .inventoryfile import container_name, read_text
 from .observe import server_connections
+from .owner import check_owner
+from .published import Published
 from .reports import DrainReport
 from .targets import Connect, Opened, Progress, open_target, quiet, with_discovered
 from .workflows import reporting
@@ -37,7 +43,6 @@ def change_server(path: Path, group: str, server: str, *, down: bool, connect: C
     """Edit the inventory (`down: true` set or removed), then apply and reload it, under the target's lock.
     The inventory file is put back when the apply does not succeed or is interrupted before it changed
     the target. Raises UsageError, InventoryError, and what apply raises."""
-    from .edit import set_down
 
     if container is not None:
         container_name(None, container)
@@ -58,14 +63,12 @@ def _change_server(path: Path, original: str, edit: Any, first: Inventory, clien
                    container: str | None,
                    group: str, down: bool, lock_wait: float, templates: Path | None,
                    progress: Progress) -> tuple[DrainReport, Deployer]:
-    from .files import write_atomic
 
     inv = check_capacity(first, nginx.engine_machine(client))
     inv, notes = with_discovered(inv, lambda host: nginx.connect(host), strict=True)
     for note in notes:
         progress(note)
     deployer = open_target(Opened(inv, path, client), container, progress=progress, lock_wait=lock_wait)
-    from .owner import check_owner
 
     check_owner([Member(deployer.live.name, deployer)])  # before the inventory is edited
     flag = "`down: true` written" if down else "`down` removed"
@@ -92,7 +95,6 @@ def _change_server(path: Path, original: str, edit: Any, first: Inventory, clien
                 write_atomic(path, original, expect=edit.text)
                 progress(f"{path} restored")
             raise
-    from .published import Published
 
     # recorded so that `status` says a drained server is down for `drain`, not for the inventory
     Published(deployer.live, deployer.history.base).set_drained(group, edit.address, down)
@@ -113,7 +115,6 @@ def drain(path: Path, group: str, server: str, *, connect: Connect, container: s
 
 
 def _wait_drained(report: DrainReport, deployer: Deployer, wait: float | None, progress: Progress) -> DrainReport:
-    from .inventory.grammar import parse_server_address
 
     group = report.group
     address = parse_server_address(report.address)
@@ -154,7 +155,6 @@ def _wait_drained(report: DrainReport, deployer: Deployer, wait: float | None, p
 
 def _still_down(deployer: Deployer, address: str) -> bool:
     """Whether the target's config still has `server ADDRESS ... down;` (someone may undrain meanwhile)."""
-    import re
 
     text = deployer.deployed() or ""
     return re.search(rf"^\s*server\s+{re.escape(address)}(\s[^;]*)?\sdown;", text, re.M) is not None

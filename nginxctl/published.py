@@ -17,6 +17,7 @@ stopped; on the same host, a watch process that no longer exists is not live wha
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -134,7 +135,6 @@ class Published:
         raw = self.store.read_file(f"{self.dir}/.nginxctl/desired.conf")
         if raw is None:
             return None
-        import hashlib
 
         return raw.decode() if hashlib.sha256(raw).hexdigest() == state.desired_sha256 else None
 

@@ -16,7 +16,7 @@ from typing import Any
 from .apply import Deployer
 from .desired import render_for
 from .errors import EnvironmentProblem
-from .fleet import Member
+from .fleet import Member, fleet_targets
 from .history import sha
 from .inventory import Inventory
 from .nginxtext import parse_version, shutdown_timeout_of
@@ -148,7 +148,6 @@ def target_status(path: Path | None, *, connect: Connect, container: str | None 
 def _reachable(opened: Opened, container: str | None, targets: list[str] | None, connect: Connect,
                stream_only: bool | None, config_path: str | None) -> tuple[list[Member], dict[str, str]]:
     """The members that can be reached, and why the others cannot (a read-only command reports what it can)."""
-    from .fleet import fleet_targets
 
     inv = opened.inventory
     if container is not None or inv is None or not inv.targets:

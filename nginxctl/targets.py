@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import nginx
 from .apply import Deployer
+from .controller.merge import merge
+from .controller.sources import snapshots_now
 from .errors import (
     EnvironmentProblem,
     UsageError,
 )
-from .fleet import Member
+from .fleet import Member, fleet_targets, open_fleet
 from .inventory import Inventory, Target, check_capacity, parse_inventory
+from .inventory.grammar import Invalid, check_path
 from .inventoryfile import container_name, read_text
 
 if TYPE_CHECKING:
@@ -80,8 +83,6 @@ def with_discovered(inv: Inventory, connect: Connect | None, strict: bool = Fals
     target): a source that cannot be reached is an EnvironmentProblem, not a group emptied."""
     if not any(g.discover for g in inv.upstreams):
         return inv, []
-    from .controller.merge import merge
-    from .controller.sources import snapshots_now
 
     docker_host = inv.target.docker_host
     snapshots, notes = snapshots_now(inv, (lambda: connect(docker_host)) if connect is not None else None)
@@ -103,7 +104,6 @@ def open_target(opened: Opened, container: str | None, *, stream_only: bool | No
     Raises UsageError, EnvironmentProblem."""
     inv = opened.inventory
     if config_path is not None:
-        from .inventory.grammar import Invalid, check_path
 
         try:
             check_path(config_path, "--config-path: an absolute path")
@@ -122,7 +122,6 @@ def open_members(opened: Opened, container: str | None, names: list[str] | None,
     """The targets a command acts on: --container (one), else the inventory's `targets:` (a fleet, limited
     by --targets) or its `target:`. Every one is reached before anything changes. Raises UsageError,
     EnvironmentProblem naming the unreachable target."""
-    from .fleet import Member, fleet_targets, open_fleet
 
     inv = opened.inventory
     if container is not None and names:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +18,12 @@ from typing import TYPE_CHECKING
 from . import nginx
 from .desired import render_config, render_for, stream_module
 from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, Step, UsageError
+from .files import write_atomic
+from .fleet import rollout
+from .host import local_machine
 from .inventory import Inventory, check_capacity
 from .inventoryfile import container_name, read_inventory
+from .owner import check_owner
 from .reports import (
     ApplyReport,
     FleetReport,
@@ -30,6 +35,7 @@ from .reports import (
     one_or_many,
 )
 from .targets import Connect, Progress, open_engine, open_members, quiet, with_discovered
+from .trace import trace
 
 if TYPE_CHECKING:
     import docker
@@ -41,8 +47,6 @@ def render_inventory(path: Path, *, full: bool, output: Path | None = None, temp
         RenderReport:
     """Render the inventory (capacity checked against this machine); with `output`, write it atomically.
     Raises InventoryError, TemplateError, UsageError (the output cannot be written)."""
-    from .files import write_atomic
-    from .host import local_machine
 
     inv = check_capacity(read_inventory(path), local_machine())
     inv, discovered = with_discovered(inv, nginx.connect)
@@ -76,7 +80,6 @@ def validate(path: Path, *, connect: Connect, image: str | None = None, containe
              progress: Progress = quiet) -> ValidateReport:
     """`nginx -t` of the full rendered config in a throwaway, locked-down container.
     Returns the report (ok or not); raises InventoryError, TemplateError, EnvironmentProblem."""
-    from .trace import trace
 
     with open_engine(path, connect, container) as opened:
         inv, client, discovered = opened.inventory, opened.client, opened.notes
@@ -107,7 +110,6 @@ def validate(path: Path, *, connect: Connect, image: str | None = None, containe
 @contextlib.contextmanager
 def reporting(inv: Inventory | None, rendered: str | None, journal: Journal) -> Iterator[None]:
     """Trace an nginx rejection back to the inventory; turn Ctrl-C into a report of what was done."""
-    from .trace import trace
 
     try:
         yield
@@ -125,7 +127,6 @@ def reporting(inv: Inventory | None, rendered: str | None, journal: Journal) -> 
 
 def _bind_failures(details: list[str], inv: Inventory) -> list[str]:
     """`bind() to ADDR failed` (a port held by another process, found at reload) -> the group's listen."""
-    import re
 
     out = []
     for address in dict.fromkeys(re.findall(r"bind\(\) to (\S+) failed", "\n".join(details))):
@@ -146,8 +147,6 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
     """Render, diff, test with the target's nginx, keep history, install, and with `reload` reload and verify,
     restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, Interrupted, and
     WatchOwnsTarget (a watch controls a target; `force` changes it anyway)."""
-    from .fleet import rollout
-    from .owner import check_owner
 
     # A dry run refuses what apply refuses: a discovery source that cannot be reached is exit 3 for both,
     # not a preview that empties its groups.
@@ -195,7 +194,6 @@ def rollback(path: Path | None, *, connect: Connect, container: str | None = Non
     """Re-apply an earlier config from the target's history: tested, reloaded, verified; for a fleet, each
     target to its own earlier config, one at a time, stopping at the first that fails. Raises WatchOwnsTarget
     when a watch controls a target (`force`: roll back anyway; the watch corrects it at its next resync)."""
-    from .owner import check_owner
 
     with open_engine(path, connect, container) as opened:
         members = open_members(opened, container, targets, connect, config_path=config_path, progress=progress,

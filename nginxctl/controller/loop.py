@@ -25,38 +25,35 @@ from typing import Any
 
 from .. import nginx
 from ..apply import Deployer
-from ..desired import render_for
+from ..desired import RenderTarget, render_target, target_of
 from ..errors import (
-    EXIT_NOT_RESTORED,
-    ApplyFailure,
     ConfigRejected,
     EnvironmentProblem,
-    GenerationsLingering,
     InventoryError,
     NginxctlError,
-    RestoreFailed,
-    TemplateError,
 )
-from ..fleet import FleetFailure, Member, fleet_targets, open_fleet, rollout
+from ..fleet import Member, fleet_targets, open_fleet, rollout
 from ..history import sha
 from ..host import process_identity
-from ..inventory import Inventory, check_capacity
+from ..inventory import Inventory, check_capacity, parse_inventory
 from ..inventory.model import Target
 from ..inventoryfile import container_name, read_inventory
 from ..published import Published, WatchState
+from ..trace import trace
 from ..view import pending
-from .damping import Decision, decide
 from .debounce import Debouncer
+from .decide import Action, PassInput, Plan, classify, decide, describe
+from .health import Checker
+from .healthstate import HealthState
 from .isolate import culprits
 from .log import DecisionLog
-from .merge import Merged, candidate_server, merge
+from .merge import Merged, candidate_server
 from .metrics import IDLE_BEAT, Metrics
 from .model import BACKOFF, Event, EventKind, Snapshot, backoff
 from .sources import DockerSource, EtcdSource, InventoryFile
 from .systemd import notify, watchdog_interval
 
 Connect = Callable[[str | None], Any]
-GENERATIONS_RETRY = 2.0
 FIRST_SNAPSHOT_WAIT = 5.0
 MAX_ISOLATED_PER_PASS = 16   # discovered servers nginx refuses, found one rejection at a time
 # How often the published health is re-stamped while nothing changes: `status` in another PID namespace (the
@@ -108,17 +105,12 @@ class Controller:
         self.burst_started: float | None = None
         self.skipped_seen: set[tuple[str, str, str]] = set()
         self.sources: list[Any] = []
-        self.down: frozenset[tuple[str, str]] = frozenset()
         self._locks: list[nginx.TargetLock] = []
         self.machine: Any = None
-        self.checker: Any = None
-        self.health_change: tuple[list[str], list[str]] = ([], [])
-        self.health_changed_at: dict[tuple[str, str], float] = {}   # per server, its last rendered health change
-        self.health_due: float | None = None
+        self.health = HealthState(options.max_wait, log, metrics, clock)
         self.heartbeat_due: float | None = None
         self.watchdog = watchdog_interval()
         self.watchdog_due: float | None = None
-        self.all_failing: set[str] = set()
         self.isolated: dict[tuple[str, str], str] = {}   # discovered servers nginx refused -> its reason
         self.resync_at: float | None = None
         self.held: str | None = None          # why the desired config does not run yet
@@ -127,6 +119,9 @@ class Controller:
         self.published_at: dict[str, float] = {}
         self.last_rendered: dict[str, str] = {}
         self.last_loaded: dict[str, str | None] = {}
+        self.render_targets: list[RenderTarget] = []
+        self.loaded: dict[str, tuple[str | None, str | None]] = {}   # target -> (hash, text) this pass read
+        self.reloaded = False
         self.waiting = False   # a `wait` line was logged: sources that never answered, not logged per retry
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -160,11 +155,10 @@ class Controller:
         prefixes = {g.name: g.discover_prefix for g in self.inventory.upstreams if g.discover_prefix}
         if prefixes:
             self.sources.append(EtcdSource(list(self.inventory.discovery_etcd_endpoints), prefixes, publish))
-        from .health import Checker
 
         # idle (no thread wakes) until a group has a health_check
-        self.checker = Checker(lambda: self.events.put(Event(EventKind.HEALTH)), self._on_check)
-        self.sources.append(self.checker)
+        self.health.checker = Checker(lambda: self.events.put(Event(EventKind.HEALTH)), self.health.on_check)
+        self.sources.append(self.health.checker)
         for source in self.sources:
             source.start()
         self.log("start", f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
@@ -173,7 +167,7 @@ class Controller:
                  sources=[type(s).__name__ for s in self.sources])
 
     def close(self) -> None:
-        if self.checker is not None and self.checker.targets:
+        if self.health.checking:
             self._write_health(stopped=True)
         for m in self.members or []:  # commands stop deferring to this watch at once
             if m.name in self.published:
@@ -243,8 +237,8 @@ class Controller:
                 if event is not None:
                     self._handle(event)
                 now = self.clock()
-                if self.health_due is not None and now >= self.health_due:
-                    self.health_due = None
+                if self.health.due is not None and now >= self.health.due:
+                    self.health.due = None
                     self.debounce.change(now)
                 if self.heartbeat_due is not None and now >= self.heartbeat_due:
                     self._write_health()
@@ -263,7 +257,7 @@ class Controller:
         """The `stop` line says what was seen and is not applied (a burst in its quiet period, a retry, a
         health change held by its damping): this watch drops it, the target keeps what it runs."""
         pending = self.debounce.changes + (1 if self.retry_at is not None else 0) \
-            + (1 if self.health_due is not None else 0)
+            + (1 if self.health.due is not None else 0)
         if pending:
             self.log("stop", f"{detail}: stopping; {pending} change(s) seen were not applied; the target keeps "
                      "the config it runs", not_applied=pending, level="warning")
@@ -291,7 +285,7 @@ class Controller:
             self.events.put(event)
 
     def _next_event(self) -> Event | None:
-        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health_due, self.resync_at,
+        deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health.due, self.resync_at,
                                  self.heartbeat_due, self.watchdog_due) if d is not None]
         # never sleep longer than IDLE_BEAT: an idle loop still beats (a hung one does not)
         timeout = min(IDLE_BEAT, max(0.0, min(deadlines) - self.clock())) if deadlines else IDLE_BEAT
@@ -309,7 +303,9 @@ class Controller:
             self.members = None  # attach again: a restarted container has a new master
             self.debounce.change(now)
         elif event.kind is EventKind.HEALTH:
-            self._health_changed(now)
+            if self.inventory is not None and self.health.changed(self.inventory, self.snapshots, now):
+                self.debounce.change(now)
+            self._write_health()
         elif event.kind is EventKind.SNAPSHOT and event.snapshot is not None:
             previous = self.snapshots.get(event.snapshot.source)
             self.snapshots[event.snapshot.source] = event.snapshot
@@ -325,94 +321,17 @@ class Controller:
             if self.inventory is not None else set()
         return tuple(c for c in snapshot.candidates if c.group in wanted)
 
-    # -- health checks -------------------------------------------------------------------------------------
-
-    def _health_changed(self, now: float) -> None:
-        """A server went down or came back: render it so at the next pass, unless that server's own last
-        rendered change is less than --max-wait old (then when it is: see damping.py)."""
-        if self.checker is None or self.inventory is None:
-            return
-        decision = self._health_decision(now)
-        if decision.down != self.down:
-            self.debounce.change(now)
-        self.health_due = decision.due
-        self._write_health()
-
-    def _health_decision(self, now: float) -> Decision[tuple[str, str]]:
-        assert self.checker is not None and self.inventory is not None
-        want = self._effective_down(self.checker.down())
-        return decide(want, self.down, self.health_changed_at, now, self.options.max_wait,
-                      [frozenset(p) for p in self._primaries(merge(self.inventory, self.snapshots)).values()])
-
-    def _render_health(self) -> None:
-        """At each pass: what health checks take out or put back now. `health_back` names only servers whose
-        checks pass again (not those kept in because every primary of their group fails)."""
-        assert self.checker is not None
-        decision = self._health_decision(self.clock())
-        before_down, self.down = self.down, decision.down
-        self.health_changed_at, self.health_due = decision.changed_at, decision.due
-        passing = {k for k, h in self.checker.health().items() if h.up}
-        self.health_change = (sorted(f"{g}/{a}" for g, a in self.down - before_down),
-                              sorted(f"{g}/{a}" for g, a in before_down - self.down if (g, a) in passing))
-
-    @staticmethod
-    def _primaries(merged: Merged) -> dict[str, list[tuple[str, str]]]:
-        """Per group, its primary servers that health checks may take out."""
-        return {group.name: [(group.name, s.address.text) for s in group.servers
-                             if not s.backup and not s.down and (group.name, s.address.text) in merged.sources]
-                for group in merged.inventory.upstreams}
-
-    def _effective_down(self, failing: frozenset[tuple[str, str]]) -> frozenset[tuple[str, str]]:
-        """What is rendered down: failing servers, except that a group never loses every primary server to
-        its checks (when all fail, all stay in: nginx's passive checks still apply)."""
-        assert self.inventory is not None
-        keep: set[tuple[str, str]] = set()
-        merged = merge(self.inventory, self.snapshots)
-        by_group = self._primaries(merged)
-        for group in merged.inventory.upstreams:
-            primaries = by_group[group.name]
-            all_failing = bool(primaries) and all(p in failing for p in primaries)
-            self.metrics.all_down.labels(group.name).set(1 if all_failing else 0)
-            if all_failing:
-                keep.update(primaries)
-                if group.name not in self.all_failing:
-                    self.all_failing.add(group.name)
-                    self.log("health", f"ALL {len(primaries)} primary server(s) of '{group.name}' fail their health "
-                             "checks: keeping them all in (nginx's passive checks still apply); check the backends "
-                             "and the network between this host and them", group=group.name, level="error")
-            elif group.name in self.all_failing:
-                self.all_failing.discard(group.name)
-                self.log("health", f"'{group.name}' has a passing primary server again", group=group.name)
-        return frozenset(failing - keep)
-
-    def _check_targets(self, merged: Merged) -> None:
-        from .health import Target
-
-        if self.checker is None:
-            return
-        targets = [Target(g.name, s.address.text, g.health_check, g.protocol == "udp")
-                   for g in merged.inventory.upstreams if g.health_check is not None
-                   for s in g.servers if (g.name, s.address.text) in merged.sources]
-        self.metrics.checked([(t.group, t.address) for t in targets])
-        self.checker.set_targets(targets)
-
     def _write_health(self, stopped: bool = False) -> None:
         """Publish health state beside every target's config, for `nginxctl status` (`stopped`: this watch is
         ending, nothing checks any more)."""
         self.heartbeat_due = None
-        if self.checker is None or not self.members or not self.checker.targets:
+        if not self.members or not self.health.checking:
             return
-        rows = [{"group": g, "address": a, "state": "up" if h.up else "down", "since": h.since,
-                 "last_error": h.last_error, "checks": h.checks, "rendered_down": (g, a) in self.down}
-                for (g, a), h in sorted(self.checker.health().items())]
-        files = Published.health_files(rows, stopped=stopped, heartbeat=HEALTH_HEARTBEAT)
+        files = Published.health_files(self.health.rows(), stopped=stopped, heartbeat=HEALTH_HEARTBEAT)
         for m in self.members:
             Published(m.deployer.live, m.deployer.history.base).write(files)
         if not stopped:
             self.heartbeat_due = self.clock() + HEALTH_HEARTBEAT
-
-    def _on_check(self, target: Any, ok: bool, error: str | None) -> None:
-        self.metrics.health_checks.labels(target.group, target.address, "pass" if ok else "fail").inc()
 
     def _source_state(self, snapshot: Snapshot, previous: Snapshot | None = None) -> None:
         self.metrics.source_stale.labels(snapshot.source).set(1 if snapshot.stale else 0)
@@ -441,7 +360,6 @@ class Controller:
         self.inventory_text = text
         try:
             machine = self.machine
-            from ..inventory import parse_inventory
 
             inventory = parse_inventory(text, str(self.options.inventory), machine=machine)
         except InventoryError as exc:
@@ -460,6 +378,7 @@ class Controller:
         self.log("inventory", f"{self.options.inventory} changed and loads", sha256=inventory.digest[:12])
 
     def _reconcile(self, reason: str) -> None:
+        """One pass: gather what the target has loaded, decide once (`decide`), carry the plan out."""
         self.metrics.reconciles.inc()
         began = self.clock()
         first_change = self.debounce.take()[0] if self.debounce.pending else None
@@ -467,109 +386,106 @@ class Controller:
             self.burst_started = first_change
         self._load()
         assert self.inventory is not None
-        if self.checker is not None:
-            self._render_health()
-        unknown = sorted({g.discover for g in self.inventory.upstreams if g.discover
-                          and not (self.snapshots.get(g.discover) and self.snapshots[g.discover].known)})
-        if unknown:
-            # Nothing is known of these backends yet (the source never answered): rendering now would empty
-            # those groups. The target keeps what it runs until the source answers once.
+        self.health.render(self.inventory, self.snapshots, self.clock())
+        plan: Plan | None = None
+        try:
+            for _ in range(MAX_ISOLATED_PER_PASS + 1):
+                plan = self._decide(reason)
+                if plan.action is not Action.APPLY:
+                    break
+                try:
+                    self._apply(plan)
+                except ConfigRejected as exc:
+                    if self._isolate(exc, plan):
+                        continue  # left out what nginx refused: decide again, in the same pass
+                    raise
+                break
+            else:
+                raise NginxctlError(f"nginx refused more than {MAX_ISOLATED_PER_PASS} discovered servers in one "
+                                    "pass; the last good config keeps running")
+        except NginxctlError as exc:
+            self._failed(exc, plan)
+        else:
+            assert plan is not None
+            self._carried_out(plan, reason, began)
+        finally:
+            self.resync_at = self.clock() + self.options.resync
+
+    def _decide(self, reason: str) -> Plan:
+        """Gather (the targets' loaded configs: I/O), then decide (pure)."""
+        assert self.inventory is not None
+        if self.members is None:
+            self.members = self._attach()
+            self.render_targets = [target_of(m.name, m.deployer) for m in self.members]
+        self.loaded = {m.name: m.deployer.loaded_config() for m in self.members}
+        self._prune_isolated()
+        plan = decide(PassInput(reason, self.inventory, self.snapshots, self.health.down, self.isolated,
+                                {name: h for name, (h, _) in self.loaded.items()}, self.applied.hash,
+                                self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at),
+                      self._render)
+        if plan.merged is not None:
+            self.health.check_targets(plan.merged)
+            self._report_skipped(plan.merged)
+            self.metrics.set_servers(plan.merged.rows)
+            self.last_rendered = dict(plan.rendered)
+            self.last_loaded = {name: h for name, (h, _) in self.loaded.items()}
+        return plan
+
+    def _render(self, inv: Inventory) -> dict[str, str]:
+        return {t.name: render_target(inv, t, self.options.templates, self.options.inventory.parent)
+                for t in self.render_targets}
+
+    def _apply(self, plan: Plan) -> None:
+        """Roll the plan's config to the targets behind (drift said first). Raises what `rollout` raises."""
+        assert self.members is not None
+        for name, runs in plan.drift:
+            shown = f"sha256:{runs[:12]}" if runs else "an unknown config"
+            assert self.applied.hash is not None
+            self.log("drift", f"{name} runs {shown}, not the config this watch verified "
+                     f"(sha256:{self.applied.hash[:12]}): changed outside the watch (a forced apply, a rollback, a "
+                     f"hand edit); putting the desired config back", target=name, loaded=runs[:12] if runs else None,
+                     level="warning")
+        first = self.loaded[self.members[0].name][0]
+        behind = [m for m in self.members if m.name in plan.behind]
+        assert plan.desired is not None
+        self.log("apply", plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
+                 targets=list(plan.behind) if len(self.members) > 1 else None)
+        result = rollout(behind, dict(plan.rendered), reload=True, dry_run=False, progress=lambda _: None)
+        self.reloaded = any(o.reloaded for _, o in result.outcomes)
+
+    def _carried_out(self, plan: Plan, reason: str, began: float) -> None:
+        if plan.action is Action.WAIT:
+            # nothing is known of these backends yet: rendering now would empty those groups
             wait = backoff(self.failures)
             self.failures += 1
             self.retry_at = self.clock() + wait
             if not self.waiting:  # once, not once per retry
                 self.waiting = True
-                self.log("wait", f"{', '.join(unknown)} not reachable yet: the target keeps what it runs until "
-                         "discovery has answered once", retry_in=wait)
+                self.log("wait", plan.reason, retry_in=wait)
             return
         self.waiting = False
-        merged = self._merge()
-        self._check_targets(merged)
-        desired: str | None = None
-        try:
-            if self.members is None:
-                self.members = self._attach()
-            for _ in range(MAX_ISOLATED_PER_PASS + 1):
-                rendered = {m.name: render_for(merged.inventory, m.deployer, self.options.templates,
-                                               self.options.inventory.parent) for m in self.members}
-                desired = sha(rendered[self.members[0].name])
-                loaded = {m.name: m.deployer.loaded_config() for m in self.members}
-                before = loaded[self.members[0].name]
-                self.last_rendered, self.last_loaded = rendered, {name: h for name, (h, _) in loaded.items()}
-                if desired == self.failed_desired and self.retry_at is not None and self.clock() < self.retry_at:
-                    self._publish()
-                    return  # the same config failed moments ago: wait for its backoff, whatever woke us
-                behind = [m for m in self.members if loaded[m.name][0] != sha(rendered[m.name])]
-                if not behind:
-                    self._succeeded(merged, rendered, before, changed=False, reason=reason, began=began)
-                    return
-                self._note_drift(behind, {name: h for name, (h, _) in loaded.items()}, reason)
-                self.log("apply", f"applying ({reason}): the desired config differs from the loaded one",
-                         desired=desired[:12], loaded=before[0][:12] if before[0] else None,
-                         targets=[m.name for m in behind] if len(self.members) > 1 else None)
-                try:
-                    result = rollout(behind, rendered, reload=True, dry_run=False, progress=lambda _: None)
-                except ConfigRejected as exc:
-                    if not self._isolate(exc, rendered.get(exc.target or "", rendered[behind[0].name]), merged):
-                        raise
-                    merged = self._merge()
-                    self._check_targets(merged)
-                    continue
-                break
-            else:
-                raise NginxctlError(f"nginx refused more than {MAX_ISOLATED_PER_PASS} discovered servers in one pass; "
-                                    "the last good config keeps running")
-            reloaded = any(o.reloaded for _, o in result.outcomes)
-        except FleetFailure as exc:
-            self.failed_desired = desired
-            if isinstance(exc.cause, EnvironmentProblem):
-                self.members = None
-            self._failed("restore_failed" if exc.exit_code == EXIT_NOT_RESTORED else "restored",
-                         str(exc).replace("\n", "; "), retry=True)
-        except TemplateError as exc:
-            self._failed("rejected", f"the templates cannot render: {exc}", retry=False)
-        except ConfigRejected as exc:
-            self.failed_desired = desired
-            located = self._locate(exc, merged)
-            self._failed("rejected", f"nginx rejected the config; the last good config keeps running: "
-                         f"{str(exc).splitlines()[0]}", retry=False, located=located or None)
-        except GenerationsLingering as exc:
-            self._failed("refused", f"reload deferred: {exc.count} old worker generation(s) linger "
-                         f"(--max-generations {exc.limit}); retrying in {GENERATIONS_RETRY:g}s",
-                         retry=True, delay=GENERATIONS_RETRY)
-        except RestoreFailed as exc:
-            self.failed_desired = desired
-            self._failed("restore_failed", str(exc).replace("\n", "; "), retry=True)
-        except ApplyFailure as exc:
-            self.failed_desired = desired
-            self._failed("restored", str(exc).replace("\n", "; "), retry=True)
-        except EnvironmentProblem as exc:
-            self.members = None
-            self._failed("error", f"target unreachable: {exc}", retry=True)
-        except NginxctlError as exc:
-            self._failed("error", str(exc).splitlines()[0], retry=True)
-        else:
-            self._succeeded(merged, rendered, before, changed=reloaded, reason=reason, began=began)
-        finally:
-            self.resync_at = self.clock() + self.options.resync
+        if plan.action is Action.HOLD:
+            self._publish()
+            return
+        assert plan.merged is not None and self.members is not None
+        self._succeeded(plan.merged, dict(plan.rendered), self.loaded[self.members[0].name],
+                        changed=plan.action is Action.APPLY and self.reloaded, reason=reason, began=began)
 
-    def _merge(self) -> Merged:
-        assert self.inventory is not None
-        # a refused backend is tried again once its source drops it or changes its address
+    def _prune_isolated(self) -> None:
+        """A refused backend is tried again once its source drops it or changes its address."""
         present = set()
         for snapshot in self.snapshots.values():
             for candidate in snapshot.candidates:
                 with contextlib.suppress(InventoryError, ValueError):
                     present.add((candidate.group, candidate_server(candidate).address.text))
         self.isolated = {k: v for k, v in self.isolated.items() if k in present}
-        merged = merge(self.inventory, self.snapshots, self.down, self.isolated)
-        self._report_skipped(merged)
-        self.metrics.set_servers(merged.rows)
-        return merged
 
-    def _isolate(self, exc: ConfigRejected, rendered: str, merged: Merged) -> bool:
+    def _isolate(self, exc: ConfigRejected, plan: Plan) -> bool:
         """Leave out the discovered servers nginx's rejection points at, so the rest of the change applies.
         False when the rejection is not about a discovered server (the inventory's author must fix it)."""
+        assert plan.merged is not None
+        merged = plan.merged
+        rendered = plan.rendered.get(exc.target or "") or next(iter(plan.rendered.values()))
         discovered = {key for key, source in merged.sources.items() if source != "static"}
         found = [c for c in culprits(exc.result.output, rendered, discovered) if (c[0], c[1]) not in self.isolated]
         for group, address, why in found:
@@ -579,31 +495,12 @@ class Controller:
                      source=merged.sources[(group, address)], reason=why)
         return bool(found)
 
-    def _locate(self, exc: ConfigRejected, merged: Merged) -> list[str]:
+    def _locate(self, exc: ConfigRejected, plan: Plan | None) -> list[str]:
         """The inventory lines a rejection comes from (as `apply` says them)."""
-        from ..trace import trace
 
-        try:
-            assert self.members is not None
-            rendered = render_for(merged.inventory, self.members[0].deployer, self.options.templates,
-                                  self.options.inventory.parent)
-            return trace(exc.result.output, rendered, merged.inventory)
-        except NginxctlError:
+        if plan is None or plan.merged is None or not plan.rendered:
             return []
-
-    def _note_drift(self, behind: list[Member], loaded: dict[str, str | None], reason: str) -> None:
-        """Say so when a target runs something this watch did not put there (a forced apply, a rollback, a
-        hand edit): the pass about to run puts the desired config back."""
-        if self.applied.hash is None:
-            return
-        for m in behind:
-            now = loaded[m.name]
-            if now != self.applied.hash:
-                runs = f"sha256:{now[:12]}" if now else "an unknown config"
-                self.log("drift", f"{m.name} runs {runs}, not the config this watch verified "
-                         f"(sha256:{self.applied.hash[:12]}): changed outside the watch (a forced apply, a "
-                         f"rollback, a hand edit); putting the desired config back ({reason})",
-                         target=m.name, loaded=now[:12] if now else None, level="warning")
+        return trace(exc.result.output, next(iter(plan.rendered.values())), plan.merged.inventory)
 
     def _succeeded(self, merged: Merged, rendered: dict[str, str], before: tuple[str | None, str | None], *,
                    changed: bool, reason: str, began: float) -> None:
@@ -621,7 +518,7 @@ class Controller:
             if self.burst_started is not None:
                 self.metrics.change_to_reload.observe(max(0.0, now - self.burst_started))
             self.log("reload", f"reloaded and verified ({reason})", result="ok", **what,
-                     health_down=self.health_change[0], health_back=self.health_change[1], servers=count,
+                     health_down=self.health.change[0], health_back=self.health.change[1], servers=count,
                      seconds=round(now - began, 3), sha256=desired[:12],
                      since_first_change=None if self.burst_started is None else round(now - self.burst_started, 3))
         elif reason != "resync" or self.applied.hash != desired:
@@ -629,8 +526,8 @@ class Controller:
                      servers=count)
         self.applied = Applied(desired)
         self.failed_desired = None
-        self.health_change = ([], [])
-        if self.checker is not None and self.checker.targets:
+        self.health.change = ([], [])
+        if self.health.checking:
             self._write_health()
         self.retry_at = None
         self.failures = 0
@@ -669,21 +566,27 @@ class Controller:
             self.published[m.name] = key
             self.published_at[m.name] = now
 
-    def _failed(self, result: str, message: str, *, retry: bool, delay: float | None = None,
-                located: list[str] | None = None) -> None:
-        """The desired config does not run: say why, retry (with backoff) or wait for the next change, and
-        publish it as held, so `status` says what waits and why."""
-        self.metrics.reloads.labels(result).inc()
+    def _failed(self, exc: NginxctlError, plan: Plan | None) -> None:
+        """The desired config does not run: count it (`classify`), say why, retry (with backoff) or wait for the
+        next change, and publish it as held, so `status` says what waits and why."""
+        failure = classify(exc)
+        if failure.remember and plan is not None:
+            self.failed_desired = plan.desired
+        if failure.detach:
+            self.members = None
+        message = describe(exc)
+        self.metrics.reloads.labels(failure.result.value).inc()
+        located = self._locate(exc, plan) if isinstance(exc, ConfigRejected) else []
         extra: dict[str, Any] = {"located": located} if located else {}
-        if retry:
-            wait = delay if delay is not None else backoff(self.failures)
+        if failure.retry:
+            wait = failure.delay if failure.delay is not None else backoff(self.failures)
             self.failures += 1
             self.retry_at = self.clock() + wait
-            self.log("reload", message, result=result, retry_in=wait, **extra)
+            self.log("reload", message, result=failure.result.value, retry_in=wait, **extra)
         else:
             self.retry_at = None
             self.burst_started = None
-            self.log("reload", message, result=result, **extra)
+            self.log("reload", message, result=failure.result.value, **extra)
         self.held = message
         self.held_since = self.held_since or time.time()
         # the desired config does not run: that is a pending change, retried or not

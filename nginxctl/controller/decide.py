@@ -1,0 +1,152 @@
+"""The reconcile decision of `nginxctl watch`: what one pass does, and why. Pure: data in, a Plan out.
+
+One pass gathers what it needs (the inventory, the sources' snapshots, the health decisions, the servers nginx
+refused, what each target has loaded), then `decide` says what to do, once:
+
+  WAIT     a discovery source has never answered: rendering now would empty its groups; keep what runs
+  HOLD     the same desired config failed moments ago: wait out its backoff, whatever woke the loop
+  IN_SYNC  every target runs the desired config
+  APPLY    these targets run something else: roll the desired config to them (and say which of them run a
+           config this watch did not put there: drift)
+
+How a failed apply is counted and retried is `classify`: one table from the error to the reload result.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..errors import (
+    EXIT_NOT_RESTORED,
+    ApplyFailure,
+    ConfigRejected,
+    EnvironmentProblem,
+    GenerationsLingering,
+    NginxctlError,
+    RestoreFailed,
+    TemplateError,
+)
+from ..fleet import FleetFailure
+from ..history import sha
+from ..inventory import Inventory
+from .merge import Merged, merge
+from .metrics import Result
+from .model import Snapshot
+
+GENERATIONS_RETRY = 2.0
+
+
+class Action(str, enum.Enum):
+    WAIT = "wait"
+    HOLD = "hold"
+    IN_SYNC = "in-sync"
+    APPLY = "apply"
+
+
+@dataclass(frozen=True)
+class PassInput:
+    """What one pass knows when it decides."""
+
+    trigger: str                                   # start | change | retry | resync
+    inventory: Inventory
+    snapshots: Mapping[str, Snapshot]
+    down: frozenset[tuple[str, str]]               # rendered down by health checks
+    isolated: Mapping[tuple[str, str], str]        # discovered servers nginx refused, and its words
+    loaded: Mapping[str, str | None]               # target -> hash of the config it runs (None: unknown)
+    verified: str | None = None                    # what this watch last verified on the targets
+    failed: str | None = None                      # the desired config whose apply failed last
+    backoff_pending: bool = False                  # that failure's backoff has not ended
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action
+    reason: str
+    merged: Merged | None = None
+    rendered: Mapping[str, str] = field(default_factory=dict)   # target -> its desired config
+    behind: tuple[str, ...] = ()                                 # targets to change, in rollout order
+    drift: tuple[tuple[str, str | None], ...] = ()               # (target, what it runs) not put there by us
+    waiting_for: tuple[str, ...] = ()                            # sources that never answered
+
+    @property
+    def desired(self) -> str | None:
+        """The hash of the first target's desired config (the one the log and the metrics speak of)."""
+        first = next(iter(self.rendered.values()), None)
+        return sha(first) if first is not None else None
+
+
+def unknown_sources(inv: Inventory, snapshots: Mapping[str, Snapshot]) -> tuple[str, ...]:
+    """The discovery sources the inventory uses that have never answered."""
+    return tuple(sorted({g.discover for g in inv.upstreams if g.discover
+                         and not (snapshots.get(g.discover) and snapshots[g.discover].known)}))
+
+
+def decide(p: PassInput, render: Callable[[Inventory], dict[str, str]]) -> Plan:
+    """What this pass does. `render` turns the merged inventory into each target's config, in the targets'
+    order (pure: the templates and each target's build are fixed for the pass). Raises TemplateError."""
+    waiting = unknown_sources(p.inventory, p.snapshots)
+    if waiting:
+        return Plan(Action.WAIT, f"{', '.join(waiting)} not reachable yet: the target keeps what it runs until "
+                    "discovery has answered once", waiting_for=waiting)
+    merged = merge(p.inventory, dict(p.snapshots), p.down, dict(p.isolated))
+    rendered = render(merged.inventory)
+    desired = sha(next(iter(rendered.values())))
+    if desired == p.failed and p.backoff_pending:
+        return Plan(Action.HOLD, "the same config failed moments ago: waiting for its backoff", merged, rendered)
+    behind = tuple(name for name, text in rendered.items() if p.loaded.get(name) != sha(text))
+    if not behind:
+        return Plan(Action.IN_SYNC, f"nothing to do: the target runs the desired config ({p.trigger})", merged,
+                    rendered)
+    drift = tuple((name, p.loaded.get(name)) for name in behind
+                  if p.verified is not None and p.loaded.get(name) != p.verified)
+    return Plan(Action.APPLY, f"applying ({p.trigger}): the desired config differs from the loaded one", merged,
+                rendered, behind, drift)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a failed apply is counted and what happens next."""
+
+    result: Result
+    retry: bool                     # retried with backoff; False: wait for the next change
+    delay: float | None = None      # a fixed retry delay instead of the backoff
+    remember: bool = True           # the desired config is not retried before its backoff ends
+    detach: bool = False            # attach the targets again (a container restarted, the engine went away)
+
+
+# The first matching row wins; FleetFailure is classified by what it wraps (see `classify`).
+FAILURES: tuple[tuple[type[NginxctlError], Failure], ...] = (
+    (TemplateError, Failure(Result.REJECTED, retry=False, remember=False)),
+    (ConfigRejected, Failure(Result.REJECTED, retry=False)),
+    (GenerationsLingering, Failure(Result.REFUSED, retry=True, delay=GENERATIONS_RETRY, remember=False)),
+    (RestoreFailed, Failure(Result.RESTORE_FAILED, retry=True)),
+    (ApplyFailure, Failure(Result.RESTORED, retry=True)),
+    (EnvironmentProblem, Failure(Result.ERROR, retry=True, remember=False, detach=True)),
+    (NginxctlError, Failure(Result.ERROR, retry=True, remember=False)),
+)
+
+
+def classify(exc: NginxctlError) -> Failure:
+    """The reload result and the next step for an error raised by an apply."""
+    if isinstance(exc, FleetFailure):
+        return Failure(Result.RESTORE_FAILED if exc.exit_code == EXIT_NOT_RESTORED else Result.RESTORED,
+                       retry=True, detach=isinstance(exc.cause, EnvironmentProblem))
+    return next(failure for kind, failure in FAILURES if isinstance(exc, kind))
+
+
+def describe(exc: NginxctlError) -> str:
+    """The decision log's sentence for a failed apply."""
+    if isinstance(exc, TemplateError):
+        return f"the templates cannot render: {exc}"
+    if isinstance(exc, ConfigRejected):
+        return f"nginx rejected the config; the last good config keeps running: {str(exc).splitlines()[0]}"
+    if isinstance(exc, GenerationsLingering):
+        return (f"reload deferred: {exc.count} old worker generation(s) linger (--max-generations {exc.limit}); "
+                f"retrying in {GENERATIONS_RETRY:g}s")
+    if isinstance(exc, EnvironmentProblem):
+        return f"target unreachable: {exc}"
+    if isinstance(exc, (FleetFailure, RestoreFailed, ApplyFailure)):
+        return str(exc).replace("\n", "; ")
+    return str(exc).splitlines()[0]
