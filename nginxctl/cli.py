@@ -22,27 +22,23 @@ from rich.console import Console
 from . import __version__, workflows
 from . import drain as drain_mod
 from . import status as status_mod
-from .controller.log import DecisionLog
-from .controller.loop import Controller, WatchOptions
-from .controller.metrics import Metrics, serve
+from .controller.loop import WatchOptions, run_watch
 from .errors import (
     EXIT_CODES,
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_REJECTED,
-    ConfigRejected,
-    DrainTimeout,
-    EnvironmentProblem,
+    InternalError,
+    Interrupted,
     InventoryError,
     NginxctlError,
-    NginxOutput,
-    UsageError,
 )
 from .inventory import json_schema
 from .inventory.grammar import Invalid, parse_duration
 from .inventoryfile import DEFAULT_INVENTORY, optional_inventory
 from .nginx import connect
+from .targets import parse_names
 
 app = typer.Typer(
     name="nginxctl", no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False,
@@ -119,24 +115,29 @@ def handled(func: F) -> F:
         except NginxctlError as exc:
             if _state["debug"]:
                 err.print_exception()
-            _report(exc.errors(), exc.exit_code, as_json, str(exc))
+            _report(exc, as_json)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            _report([{"type": "Interrupted", "message": "interrupted"}], EXIT_INTERRUPTED, as_json, "interrupted")
+            _report(Interrupted([], []), as_json)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:  # a bug: never exit 1 ("nginx rejected") for it
             if _state["debug"]:
                 err.print_exception()
-            message = f"internal error: {type(exc).__name__}: {exc} (a bug in nginxctl: --debug shows the traceback)"
-            _report([{"type": "InternalError", "message": message}], EXIT_INTERNAL, as_json, message)
+            _report(InternalError.of(exc), as_json)
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _report(errors: list[dict[str, Any]], code: int, as_json: bool, text: str) -> None:
+def _report(exc: NginxctlError, as_json: bool) -> None:
+    """An error as the user sees it: one JSON document (with the report, when the command has one), or the
+    command's result lines on stdout and the message on stderr."""
+    errors, text = exc.errors(), str(exc)
     if as_json:
-        _print_json({"ok": False, "exit_code": code, "errors": errors})
+        _print_json({"ok": False, "exit_code": exc.exit_code, **(exc.report or {}), "errors": errors})
+    else:
+        for line in exc.stdout_lines():
+            print(line)
 
     if errors and errors[0].get("type") == InventoryError.__name__:
         for line in text.splitlines():
@@ -169,12 +170,7 @@ def _inventory(path: Path | None) -> Path:
 
 
 def _names(targets: str | None) -> list[str] | None:
-    if targets is None:
-        return None
-    names = [n.strip() for n in targets.split(",") if n.strip()]
-    if not names:
-        raise UsageError("--targets is empty: name targets, e.g. --targets lb1,lb2")
-    return names
+    return parse_names(targets)
 
 
 def _report_text(report: Any, quiet: bool) -> None:
@@ -262,20 +258,12 @@ def validate(
                                 resolve=resolve, pull=pull, templates=templates,
                                 progress=_progress(quiet or fmt is Format.json))
     if not report.ok:
-        rejected = ConfigRejected(NginxOutput(["nginx", "-t"], 1, report.output), report.located)
-        if fmt is Format.json:
-            _print_json({"ok": False, "exit_code": EXIT_REJECTED, **report.to_dict(), "errors": rejected.errors()})
-            raise typer.Exit(EXIT_REJECTED)
-        raise rejected
+        raise report.rejection()
     if fmt is Format.json:
         _json_ok(report.to_dict())
         return
-    _notes(report.to_dict()["notes"], quiet)
-    if report.unchecked_names and not quiet:
-        err.print(f"[yellow]note:[/] not resolved (mapped to a placeholder): {', '.join(report.unchecked_names)}; "
-                  "use --resolve or --container to check them")
-    print(f"ok: nginx {report.nginx_version} ({report.image}) accepts the config for {_inventory(inventory)} "
-          f"({report.groups} group(s))")
+    _notes(report.notes(), quiet)
+    _lines(report.lines(_inventory(inventory)))
 
 
 @app.command()
@@ -434,15 +422,9 @@ def drain(
     """Mark a server down in the inventory (comments kept), apply and reload, and report (with --wait: wait
     until none remain) its connections still open. Exit 1 when --wait times out with connections left."""
 
-    try:
-        report = drain_mod.drain(_inventory(inventory), group, server, connect=_connect, container=container,
-                                 wait=timeout if wait else None, force=force, lock_wait=lock_timeout,
-                                 templates=templates, progress=_progress(quiet or fmt is Format.json))
-    except DrainTimeout as exc:
-        if fmt is Format.text:
-            who = ", ".join(f"worker {pid}: {n}" for pid, n in sorted(exc.holders.items()))
-            print(f"{exc.remaining} connection(s) to {exc.address} remain ({who})")
-        raise
+    report = drain_mod.drain(_inventory(inventory), group, server, connect=_connect, container=container,
+                             wait=timeout if wait else None, force=force, lock_wait=lock_timeout,
+                             templates=templates, progress=_progress(quiet or fmt is Format.json))
     if fmt is Format.json:
         _json_ok(report.to_dict())
         return
@@ -476,13 +458,6 @@ class LogFormat(str, Enum):
     json = "json"
 
 
-def _host_port(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--metrics: expected HOST:PORT such as 127.0.0.1:9145, got {value!r}")
-    return (host.strip("[]") or "127.0.0.1", int(port))
-
-
 @app.command()
 @handled
 def watch(
@@ -510,26 +485,9 @@ def watch(
     reconcile on every change, coalesced, through the same apply as `nginxctl apply --reload`. Stops
     cleanly on SIGINT/SIGTERM (exit 0)."""
 
-    if max_wait < quiet_period:
-        raise UsageError(f"--max-wait ({max_wait:g}s) must not be shorter than --quiet-period ({quiet_period:g}s)")
-    registry = Metrics()
-    server = None
-    if metrics is not None:
-        host, port = _host_port(metrics)
-        try:
-            server = serve(registry, host, port)
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
     options = WatchOptions(_inventory(inventory), container, quiet_period, max_wait, max_generations, templates,
                            _names(targets), resync, lock_owner or None)
-    controller = Controller(options, connect=_connect, log=DecisionLog(log_format.value), metrics=registry)
-    try:
-        code = controller.run()
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-    raise typer.Exit(code)
+    raise typer.Exit(run_watch(options, connect=_connect, log_format=log_format.value, metrics=metrics))
 
 
 def _wants_json(argv: list[str]) -> bool:

@@ -41,6 +41,7 @@ class NginxctlError(Exception):
     """Base class. `exit_code` is what the CLI exits with; `str()` is the message for people."""
 
     exit_code = EXIT_REJECTED
+    report: dict[str, Any] | None = None   # the command's report, when it has one to give with the error
 
     def to_dict(self) -> dict[str, Any]:
         """The error as data, for `--format json`."""
@@ -49,6 +50,10 @@ class NginxctlError(Exception):
     def errors(self) -> list[dict[str, Any]]:
         """The `errors` list of a JSON error document: one entry per problem, located where possible."""
         return [self.to_dict()]
+
+    def stdout_lines(self) -> list[str]:
+        """What the command still prints as its result (text output) before the error itself."""
+        return []
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,16 @@ class LockBusy(EnvironmentProblem):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+
+
+class InternalError(NginxctlError):
+    """A bug in nginxctl (never exit 1, "nginx rejected", for it)."""
+
+    exit_code = EXIT_INTERNAL
+
+    @classmethod
+    def of(cls, exc: BaseException) -> InternalError:
+        return cls(f"internal error: {type(exc).__name__}: {exc} (a bug in nginxctl: --debug shows the traceback)")
 
 
 class WatchOwnsTarget(EnvironmentProblem):
@@ -278,6 +293,10 @@ class DrainTimeout(NginxctlError):
         super().__init__(f"{remaining} connection(s) to {address} still open after {waited} ({who}); the server is "
                          "drained (no new connections); they close when their clients leave, or set "
                          "worker_shutdown_timeout to bound it")
+
+    def stdout_lines(self) -> list[str]:
+        who = ", ".join(f"worker {pid}: {n}" for pid, n in sorted(self.holders.items()))
+        return [f"{self.remaining} connection(s) to {self.address} remain ({who})"]
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "DrainTimeout", "message": str(self), "address": self.address,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .apply import Outcome
+from .errors import ConfigRejected, NginxOutput
 from .fleet import Member
 from .inventory import Inventory
 from .targets import Opened
@@ -42,6 +43,21 @@ class ValidateReport:
                 "stream_module_loaded": self.modules, "unchecked_names": self.unchecked_names,
                 "network": self.network, "inventory_sha256": self.inventory.digest, "output": self.output,
                 "errors": self.located, "notes": list(self.inventory.nginx.notes) + self.discovered}
+
+    def notes(self) -> list[str]:
+        unchecked = [f"not resolved (mapped to a placeholder): {', '.join(self.unchecked_names)}; use --resolve or "
+                     "--container to check them"] if self.unchecked_names else []
+        return self.to_dict()["notes"] + unchecked
+
+    def lines(self, path: Path) -> list[str]:
+        return [f"ok: nginx {self.nginx_version} ({self.image}) accepts the config for {path} ({self.groups} "
+                "group(s))"]
+
+    def rejection(self) -> ConfigRejected:
+        """nginx -t refused the config: the error, traced to the inventory, carrying this report for JSON."""
+        rejected = ConfigRejected(NginxOutput(["nginx", "-t"], 1, self.output), self.located)
+        rejected.report = self.to_dict()
+        return rejected
 
 
 @dataclass

@@ -147,3 +147,11 @@ def open_members(opened: Opened, container: str | None, names: list[str] | None,
     return open_fleet(list(targets), reuse, make, [t.name for t in targets])
 
 
+def parse_names(text: str | None) -> list[str] | None:
+    """`--targets lb1,lb2` as names (None: not given). Raises UsageError when it names nothing."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError("--targets is empty: name targets, e.g. --targets lb1,lb2")
+    return names

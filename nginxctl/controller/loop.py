@@ -26,12 +26,7 @@ from typing import Any
 from .. import nginx
 from ..apply import Deployer
 from ..desired import RenderTarget, render_target, target_of
-from ..errors import (
-    ConfigRejected,
-    EnvironmentProblem,
-    InventoryError,
-    NginxctlError,
-)
+from ..errors import ConfigRejected, EnvironmentProblem, InventoryError, NginxctlError, UsageError
 from ..fleet import Member, fleet_targets, open_fleet, rollout
 from ..history import sha
 from ..host import process_identity
@@ -48,7 +43,7 @@ from .healthstate import HealthState
 from .isolate import culprits
 from .log import DecisionLog
 from .merge import Merged, candidate_server
-from .metrics import IDLE_BEAT, Metrics
+from .metrics import IDLE_BEAT, Metrics, parse_address, serve
 from .model import BACKOFF, Event, EventKind, Snapshot, backoff
 from .sources import DockerSource, EtcdSource, InventoryFile
 from .systemd import notify, watchdog_interval
@@ -605,3 +600,24 @@ class Controller:
         for source in ("docker", "etcd"):
             self.metrics.skipped.labels(source).set(counts.get(source, 0))
 
+
+def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "text", metrics: str | None = None) -> int:
+    """`nginxctl watch`: check the options, serve the metrics (when an address is given), run the controller
+    until SIGTERM/SIGINT. Returns the exit code. Raises UsageError, EnvironmentProblem, InventoryError, LockBusy."""
+    if options.max_wait < options.quiet_period:
+        raise UsageError(f"--max-wait ({options.max_wait:g}s) must not be shorter than --quiet-period "
+                         f"({options.quiet_period:g}s)")
+    registry = Metrics()
+    server = None
+    if metrics is not None:
+        host, port = parse_address(metrics)
+        try:
+            server = serve(registry, host, port)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
+    try:
+        return Controller(options, connect=connect, log=DecisionLog(log_format), metrics=registry).run()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()

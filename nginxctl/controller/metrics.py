@@ -16,6 +16,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UsageError
 from ..lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -135,3 +136,11 @@ def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="nginxctl-metrics", daemon=True).start()
     return server
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """`--metrics HOST:PORT`. Raises UsageError."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--metrics: expected HOST:PORT such as 127.0.0.1:9145, got {value!r}")
+    return (host.strip("[]") or "127.0.0.1", int(port))
