@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 HISTORY_SLOTS = 50
+# The format of what nginxctl keeps on a target (.nginxctl/: history index, state, published files). Format 1
+# (an older nginxctl: the index a bare list, no "format" key) is read as it is; the next write is format 2.
+FORMAT = 2
 
 
 def sha(text: str | bytes) -> str:
@@ -86,6 +89,7 @@ class State:
     def dumps(self) -> str:
         data: dict[str, Any] = {k: v for k, v in asdict(self).items() if v is not None}
         data["phase"] = self.phase.value
+        data["format"] = FORMAT
         return json.dumps(data, sort_keys=True) + "\n"
 
     def with_(self, **changes: Any) -> State:
@@ -146,8 +150,10 @@ class History:
         """Newest first."""
         raw = self.store.read_file(f"{self.dir}/history/index.json")
         try:
-            return [Entry(int(e["id"]), float(e["time"]), str(e["hash"])) for e in json.loads(raw or b"[]")]
-        except (ValueError, KeyError, TypeError):
+            data = json.loads(raw or b"[]")
+            rows = data.get("entries", []) if isinstance(data, dict) else data   # format 2, or format 1's list
+            return [Entry(int(e["id"]), float(e["time"]), str(e["hash"])) for e in rows]
+        except (ValueError, KeyError, TypeError, AttributeError):
             return []
 
     @staticmethod
@@ -169,7 +175,8 @@ class History:
         entry = Entry((entries[0].id + 1) if entries else 1, time.time() if now is None else now, sha(text))
         entries.insert(0, entry)
         del entries[HISTORY_SLOTS:]
-        index = json.dumps([{"id": e.id, "time": round(e.time, 3), "hash": e.hash} for e in entries], indent=1)
+        index = json.dumps({"format": FORMAT, "entries": [{"id": e.id, "time": round(e.time, 3), "hash": e.hash}
+                                                           for e in entries]}, indent=1)
         return {self._slot(entry): text, ".nginxctl/history/index.json": index + "\n"}
 
     def state(self) -> State:

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import NginxctlError
-from .history import Store
+from .history import FORMAT, Store
 from .host import process_alive, process_identity
 
-FORMAT = 2
 LIVE_HEARTBEATS = 3
 MIN_LIVE_SECONDS = 30.0
 

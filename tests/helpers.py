@@ -294,21 +294,29 @@ class Watch:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nginxctl", "watch", "-i", str(inventory), "--log-format", "json",
              "--metrics", f"127.0.0.1:{self.metrics_port}", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/")
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
+        self.all: list[dict[str, Any]] = []    # every event so far, in order (for index-based waits)
+        self.changed = threading.Event()       # set at every new event
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                event = {"event": "raw", "message": line.rstrip()}
-            self.lines.put(event)
+        try:
+            for line in self.proc.stderr:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    event = {"event": "raw", "message": line.rstrip()}
+                self.all.append(event)
+                self.lines.put(event)
+                self.changed.set()
+        except (ValueError, OSError):
+            pass  # the test closed the pipe (it stopped the watch): nothing more to read
         self.lines.put({"event": "exited"})
+        self.changed.set()
 
     def wait(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
         """The next log event matching `predicate` (earlier ones are kept in `seen`)."""

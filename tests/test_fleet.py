@@ -16,7 +16,7 @@ import yaml
 from nginxctl.history import sha
 from nginxctl.nginx import LiveNginx
 
-from helpers import cli, free_port, who
+from helpers import cli, free_port, wait_for, who
 
 pytestmark = pytest.mark.integration
 
@@ -146,54 +146,27 @@ def test_a_target_killed_in_the_middle_of_a_rollout(lb, isolated, backends, dock
     assert who(port) == "A"
 
 
-def test_watch_keeps_a_fleet_in_step(lb, isolated, backends, docker_client):
-    import threading
-    import time
-
+def test_watch_keeps_a_fleet_in_step(lb, isolated, backends, docker_client, watches):
     a, b = backends("A"), backends("B")
     lb2 = isolated()
     port = free_port()
     groups: dict[str, Any] = {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}}
     inv = fleet(lb, lb2, groups)
-    proc = subprocess.Popen([sys.executable, "-m", "nginxctl", "watch", "-i", str(inv), "--log-format", "json",
-                             "--quiet-period", "200ms"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            cwd="/")
-    events: list[dict[str, Any]] = []
-    arrived = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            events.append(json.loads(line))
-            arrived.set()
-
-    threading.Thread(target=read, daemon=True).start()
+    w = watches(inv, "--quiet-period", "200ms")
 
     def reloads() -> int:
-        return sum(1 for e in events if e["event"] == "reload" and e.get("result") == "ok")
+        return sum(1 for e in w.all if e["event"] == "reload" and e.get("result") == "ok")
 
-    def wait_reloads(n: int) -> None:
-        deadline = time.monotonic() + 60
-        while reloads() < n:
-            assert time.monotonic() < deadline, events[-5:]
-            arrived.clear()
-            arrived.wait(0.5)
-
-    try:
-        wait_reloads(1)
-        assert events[0]["message"].endswith(f"targets {lb.name}, {lb2.name}")
-        groups["pool"]["servers"] = [b.address]
-        fleet(lb, lb2, groups)
-        wait_reloads(2)
-        status = json.loads(cli("status", "-i", str(inv), "--format", "json").stdout)
-        assert [(t["name"], t["drift"], t["reload_pending"]) for t in status["targets"]] == \
-            [("lb1", False, False), ("lb2", False, False)]
-        assert who(port) == "B"
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
-        if proc.stderr:
-            proc.stderr.close()
+    wait_for(lambda: reloads() >= 1, 60, lambda: w.all[-5:])
+    assert w.all[0]["message"].endswith(f"targets {lb.name}, {lb2.name}")
+    groups["pool"]["servers"] = [b.address]
+    fleet(lb, lb2, groups)
+    wait_for(lambda: reloads() >= 2, 60, lambda: w.all[-5:])
+    status = json.loads(cli("status", "-i", str(inv), "--format", "json").stdout)
+    assert [(t["name"], t["drift"], t["reload_pending"]) for t in status["targets"]] == \
+        [("lb1", False, False), ("lb2", False, False)]
+    assert who(port) == "B"
+    assert w.stop() == 0
 
 
 def test_a_config_a_target_rejects_is_installed_nowhere(lb, isolated, backends, docker_client):

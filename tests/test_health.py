@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from nginxctl.controller.health import Tracker, probe
 from nginxctl.inventory.grammar import parse_duration
 from nginxctl.inventory.model import HealthCheck
 
-from helpers import TIMEOUT, Pong, cli, free_port, read_line
+from helpers import TIMEOUT, Pong, Watch, cli, free_port, read_line
 
 CHECK = HealthCheck(parse_duration("2s"), parse_duration("1s"), fails=3, passes=2)
 
@@ -105,22 +104,9 @@ def test_health_check_in_defaults_applies_to_every_group(tmp_path):
 # -- with the controller, real nginx -----------------------------------------------------------------------------
 
 def watch(inventory: Path, *args: str) -> tuple[subprocess.Popen[str], list[dict[str, Any]], threading.Event]:
-    proc = subprocess.Popen([sys.executable, "-m", "nginxctl", "watch", "-i", str(inventory), "--log-format", "json",
-                             *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/")
-    events: list[dict[str, Any]] = []
-    changed = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                events.append({"event": "raw", "message": line})
-            changed.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    return proc, events, changed
+    """The shared watch harness (helpers.Watch), seen as its process, its events so far and a change signal."""
+    w = Watch(inventory, *args)
+    return w.proc, w.all, w.changed
 
 
 def pool(lb: Any, port: int, health: dict[str, Any], *servers: Pong) -> None:

@@ -95,3 +95,30 @@ def test_rollback_without_an_earlier_config_or_to_an_unknown_id():
 def test_one_entry_is_current():
     assert current_entry(ENTRIES, "d") == 4
     assert current_entry(ENTRIES, None) is None and current_entry(ENTRIES, "x") is None
+
+
+def test_a_target_written_by_an_older_nginxctl_is_read_and_the_next_write_carries_the_format():
+    import json
+
+    from nginxctl.history import FORMAT
+
+    store = DictStore()
+    # format 1: the index a bare list, the state without a format (what nginxctl wrote before)
+    store.files["/etc/nginx/.nginxctl/history/index.json"] = json.dumps(
+        [{"id": 3, "time": 1.0, "hash": sha("three\n")}, {"id": 2, "time": 0.5, "hash": sha("two\n")}]).encode()
+    store.files["/etc/nginx/.nginxctl/history/slot-03.conf"] = b"three\n"
+    store.files["/etc/nginx/.nginxctl/state.json"] = json.dumps(
+        {"phase": "done", "loaded": sha("three\n"), "master": {"pid": 7, "started": "t"}}).encode()
+    store.files["/etc/nginx/.nginxctl/health.json"] = b"[not, an, object]"
+    history = History(store, "/etc/nginx/nginx.conf")
+    entries = history.entries()
+    assert [e.id for e in entries] == [3, 2] and history.read(entries[0]) == "three\n"
+    assert history.state().loaded == sha("three\n") and history.last_phase() == "done"
+    history.write({**history.record("four\n", entries, now=2.0), **history.state_file(State(Phase.DONE, "h"))})
+    index = json.loads(store.files["/etc/nginx/.nginxctl/history/index.json"])
+    assert index["format"] == FORMAT and [e["id"] for e in index["entries"]] == [4, 3, 2]
+    assert json.loads(store.files["/etc/nginx/.nginxctl/state.json"])["format"] == FORMAT
+    assert [e.id for e in history.entries()] == [4, 3, 2]
+    from nginxctl.published import Published
+
+    assert Published(store, "/etc/nginx").health() is None  # unreadable: no health, not a traceback

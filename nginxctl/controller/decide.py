@@ -92,6 +92,8 @@ def decide(p: PassInput, render: Callable[[Inventory], dict[str, str]]) -> Plan:
                     "discovery has answered once", waiting_for=waiting)
     merged = merge(p.inventory, dict(p.snapshots), p.down, dict(p.isolated))
     rendered = render(merged.inventory)
+    if not rendered:
+        raise NginxctlError("no target to render for (none attached)")
     desired = sha(next(iter(rendered.values())))
     if desired == p.failed and p.backoff_pending:
         return Plan(Action.HOLD, "the same config failed moments ago: waiting for its backoff", merged, rendered)

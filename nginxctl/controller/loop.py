@@ -188,8 +188,14 @@ class Controller:
         return self.members[0].deployer if self.members else None
 
     def _attach(self) -> list[Member]:
-        """The targets: --container, else the inventory's fleet (limited by --targets) or its target; each
-        reached now. Raises EnvironmentProblem naming an unreachable one, UsageError."""
+        """The targets, each reached now, and what rendering needs of each (read once per attach). Raises
+        EnvironmentProblem naming an unreachable one, UsageError."""
+        members = self._reach()
+        self.render_targets = [target_of(m.name, m.deployer) for m in members]
+        return members
+
+    def _reach(self) -> list[Member]:
+        """The targets: --container, else the inventory's fleet (limited by --targets) or its target."""
         assert self.inventory is not None
         inv = self.inventory
 
@@ -411,7 +417,6 @@ class Controller:
         assert self.inventory is not None
         if self.members is None:
             self.members = self._attach()
-            self.render_targets = [target_of(m.name, m.deployer) for m in self.members]
         self.loaded = {m.name: m.deployer.loaded_config() for m in self.members}
         self._prune_isolated()
         plan = decide(PassInput(reason, self.inventory, self.snapshots, self.health.down, self.isolated,

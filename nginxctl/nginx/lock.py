@@ -24,6 +24,7 @@ else:
     requests = lazy_import("requests")
 
 from ..errors import LockBusy
+from ..history import FORMAT
 from ..host import process_alive, process_identity
 from .engine import Progress, engine_call, quiet
 from .live import LiveNginx
@@ -62,7 +63,7 @@ class TargetLock:
         if releasing is not None:
             releasing.join()
         deadline = time.monotonic() + self.wait
-        labels = {"nginxctl.role": "lock", "nginxctl.host": socket.gethostname(),
+        labels = {"nginxctl.role": "lock", "nginxctl.format": str(FORMAT), "nginxctl.host": socket.gethostname(),
                   **{f"nginxctl.{key}": value for key, value in process_identity().items()},
                   "nginxctl.time": str(int(time.time())), "nginxctl.target": self.live.name,
                   "nginxctl.purpose": self.purpose, **({"nginxctl.owner": self.owner} if self.owner else {})}
