@@ -450,6 +450,33 @@ def bench_apply(client: Any, tmp: Path, quick: bool) -> str:
                  ["procedure", f"median ms ({runs} runs)", "x manual"], rows)
 
 
+def bench_startup(tmp: Path, quick: bool) -> str:
+    """Interpreter start-up and imports of the commands that need no engine, against importing typer alone."""
+    runs = 5 if quick else 15
+    inv = tmp / "startup.yaml"
+    inv.write_text("upstreams:\n  a: {listen: 7000, servers: [127.0.0.1:7001]}\n")
+    cases = {"python -c 'import typer'": [sys.executable, "-c", "import typer"],
+             "nginxctl --help": [*NGINXCTL, "--help"],
+             "nginxctl render": [*NGINXCTL, "render", "-i", str(inv)],
+             "nginxctl schema": [*NGINXCTL, "schema"]}
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, argv in cases.items():  # interleaved: a busy moment costs every case alike
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True, cwd=tmp)
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times["python -c 'import typer'"])
+    rows = []
+    for name in cases:
+        median = statistics.median(times[name])
+        FACTS[f"startup {name}"] = median / base
+        rows.append([name, f"{median * 1000:.0f}", f"{median / base:.2f}"])
+    return table("Start-up of the commands that need no Docker engine", ["command", f"median ms ({runs} runs)",
+                                                                         "x import typer"], rows,
+                 "None of them imports the Docker SDK, requests, prometheus_client, etcd3gw or watchdog "
+                 "(tests/test_imports.py proves it).")
+
+
 class BenchEtcd:
     """etcd (Debian's etcd-server) on loopback with a temp data dir, for the watcher's etcd source."""
 
@@ -845,6 +872,10 @@ def targets(quick: bool) -> str:
     if "apply ratio" in FACTS:
         rows.append(["apply --reload end to end within 1.5x the bare manual sequence",
                      f"{FACTS['apply ratio']:.2f}x", met(FACTS["apply ratio"] <= 1.5)])
+    if "startup nginxctl --help" in FACTS:
+        worst = max(FACTS[f"startup nginxctl {c}"] for c in ("--help", "render", "schema"))
+        rows.append(["--help, render and schema start within 2x importing typer alone", f"{worst:.2f}x",
+                     met(worst <= 2.0)])
     if "watch ratio" in FACTS:
         rows.append(["watch: change seen to verified reload within 1.5x the bare manual sequence",
                      f"{FACTS['watch ratio']:.2f}x", met(FACTS["watch ratio"] <= 1.5)])
@@ -881,8 +912,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--only", help="comma-separated figures to run (rate, hold, reloads, apply, watch, scale); "
-                        "prints, writes nothing")
+    parser.add_argument("--only", help="comma-separated figures to run (startup, rate, hold, reloads, apply, watch, "
+                        "health, scale); prints, writes nothing")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     client = docker.from_env()
@@ -891,7 +922,8 @@ def main() -> None:
         tools = build_tools(tmp)
         sections = [f"# nginxctl benchmarks{' (quick smoke)' if args.quick else ''}", "", machine(client), "",
                     "Reproduce: `python bench/run.py` (full) or `python bench/run.py --quick`.", ""]
-        figures = {"rate": lambda: bench_rate(client, tools, tmp, args.quick),
+        figures = {"startup": lambda: bench_startup(tmp, args.quick),
+                   "rate": lambda: bench_rate(client, tools, tmp, args.quick),
                    "hold": lambda: bench_hold(client, tools, tmp, args.quick),
                    "reloads": lambda: bench_reloads(client, tools, tmp, args.quick),
                    "apply": lambda: bench_apply(client, tmp, args.quick),

@@ -97,6 +97,16 @@ def _print_json(data: Any) -> None:
     _state["json_printed"] = True
 
 
+def _emit(report: Any, fmt: Format, code: int = 0, text: Callable[[], None] | None = None) -> None:
+    """Print a command's report (one JSON document, or `text`, by default its lines) and exit with `code`."""
+    if fmt is Format.json:
+        _json_ok(report.to_dict(), code)
+    else:
+        (text or (lambda: _lines(report.lines())))()
+    if code:
+        raise typer.Exit(code)
+
+
 def _json_ok(data: Any, exit_code: int = 0) -> None:
     body = data if isinstance(data, dict) else {"entries": data}
     _print_json({"ok": exit_code == 0, "exit_code": exit_code, **body})
@@ -320,13 +330,7 @@ def diff(
     report = status_mod.diff_inventory(_inventory(inventory), connect=_connect, container=container,
                                       stream_only=stream_only, config_path=config_path, templates=templates,
                                       targets=_names(targets))
-    code = EXIT_REJECTED if report.differs else 0
-    if fmt is Format.json:
-        _json_ok(report.to_dict(), code)
-    else:
-        _report_text(report, False)
-    if code:
-        raise typer.Exit(code)
+    _emit(report, fmt, EXIT_REJECTED if report.differs else 0, lambda: _report_text(report, False))
 
 
 @app.command()
@@ -334,11 +338,11 @@ def diff(
 def status(
     inventory: InventoryOpt = None,
     container: ContainerOpt = None,
+    targets: TargetsOpt = None,
+    fmt: FormatOpt = Format.text,
     stream_only: StreamOnlyOpt = None,
     config_path: ConfigPathOpt = None,
     templates: TemplatesOpt = None,
-    targets: TargetsOpt = None,
-    fmt: FormatOpt = Format.text,
 ) -> None:
     """What nginx runs: version, processes, lingering generations, the loaded config's servers and their
     states (why a server is down), and what is wanted but not running yet (pending, drift). With --container
@@ -347,13 +351,7 @@ def status(
     report = status_mod.target_status(optional_inventory(inventory, container), connect=_connect,
                                       container=container, stream_only=stream_only, config_path=config_path,
                                       templates=templates, targets=_names(targets))
-    code = EXIT_ENVIRONMENT if getattr(report, "unreachable", None) else 0
-    if fmt is Format.json:
-        _json_ok(report.to_dict(), code)
-    else:
-        _lines(report.lines())
-    if code:
-        raise typer.Exit(code)
+    _emit(report, fmt, EXIT_ENVIRONMENT if getattr(report, "unreachable", None) else 0)
 
 
 @app.command()
@@ -425,10 +423,7 @@ def drain(
     report = drain_mod.drain(_inventory(inventory), group, server, connect=_connect, container=container,
                              wait=timeout if wait else None, force=force, lock_wait=lock_timeout,
                              templates=templates, progress=_progress(quiet or fmt is Format.json))
-    if fmt is Format.json:
-        _json_ok(report.to_dict())
-        return
-    _lines(report.lines())
+    _emit(report, fmt)
 
 
 @app.command()
@@ -447,10 +442,7 @@ def undrain(
     report = drain_mod.undrain(_inventory(inventory), group, server, connect=_connect, container=container,
                                lock_wait=lock_timeout, templates=templates,
                                progress=_progress(quiet or fmt is Format.json))
-    if fmt is Format.json:
-        _json_ok(report.to_dict())
-        return
-    _lines(report.lines())
+    _emit(report, fmt)
 
 
 class LogFormat(str, Enum):

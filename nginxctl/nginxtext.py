@@ -156,10 +156,6 @@ class Process:
     cmd: str
     started: str = ""
 
-    @property
-    def shutting_down(self) -> bool:
-        return "shutting down" in self.cmd
-
 
 @dataclass
 class Processes:
@@ -185,7 +181,7 @@ def parse_top(top: dict[str, Any]) -> Processes:
     result = Processes(master)
     for proc in procs:
         if master and proc.ppid == master.pid and "worker process" in proc.cmd:
-            (result.old_workers if proc.shutting_down else result.workers).append(proc)
+            (result.old_workers if "shutting down" in proc.cmd else result.workers).append(proc)
     return result
 
 

@@ -201,7 +201,7 @@ def test_the_dashboard_covers_what_operators_watch():
 
 
 def test_a_real_prometheus_scrapes_watch_and_every_dashboard_query_and_alert_evaluates(lb, backends, tmp_path):
-    from test_watch import Watch
+    from helpers import Watch
 
     a, b = backends("A"), backends("B")
     port, g = lb.group([a.address], health_check={"interval": "500ms", "timeout": "200ms"})
