@@ -872,10 +872,6 @@ def targets(quick: bool) -> str:
     if "apply ratio" in FACTS:
         rows.append(["apply --reload end to end within 1.5x the bare manual sequence",
                      f"{FACTS['apply ratio']:.2f}x", met(FACTS["apply ratio"] <= 1.5)])
-    if "startup nginxctl --help" in FACTS:
-        worst = max(FACTS[f"startup nginxctl {c}"] for c in ("--help", "render", "schema"))
-        rows.append(["--help, render and schema start within 2x importing typer alone", f"{worst:.2f}x",
-                     met(worst <= 2.0)])
     if "watch ratio" in FACTS:
         rows.append(["watch: change seen to verified reload within 1.5x the bare manual sequence",
                      f"{FACTS['watch ratio']:.2f}x", met(FACTS["watch ratio"] <= 1.5)])

@@ -21,13 +21,10 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from .errors import InventoryError, UsageError
 from .inventory.grammar import Invalid, parse_server_address
-from .inventory.yamlsource import parse_yaml
+from .inventory.yamlsource import parse_yaml, yaml, yaml_loader
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE = "tag:yaml.org,2002:merge"
 
 
@@ -206,7 +203,7 @@ def _flags(item: Any) -> tuple[bool, bool]:
 def _load(text: str) -> tuple[Any, yaml.Node | None]:
     try:
         data, _, _ = parse_yaml(text, "inventory")
-        loader = _Loader(text)
+        loader = yaml_loader()(text)
         try:
             root = loader.get_single_node()
         finally:

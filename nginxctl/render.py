@@ -12,13 +12,17 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from .errors import TemplateError
 from .inventory.grammar import SAFE_TOKEN, Duration, Size
 from .inventory.model import Group, Inventory
+from .lazy import lazy_import
+
+if TYPE_CHECKING:
+    import jinja2
+else:
+    jinja2 = lazy_import("jinja2")  # `nginxctl --help` renders nothing
 
 PROXY_DIRECTIVES = (
     "proxy_connect_timeout", "proxy_timeout", "proxy_next_upstream", "proxy_next_upstream_tries",

@@ -382,7 +382,7 @@ def loader(request, monkeypatch):
     """Each YAML parser the loader may use: libyaml's when PyYAML has it, else PyYAML's own."""
     from nginxctl.inventory import yamlsource
 
-    monkeypatch.setattr(yamlsource, "_Loader", request.param)
+    monkeypatch.setattr(yamlsource, "yaml_loader", lambda: request.param)
     return request.param
 
 

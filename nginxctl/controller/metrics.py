@@ -13,15 +13,17 @@ import enum
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..lazy import lazy_import
 
 if TYPE_CHECKING:
+    import http.server as http_server
+
     import prometheus_client
 else:
+    http_server = lazy_import("http.server")  # only `watch --metrics` serves
     prometheus_client = lazy_import("prometheus_client")
 
 CHECK_RESULTS = ("pass", "fail")
@@ -110,11 +112,11 @@ class Metrics:
         return prometheus_client.generate_latest(self.registry)
 
 
-def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
+def serve(metrics: Metrics, host: str, port: int) -> http_server.ThreadingHTTPServer:
     """Serve /metrics and /healthz on host:port from a daemon thread; the caller shuts it down.
     Raises OSError when the address cannot be bound."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(http_server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)
             if self.path.split("?", 1)[0] == "/metrics":
                 body, status, ctype = metrics.exposition(), 200, prometheus_client.CONTENT_TYPE_LATEST
@@ -132,7 +134,7 @@ def serve(metrics: Metrics, host: str, port: int) -> ThreadingHTTPServer:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the http.server API)
             return None
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    server = http_server.ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="nginxctl-metrics", daemon=True).start()
     return server

@@ -12,15 +12,22 @@ limits below is refused before anything is expanded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InventoryError, Location, Problem
+from ..lazy import lazy_import
 
 KeyPath = tuple[Any, ...]
 # libyaml's parser when PyYAML has it (about 5x faster on large inventories), with the same marks.
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:
+    import yaml
+else:
+    yaml = lazy_import("yaml")  # `nginxctl --help` and `schema` parse no YAML
+
+
+def yaml_loader() -> Any:
+    """libyaml's loader when PyYAML has it (same marks, faster), else the pure-Python one."""
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MERGE = "tag:yaml.org,2002:merge"
 
 # An inventory of 10,000 groups with 10 servers each is 2.6 MB and 230,000 values: these limits
@@ -184,7 +191,7 @@ def parse_yaml(text: str, source: str) -> tuple[Any, Positions, list[Problem]]:
         raise InventoryError([Problem(Location(source, 1, 1), "", f"expected a file of at most {MAX_BYTES:,} "
                                       f"bytes ({MAX_BYTES // 1024 ** 2} MiB), got {size:,} bytes")])
     positions = Positions(source)
-    loader = _Loader(text)
+    loader = yaml_loader()(text)
     try:
         node = loader.get_single_node()
         if node is None:
