@@ -22,7 +22,8 @@ from rich.console import Console
 from . import __version__, workflows
 from . import drain as drain_mod
 from . import status as status_mod
-from .controller.loop import WatchOptions, run_watch
+from .controller.model import WatchOptions
+from .controller.service import run_watch
 from .errors import (
     EXIT_CODES,
     EXIT_ENVIRONMENT,

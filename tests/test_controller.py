@@ -254,7 +254,7 @@ def test_a_rejected_config_is_held_located_and_counted_pending(tmp_path):
     h.ctl._reconcile("start")
     event = h.events("reload")[-1]
     assert event["result"] == "rejected" and "retry_in" not in event
-    assert h.ctl.retry_at is None and h.ctl.held is not None
+    assert h.ctl.retry_at is None and h.ctl.publisher.held is not None
     assert h.metric("nginxctl_pending_changes") == 1
     assert h.metric("nginxctl_reloads_total", result="rejected") == 1
     watch = json.loads(h.targets[0].live.files["/etc/nginx/.nginxctl/watch.json"])
@@ -295,7 +295,7 @@ def test_a_restored_config_is_held_for_its_backoff_and_the_backoff_grows(tmp_pat
     h.targets[0].fail = None
     h.clock.now = h.ctl.retry_at or 0
     h.ctl._reconcile("retry")
-    assert h.events("reload")[-1]["result"] == "ok" and h.ctl.failures == 0 and h.ctl.held is None
+    assert h.events("reload")[-1]["result"] == "ok" and h.ctl.failures == 0 and h.ctl.publisher.held is None
 
 
 def test_an_unreachable_target_is_attached_again(tmp_path):

@@ -110,7 +110,7 @@ def probe(address: str, check: HealthCheck, udp: bool = False) -> str | None:
 
 
 @dataclass(frozen=True)
-class Target:
+class CheckTarget:
     group: str
     address: str
     check: HealthCheck
@@ -121,13 +121,13 @@ class Checker:
     """Runs every target's checks at its interval on a bounded pool; `on_change(down)` is called (from a
     checker thread) when a server goes down or comes back, and `on_result(target, ok)` after each check."""
 
-    def __init__(self, on_change: Callable[[], None], on_result: Callable[[Target, bool, str | None], None],
+    def __init__(self, on_change: Callable[[], None], on_result: Callable[[CheckTarget, bool, str | None], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.on_change = on_change
         self.on_result = on_result
         self.clock = clock
         self.tracker = Tracker()
-        self.targets: dict[tuple[str, str], Target] = {}
+        self.targets: dict[tuple[str, str], CheckTarget] = {}
         self.due: dict[tuple[str, str], float] = {}
         self.running: set[tuple[str, str]] = set()
         self.lock = threading.Lock()
@@ -145,7 +145,7 @@ class Checker:
         self.thread.join(5)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def set_targets(self, targets: list[Target]) -> None:
+    def set_targets(self, targets: list[CheckTarget]) -> None:
         """The servers to check now (after each merge); new ones are checked at once."""
         with self.lock:
             wanted = {(t.group, t.address): t for t in targets}
@@ -185,7 +185,7 @@ class Checker:
             self.wake.clear()
             self.wake.wait(max(0.0, min(upcoming) - self.clock()) if upcoming else None)
 
-    def _check(self, target: Target) -> None:
+    def _check(self, target: CheckTarget) -> None:
         key = (target.group, target.address)
         try:
             error = probe(target.address, target.check, target.udp)

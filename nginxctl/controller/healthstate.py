@@ -13,7 +13,7 @@ from typing import Any
 
 from ..inventory import Inventory
 from . import damping
-from .health import Target
+from .health import Checker, CheckTarget
 from .log import DecisionLog
 from .merge import Merged, merge
 from .metrics import Metrics
@@ -28,7 +28,7 @@ class HealthState:
         self.log = log
         self.metrics = metrics
         self.clock = clock
-        self.checker: Any = None                  # health.Checker, set when the watch starts
+        self.checker: Checker | None = None       # set when the watch starts
         self.down: frozenset[Key] = frozenset()   # rendered down now
         self.changed_at: dict[Key, float] = {}    # per server, its last rendered health change
         self.due: float | None = None             # a held change becomes due then
@@ -93,7 +93,7 @@ class HealthState:
         """Check every server of the groups with a health_check, static and discovered alike."""
         if self.checker is None:
             return
-        targets = [Target(g.name, s.address.text, g.health_check, g.protocol == "udp")
+        targets = [CheckTarget(g.name, s.address.text, g.health_check, g.protocol == "udp")
                    for g in merged.inventory.upstreams if g.health_check is not None
                    for s in g.servers if (g.name, s.address.text) in merged.sources]
         self.metrics.checked([(t.group, t.address) for t in targets])

@@ -12,28 +12,23 @@ target or the engine gone, a reload that did not take) stays pending and is retr
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import signal
-import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import nginx
 from ..apply import Deployer
+from ..capacity import Machine
 from ..desired import RenderTarget, render_target, target_of
-from ..errors import ConfigRejected, EnvironmentProblem, InventoryError, NginxctlError, UsageError
+from ..errors import ConfigRejected, EnvironmentProblem, InventoryError, NginxctlError
 from ..fleet import Member, fleet_targets, open_fleet, rollout
 from ..history import sha
-from ..host import process_identity
 from ..inventory import Inventory, check_capacity, parse_inventory
 from ..inventory.model import Target
 from ..inventoryfile import container_name, read_inventory
-from ..published import Published, WatchState
 from ..trace import trace
 from ..view import pending
 from .debounce import Debouncer
@@ -43,37 +38,26 @@ from .healthstate import HealthState
 from .isolate import culprits
 from .log import DecisionLog
 from .merge import Merged, candidate_server
-from .metrics import IDLE_BEAT, Metrics, parse_address, serve
-from .model import BACKOFF, Event, EventKind, Snapshot, backoff
+from .metrics import IDLE_BEAT, Metrics
+from .model import BACKOFF, Event, EventKind, Snapshot, WatchOptions, backoff
+from .publisher import HEALTH_HEARTBEAT, Publisher
 from .sources import DockerSource, EtcdSource, InventoryFile
+
+if TYPE_CHECKING:
+    import docker
 from .systemd import notify, watchdog_interval
 
-Connect = Callable[[str | None], Any]
+Connect = Callable[[str | None], "docker.DockerClient"]
+
+
+class Source(Protocol):
+    """What the loop starts and stops: the inventory file, Docker, etcd, the health checker."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 FIRST_SNAPSHOT_WAIT = 5.0
 MAX_ISOLATED_PER_PASS = 16   # discovered servers nginx refuses, found one rejection at a time
-# How often the published health is re-stamped while nothing changes: `status` in another PID namespace (the
-# watch in a container, status on the host) cannot see the process, and calls it stale after 3 missed beats.
-HEALTH_HEARTBEAT = 10.0
-
-
-@dataclass
-class WatchOptions:
-    inventory: Path
-    container: str | None = None
-    quiet_period: float = 1.0
-    max_wait: float = 10.0
-    max_generations: int = 3
-    templates: Path | None = None
-    targets: list[str] | None = None
-    resync: float = 30.0
-    lock_owner: str | None = None
-
-
-@dataclass
-class Applied:
-    """What the loop last verified on the target."""
-
-    hash: str | None = None
 
 
 class Controller:
@@ -93,27 +77,22 @@ class Controller:
         self.snapshots: dict[str, Snapshot] = {}
         self.members: list[Member] | None = None
         self.failed_desired: str | None = None   # the desired config whose last apply failed
-        self.client: Any = None
-        self.applied = Applied()
+        self.client: docker.DockerClient | None = None
+        self.verified: str | None = None   # the config this watch last verified on the targets
         self.retry_at: float | None = None
         self.failures = 0
         self.burst_started: float | None = None
         self.skipped_seen: set[tuple[str, str, str]] = set()
-        self.sources: list[Any] = []
+        self.sources: list[Source] = []
         self._locks: list[nginx.TargetLock] = []
-        self.machine: Any = None
+        self.machine: Machine | None = None
         self.health = HealthState(options.max_wait, log, metrics, clock)
         self.heartbeat_due: float | None = None
         self.watchdog = watchdog_interval()
         self.watchdog_due: float | None = None
         self.isolated: dict[tuple[str, str], str] = {}   # discovered servers nginx refused -> its reason
         self.resync_at: float | None = None
-        self.held: str | None = None          # why the desired config does not run yet
-        self.held_since: float | None = None
-        self.published: dict[str, tuple[Any, ...]] = {}     # target -> what was last published there
-        self.published_at: dict[str, float] = {}
-        self.last_rendered: dict[str, str] = {}
-        self.last_loaded: dict[str, str | None] = {}
+        self.publisher = Publisher(options.inventory, options.resync)
         self.render_targets: list[RenderTarget] = []
         self.loaded: dict[str, tuple[str | None, str | None]] = {}   # target -> (hash, text) this pass read
         self.reloaded = False
@@ -164,13 +143,7 @@ class Controller:
     def close(self) -> None:
         if self.health.checking:
             self._write_health(stopped=True)
-        for m in self.members or []:  # commands stop deferring to this watch at once
-            if m.name in self.published:
-                now = time.time()
-                state = WatchState(os.getpid(), socket.gethostname(), str(self.options.inventory.resolve()), now,
-                                   self.options.resync, self.published[m.name][0], self.published[m.name][1],
-                                   stopped=now, identity=process_identity())
-                Published(m.deployer.live, m.deployer.history.base).write(Published.watch_files(state, None))
+        self.publisher.stopped(self.members or [])
         for source in self.sources:
             try:
                 source.stop()
@@ -181,11 +154,6 @@ class Controller:
         if self.client is not None:
             self.client.close()
         self.metrics.running = False
-
-    @property
-    def deployer(self) -> Deployer | None:
-        """The first target's (where health state is published)."""
-        return self.members[0].deployer if self.members else None
 
     def _attach(self) -> list[Member]:
         """The targets, each reached now, and what rendering needs of each (read once per attach). Raises
@@ -328,9 +296,7 @@ class Controller:
         self.heartbeat_due = None
         if not self.members or not self.health.checking:
             return
-        files = Published.health_files(self.health.rows(), stopped=stopped, heartbeat=HEALTH_HEARTBEAT)
-        for m in self.members:
-            Published(m.deployer.live, m.deployer.history.base).write(files)
+        self.publisher.health(self.members, self.health.rows(), stopped=stopped)
         if not stopped:
             self.heartbeat_due = self.clock() + HEALTH_HEARTBEAT
 
@@ -420,15 +386,15 @@ class Controller:
         self.loaded = {m.name: m.deployer.loaded_config() for m in self.members}
         self._prune_isolated()
         plan = decide(PassInput(reason, self.inventory, self.snapshots, self.health.down, self.isolated,
-                                {name: h for name, (h, _) in self.loaded.items()}, self.applied.hash,
+                                {name: h for name, (h, _) in self.loaded.items()}, self.verified,
                                 self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at),
                       self._render)
         if plan.merged is not None:
             self.health.check_targets(plan.merged)
             self._report_skipped(plan.merged)
             self.metrics.set_servers(plan.merged.rows)
-            self.last_rendered = dict(plan.rendered)
-            self.last_loaded = {name: h for name, (h, _) in self.loaded.items()}
+            self.publisher.rendered = dict(plan.rendered)
+            self.publisher.loaded = {name: h for name, (h, _) in self.loaded.items()}
         return plan
 
     def _render(self, inv: Inventory) -> dict[str, str]:
@@ -440,9 +406,9 @@ class Controller:
         assert self.members is not None
         for name, runs in plan.drift:
             shown = f"sha256:{runs[:12]}" if runs else "an unknown config"
-            assert self.applied.hash is not None
+            assert self.verified is not None
             self.log("drift", f"{name} runs {shown}, not the config this watch verified "
-                     f"(sha256:{self.applied.hash[:12]}): changed outside the watch (a forced apply, a rollback, a "
+                     f"(sha256:{self.verified[:12]}): changed outside the watch (a forced apply, a rollback, a "
                      f"hand edit); putting the desired config back", target=name, loaded=runs[:12] if runs else None,
                      level="warning")
         first = self.loaded[self.members[0].name][0]
@@ -521,10 +487,10 @@ class Controller:
                      health_down=self.health.change[0], health_back=self.health.change[1], servers=count,
                      seconds=round(now - began, 3), sha256=desired[:12],
                      since_first_change=None if self.burst_started is None else round(now - self.burst_started, 3))
-        elif reason != "resync" or self.applied.hash != desired:
+        elif reason != "resync" or self.verified != desired:
             self.log("in-sync", f"nothing to do: the target runs the desired config ({reason})", sha256=desired[:12],
                      servers=count)
-        self.applied = Applied(desired)
+        self.verified = desired
         self.failed_desired = None
         self.health.change = ([], [])
         if self.health.checking:
@@ -532,39 +498,15 @@ class Controller:
         self.retry_at = None
         self.failures = 0
         self.burst_started = None
-        self.held = None
-        self.held_since = None
+        self.publisher.release()
         self.metrics.pending.set(self.debounce.changes)
-        self._publish(rendered, {name: sha(text) for name, text in rendered.items()})
+        self.publisher.rendered, self.publisher.loaded = rendered, {name: sha(t) for name, t in rendered.items()}
+        self._publish()
 
-    def _publish(self, rendered: dict[str, str] | None = None, loaded: dict[str, str | None] | None = None) -> None:
-        """Publish on each target what this watch wants and whether it runs, for `status`, `diff` and the
-        one-owner rule; also the heartbeat (at least once per --resync). `rendered`/`loaded` per target, as
-        this pass saw them (None: as the last pass did)."""
-        if rendered is not None:
-            self.last_rendered = rendered
-        if loaded is not None:
-            self.last_loaded = loaded
-        if not self.members or not self.last_rendered:
-            return
-        unreachable = sorted(name for name, snap in self.snapshots.items() if snap.stale)
-        now = time.time()
-        for m in self.members:
-            text = self.last_rendered.get(m.name)
-            if text is None:
-                continue
-            desired = sha(text)
-            key = (desired, self.last_loaded.get(m.name), self.held, tuple(unreachable))
-            if self.published.get(m.name) == key and now - self.published_at.get(m.name, 0.0) < self.options.resync / 2:
-                continue
-            state = WatchState(os.getpid(), socket.gethostname(), str(self.options.inventory.resolve()), now,
-                               self.options.resync, desired, key[1], self.held, self.held_since, unreachable,
-                               identity=process_identity())
-            previous = self.published.get(m.name)
-            Published(m.deployer.live, m.deployer.history.base).write(
-                Published.watch_files(state, text if previous is None or previous[0] != desired else None))
-            self.published[m.name] = key
-            self.published_at[m.name] = now
+    def _publish(self) -> None:
+        """Publish what this watch wants and whether it runs (see `publisher`)."""
+        if self.members:
+            self.publisher.publish(self.members, sorted(name for name, snap in self.snapshots.items() if snap.stale))
 
     def _failed(self, exc: NginxctlError, plan: Plan | None) -> None:
         """The desired config does not run: count it (`classify`), say why, retry (with backoff) or wait for the
@@ -587,8 +529,7 @@ class Controller:
             self.retry_at = None
             self.burst_started = None
             self.log("reload", message, result=failure.result.value, **extra)
-        self.held = message
-        self.held_since = self.held_since or time.time()
+        self.publisher.hold(message)
         # the desired config does not run: that is a pending change, retried or not
         self.metrics.pending.set(max(1, self.debounce.changes))
         self._publish()
@@ -604,25 +545,3 @@ class Controller:
                          origin=skip.origin, group=skip.group)
         for source in ("docker", "etcd"):
             self.metrics.skipped.labels(source).set(counts.get(source, 0))
-
-
-def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "text", metrics: str | None = None) -> int:
-    """`nginxctl watch`: check the options, serve the metrics (when an address is given), run the controller
-    until SIGTERM/SIGINT. Returns the exit code. Raises UsageError, EnvironmentProblem, InventoryError, LockBusy."""
-    if options.max_wait < options.quiet_period:
-        raise UsageError(f"--max-wait ({options.max_wait:g}s) must not be shorter than --quiet-period "
-                         f"({options.quiet_period:g}s)")
-    registry = Metrics()
-    server = None
-    if metrics is not None:
-        host, port = parse_address(metrics)
-        try:
-            server = serve(registry, host, port)
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
-    try:
-        return Controller(options, connect=connect, log=DecisionLog(log_format), metrics=registry).run()
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()

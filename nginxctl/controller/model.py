@@ -9,6 +9,7 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
@@ -59,3 +60,18 @@ Publish = Callable[[Event], None]
 
 def backoff(attempt: int) -> float:
     return BACKOFF[min(attempt, len(BACKOFF) - 1)]
+
+
+@dataclass
+class WatchOptions:
+    """`nginxctl watch`'s options (see the CLI for what each means)."""
+
+    inventory: Path
+    container: str | None = None
+    quiet_period: float = 1.0
+    max_wait: float = 10.0
+    max_generations: int = 3
+    templates: Path | None = None
+    targets: list[str] | None = None
+    resync: float = 30.0
+    lock_owner: str | None = None

@@ -1,0 +1,31 @@
+"""`nginxctl watch` as a service: its options checked, its metrics served, the controller run until stopped."""
+
+from __future__ import annotations
+
+from ..errors import EnvironmentProblem, UsageError
+from .log import DecisionLog
+from .loop import Connect, Controller
+from .metrics import Metrics, parse_address, serve
+from .model import WatchOptions
+
+
+def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "text", metrics: str | None = None) -> int:
+    """`nginxctl watch`: check the options, serve the metrics (when an address is given), run the controller
+    until SIGTERM/SIGINT. Returns the exit code. Raises UsageError, EnvironmentProblem, InventoryError, LockBusy."""
+    if options.max_wait < options.quiet_period:
+        raise UsageError(f"--max-wait ({options.max_wait:g}s) must not be shorter than --quiet-period "
+                         f"({options.quiet_period:g}s)")
+    registry = Metrics()
+    server = None
+    if metrics is not None:
+        host, port = parse_address(metrics)
+        try:
+            server = serve(registry, host, port)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
+    try:
+        return Controller(options, connect=connect, log=DecisionLog(log_format), metrics=registry).run()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
