@@ -41,10 +41,13 @@ from .nginxtext import (
     staged_name,
 )
 from .observe import ReloadState, reload_state
+from .retire import retire
+from .retireplan import Excess, Limits, excess
 
 Progress = Callable[[str], None]
 RELOAD_TIMEOUT = 20.0
 FAILED_RELOAD_SETTLE = 6.0  # nginx retries a busy bind() five times, 500 ms apart
+RETIRE_ROUNDS = 3
 
 
 def unified_diff(old: str | None, new: str, old_label: str, new_label: str) -> str:
@@ -136,19 +139,21 @@ class ReloadPreview:
     state: ReloadState
     max_generations: int | None
     refused: bool
+    limits: Limits = field(default_factory=Limits)
 
     def lines(self) -> list[str]:
         out = self.state.summary()
         if self.refused:
             out.append(f"a reload now would be refused: {len(self.state.generations)} old generation(s) linger "
-                       f"(--max-generations {self.max_generations})")
+                       f"({self.limits.describe()}; --retire-rate would retire the oldest first)")
         else:
             out.append("a reload now would be allowed")
         return out
 
     def to_dict(self) -> dict[str, object]:
         cut = self.state.workers_connections if self.state.shutdown_timeout else 0
-        return {**self.state.to_dict(), "max_generations": self.max_generations, "would_refuse": self.refused,
+        return {**self.state.to_dict(), "max_generations": self.max_generations,
+                "max_lingering_memory_bytes": self.limits.max_memory, "would_refuse": self.refused,
                 "connections_cut_after_timeout": cut}
 
 
@@ -177,6 +182,9 @@ class Deployer:
     progress: Progress = lambda _: None
     lock_wait: float = 30.0
     max_generations: int | None = None
+    max_memory: int | None = None            # bytes the lingering workers may hold after a reload
+    retire_rate: float | None = None         # retire the oldest generations at this rate when over the limits
+    waive_limits: bool = False               # reload even past the limits (the controller's health take-outs)
     wait_generations: float | None = None
     journal: Journal = field(default_factory=Journal)
     release_lock_in_background: bool = False
@@ -286,8 +294,7 @@ class Deployer:
 
     def preview(self, deployed: str | None) -> ReloadPreview:
         state = reload_state(self.live, shutdown_timeout_of(deployed))
-        limit = self.max_generations
-        return ReloadPreview(state, limit, limit is not None and len(state.generations) >= limit)
+        return ReloadPreview(state, self.max_generations, bool(self._excess(state)), self.limits)
 
     def apply(self, rendered: str, *, reload: bool, dry_run: bool = False) -> Outcome:
         """Install `rendered` (and with `reload`, reload and verify it), or change nothing.
@@ -409,27 +416,54 @@ class Deployer:
             poll_until(lambda: (reload_finished(reload_lines(self.live.log_since(cursor))[0]), None),
                        FAILED_RELOAD_SETTLE, interval=0.1)
 
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_generations, self.max_memory)
+
+    def _excess(self, state: ReloadState) -> Excess:
+        return excess(self.limits, [g.memory for g in state.generations], state.current_memory)
+
     def _check_generations(self, deployed: str | None) -> ReloadState:
+        """Whether a reload fits the limits (the lingering generations' count and memory); when it does not:
+        wait for them (`wait_generations`), retire the oldest (`retire_rate`), reload anyway (`waive_limits`:
+        the controller's health take-outs), or refuse. Raises GenerationsLingering (nothing changed)."""
         state = reload_state(self.live, shutdown_timeout_of(deployed), connections=self.count_connections)
         for line in state.summary():
             self.progress(line)
-        limit = self.max_generations
-        if limit is None or len(state.generations) < limit:
+        over = self._excess(state)
+        if not over:
+            return state
+        if self.waive_limits:
+            self.progress(f"{len(state.generations)} old generation(s) linger, past {self.limits.describe()}: "
+                          "reloading anyway (a health take-out is never held back)")
             return state
         if self.wait_generations:
             def check() -> tuple[bool, ReloadState]:
                 now = reload_state(self.live, state.shutdown_timeout)
-                return len(now.generations) < limit, now
+                return not self._excess(now), now
 
             polled = poll_until(check, self.wait_generations, interval=1.0, on_wait=lambda s: self.progress(
-                f"waiting for old workers to drain: {len(s.generations)} lingering generation(s), at most "
-                f"{limit - 1} may linger before a reload"))
+                f"waiting for old workers to drain: {len(s.generations)} lingering generation(s), past "
+                f"{self.limits.describe()} for a reload"))
             state = polled.value
             if polled.done:
                 return state
-        if not self.count_connections:  # refusing: say what the lingering workers hold
+        if self.retire_rate:
+            for _ in range(RETIRE_ROUNDS):  # a round more when generations were added meanwhile (a hand reload)
+                state = reload_state(self.live, state.shutdown_timeout)
+                over = self._excess(state)
+                if not over:
+                    return state
+                retire(self.live, state.generations[:over.count], self.retire_rate, self.progress)
+        if not self.count_connections or self.retire_rate:  # refusing: say what the lingering workers hold
             state = reload_state(self.live, state.shutdown_timeout)
-        raise GenerationsLingering(len(state.generations), limit, [g.describe() for g in state.generations])
+            over = self._excess(state)
+            if not over:
+                return state
+        raise GenerationsLingering(len(state.generations), self.max_generations,
+                                   [g.describe() for g in state.generations], memory=state.lingering_memory,
+                                   max_memory=self.max_memory, reason=over.reason, generations=state.generations,
+                                   excess=over.count, target=self.live.name)
 
     def rollback(self, to: int | None, *, reload: bool = True) -> tuple[Entry, Outcome]:
         """Re-apply an earlier config from the history (default: the one before the current).

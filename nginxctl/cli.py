@@ -39,6 +39,15 @@ from .inventory import json_schema
 from .inventory.grammar import Invalid, parse_duration
 from .inventoryfile import DEFAULT_INVENTORY, optional_inventory
 from .nginx import connect
+from .retireplan import (
+    APPLY_MAX_GENERATIONS,
+    WATCH_MAX_GENERATIONS,
+    WATCH_MAX_LINGERING_MEMORY,
+    WATCH_RETIRE_RATE,
+    parse_memory,
+    parse_rate,
+    size_text,
+)
 from .targets import parse_names
 
 app = typer.Typer(
@@ -61,6 +70,24 @@ def _duration(value: str) -> float:
 
     try:
         return parse_duration(value).ms / 1000
+    except Invalid as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _rate(value: str) -> float:
+    """--retire-rate: connections per second, 20 or 20/s (0: never)."""
+    try:
+        return parse_rate(value)
+    except Invalid as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _memory(value: str) -> int | None:
+    """--max-lingering-memory: a size (512m, 1g), or none."""
+    if value.strip().lower() in ("none", "off", "0"):
+        return None
+    try:
+        return parse_memory(value)
     except Invalid as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -288,7 +315,15 @@ def apply(
     stream_only: StreamOnlyOpt = None,
     config_path: ConfigPathOpt = None,
     max_generations: Annotated[int, typer.Option("--max-generations", min=1, help="Refuse to reload while "
-                               "this many old worker generations are still shutting down.")] = 3,
+                               "this many old worker generations are still shutting down.")] = APPLY_MAX_GENERATIONS,
+    max_lingering_memory: Annotated[Optional[int], typer.Option(
+        "--max-lingering-memory", parser=_memory, metavar="SIZE", help="Refuse to reload while the old workers "
+        "(and the current ones, which a reload makes old) would hold more memory than this (512m, 1g; default: "
+        "none).")] = None,
+    retire_rate: Annotated[float, typer.Option(
+        "--retire-rate", parser=_rate, metavar="N/s", help="Instead of refusing past a limit, retire the oldest "
+        "generation first: close its connections at N per second (idle first; clients see an orderly close and "
+        "reconnect), then reload. Default 0: refuse.")] = "0",  # type: ignore[assignment]
     wait: Annotated[bool, typer.Option("--wait", help="Wait for old generations to drain instead of "
                     "refusing.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", "--wait-timeout", parser=_duration,
@@ -307,7 +342,8 @@ def apply(
         _inventory(inventory), connect=_connect, container=container, reload=reload, dry_run=dry_run,
         stream_only=stream_only, config_path=config_path, max_generations=max_generations,
         wait=timeout if wait else None, lock_wait=lock_timeout, templates=templates, targets=_names(targets),
-        force=force, progress=_progress(quiet or fmt is Format.json))
+        force=force, max_memory=max_lingering_memory, retire_rate=retire_rate or None,
+        progress=_progress(quiet or fmt is Format.json))
     if fmt is Format.json:
         _json_ok(report.to_dict())
         return
@@ -460,8 +496,17 @@ def watch(
                             "this long without another before applying (1s, 500ms).")] = "1s",  # type: ignore[assignment]
     max_wait: Annotated[float, typer.Option("--max-wait", parser=_duration, help="...but never longer than this "
                         "after the first change.")] = "10s",  # type: ignore[assignment]
-    max_generations: Annotated[int, typer.Option("--max-generations", min=1, help="Defer a reload while this "
-                               "many old worker generations still drain (applied when they have).")] = 3,
+    max_generations: Annotated[int, typer.Option("--max-generations", min=1, help="At most this many old worker "
+                               "generations may linger after a reload; past it the oldest is retired "
+                               "(--retire-rate).")] = WATCH_MAX_GENERATIONS,
+    max_lingering_memory: Annotated[Optional[int], typer.Option(
+        "--max-lingering-memory", parser=_memory, metavar="SIZE", help="At most this much memory (PSS) may the "
+        "lingering workers hold after a reload; past it the oldest generation is retired (none: no "
+        "limit).")] = size_text(WATCH_MAX_LINGERING_MEMORY).replace(" ", ""),  # type: ignore[assignment]
+    retire_rate: Annotated[float, typer.Option(
+        "--retire-rate", parser=_rate, metavar="N/s", help="Past a limit, close the oldest generation's "
+        "connections at N per second (idle first, clients see an orderly close), then reload; 0: defer the "
+        "change until they leave on their own (logged loudly).")] = f"{WATCH_RETIRE_RATE:g}/s",  # type: ignore[assignment]
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Serve Prometheus /metrics and /healthz on "
                        "HOST:PORT, e.g. 127.0.0.1:9145.")] = None,
     log_format: Annotated[LogFormat, typer.Option("--log-format", help="One line per decision: text or "
@@ -479,7 +524,7 @@ def watch(
     cleanly on SIGINT/SIGTERM (exit 0)."""
 
     options = WatchOptions(_inventory(inventory), container, quiet_period, max_wait, max_generations, templates,
-                           _names(targets), resync, lock_owner or None)
+                           _names(targets), resync, lock_owner or None, max_lingering_memory, retire_rate)
     raise typer.Exit(run_watch(options, connect=_connect, log_format=log_format.value, metrics=metrics))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,22 +263,45 @@ class ReloadFailed(NginxctlError):
 
 
 class GenerationsLingering(NginxctlError):
-    """The reload was refused before anything changed: too many old worker generations still drain."""
+    """The reload was refused before anything changed: old worker generations still drain past a limit (their
+    count, `--max-generations`, or their memory, `--max-lingering-memory`). `generations` (oldest first, each
+    with `pids`, `connections`, `memory`) and `excess` (how many of the oldest must go) let the controller
+    retire them."""
 
     exit_code = EXIT_RESTORED
 
-    def __init__(self, count: int, limit: int, details: list[str]) -> None:
+    def __init__(self, count: int, limit: int | None, details: list[str], *, memory: int | None = None,
+                 max_memory: int | None = None, reason: str = "count", generations: Sequence[Any] = (),
+                 excess: int = 1, target: str | None = None, unfinished: str | None = None) -> None:
         self.count = count
         self.limit = limit
         self.details = details
-        super().__init__(
-            f"refused: {count} old worker generation(s) still shutting down (--max-generations {limit}); a reload "
-            "now would add one more; nothing changed, the current config is still running. Wait for them to "
-            "drain (--wait), or set worker_shutdown_timeout" + ("\n" + "\n".join(details) if details else ""))
+        self.memory = memory
+        self.max_memory = max_memory
+        self.reason = reason
+        self.generations = list(generations)
+        self.excess = excess
+        self.target = target
+        if unfinished is not None:
+            text = (f"refused: {unfinished}; nothing was reloaded, the current config is still running (the "
+                    "connections closed so far reconnected to it)")
+        else:
+            if reason == "memory" and memory is not None and max_memory is not None:
+                why = (f"{count} old worker generation(s) still shutting down hold {memory / (1 << 20):.1f} MiB "
+                       f"(--max-lingering-memory {max_memory / (1 << 20):.0f} MiB)")
+            else:
+                why = f"{count} old worker generation(s) still shutting down (--max-generations {limit})"
+            text = (f"refused: {why}; a reload now would add one more; nothing changed, the current config is "
+                    "still running. Wait for them to drain (--wait), retire the oldest by closing its connections "
+                    "at a pace (--retire-rate 20/s: idle first, clients see an orderly close and reconnect), or set "
+                    "worker_shutdown_timeout")
+        super().__init__(text + ("\n" + "\n".join(details) if details else ""))
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "GenerationsLingering", "message": str(self).splitlines()[0],
-                "lingering_generations": self.count, "max_generations": self.limit, "details": self.details}
+                "lingering_generations": self.count, "max_generations": self.limit, "reason": self.reason,
+                "lingering_memory_bytes": self.memory, "max_lingering_memory_bytes": self.max_memory,
+                "details": self.details}
 
 
 class DrainTimeout(NginxctlError):

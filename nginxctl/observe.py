@@ -44,16 +44,45 @@ def sockets(pids: list[int]) -> dict[int, list[Socket]] | None:
     return {pid: [table[i] for i in inodes if i in table] for pid, inodes in wanted.items()}
 
 
+def memory(pid: int) -> int | None:
+    """A process's memory in bytes: its proportional set size (PSS: pages shared with the master and the
+    other workers counted in part, so a sum over workers is not inflated), else its RSS; None when the
+    process cannot be seen from here (a remote engine) or is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def memory_of(pids: list[int]) -> int | None:
+    """The memory of several processes (None when none of them can be read)."""
+    known = [m for m in (memory(p) for p in pids) if m is not None]
+    return sum(known) if known else None
+
+
 @dataclass
 class Generation:
     """Old workers from one earlier reload, still serving connections they had."""
 
     pids: list[int]
     connections: int | None
+    memory: int | None = None   # bytes (PSS), None when unknown
 
     def describe(self) -> str:
         held = "connections unknown" if self.connections is None else f"{self.connections} connection(s)"
-        return f"{len(self.pids)} old worker(s) {', '.join(map(str, self.pids))}: {held}"
+        cost = "" if self.memory is None else f", {self.memory / (1 << 20):.1f} MiB"
+        return f"{len(self.pids)} old worker(s) {', '.join(map(str, self.pids))}: {held}{cost}"
 
 
 @dataclass
@@ -62,6 +91,12 @@ class ReloadState:
     generations: list[Generation]
     workers_connections: int | None
     shutdown_timeout: str | None
+    current_memory: int | None = None   # the current workers' memory: a generation of its own after a reload
+
+    @property
+    def lingering_memory(self) -> int | None:
+        known = [g.memory for g in self.generations if g.memory is not None]
+        return sum(known) if known else (0 if not self.generations else None)
 
     def summary(self) -> list[str]:
         lines = [f"lingering generation {i}: {gen.describe()}" for i, gen in enumerate(self.generations, 1)]
@@ -76,7 +111,9 @@ class ReloadState:
         return lines
 
     def to_dict(self) -> dict[str, object]:
-        return {"lingering_generations": [{"pids": g.pids, "connections": g.connections} for g in self.generations],
+        return {"lingering_generations": [{"pids": g.pids, "connections": g.connections, "memory_bytes": g.memory}
+                                          for g in self.generations],
+                "lingering_memory_bytes": self.lingering_memory,
                 "client_connections": self.workers_connections, "worker_shutdown_timeout": self.shutdown_timeout}
 
 
@@ -158,6 +195,7 @@ def reload_state(live: LiveNginx, shutdown_timeout: str | None, connections: boo
     counts = _client_sockets(procs.master.pid if procs.master else None, [p.pid for p in old + procs.workers]) \
         if connections else None
     groups = group_generations([(p.pid, _start_ticks(p.pid)) for p in old], len(procs.workers))
-    generations = [Generation(g, None if counts is None else sum(counts.get(p, 0) for p in g)) for g in groups]
+    generations = [Generation(g, None if counts is None else sum(counts.get(p, 0) for p in g), memory_of(g))
+                   for g in groups]
     current = None if counts is None else sum(counts.get(p.pid, 0) for p in procs.workers)
-    return ReloadState(procs, generations, current, shutdown_timeout)
+    return ReloadState(procs, generations, current, shutdown_timeout, memory_of([p.pid for p in procs.workers]))

@@ -143,6 +143,7 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
                     dry_run: bool = False, stream_only: bool | None = None, config_path: str | None = None,
                     max_generations: int | None = 3, wait: float | None = None, lock_wait: float = 30.0,
                     templates: Path | None = None, targets: list[str] | None = None, force: bool = False,
+                    max_memory: int | None = None, retire_rate: float | None = None,
                     progress: Progress = quiet) -> ApplyReport | FleetReport:
     """Render, diff, test with the target's nginx, keep history, install, and with `reload` reload and verify,
     restoring on failure. Raises what `Deployer.apply` raises, located to the inventory, Interrupted, and
@@ -155,7 +156,8 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         assert inv is not None
         members = open_members(opened, container, targets, connect, stream_only=stream_only,
                                config_path=config_path, progress=progress, max_generations=max_generations,
-                               wait_generations=wait, lock_wait=lock_wait)
+                               wait_generations=wait, lock_wait=lock_wait, max_memory=max_memory,
+                               retire_rate=retire_rate or None)
         forced = [] if dry_run else check_owner(members, force=force)
         for note in forced:
             progress(note)

@@ -31,6 +31,7 @@ from nginxctl.errors import (
 from nginxctl.fleet import FleetFailure, Member, rollout
 from nginxctl.history import sha
 from nginxctl.inventory import parse_inventory
+from nginxctl.nginxtext import Processes
 
 INVENTORY = """target: {container: lb}
 upstreams:
@@ -63,6 +64,9 @@ class FakeLive:
     def put_files(self, directory: str, files: dict[str, str]) -> None:
         for name, text in files.items():
             self.files[f"{directory}/{name}"] = text
+
+    def processes(self) -> Processes:
+        return Processes(None)  # no process to observe: no lingering generation
 
 
 class FakeHistory:

@@ -145,8 +145,12 @@ def describe(exc: NginxctlError) -> str:
     if isinstance(exc, ConfigRejected):
         return f"nginx rejected the config; the last good config keeps running: {str(exc).splitlines()[0]}"
     if isinstance(exc, GenerationsLingering):
-        return (f"reload deferred: {exc.count} old worker generation(s) linger (--max-generations {exc.limit}); "
-                f"retrying in {GENERATIONS_RETRY:g}s")
+        if exc.reason == "memory" and exc.memory is not None and exc.max_memory is not None:
+            past = (f"holding {exc.memory / (1 << 20):.1f} MiB (--max-lingering-memory "
+                    f"{exc.max_memory / (1 << 20):.0f} MiB)")
+        else:
+            past = f"(--max-generations {exc.limit})"
+        return f"reload deferred: {exc.count} old worker generation(s) linger {past}"
     if isinstance(exc, EnvironmentProblem):
         return f"target unreachable: {exc}"
     if isinstance(exc, (FleetFailure, RestoreFailed, ApplyFailure)):

@@ -23,12 +23,15 @@ from .. import nginx
 from ..apply import Deployer
 from ..capacity import Machine
 from ..desired import RenderTarget, render_target, target_of
-from ..errors import ConfigRejected, EnvironmentProblem, InventoryError, NginxctlError
-from ..fleet import Member, fleet_targets, open_fleet, rollout
+from ..errors import ConfigRejected, EnvironmentProblem, GenerationsLingering, InventoryError, NginxctlError
+from ..fleet import FleetFailure, Member, fleet_targets, open_fleet, rollout
 from ..history import sha
 from ..inventory import Inventory, check_capacity, parse_inventory
 from ..inventory.model import Target
 from ..inventoryfile import container_name, read_inventory
+from ..observe import reload_state
+from ..retire import Retirement
+from ..retireplan import Limits, retire_seconds
 from ..trace import trace
 from ..view import pending
 from .debounce import Debouncer
@@ -58,6 +61,8 @@ class Source(Protocol):
     def stop(self) -> None: ...
 FIRST_SNAPSHOT_WAIT = 5.0
 MAX_ISOLATED_PER_PASS = 16   # discovered servers nginx refuses, found one rejection at a time
+RETIRE_REPORT = 5.0          # a `retire` progress line at most this often
+WAIT_REPORT = 30.0           # with --retire-rate 0, the `wait` line of a held change again this often
 
 
 class Controller:
@@ -97,6 +102,13 @@ class Controller:
         self.loaded: dict[str, tuple[str | None, str | None]] = {}   # target -> (hash, text) this pass read
         self.reloaded = False
         self.waiting = False   # a `wait` line was logged: sources that never answered, not logged per retry
+        self.retirement: Retirement | None = None   # an old generation being retired, a step per turn
+        self.retire_due: float | None = None
+        self.retire_reported = 0.0
+        self.takeouts: set[str] = set()   # health take-outs seen and not applied yet: never held by the limits
+        self.held_since: float | None = None   # the desired config has not run since (a failed or deferred pass)
+        self.wait_reported: float | None = None
+        metrics.pending_seconds.set_function(self._pending_seconds)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -135,12 +147,17 @@ class Controller:
         self.sources.append(self.health.checker)
         for source in self.sources:
             source.start()
+        limits = Limits(self.options.max_generations, self.options.max_memory)
         self.log("start", f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
-                 f"{', '.join(names)}",
+                 f"{', '.join(names)}; lingering generations: {limits.describe()}, past them "
+                 + (f"the oldest is retired at {self.options.retire_rate:g}/s" if self.options.retire_rate else
+                    "a change waits (--retire-rate 0)"),
                  quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
-                 sources=[type(s).__name__ for s in self.sources])
+                 max_generations=self.options.max_generations, max_lingering_memory=self.options.max_memory,
+                 retire_rate=self.options.retire_rate, sources=[type(s).__name__ for s in self.sources])
 
     def close(self) -> None:
+        self._end_retirement()
         if self.health.checking:
             self._write_health(stopped=True)
         self.publisher.stopped(self.members or [])
@@ -169,7 +186,8 @@ class Controller:
 
         def make(live: nginx.LiveNginx, target: Target) -> Deployer:
             return Deployer(live, config_path=target.config_path, stream_only=target.stream_only,
-                            max_generations=self.options.max_generations, lock_wait=30.0,
+                            max_generations=self.options.max_generations, max_memory=self.options.max_memory,
+                            lock_wait=30.0,
                             release_lock_in_background=True, count_connections=False)
 
         if self.options.container is not None or not inv.targets:
@@ -214,6 +232,9 @@ class Controller:
                 if self.watchdog is not None and self.watchdog_due is not None and now >= self.watchdog_due:
                     notify("WATCHDOG=1")  # the loop turns: a pass stuck on a hung engine call stops these
                     self.watchdog_due = now + self.watchdog
+                if self.retirement is not None and self.retire_due is not None and now >= self.retire_due:
+                    self._retire_step()
+                    now = self.clock()
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
                 elif not self.debounce.pending and (event is not None and event.kind is EventKind.RESYNC or
@@ -255,7 +276,7 @@ class Controller:
 
     def _next_event(self) -> Event | None:
         deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health.due, self.resync_at,
-                                 self.heartbeat_due, self.watchdog_due) if d is not None]
+                                 self.heartbeat_due, self.watchdog_due, self.retire_due) if d is not None]
         # never sleep longer than IDLE_BEAT: an idle loop still beats (a hung one does not)
         timeout = min(IDLE_BEAT, max(0.0, min(deadlines) - self.clock())) if deadlines else IDLE_BEAT
         try:
@@ -354,6 +375,7 @@ class Controller:
         self._load()
         assert self.inventory is not None
         self.health.render(self.inventory, self.snapshots, self.clock())
+        self.takeouts |= set(self.health.change[0])
         plan: Plan | None = None
         try:
             for _ in range(MAX_ISOLATED_PER_PASS + 1):
@@ -389,6 +411,7 @@ class Controller:
                                 {name: h for name, (h, _) in self.loaded.items()}, self.verified,
                                 self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at),
                       self._render)
+        self._observe_generations()
         if plan.merged is not None:
             self.health.check_targets(plan.merged)
             self._report_skipped(plan.merged)
@@ -416,6 +439,8 @@ class Controller:
         assert plan.desired is not None
         self.log("apply", plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
                  targets=list(plan.behind) if len(self.members) > 1 else None)
+        for m in behind:  # a health take-out is never held back by the limits on lingering generations
+            m.deployer.waive_limits = bool(self.takeouts)
         result = rollout(behind, dict(plan.rendered), reload=True, dry_run=False, progress=lambda _: None)
         self.reloaded = any(o.reloaded for _, o in result.outcomes)
 
@@ -492,6 +517,8 @@ class Controller:
                      servers=count)
         self.verified = desired
         self.failed_desired = None
+        self.takeouts.clear()
+        self.held_since = self.wait_reported = None
         self.health.change = ([], [])
         if self.health.checking:
             self._write_health()
@@ -529,10 +556,127 @@ class Controller:
             self.retry_at = None
             self.burst_started = None
             self.log("reload", message, result=failure.result.value, **extra)
+        if self.held_since is None:
+            self.held_since = self.burst_started or self.clock()
+        lingering = exc.cause if isinstance(exc, FleetFailure) else exc
+        if isinstance(lingering, GenerationsLingering):
+            message = self._lingering(lingering, message)
         self.publisher.hold(message)
         # the desired config does not run: that is a pending change, retried or not
         self.metrics.pending.set(max(1, self.debounce.changes))
         self._publish()
+
+    # -- lingering generations: retired a step at a time between passes ----------------------------------------
+
+    def _pending_seconds(self) -> float:
+        """`nginxctl_pending_seconds`: how long the oldest change not applied yet has waited (0: none waits)."""
+        marks = [t for t in (self.held_since, self.burst_started, self.debounce.first) if t is not None]
+        return max(0.0, self.clock() - min(marks)) if marks else 0.0
+
+    def _observe_generations(self) -> None:
+        """The lingering generations' count and memory on the first target, for the metrics (cheap: /proc)."""
+        if not self.members:
+            return
+        try:
+            state = reload_state(self.members[0].deployer.live, None, connections=False)
+        except NginxctlError:
+            return
+        self.metrics.lingering.set(len(state.generations))
+        self.metrics.lingering_memory.set(state.lingering_memory or 0)
+
+    def _lingering(self, exc: GenerationsLingering, message: str) -> str:
+        """A reload refused past the limits: start retiring the oldest generation (--retire-rate), or with
+        --retire-rate 0 say loudly what the change waits for. Returns what `status` shows as held."""
+        oldest = exc.generations[0] if exc.generations else None
+        held = self.clock() - (self.held_since or self.clock())
+        if oldest is None:
+            return message
+        what = (f"generation 1 of {exc.count} (workers {', '.join(map(str, oldest.pids))}) holds "
+                f"{'an unknown number of' if oldest.connections is None else oldest.connections} connection(s)")
+        if not self.options.retire_rate:
+            now = self.clock()
+            said = (f"change held for {held:.0f}s: {what}; past {self._limits(exc)} and --retire-rate 0: it waits "
+                    "until they close")
+            if self.wait_reported is None or now - self.wait_reported >= WAIT_REPORT:
+                self.wait_reported = now
+                self.log("wait", said, generation_pids=oldest.pids, connections=oldest.connections,
+                         waited=round(held, 1), lingering=exc.count, memory_bytes=exc.memory, level="warning")
+            return said
+        if self.retirement is None:
+            members = self.members or []
+            member = next((m for m in members if m.deployer.live.name == exc.target),
+                          members[0] if members else None)
+            if member is None:
+                return message
+            try:
+                self.retirement = Retirement(member.deployer.live, oldest, self.options.retire_rate, self.clock)
+            except NginxctlError as cannot:
+                self.log("retire", f"cannot retire the oldest generation: {cannot}; the change waits for it to "
+                         "leave", level="warning")
+                return f"{message}; cannot retire the oldest generation: {cannot}"
+            seconds = retire_seconds(oldest.connections, self.options.retire_rate)
+            self.retire_due = self.clock()
+            self.retire_reported = self.clock()
+            self.retry_at = None   # the pass comes when the retirement is done
+            self.metrics.retiring.set(1)
+            self.log("retire", f"retiring the oldest generation, past {self._limits(exc)}: {what}; closing them at "
+                     f"{self.options.retire_rate:g}/s" + (f" (about {seconds:.1f}s)" if seconds is not None else "")
+                     + ", then reloading", generation_pids=oldest.pids, connections=oldest.connections,
+                     rate=self.options.retire_rate, reason=exc.reason, lingering=exc.count, memory_bytes=exc.memory)
+        else:
+            self.retry_at = None
+        return f"{message}; {self.retirement.describe()}"
+
+    def _limits(self, exc: GenerationsLingering) -> str:
+        if exc.reason == "memory" and exc.max_memory is not None:
+            return (f"--max-lingering-memory {exc.max_memory / (1 << 20):.0f} MiB (they hold "
+                    f"{(exc.memory or 0) / (1 << 20):.1f} MiB)")
+        return f"--max-generations {exc.limit} ({exc.count} linger)"
+
+    def _retire_step(self) -> None:
+        """One step of the retirement in progress (bounded: what the pace allows now); the pass that reloads
+        comes when the generation is gone."""
+        retirement = self.retirement
+        assert retirement is not None
+        self.metrics.beat()
+        eof, reset = retirement.closed, retirement.resets
+        try:
+            done = retirement.step()
+        except (NginxctlError, OSError) as exc:
+            self.log("retire", f"retirement stopped: {exc}; retrying the change", level="warning")
+            self._end_retirement()
+            self.retry_at = self.clock()
+            return
+        self.metrics.retired.labels("eof").inc(retirement.closed - eof)
+        self.metrics.retired.labels("reset").inc(retirement.resets - reset)
+        now = self.clock()
+        if done:
+            self.log("retire", f"{retirement.describe().replace('retiring', 'retired')}; its workers have left, "
+                     "reloading", closed=retirement.closed, resets=retirement.resets,
+                     seconds=round(now - retirement.started, 3))
+            self._end_retirement()
+            self.retry_at = now
+            self._observe_generations()
+            return
+        if now > retirement.deadline:
+            self.log("retire", f"{retirement.describe()}: not gone by its deadline; trying again",
+                     level="warning")
+            self._end_retirement()
+            self.retry_at = now
+            return
+        if now - self.retire_reported >= RETIRE_REPORT:
+            self.retire_reported = now
+            self.log("retire", retirement.describe(), closed=retirement.closed, resets=retirement.resets,
+                     left=retirement.last.left if retirement.last else None)
+            self._observe_generations()
+        self.retire_due = retirement.next_at()
+
+    def _end_retirement(self) -> None:
+        if self.retirement is not None:
+            self.retirement.close()
+        self.retirement = None
+        self.retire_due = None
+        self.metrics.retiring.set(0)
 
     def _report_skipped(self, merged: Merged) -> None:
         counts: dict[str, int] = {}

@@ -75,6 +75,19 @@ class Metrics:
                                      ["group", "server", "result"], registry=r)
         self.all_down = Gauge("nginxctl_group_all_failing", "1 while every primary server of a group fails its "
                               "health checks (they are all kept in)", ["group"], registry=r)
+        self.pending_seconds = Gauge("nginxctl_pending_seconds", "How long the oldest change seen and not applied "
+                                     "has waited (0 when nothing waits)", registry=r)
+        self.lingering = Gauge("nginxctl_lingering_generations", "Old worker generations still shutting down "
+                               "(the first target)", registry=r)
+        self.lingering_memory = Gauge("nginxctl_lingering_memory_bytes", "Memory (PSS) of the old worker "
+                                      "generations still shutting down (the first target)", registry=r)
+        self.retiring = Gauge("nginxctl_retiring", "1 while an old generation is being retired (its connections "
+                              "closed at --retire-rate)", registry=r)
+        self.retired = Counter("nginxctl_retired_connections", "Connections closed to retire old generations, by "
+                               "what the client saw: eof (nginx's upstream side closed) or reset (its client side)",
+                               ["close"], registry=r)
+        for close in ("eof", "reset"):
+            self.retired.labels(close)
         self.running = True
         self.clock: Callable[[], float] = time.monotonic
         self.last_beat = self.clock()

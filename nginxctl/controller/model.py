@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..retireplan import WATCH_MAX_GENERATIONS, WATCH_MAX_LINGERING_MEMORY, WATCH_RETIRE_RATE
+
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
 
@@ -70,8 +72,10 @@ class WatchOptions:
     container: str | None = None
     quiet_period: float = 1.0
     max_wait: float = 10.0
-    max_generations: int = 3
+    max_generations: int = WATCH_MAX_GENERATIONS   # watch's limits let cheap generations linger (retireplan)
     templates: Path | None = None
     targets: list[str] | None = None
     resync: float = 30.0
     lock_owner: str | None = None
+    max_memory: int | None = WATCH_MAX_LINGERING_MEMORY
+    retire_rate: float = WATCH_RETIRE_RATE
