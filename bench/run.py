@@ -840,6 +840,137 @@ def bench_scale(client: Any, tmp: Path, quick: bool) -> str:
                   "nginxctl validate ms (CLI, container, nginx -t)"], rows)
 
 
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _churn_run(client: Any, tmp: Path, label: str, args: list[str], devices: int, changes: int,
+               rate: float) -> list[str]:
+    """One churn run: `devices` long connections through nginx under `watch` (with `args`), `changes` membership
+    changes 2 s apart (the oldest member replaced by a new backend). Returns the table row."""
+    import json as _json
+    import threading
+    import urllib.request
+
+    from nginxctl.observe import reload_state
+
+    members_n = 4
+    ports = [free_port() for _ in range(members_n + changes)]
+    listen, metrics_port = free_port(), free_port()
+    fleet = [sys.executable, str(HERE / "churn_fleet.py")]
+    back = subprocess.Popen([*fleet, "backends", *map(str, ports)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    box = Nginx(client)
+    inv = tmp / f"churn-{listen}.yaml"
+    out = tmp / f"churn-{listen}.json"
+    members = [f"127.0.0.1:{p}" for p in ports[:members_n]]
+    fresh = [f"127.0.0.1:{p}" for p in ports[members_n:]]
+
+    def write() -> None:
+        inv.write_text(yaml.safe_dump({"nginx": {"worker_processes": 2}, "target": {"container": box.name},
+                                       "upstreams": {"pool": {"listen": f"127.0.0.1:{listen}",
+                                                              "servers": list(members)}}}))
+
+    write()
+    watch = subprocess.Popen([*NGINXCTL, "watch", "-i", str(inv), "--log-format", "json", "--metrics",
+                              f"127.0.0.1:{metrics_port}", *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert watch.stderr is not None
+    log = WatchEvents(iter(lambda: watch.stderr.read1(65536) if watch.stderr else b"", b""))
+    dev: subprocess.Popen[str] | None = None
+    seen = {"generations": 0, "pending": 0.0}
+    done = threading.Event()
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def sample() -> None:
+        while not done.wait(0.25):   # bounded by the run: `done` is set in finally
+            with contextlib.suppress(Exception):
+                seen["generations"] = max(seen["generations"], len(reload_state(box.live, None, False).generations))
+                seen["pending"] = max(seen["pending"], _metric(scrape(), "nginxctl_pending_seconds") or 0.0)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    removed: dict[str, float] = {}
+    try:
+        assert back.stdout is not None and back.stdout.readline().strip() == "ready"
+        log.next_reload(0)
+        dev = subprocess.Popen([*fleet, "devices", str(listen), str(devices), "8", "900", str(out)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert dev.stdout is not None
+        ready = dev.stdout.readline().strip()
+        if ready != "ready":
+            raise RuntimeError(f"devices: {ready}")
+        sampler.start()
+        for _ in range(changes):
+            gone = members.pop(0)
+            members.append(fresh.pop(0))
+            write()
+            removed[gone] = time.time()
+            time.sleep(2.0)   # the workload's pace: a membership change every 2 s
+        # let the last change apply (bounded: its generation's connections at the rate, plus a margin)
+        deadline = time.monotonic() + (devices / rate + 30 if rate else 10)
+        while time.monotonic() < deadline:
+            text = scrape()
+            if (_metric(text, "nginxctl_pending_seconds") or 0) == 0 and not (_metric(text, "nginxctl_pending_changes")
+                                                                            or 0):
+                break
+            time.sleep(0.5)   # polling the metrics endpoint
+        time.sleep(3.0)       # the devices closed last reconnect and say where they landed
+        final = scrape()
+    finally:
+        done.set()
+        if dev is not None:
+            with contextlib.suppress(Exception):
+                assert dev.stdin is not None
+                dev.stdin.close()
+                dev.wait(60)
+        watch.terminate()
+        with contextlib.suppress(Exception):
+            watch.wait(30)
+        if back.stdin is not None:
+            back.stdin.close()
+        with contextlib.suppress(Exception):
+            back.wait(10)
+        box.remove()
+    stats = _json.loads(out.read_text())
+    late = [t - removed[f"127.0.0.1:{name[1:]}"] for t, name in stats["connections"]
+            if f"127.0.0.1:{name[1:]}" in removed and t > removed[f"127.0.0.1:{name[1:]}"]]
+    waited = [float(e["since_first_change"]) for e in log.events
+              if e.get("event") == "reload" and e.get("result") == "ok" and e.get("since_first_change") is not None]
+    retires = [int(e["connections"]) for e in log.events if e.get("event") == "retire" and "rate" in e]
+    bound = (max(retires) / rate if retires and rate else 0) + 2
+    pending_end = _metric(final, "nginxctl_pending_seconds") or 0.0
+    closed = int(_metric(final, 'nginxctl_retired_connections_total{close="eof"}') or 0)
+    return [label, str(seen["generations"]), f"{max(waited, default=0):.1f}",
+            f"{seen['pending']:.1f}" + (f" (still {pending_end:.0f} at the end)" if pending_end else ""),
+            f"{len(late)} / {max(late, default=0):.1f}", f"{bound:.1f}" if rate else "-", str(closed),
+            str(stats["eof"]), str(stats["reset"]), str(stats["failed"]), str(stats["lost"])]
+
+
+def bench_churn(client: Any, tmp: Path, quick: bool) -> str:
+    """Issue 14, item 4: generations never stall `watch`. Devices hold long connections while the pool's
+    membership changes every 2 s: with watch's defaults, with the old count limit and a retirement rate, and
+    with `--retire-rate 0` (the old behaviour)."""
+    devices, changes = (200, 4) if quick else (2000, 15)
+    runs = [("watch defaults (16 generations, 512 MiB, retire 20/s)", [], 20.0),
+            ("--max-generations 3 --retire-rate 100/s", ["--max-generations", "3", "--retire-rate", "100/s"], 100.0),
+            ("--max-generations 3 --retire-rate 0 (the old behaviour)", ["--max-generations", "3", "--retire-rate",
+                                                                         "0"], 0.0)]
+    rows = [_churn_run(client, tmp, label, args, devices, changes, rate) for label, args, rate in runs]
+    return table(f"Churn: {devices} devices (8 source addresses), {changes} membership changes 2 s apart under watch",
+                 ["watch", "most lingering generations", "longest change wait s (since first change)",
+                  "max nginxctl_pending_seconds", "new connections to a removed backend after its removal: count / "
+                  "latest s", "bound s (oldest's connections / rate + 2)", "connections retired (EOF)",
+                  "device EOFs", "device resets", "failed reconnects", "heartbeats lost"], rows,
+                 "Each change replaces the pool's oldest member with a new backend. Devices send a heartbeat every "
+                 "second and reconnect 10-200 ms after a close. `bench/churn_fleet.py` runs the devices and the "
+                 "greeting backends (asyncio).")
+
+
 def targets(quick: bool) -> str:
     """The issue's targets against what this run measured."""
     def met(ok: bool) -> str:
@@ -909,7 +1040,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--only", help="comma-separated figures to run (startup, rate, hold, reloads, apply, watch, "
-                        "health, scale); prints, writes nothing")
+                        "health, scale, churn); prints, writes nothing")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     client = docker.from_env()
@@ -925,7 +1056,8 @@ def main() -> None:
                    "apply": lambda: bench_apply(client, tmp, args.quick),
                    "watch": lambda: bench_watch(client, tmp, args.quick),
                    "health": lambda: bench_health(client, tmp, args.quick),
-                   "scale": lambda: bench_scale(client, tmp, args.quick)}
+                   "scale": lambda: bench_scale(client, tmp, args.quick),
+                   "churn": lambda: bench_churn(client, tmp, args.quick)}
         for name, figure in figures.items():
             if only is not None and name not in only:
                 continue

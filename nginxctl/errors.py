@@ -30,7 +30,8 @@ EXIT_CODES: dict[int, str] = {
                       "target locked by another nginxctl or controlled by `nginxctl watch` (without --force), "
                       "a fleet target unreachable",
     EXIT_RESTORED: "the change did not take and the previous config was restored, verified and is running; or "
-                   "the reload was refused because old worker generations linger (nothing changed)",
+                   "the reload was refused because old worker generations linger past `--max-generations` or "
+                   "`--max-lingering-memory` (nothing changed; `--retire-rate` retires the oldest instead)",
     EXIT_NOT_RESTORED: "the change did not take and restoring the previous config failed too: the target may "
                        "not run the previous config; look at it now (`nginxctl status`)",
     EXIT_INTERNAL: "internal error in nginxctl (a bug: `--debug` shows the traceback; please report it)",

@@ -58,6 +58,23 @@ def test_a_failed_reload_is_finished_when_nginx_gives_up():
     assert reload_finished(reload_lines(retrying + "[emerg] 1#1: still could not bind()\n")[0])
 
 
+def test_the_alerts_of_destroyed_sockets_are_not_a_failed_reload():
+    """Retiring a generation destroys nginx's upstream-side sockets: nginx logs an [alert] per socket, which
+    may land among a reload's own lines. They are no refusal and the reload finished."""
+    log = ("2026/12/04 19:30:01 [notice] 1#1: signal 1 (SIGHUP) received from 7, reconfiguring\n"
+           "2026/12/04 19:30:01 [notice] 1#1: reconfiguring\n"
+           "2026/12/04 19:30:01 [alert] 31#31: *12 recv() failed (103: Software caused connection abort) while "
+           "proxying and reading from upstream, client: 127.0.0.1, server: 127.0.0.1:6666, upstream: "
+           "\"127.0.0.1:7001\", bytes from/to client:5/2, bytes from/to upstream:2/5\n"
+           "2026/12/04 19:30:01 [notice] 1#1: start worker process 40\n")
+    lines, marked = reload_lines(log)
+    assert marked and len(lines) == 3
+    assert emerg_lines(lines) == []
+    assert reload_finished(lines)
+    crashed = lines + ["2026/12/04 19:30:02 [alert] 1#1: worker process 40 exited on signal 11"]
+    assert emerg_lines(crashed) == crashed[-1:]   # an alert that says a worker died still counts
+
+
 DUMP = """\
 # configuration file /etc/nginx/nginx.conf:
 events {}

@@ -3,6 +3,7 @@ real long-lived connections, so the runbook cannot rot."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from nginxctl.hashring import Ring
 
-from helpers import Held, who
+from helpers import Held, free_port, who
 
 RUNBOOK = (Path(__file__).parent.parent / "docs" / "runbook.md").read_text()
 
@@ -56,7 +57,7 @@ def start(lb, servers, **group):  # type: ignore[no-untyped-def]
 
 def test_every_procedure_names_a_test_that_exists():
     sections = re.findall(r"\n## (.+)\n<!-- test: (\w+) -->", RUNBOOK)
-    assert len(sections) == RUNBOOK.count("\n## ") == 11
+    assert len(sections) == RUNBOOK.count("\n## ") >= 12
     assert all(name in globals() and callable(globals()[name]) for _, name in sections)
     assert all(blocks(title) for title, _ in sections)
 
@@ -192,6 +193,51 @@ def test_set_worker_shutdown_timeout(lb, backends):
         assert before.echo() == b"ping\n"  # never cut by surprise
     finally:
         before.close()
+
+
+@pytest.mark.integration
+def test_keep_generations_bounded_under_churn(lb, backends):
+    a, b = backends("A"), backends("B")
+    port = start(lb, [a])
+    apply_now = [sys.executable, "-m", "nginxctl", "apply", "--reload", "-q", "--max-generations", "50"]
+    oldest = [Held(port) for _ in range(3)]
+    newer: list[Held] = []
+    try:
+        edit(lb, lambda d: d["upstreams"].update(x={"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}))
+        assert subprocess.run(apply_now, cwd=lb.inventory.parent, env=env()).returncode == 0
+        newer.append(Held(port))
+        edit(lb, lambda d: d["upstreams"].update(y={"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}))
+        assert subprocess.run(apply_now, cwd=lb.inventory.parent, env=env()).returncode == 0
+        # two generations linger (3 and 1 connections); the change: A replaced by B
+        edit(lb, lambda d: d["upstreams"]["netty_pool"].update(servers=[b.address]))
+        preview, applied, status = ok(run(blocks("Keep generations bounded under churn")[0], lb.inventory.parent))
+        assert "a reload now would be refused: 2 old generation(s) linger" in preview.stdout
+        assert "retiring the oldest generation" in applied.stderr
+        for held in oldest:
+            held.sock.settimeout(10)
+            assert held.sock.recv(16) == b""             # an orderly close
+        assert newer[0].echo() == b"ping\n"              # the newer generation keeps its connection
+        assert who(port) == "B"
+        assert "lingering generation 1: 1 old worker(s)" in status.stdout, status.stdout  # the one with a client
+        assert "1 connection(s)" in status.stdout
+        assert "lingering generation 2" not in status.stdout
+
+        line = blocks("Keep generations bounded under churn")[1][0]
+        watch = subprocess.Popen(["bash", "-c", f"exec {line} --log-format json"], cwd=lb.inventory.parent,
+                                 env=env(METRICS_PORT=str(free_port())), stderr=subprocess.PIPE, text=True)
+        try:
+            assert watch.stderr is not None
+            first = json.loads(watch.stderr.readline())
+            assert first["event"] == "start" and first["retire_rate"] == 20 and first["max_generations"] == 16
+            assert first["max_lingering_memory"] == 512 * 1024 * 1024
+        finally:
+            watch.terminate()
+            watch.wait(30)
+            if watch.stderr is not None:
+                watch.stderr.close()
+    finally:
+        for held in oldest + newer:
+            held.close()
 
 
 @pytest.mark.integration

@@ -595,13 +595,13 @@ class Controller:
                 f"{'an unknown number of' if oldest.connections is None else oldest.connections} connection(s)")
         if not self.options.retire_rate:
             now = self.clock()
-            said = (f"change held for {held:.0f}s: {what}; past {self._limits(exc)} and --retire-rate 0: it waits "
-                    "until they close")
+            said = f"{what}; past {self._limits(exc)} and --retire-rate 0: the change waits until they close"
             if self.wait_reported is None or now - self.wait_reported >= WAIT_REPORT:
                 self.wait_reported = now
-                self.log("wait", said, generation_pids=oldest.pids, connections=oldest.connections,
-                         waited=round(held, 1), lingering=exc.count, memory_bytes=exc.memory, level="warning")
-            return said
+                self.log("wait", f"change held for {held:.0f}s: {said}", generation_pids=oldest.pids,
+                         connections=oldest.connections, waited=round(held, 1), lingering=exc.count,
+                         memory_bytes=exc.memory, level="warning")
+            return f"reload deferred: {said}"
         if self.retirement is None:
             members = self.members or []
             member = next((m for m in members if m.deployer.live.name == exc.target),
