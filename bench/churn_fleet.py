@@ -2,10 +2,11 @@
 
   python churn_fleet.py backends PORT...
       one greeting server per port (it sends "b<PORT>\\n", then echoes); prints "ready"; runs until stdin closes.
-  python churn_fleet.py devices PORT COUNT SOURCES SECONDS OUT.json
-      COUNT long connections to 127.0.0.1:PORT from 127.0.3.1 .. 127.0.3.SOURCES; each reads the greeting (the
-      backend it reached), sends a heartbeat every second and reads it back; on EOF or reset it reconnects after
-      10-200 ms at random. Prints "ready" once all are connected; stops after SECONDS or when stdin closes, and
+  python churn_fleet.py devices PORT COUNT SOURCES SECONDS OUT.json ARRIVE
+      COUNT devices holding long connections to 127.0.0.1:PORT from 127.0.3.1 .. 127.0.3.SOURCES: half connect at
+      once, the other half arrive evenly over ARRIVE seconds after that. Each reads the greeting (the backend it
+      reached), sends a heartbeat every second and reads it back; on EOF or reset it reconnects after 10-200 ms
+      at random. Prints "ready" once the first half is connected; stops after SECONDS or when stdin closes, and
       writes OUT.json: every connection made (wall time, backend), closes by kind (eof, reset), failed
       reconnects, heartbeats lost.
 """
@@ -51,7 +52,7 @@ async def backends(ports: list[int]) -> None:
         server.close()
 
 
-async def devices(port: int, count: int, sources: int, seconds: float, out: str) -> None:
+async def devices(port: int, count: int, sources: int, seconds: float, out: str, arrive: float) -> None:
     stats: dict[str, Any] = {"connections": [], "eof": 0, "reset": 0, "failed": 0, "lost": 0}
     connected = asyncio.Event()
     up = [0]
@@ -98,12 +99,24 @@ async def devices(port: int, count: int, sources: int, seconds: float, out: str)
             if not stop.is_set():
                 await asyncio.sleep(random.uniform(0.01, 0.2))   # devices reconnect 10-200 ms after a close
 
-    tasks = [asyncio.create_task(device(i)) for i in range(count)]
+    first = count // 2
+    tasks = [asyncio.create_task(device(i)) for i in range(first)]
+    target = count
+    count = first
     try:
         await asyncio.wait_for(connected.wait(), 120)
     except asyncio.TimeoutError:
         pass
     print("ready" if connected.is_set() else f"connected {up[0]}", flush=True)
+
+    async def arrivals() -> None:
+        for i in range(first, target):   # new devices, evenly over `arrive` seconds
+            await asyncio.sleep(arrive / max(1, target - first))
+            if stop.is_set():
+                return
+            tasks.append(asyncio.create_task(device(i)))
+
+    tasks.append(asyncio.create_task(arrivals()))
     loop = asyncio.get_running_loop()
     reading = loop.run_in_executor(None, sys.stdin.read)
     await asyncio.wait([asyncio.ensure_future(reading), asyncio.create_task(asyncio.sleep(seconds))],
@@ -121,8 +134,8 @@ def main() -> None:
     if sys.argv[1] == "backends":
         asyncio.run(backends([int(p) for p in sys.argv[2:]]))
     else:
-        port, count, sources, seconds, out = sys.argv[2:7]
-        asyncio.run(devices(int(port), int(count), int(sources), float(seconds), out))
+        port, count, sources, seconds, out, arrive = sys.argv[2:8]
+        asyncio.run(devices(int(port), int(count), int(sources), float(seconds), out, float(arrive)))
 
 
 if __name__ == "__main__":

@@ -898,7 +898,8 @@ def _churn_run(client: Any, tmp: Path, label: str, args: list[str], devices: int
     try:
         assert back.stdout is not None and back.stdout.readline().strip() == "ready"
         log.next_reload(0)
-        dev = subprocess.Popen([*fleet, "devices", str(listen), str(devices), "8", "900", str(out)],
+        dev = subprocess.Popen([*fleet, "devices", str(listen), str(devices), "8", "900", str(out),
+                                str(2.0 * changes)],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert dev.stdout is not None
         ready = dev.stdout.readline().strip()
@@ -945,9 +946,16 @@ def _churn_run(client: Any, tmp: Path, label: str, args: list[str], devices: int
     bound = (max(retires) / rate if retires and rate else 0) + 2
     pending_end = _metric(final, "nginxctl_pending_seconds") or 0.0
     closed = int(_metric(final, 'nginxctl_retired_connections_total{close="eof"}') or 0)
+    resets = int(_metric(final, 'nginxctl_retired_connections_total{close="reset"}') or 0)
+    finished = [e for e in log.events if e.get("event") == "retire" and "seconds" in e]
+    longest = max(finished, key=lambda e: float(e["seconds"]), default=None)
+    effective = (sum(int(e["closed"]) + int(e["resets"]) for e in finished)
+                 / max(1e-9, sum(float(e["seconds"]) for e in finished))) if finished else 0.0
     return [label, str(seen["generations"]), f"{max(waited, default=0):.1f}",
             f"{seen['pending']:.1f}" + (f" (still {pending_end:.0f} at the end)" if pending_end else ""),
-            f"{len(late)} / {max(late, default=0):.1f}", f"{bound:.1f}" if rate else "-", str(closed),
+            f"{len(late)} / {max(late, default=0):.1f}", f"{bound:.1f}" if rate else "-",
+            f"{len(finished)} / {float(longest['seconds']) if longest else 0:.1f} / {effective:.0f}",
+            f"{closed} / {resets}",
             str(stats["eof"]), str(stats["reset"]), str(stats["failed"]), str(stats["lost"])]
 
 
@@ -964,9 +972,12 @@ def bench_churn(client: Any, tmp: Path, quick: bool) -> str:
     return table(f"Churn: {devices} devices (8 source addresses), {changes} membership changes 2 s apart under watch",
                  ["watch", "most lingering generations", "longest change wait s (since first change)",
                   "max nginxctl_pending_seconds", "new connections to a removed backend after its removal: count / "
-                  "latest s", "bound s (oldest's connections / rate + 2)", "connections retired (EOF)",
+                  "latest s", "bound s (largest retired generation's connections / rate + 2)",
+                  "retirements: count / longest s / closes per s", "closed by retirement: EOF / reset",
                   "device EOFs", "device resets", "failed reconnects", "heartbeats lost"], rows,
-                 "Each change replaces the pool's oldest member with a new backend. Devices send a heartbeat every "
+                 "Each change replaces the pool's oldest member with a new backend. Half the devices connect "
+                 "before the first change, the other half arrive evenly during the changes (so every generation "
+                 "holds long connections, as in issue 14). Devices send a heartbeat every "
                  "second and reconnect 10-200 ms after a close. `bench/churn_fleet.py` runs the devices and the "
                  "greeting backends (asyncio).")
 

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from .errors import EnvironmentProblem, GenerationsLingering
 from .nginx import LiveNginx
 from .observe import Generation
-from .retireplan import FALLBACK_GRACE, Endpoint, Pacer, Step, plan_step, retire_seconds
+from .retireplan import FALLBACK_GRACE, Endpoint, Pacer, Step, plan_step, retire_seconds, split_sides
 from .sockdiag import SockDiag, socket_owners
 
 LISTEN = 10
 MIN_STEP = 0.1          # seconds between two steps at least (each step dumps the socket table once)
+FULL_DUMP = 2.0         # between whole dumps, a step dumps only the sockets towards the backends seen
 RETIRE_GRACE = 15.0     # beyond connections / rate, how long a retirement may take before it gives up
 
 
@@ -71,6 +72,9 @@ class Retirement:
         self.last: Step | None = None
         self._no_upstream_since: float | None = None
         self._idle_until = self.started
+        self._ports: list[int] = []      # the backends' ports of this generation's upstream sides
+        self._full_at: float | None = None
+        self.left = generation.connections   # its connections (client sides) at the last whole dump
 
     @property
     def deadline(self) -> float:
@@ -90,7 +94,17 @@ class Retirement:
             return False
         owners = socket_owners(self.pids)
         fallback = self._no_upstream_since is not None and now - self._no_upstream_since >= FALLBACK_GRACE
-        step = plan_step(self.diag.tcp(), owners, self.pids, self.listen, budget, fallback)
+        # A whole dump walks every socket of the namespace (~5 us each): between whole dumps, ask the kernel
+        # only for the sockets towards the backends this generation was seen talking to (an old generation
+        # opens no new connection, so that set only shrinks).
+        whole = self._full_at is None or now - self._full_at >= FULL_DUMP or not self._ports
+        sockets = self.diag.tcp() if whole else self.diag.tcp(remote_ports=self._ports)
+        step = plan_step(sockets, owners, self.pids, self.listen, budget, fallback and whole)
+        if whole:
+            self._full_at = now
+            self.left = step.left
+            _, upstream = split_sides(sockets, owners, self.pids, self.listen)
+            self._ports = sorted({s.remote[1] for s in upstream})
         if step.upstream_left:
             self._no_upstream_since = None
         elif self._no_upstream_since is None:
@@ -111,7 +125,7 @@ class Retirement:
         return max(self.pacer.next_at(now), self._idle_until)
 
     def describe(self) -> str:
-        left = self.last.left if self.last is not None else self.generation.connections
+        left = self.left
         return (f"retiring old generation (workers {', '.join(map(str, sorted(self.pids)))}) of {self.name}: "
                 f"{self.closed} connection(s) closed (EOF)" + (f", {self.resets} reset" if self.resets else "")
                 + ("" if left is None else f", {left} left") + f", at {self.rate:g}/s")

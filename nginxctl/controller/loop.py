@@ -667,7 +667,7 @@ class Controller:
         if now - self.retire_reported >= RETIRE_REPORT:
             self.retire_reported = now
             self.log("retire", retirement.describe(), closed=retirement.closed, resets=retirement.resets,
-                     left=retirement.last.left if retirement.last else None)
+                     left=retirement.left)
             self._observe_generations()
         self.retire_due = retirement.next_at()
 
