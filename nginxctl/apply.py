@@ -454,7 +454,8 @@ class Deployer:
                 over = self._excess(state)
                 if not over:
                     return state
-                retire(self.live, state.generations[:over.count], self.retire_rate, self.progress)
+                retire(self.live, state.generations[:over.count], self.retire_rate, self.progress,
+                       configs=self.known_configs())
         if not self.count_connections or self.retire_rate:  # refusing: say what the lingering workers hold
             state = reload_state(self.live, state.shutdown_timeout)
             over = self._excess(state)
@@ -464,6 +465,13 @@ class Deployer:
                                    [g.describe() for g in state.generations], memory=state.lingering_memory,
                                    max_memory=self.max_memory, reason=over.reason, generations=state.generations,
                                    excess=over.count, target=self.live.name)
+
+    def known_configs(self) -> list[str]:
+        """The configs this target may run or have run (its file and its history): what an old generation runs
+        is among them."""
+        history = self.history
+        texts = [history.read(e) for e in history.entries()] + [self.deployed()]
+        return [t for t in texts if t]
 
     def rollback(self, to: int | None, *, reload: bool = True) -> tuple[Entry, Outcome]:
         """Re-apply an earlier config from the history (default: the one before the current).

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .errors import EnvironmentProblem, GenerationsLingering
 from .nginx import LiveNginx
 from .observe import Generation
-from .retireplan import FALLBACK_GRACE, Endpoint, Pacer, Step, plan_step, retire_seconds, split_sides
+from .retireplan import (
+    FALLBACK_GRACE,
+    Endpoint,
+    Pacer,
+    Step,
+    config_ports,
+    plan_step,
+    retire_seconds,
+    split_sides,
+)
 from .sockdiag import SockDiag, socket_owners
 
 LISTEN = 10
@@ -43,7 +52,7 @@ class Retirement:
     step and says whether the generation is gone; `next_at()` is when the next step is worth doing."""
 
     def __init__(self, live: LiveNginx, generation: Generation, rate: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, configs: Sequence[str] = ()) -> None:
         procs = live.processes()
         if procs.master is None:
             raise EnvironmentProblem(f"no nginx master process runs in {live.name}")
@@ -65,6 +74,10 @@ class Retirement:
         except BaseException:
             self.diag.close()
             raise
+        # whole dumps filtered in the kernel to the ports of the configs the generation may run (its clients'
+        # side: the listens; its upstream side: the servers); none known: every socket of the namespace
+        listens, servers = config_ports(configs)
+        self._filter = ({p for _, p in self.listen} | listens, servers) if servers else None
         self.started = clock()
         self.pacer = Pacer(rate, self.started)
         self.closed = 0          # upstream sides destroyed: their clients saw EOF
@@ -87,6 +100,7 @@ class Retirement:
     def step(self) -> bool:
         """One step: count, close what the pace allows. True when the generation's workers have all left."""
         if self.gone():
+            self.left = 0
             return True
         now = self.clock()
         budget = self.pacer.available(now)
@@ -98,7 +112,12 @@ class Retirement:
         # only for the sockets towards the backends this generation was seen talking to (an old generation
         # opens no new connection, so that set only shrinks).
         whole = self._full_at is None or now - self._full_at >= FULL_DUMP or not self._ports
-        sockets = self.diag.tcp() if whole else self.diag.tcp(remote_ports=self._ports)
+        if not whole:
+            sockets = self.diag.tcp(remote_ports=self._ports)
+        elif self._filter is not None:
+            sockets = self.diag.tcp(local_ports=self._filter[0], remote_ports=self._filter[1])
+        else:
+            sockets = self.diag.tcp()
         step = plan_step(sockets, owners, self.pids, self.listen, budget, fallback and whole)
         if whole:
             self._full_at = now
@@ -116,13 +135,14 @@ class Retirement:
         else:
             self.closed += done
         self.last = step
-        # nothing to close (every connection closing, or waiting for the fallback): look again shortly
-        self._idle_until = now + MIN_STEP
+        # nothing to close (every connection closing, or waiting for the fallback): look again shortly;
+        # else when a whole burst may be closed (one dump per burst, not per connection)
+        self._idle_until = now + (MIN_STEP if not step.close else 0.0)
         return False
 
     def next_at(self) -> float:
         now = self.clock()
-        return max(self.pacer.next_at(now), self._idle_until)
+        return max(self.pacer.next_at(now, self.pacer.burst), self._idle_until)
 
     def describe(self) -> str:
         left = self.left
@@ -135,7 +155,7 @@ class Retirement:
 
 
 def retire(live: LiveNginx, generations: list[Generation], rate: float, progress: Callable[[str], None],
-           clock: Callable[[], float] = time.monotonic) -> int:
+           clock: Callable[[], float] = time.monotonic, configs: Sequence[str] = ()) -> int:
     """Retire `generations` (oldest first) one after the other, blocking: the one-shot `apply --retire-rate`.
     Returns the connections closed. Raises GenerationsLingering when one is not gone by its deadline (nothing
     was reloaded), EnvironmentProblem."""
@@ -146,7 +166,7 @@ def retire(live: LiveNginx, generations: list[Generation], rate: float, progress
         progress(f"retiring the oldest generation (workers {', '.join(map(str, generation.pids))}): "
                  f"{generation.connections if generation.connections is not None else 'unknown'} connection(s) at "
                  f"{rate:g}/s" + (f", about {seconds:.1f}s" if seconds is not None else ""))
-        retirement = Retirement(live, generation, rate, clock)
+        retirement = Retirement(live, generation, rate, clock, configs)
         reported = clock()
         try:
             while not retirement.step():

@@ -129,10 +129,28 @@ def split_sides(sockets: Iterable[TcpSocket], owners: dict[int, int], pids: set[
     return clients, [s for s in mine if s.cookie not in ids]
 
 
+IDLE_MS = 2000   # a connection quiet this long is idle: closed first, the longest idle first
+
+
 def idle_first(sockets: Iterable[TcpSocket]) -> list[TcpSocket]:
-    """Longest idle first (tcp_info: the last data sent or received); unknown idleness last; then by cookie,
-    so the order is the same for the same table."""
-    return sorted(sockets, key=lambda s: (-(s.idle_ms if s.idle_ms is not None else -1), s.cookie))
+    """The order to close a generation's upstream-side sockets in: idle ones first (no data either way for
+    IDLE_MS, tcp_info's last send and receive), the longest idle first; then the busy ones whose last exchange
+    is complete (the backend spoke last: a heartbeat's answer was relayed), the most recent first, since a
+    client sending periodically is then furthest from its next send (a client sending at the instant nginx
+    closes its side sees a reset, not EOF: measured with devices beating every second); then the rest, the
+    longest idle first; unknown idleness last; ties by cookie, so the order is the same for the same table."""
+    def key(s: TcpSocket) -> tuple[int, int, int]:
+        idle = s.idle_ms
+        if idle is None:
+            return (3, 0, s.cookie)
+        if idle >= IDLE_MS:
+            return (0, -idle, s.cookie)
+        sent, recv = s.last_data_sent_ms or 0, s.last_data_recv_ms or 0
+        if recv <= sent:   # ms since: the backend's answer came after the client's last bytes
+            return (1, idle, s.cookie)
+        return (2, -idle, s.cookie)
+
+    return sorted(sockets, key=key)
 
 
 @dataclass(frozen=True)
@@ -180,10 +198,38 @@ class Pacer:
     def spend(self, n: int) -> None:
         self.tokens -= n
 
-    def next_at(self, now: float) -> float:
-        """When the next close is allowed (now, if one is)."""
+    def next_at(self, now: float, want: int = 1) -> float:
+        """When `want` closes (at most a burst) are allowed (now, if they are)."""
         self._fill(now)
-        return now if self.tokens >= 1 - 1e-9 else now + (1 - self.tokens) / self.rate
+        want = min(max(1, want), self.burst)
+        return now if self.tokens >= want - 1e-9 else now + (want - self.tokens) / self.rate
+
+
+_LISTEN = re.compile(r"(?:^|[;{}\s])listen\s+([^\s;]+)")
+_PORT = re.compile(r":(\d{1,5})$")
+
+
+def config_ports(configs: Iterable[str]) -> tuple[set[int], set[int]]:
+    """(ports nginx listens on, ports of its upstream servers) in these configs (the ones an old generation may
+    run: the history's), so that a socket dump can be filtered in the kernel: a host-network namespace may
+    hold far more sockets than nginx's (a busy machine: 160,000 here). unix: servers and bare ports included."""
+    from .nginxtext import parse_upstreams
+
+    listens: set[int] = set()
+    servers: set[int] = set()
+    for config in configs:
+        text = re.sub(r"#[^\n]*", "", config)
+        for found in _LISTEN.finditer(text):
+            value = found.group(1)
+            port = _PORT.search(value)
+            if port or value.isdigit():
+                listens.add(int(port.group(1) if port else value))
+        for group in parse_upstreams(text).values():
+            for server in group:
+                port = _PORT.search(server.address)
+                if port and not server.address.startswith("unix:"):
+                    servers.add(int(port.group(1)))
+    return listens, servers
 
 
 def retire_seconds(connections: int | None, rate: float) -> float | None:

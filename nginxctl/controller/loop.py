@@ -609,7 +609,8 @@ class Controller:
             if member is None:
                 return message
             try:
-                self.retirement = Retirement(member.deployer.live, oldest, self.options.retire_rate, self.clock)
+                self.retirement = Retirement(member.deployer.live, oldest, self.options.retire_rate, self.clock,
+                                             member.deployer.known_configs())
             except NginxctlError as cannot:
                 self.log("retire", f"cannot retire the oldest generation: {cannot}; the change waits for it to "
                          "leave", level="warning")
