@@ -78,6 +78,7 @@ class Retirement:
         # side: the listens; its upstream side: the servers); none known: every socket of the namespace
         listens, servers = config_ports(configs)
         self._filter = ({p for _, p in self.listen} | listens, servers) if servers else None
+        self._listen_ports = {p for _, p in self.listen} | listens if listens else set()
         self.started = clock()
         self.pacer = Pacer(rate, self.started)
         self.closed = 0          # upstream sides destroyed: their clients saw EOF
@@ -118,11 +119,11 @@ class Retirement:
             sockets = self.diag.tcp(local_ports=self._filter[0], remote_ports=self._filter[1])
         else:
             sockets = self.diag.tcp()
-        step = plan_step(sockets, owners, self.pids, self.listen, budget, fallback and whole)
+        step = plan_step(sockets, owners, self.pids, self.listen, budget, fallback and whole, self._listen_ports)
         if whole:
             self._full_at = now
             self.left = step.left
-            _, upstream = split_sides(sockets, owners, self.pids, self.listen)
+            _, upstream = split_sides(sockets, owners, self.pids, self.listen, self._listen_ports)
             self._ports = sorted({s.remote[1] for s in upstream})
         if step.upstream_left:
             self._no_upstream_since = None

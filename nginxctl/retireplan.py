@@ -30,8 +30,8 @@ WATCH_MAX_GENERATIONS = 16
 WATCH_MAX_LINGERING_MEMORY = 512 * 1024 * 1024
 WATCH_RETIRE_RATE = 20.0
 APPLY_MAX_GENERATIONS = 3
-BURST_SECONDS = 0.1          # at most this much of the rate closed in one step (a late step does not burst)
-FALLBACK_GRACE = 1.0         # seconds without any upstream-side socket before client sides are closed
+BURST_SECONDS = 0.25         # at most this much of the rate closed in one step (a late step does not burst)
+FALLBACK_GRACE = 5.0         # seconds without any upstream-side socket before client sides are closed
 
 _RATE = re.compile(r"^\s*(\d{1,9}(?:\.\d{1,6})?)\s*(?:/\s*s)?\s*$")
 _MEMORY = re.compile(r"(\d{1,15})\s*(?:([kKmMgG])(?:i?[bB])?)?")
@@ -116,15 +116,17 @@ def _listening(endpoint: Endpoint, listen: set[Endpoint]) -> bool:
         address.startswith("::ffff:") and (address[7:], port) in listen)
 
 
-def split_sides(sockets: Iterable[TcpSocket], owners: dict[int, int], pids: set[int],
-                listen: set[Endpoint]) -> tuple[list[TcpSocket], list[TcpSocket]]:
+def split_sides(sockets: Iterable[TcpSocket], owners: dict[int, int], pids: set[int], listen: set[Endpoint],
+                listen_ports: set[int] | frozenset[int] = frozenset()) -> tuple[list[TcpSocket], list[TcpSocket]]:
     """The generation's sockets (held by `pids`), as (client-side, upstream-side). A client-side socket is on
-    an address nginx listens on (`listen`: what the master listens on now), or shares its local address with
-    another socket of the generation (a listen the current config dropped: many clients on one port);
-    upstream-side sockets have a port of their own (nginx connected out)."""
+    an address nginx listens on (`listen`: what the master listens on now), or on a port the target's configs
+    listen on (`listen_ports`: a listen the current config dropped). Without those ports, a local address
+    several of the generation's sockets share is taken for a listen too (many clients on one port) — a guess:
+    the kernel may give one ephemeral port to several connections towards different backends.
+    Upstream-side sockets are the rest (nginx connected out)."""
     mine = [s for s in sockets if owners.get(s.inode) in pids]
-    shared = Counter(s.local for s in mine)
-    clients = [s for s in mine if _listening(s.local, listen) or shared[s.local] > 1]
+    shared = Counter(s.local for s in mine) if not listen_ports else Counter()
+    clients = [s for s in mine if _listening(s.local, listen) or s.local[1] in listen_ports or shared[s.local] > 1]
     ids = {s.cookie for s in clients}
     return clients, [s for s in mine if s.cookie not in ids]
 
@@ -165,10 +167,11 @@ class Step:
 
 
 def plan_step(sockets: Iterable[TcpSocket], owners: dict[int, int], pids: set[int], listen: set[Endpoint],
-              budget: int, fallback_allowed: bool = False) -> Step:
+              budget: int, fallback_allowed: bool = False,
+              listen_ports: set[int] | frozenset[int] = frozenset()) -> Step:
     """The sockets one step closes: at most `budget`, idle first, upstream sides; client sides only when
     the generation has no upstream side left and `fallback_allowed`."""
-    clients, upstream = split_sides(sockets, owners, pids, listen)
+    clients, upstream = split_sides(sockets, owners, pids, listen, listen_ports)
     if upstream:
         return Step(tuple(idle_first(upstream)[:max(0, budget)]), len(clients), len(upstream), False)
     chosen = tuple(idle_first(clients)[:max(0, budget)]) if fallback_allowed else ()
