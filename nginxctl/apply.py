@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from .errors import (
     UsageError,
 )
 from .history import Entry, History, Phase, State, current_entry, loaded_now, select_rollback, sha
+from .host import started_at
 from .nginx import FileInfo, LiveNginx, TargetLock
 from .nginxtext import (
     Process,
@@ -202,19 +204,38 @@ class Deployer:
         master = self.live.master(procs)
         started = parse_docker_time(self.live.started_at)
         older = None if info is None or info.mtime is None or started is None else info.mtime <= started
-        return loaded_now(state, master, sha(info.content) if info else None, older, procs.worker_pids)
+        return loaded_now(state, master, sha(info.content) if info else None, older, procs.worker_pids,
+                          self._older_than_workers(info, procs))
+
+    def _older_than_workers(self, info: FileInfo | None, procs: Processes) -> bool | None:
+        """Whether the config file was written before the current workers started (then their reload read it);
+        None when that cannot be known here (no local view of the processes)."""
+        if info is None or info.mtime is None or self.live.root is None or not procs.workers:
+            return None
+        starts = [started_at(p.pid) for p in procs.workers]
+        if any(t is None for t in starts):
+            return None
+        # a start time is counted in clock ticks (10 ms), rounded down: a file saved in the tick the workers
+        # started in counts as older (a script that writes then HUPs does it within one)
+        return info.mtime.timestamp() <= min(t for t in starts if t is not None) + 1 / os.sysconf("SC_CLK_TCK")
 
     def loaded_config(self) -> tuple[str | None, str | None]:
         """(hash, text) of the config nginx runs: the text when the installed file or a history entry holds
         it, else None (the hash too when what runs is unknown)."""
+        loaded, text, _ = self.observed()
+        return loaded, text
+
+    def observed(self) -> tuple[str | None, str | None, str | None]:
+        """(hash, text) of the config nginx runs (see `loaded_config`), and the hash of the installed file."""
         info = self.live.stat_file(self.config_path)
+        installed = sha(info.content) if info is not None else None
         loaded = self.loaded(info=info)
         if loaded is None:
-            return None, None
-        if info is not None and sha(info.content) == loaded:
-            return loaded, info.content.decode(errors="replace")
+            return None, None, installed
+        if info is not None and installed == loaded:
+            return loaded, info.content.decode(errors="replace"), installed
         entry = next((e for e in self.history.entries() if e.hash == loaded), None)
-        return loaded, self.history.read(entry) if entry is not None else None
+        return loaded, self.history.read(entry) if entry is not None else None, installed
 
     def diff(self, rendered: str) -> str:
         return unified_diff(self.deployed(), rendered, f"{self.live.name}:{self.config_path}", "rendered")

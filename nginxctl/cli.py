@@ -108,6 +108,12 @@ def _emit(report: Any, fmt: Format, code: int = 0, text: Callable[[], None] | No
         raise typer.Exit(code)
 
 
+def _code(report: Any, otherwise: int) -> int:
+    """A read-only command's exit code: 3 when a target of the fleet could not be reached (the others are
+    reported), else `otherwise`."""
+    return EXIT_ENVIRONMENT if getattr(report, "unreachable", None) else otherwise
+
+
 def _json_ok(data: Any, exit_code: int = 0) -> None:
     body = data if isinstance(data, dict) else {"entries": data}
     _print_json({"ok": exit_code == 0, "exit_code": exit_code, **body})
@@ -331,7 +337,7 @@ def diff(
     report = status_mod.diff_inventory(_inventory(inventory), connect=_connect, container=container,
                                       stream_only=stream_only, config_path=config_path, templates=templates,
                                       targets=_names(targets))
-    _emit(report, fmt, EXIT_REJECTED if report.differs else 0, lambda: _report_text(report, False))
+    _emit(report, fmt, _code(report, EXIT_REJECTED if report.differs else 0), lambda: _report_text(report, False))
 
 
 @app.command()
@@ -352,7 +358,7 @@ def status(
     report = status_mod.target_status(optional_inventory(inventory, container), connect=_connect,
                                       container=container, stream_only=stream_only, config_path=config_path,
                                       templates=templates, targets=_names(targets))
-    _emit(report, fmt, EXIT_ENVIRONMENT if getattr(report, "unreachable", None) else 0)
+    _emit(report, fmt, _code(report, 0))
 
 
 @app.command()
@@ -367,11 +373,11 @@ def history(
     """The configs the target has run, newest first; the one nginx runs is marked current."""
     report = workflows.target_history(optional_inventory(inventory, container), connect=_connect,
                                       container=container, config_path=config_path, targets=_names(targets))
-    if fmt is Format.json:
-        _json_ok(report.to_dict() if isinstance(report, workflows.Many) else
-                 {"target": report.target, "entries": report.rows})
+    code = _code(report, 0)
+    if fmt is Format.json and not isinstance(report, workflows.Many):
+        _json_ok({"target": report.target, "entries": report.rows})
         return
-    _lines(report.lines())
+    _emit(report, fmt, code)
 
 
 @app.command()

@@ -19,7 +19,7 @@ from . import nginx
 from .desired import render_config, render_for, stream_module
 from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, Step, UsageError
 from .files import write_atomic
-from .fleet import rollout
+from .fleet import Member, rollout
 from .host import local_machine
 from .inventory import Inventory, check_capacity
 from .inventoryfile import container_name, read_inventory
@@ -34,7 +34,7 @@ from .reports import (
     ValidateReport,
     one_or_many,
 )
-from .targets import Connect, Progress, open_engine, open_members, quiet, with_discovered
+from .targets import Connect, Progress, open_engine, open_members, quiet, reachable_members, with_discovered
 from .trace import trace
 
 if TYPE_CHECKING:
@@ -157,12 +157,12 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
                                config_path=config_path, progress=progress, max_generations=max_generations,
                                wait_generations=wait, lock_wait=lock_wait)
         forced = [] if dry_run else check_owner(members, force=force)
-        for note in forced:
-            progress(note)
         rendered = {m.name: render_for(inv, m.deployer, templates, path.parent) for m in members}
         journal = members[0].deployer.journal
         journal.plan(Step.INSTALL, Step.RELOAD)
         with reporting(inv, rendered[members[0].name], journal):
+            if dry_run:
+                _test_aside(members, rendered, progress)
             result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress)
         notes = list(inv.nginx.notes) + opened.notes + forced
         if any(m.deployer.stream_only for m in members) and inv.positions is not None and any(
@@ -175,16 +175,32 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         return FleetReport([name for name, _ in result.outcomes], reports, notes)
 
 
+def _test_aside(members: list[Member], rendered: dict[str, str], progress: Progress) -> None:
+    """A dry run refuses what apply would refuse: `nginx -t` of each target's config with its own image, in
+    a throwaway container on its network, nothing written to the target. Raises ConfigRejected naming it."""
+    for m in members:
+        live = m.deployer.live
+        if m.deployer.stream_only:
+            progress(f"{m.name}: a stream-only file cannot be tested alone; apply tests it in place")
+            continue
+        progress(f"{m.name}: nginx -t with its image, on its network (nothing written to it)")
+        result = nginx.test_config(live.client, live.image, rendered[m.name], network=live.network_mode)
+        if result.exit_code != 0:
+            raise ConfigRejected(result).on(m.name) if len(members) > 1 else ConfigRejected(result)
+
+
 def target_history(path: Path | None, *, connect: Connect, container: str | None = None,
                    config_path: str | None = None, targets: list[str] | None = None) -> HistoryReport | Many:
     """The configs the target has run, newest first; the one nginx runs is marked current (per target)."""
     with open_engine(path, connect, container) as opened:
-        members = open_members(opened, container, targets, connect, config_path=config_path)
+        members, down = reachable_members(opened, container, targets, connect, None, config_path)
         reports = []
         for m in members:
             rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
                      "current": current} for e, current in m.deployer.history_rows()]
             reports.append(HistoryReport(m.deployer.live.name, rows))
+        if down:
+            return Many([m.name for m in members], reports, down)
         return one_or_many(opened, members, reports)
 
 

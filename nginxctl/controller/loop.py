@@ -29,6 +29,7 @@ from ..history import sha
 from ..inventory import Inventory, check_capacity, parse_inventory
 from ..inventory.model import Target
 from ..inventoryfile import container_name, read_inventory
+from ..published import Published
 from ..trace import trace
 from ..view import pending
 from .debounce import Debouncer
@@ -77,6 +78,7 @@ class Controller:
         self.snapshots: dict[str, Snapshot] = {}
         self.members: list[Member] | None = None
         self.failed_desired: str | None = None   # the desired config whose last apply failed
+        self.failed_for_good = False             # ...and is not retried until the inputs change (rejected)
         self.client: docker.DockerClient | None = None
         self.verified: str | None = None   # the config this watch last verified on the targets
         self.retry_at: float | None = None
@@ -93,6 +95,8 @@ class Controller:
         self.isolated: dict[tuple[str, str], str] = {}   # discovered servers nginx refused -> its reason
         self.resync_at: float | None = None
         self.publisher = Publisher(options.inventory, options.resync)
+        self.started = False   # the sources run
+        self.attached: list[Member] = []   # the targets last reached: published to even while one is unreachable
         self.render_targets: list[RenderTarget] = []
         self.loaded: dict[str, tuple[str | None, str | None]] = {}   # target -> (hash, text) this pass read
         self.reloaded = False
@@ -126,19 +130,27 @@ class Controller:
         self.sources.append(InventoryFile(str(self.options.inventory), publish))
         self.sources.append(DockerSource(lambda: self.connect(first.target.docker_host), publish, set(names),
                                          local_engine=first.target.docker_host is None))
-        prefixes = {g.name: g.discover_prefix for g in self.inventory.upstreams if g.discover_prefix}
-        if prefixes:
-            self.sources.append(EtcdSource(list(self.inventory.discovery_etcd_endpoints), prefixes, publish))
+        self._follow_etcd(self.inventory)
 
         # idle (no thread wakes) until a group has a health_check
         self.health.checker = Checker(lambda: self.events.put(Event(EventKind.HEALTH)), self.health.on_check)
+        self._seed_health()
         self.sources.append(self.health.checker)
         for source in self.sources:
             source.start()
+        self.started = True
         self.log("start", f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
                  f"{', '.join(names)}",
                  quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
                  sources=[type(s).__name__ for s in self.sources])
+
+    def _seed_health(self) -> None:
+        """A restarted watch starts from the health decisions the previous one published: a server that was
+        failing stays out until its checks pass, instead of going back into rotation for a few seconds."""
+        assert self.health.checker is not None and self.members
+        published = Published(self.members[0].deployer.live, self.members[0].deployer.history.base).health()
+        if published is not None:
+            self.health.checker.seed(published.get("servers", []))
 
     def close(self) -> None:
         if self.health.checking:
@@ -160,6 +172,7 @@ class Controller:
         EnvironmentProblem naming an unreachable one, UsageError."""
         members = self._reach()
         self.render_targets = [target_of(m.name, m.deployer) for m in members]
+        self.attached = members
         return members
 
     def _reach(self) -> list[Member]:
@@ -281,7 +294,13 @@ class Controller:
             self._source_state(event.snapshot, previous)
             if previous is None or self._ours(previous) != self._ours(event.snapshot):
                 self.debounce.change(now)
-        self.metrics.pending.set(self.debounce.changes + (1 if self.retry_at is not None else 0))
+        self._set_pending()
+
+    def _set_pending(self) -> None:
+        """Changes seen and not applied: those in the quiet period, plus 1 while the desired config does not run
+        (a retry scheduled, or a change held back: deferred, rejected, restored)."""
+        held = self.retry_at is not None or self.publisher.held is not None
+        self.metrics.pending.set(self.debounce.changes + (1 if held else 0))
 
     def _ours(self, snapshot: Snapshot) -> tuple[Any, ...]:
         """The candidates of a snapshot that this inventory's groups discover: backends labelled for another
@@ -343,6 +362,26 @@ class Controller:
                      "started with; restart it to follow the change", level="warning")
         self.inventory = inventory
         self.log("inventory", f"{self.options.inventory} changed and loads", sha256=inventory.digest[:12])
+        self._follow_etcd(inventory)
+
+    def _follow_etcd(self, inv: Inventory) -> None:
+        """One etcd source for the groups that discover from etcd now: started, or started again with the new
+        prefixes and endpoints when an inventory edit changes them (its last snapshot is dropped with it)."""
+        prefixes = {g.name: g.discover_prefix for g in inv.upstreams if g.discover_prefix}
+        endpoints = list(inv.discovery_etcd_endpoints)
+        current = next((s for s in self.sources if isinstance(s, EtcdSource)), None)
+        if current is not None and (current.prefixes, current.endpoints) == (prefixes, endpoints):
+            return
+        if current is not None:
+            current.stop()
+            self.sources.remove(current)
+            self.snapshots.pop("etcd", None)
+        if prefixes:
+            source = EtcdSource(endpoints, prefixes, self.events.put)
+            self.sources.append(source)
+            if current is not None or self.started:
+                source.start()
+                self.log("source", f"etcd: following {', '.join(sorted(prefixes.values()))}", source="etcd")
 
     def _reconcile(self, reason: str) -> None:
         """One pass: gather what the target has loaded, decide once (`decide`), carry the plan out."""
@@ -383,11 +422,13 @@ class Controller:
         assert self.inventory is not None
         if self.members is None:
             self.members = self._attach()
-        self.loaded = {m.name: m.deployer.loaded_config() for m in self.members}
+        observed = {m.name: m.deployer.observed() for m in self.members}
+        self.loaded = {name: (h, text) for name, (h, text, _) in observed.items()}
         self._prune_isolated()
         plan = decide(PassInput(reason, self.inventory, self.snapshots, self.health.down, self.isolated,
                                 {name: h for name, (h, _) in self.loaded.items()}, self.verified,
-                                self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at),
+                                self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at,
+                                self.failed_for_good, {name: f for name, (_, _, f) in observed.items()}),
                       self._render)
         if plan.merged is not None:
             self.health.check_targets(plan.merged)
@@ -406,17 +447,22 @@ class Controller:
         assert self.members is not None
         for name, runs in plan.drift:
             shown = f"sha256:{runs[:12]}" if runs else "an unknown config"
-            assert self.verified is not None
-            self.log("drift", f"{name} runs {shown}, not the config this watch verified "
-                     f"(sha256:{self.verified[:12]}): changed outside the watch (a forced apply, a rollback, a "
-                     f"hand edit); putting the desired config back", target=name, loaded=runs[:12] if runs else None,
-                     level="warning")
+            if runs is not None and runs == sha(plan.rendered[name]):
+                self.log("drift", f"{name}: its config file was changed outside the watch (nginx still runs the "
+                         "desired config, a restart would not): reinstalling it", target=name, loaded=runs[:12],
+                         level="warning")
+                continue
+            verified = f"the config this watch verified (sha256:{self.verified[:12]})" if self.verified else \
+                "the desired config"
+            self.log("drift", f"{name} runs {shown}, not {verified}: changed outside the watch (a forced apply, a "
+                     "rollback, a hand edit); putting the desired config back", target=name,
+                     loaded=runs[:12] if runs else None, level="warning")
         first = self.loaded[self.members[0].name][0]
         behind = [m for m in self.members if m.name in plan.behind]
         assert plan.desired is not None
         self.log("apply", plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
                  targets=list(plan.behind) if len(self.members) > 1 else None)
-        result = rollout(behind, dict(plan.rendered), reload=True, dry_run=False, progress=lambda _: None)
+        result = rollout(behind, dict(plan.rendered), reload=plan.reload, dry_run=False, progress=lambda _: None)
         self.reloaded = any(o.reloaded for _, o in result.outcomes)
 
     def _carried_out(self, plan: Plan, reason: str, began: float) -> None:
@@ -428,6 +474,8 @@ class Controller:
             if not self.waiting:  # once, not once per retry
                 self.waiting = True
                 self.log("wait", plan.reason, retry_in=wait)
+            self.publisher.hold(plan.reason)
+            self._publish()
             return
         self.waiting = False
         if plan.action is Action.HOLD:
@@ -498,15 +546,17 @@ class Controller:
         self.retry_at = None
         self.failures = 0
         self.burst_started = None
+        self.failed_for_good = False
         self.publisher.release()
-        self.metrics.pending.set(self.debounce.changes)
+        self._set_pending()
         self.publisher.rendered, self.publisher.loaded = rendered, {name: sha(t) for name, t in rendered.items()}
         self._publish()
 
     def _publish(self) -> None:
-        """Publish what this watch wants and whether it runs (see `publisher`)."""
-        if self.members:
-            self.publisher.publish(self.members, sorted(name for name, snap in self.snapshots.items() if snap.stale))
+        """Publish what this watch wants and whether it runs (see `publisher`), on every target last reached: a
+        target that went away does not silence the watch on the others."""
+        self.publisher.publish(self.members or self.attached,
+                               sorted(name for name, snap in self.snapshots.items() if snap.stale))
 
     def _failed(self, exc: NginxctlError, plan: Plan | None) -> None:
         """The desired config does not run: count it (`classify`), say why, retry (with backoff) or wait for the
@@ -514,6 +564,7 @@ class Controller:
         failure = classify(exc)
         if failure.remember and plan is not None:
             self.failed_desired = plan.desired
+            self.failed_for_good = not failure.retry
         if failure.detach:
             self.members = None
         message = describe(exc)
@@ -530,16 +581,19 @@ class Controller:
             self.burst_started = None
             self.log("reload", message, result=failure.result.value, **extra)
         self.publisher.hold(message)
-        # the desired config does not run: that is a pending change, retried or not
-        self.metrics.pending.set(max(1, self.debounce.changes))
+        self._set_pending()
         self._publish()
+
+    def _isolated_reasons(self) -> set[tuple[str, str]]:
+        """How `merge` words the servers nginx refused (their `skip` line was logged when they were found)."""
+        return {(group, f"nginx refuses {address}: {why}") for (group, address), why in self.isolated.items()}
 
     def _report_skipped(self, merged: Merged) -> None:
         counts: dict[str, int] = {}
         for skip in merged.skipped:
             counts[skip.source] = counts.get(skip.source, 0) + 1
             key = (skip.source, skip.origin, skip.reason)
-            if key not in self.skipped_seen:
+            if key not in self.skipped_seen and (skip.group, skip.reason) not in self._isolated_reasons():
                 self.skipped_seen.add(key)
                 self.log("skip", f"{skip.source} backend {skip.origin} skipped: {skip.reason}", source=skip.source,
                          origin=skip.origin, group=skip.group)
