@@ -229,8 +229,9 @@ class Controller:
                     self.watchdog_due = now + self.watchdog
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
-                elif not self.debounce.pending and (event is not None and event.kind is EventKind.RESYNC or
-                                                    self.resync_at is not None and now >= self.resync_at):
+                elif not self.debounce.pending and self.retry_at is None and (
+                        event is not None and event.kind is EventKind.RESYNC or
+                        self.resync_at is not None and now >= self.resync_at):  # a retry is scheduled: it looks
                     self._reconcile(reason="resync")
         finally:
             self.close()
@@ -430,6 +431,9 @@ class Controller:
                                 self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at,
                                 self.failed_for_good, {name: f for name, (_, _, f) in observed.items()}),
                       self._render)
+        if plan.action is not Action.WAIT and self.waiting:  # the source answered: no longer held for it
+            self.waiting = False
+            self.publisher.release()
         if plan.merged is not None:
             self.health.check_targets(plan.merged)
             self._report_skipped(plan.merged)
@@ -454,14 +458,16 @@ class Controller:
                 continue
             verified = f"the config this watch verified (sha256:{self.verified[:12]})" if self.verified else \
                 "the desired config"
-            self.log("drift", f"{name} runs {shown}, not {verified}: changed outside the watch (a forced apply, a "
-                     "rollback, a hand edit); putting the desired config back", target=name,
-                     loaded=runs[:12] if runs else None, level="warning")
+            why = "changed outside the watch (a forced apply, a rollback, a hand edit)" if runs else \
+                "restarted, changed outside the watch, or nginx not running yet"
+            self.log("drift", f"{name} runs {shown}, not {verified}: {why}; putting the desired config back",
+                     target=name, loaded=runs[:12] if runs else None, level="warning")
         first = self.loaded[self.members[0].name][0]
         behind = [m for m in self.members if m.name in plan.behind]
         assert plan.desired is not None
-        self.log("apply", plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
-                 targets=list(plan.behind) if len(self.members) > 1 else None)
+        if self.publisher.held is None:  # a retry of a held change is not announced again
+            self.log("apply", plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
+                     targets=list(plan.behind) if len(self.members) > 1 else None)
         result = rollout(behind, dict(plan.rendered), reload=plan.reload, dry_run=False, progress=lambda _: None)
         self.reloaded = any(o.reloaded for _, o in result.outcomes)
 
@@ -568,6 +574,7 @@ class Controller:
         if failure.detach:
             self.members = None
         message = describe(exc)
+        again = message == self.publisher.held   # the same failure as the last attempt: counted, said once
         self.metrics.reloads.labels(failure.result.value).inc()
         located = self._locate(exc, plan) if isinstance(exc, ConfigRejected) else []
         extra: dict[str, Any] = {"located": located} if located else {}
@@ -575,7 +582,8 @@ class Controller:
             wait = failure.delay if failure.delay is not None else backoff(self.failures)
             self.failures += 1
             self.retry_at = self.clock() + wait
-            self.log("reload", message, result=failure.result.value, retry_in=wait, **extra)
+            if not again:
+                self.log("reload", message, result=failure.result.value, retry_in=wait, **extra)
         else:
             self.retry_at = None
             self.burst_started = None
