@@ -297,7 +297,9 @@ def test_a_restored_config_is_held_for_its_backoff_and_the_backoff_grows(tmp_pat
     assert h.calls.count(("apply", "lb")) == 1
     h.clock.now = h.ctl.retry_at or 0
     h.ctl._reconcile("retry")
-    assert h.calls.count(("apply", "lb")) == 2 and h.events("reload")[-1]["retry_in"] == 1.0
+    assert h.calls.count(("apply", "lb")) == 2 and h.ctl.retry_at == h.clock.now + 1.0
+    assert len(h.events("reload")) == 1  # the same failure again: counted, not said again
+    assert h.metric("nginxctl_reloads_total", result="restored") == 2
     h.targets[0].fail = None
     h.clock.now = h.ctl.retry_at or 0
     h.ctl._reconcile("retry")
