@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import nginx
-from .desired import render_config, render_for, stream_module
+from .desired import keepalived_configs, render_config, render_for, stream_module
 from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, Step, UsageError
 from .files import write_atomic
-from .fleet import rollout
+from .fleet import fleet_targets, rollout
 from .host import local_machine
 from .inventory import Inventory, check_capacity
 from .inventoryfile import container_name, read_inventory
@@ -54,6 +54,25 @@ def render_inventory(path: Path, *, full: bool, output: Path | None = None, temp
     if output is not None:
         write_atomic(output, text)
     return RenderReport(text, list(inv.nginx.notes) + discovered, output)
+
+
+def render_keepalived_inventory(path: Path, *, output: Path | None = None, templates: Path | None = None,
+                                targets: list[str] | None = None) -> RenderReport:
+    """Each target's keepalived.conf (`ha:`), one after the other (each names its target in its first line); with
+    `output`, one target's, written atomically. Raises InventoryError, TemplateError, UsageError."""
+
+    inv = read_inventory(path)
+    if inv.ha is None:
+        raise UsageError(f"{path}: no ha: section, so no target runs keepalived: add ha: {{vip: ..., "
+                         "virtual_router_id: ...} (see docs/inventory.md)")
+    chosen = fleet_targets(inv, targets)
+    if output is not None and len(chosen) != 1:
+        raise UsageError("-o writes one keepalived.conf: choose its target with --targets NAME")
+    confs = keepalived_configs(inv, chosen, templates, base=path.parent)
+    text = "\n".join(confs.values())
+    if output is not None:
+        write_atomic(output, text)
+    return RenderReport(text, [], output)
 
 
 # -- validate --------------------------------------------------------------------------------------------
