@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import nginx
 from .desired import keepalived_configs, render_config, render_for, stream_module
-from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, Step, UsageError
+from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, KeepalivedRejected, Step, UsageError
 from .files import write_atomic
 from .fleet import fleet_targets, rollout
 from .host import local_machine
@@ -119,9 +119,30 @@ def validate(path: Path, *, connect: Connect, image: str | None = None, containe
         progress(f"nginx -t in a throwaway {chosen} container")
         zones = sum(g.zone_size.bytes for g in inv.upstreams if g.zone_size)
         result = nginx.test_config(client, chosen, text, network=network, hosts=placeholders, shared_memory=zones)
+        checked = _test_keepalived(client, inv, templates, path.parent, progress) if result.exit_code == 0 else []
         return ValidateReport(result.exit_code == 0, chosen, build.version, list(modules), sorted(placeholders),
                               "container" if live else network, inv, result.output.strip(),
-                              trace(result.output, text, inv), len(inv.upstreams), discovered)
+                              trace(result.output, text, inv), len(inv.upstreams), discovered, checked)
+
+
+def _test_keepalived(client: docker.DockerClient, inv: Inventory, templates: Path | None, base: Path,
+                     progress: Progress) -> list[str]:
+    """With `ha:`, `keepalived --config-test` of each target's keepalived.conf in a throwaway container; the
+    targets checked. Raises KeepalivedRejected (the first target whose config keepalived refuses),
+    EnvironmentProblem (no keepalived image)."""
+    if inv.ha is None:
+        return []
+    image = inv.ha.image
+    if not nginx.image_present(client, image):
+        raise EnvironmentProblem(f"image {image} is not present on the Docker engine (ha: keepalived)",
+                                 nginx.KEEPALIVED_HINT)
+    confs = keepalived_configs(inv, fleet_targets(inv, None), templates, base)
+    for name, conf in confs.items():
+        progress(f"keepalived --config-test of {name}'s keepalived.conf in a throwaway {image} container")
+        result = nginx.test_keepalived_config(client, image, conf, inv.ha.interface)
+        if result.exit_code != 0:
+            raise KeepalivedRejected(name, result)
+    return list(confs)
 
 
 # -- targets: apply, diff, status, history, rollback --------------------------------------------------------

@@ -160,6 +160,7 @@ class HA:
     health_port: int = 61999
     fall: int = 2
     rise: int = 2
+    image: str = "nginxctl/keepalived:local"
     nonlocal_bind: bool = False  # a group listens on the VIP itself: the standbys bind an address they do not hold
 
     @property

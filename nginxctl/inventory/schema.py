@@ -407,6 +407,9 @@ HA_KEYS = [
        "virtual IP). Failover takes about fall x advert_interval plus one check.", "keepalived: fall", 2),
     _k("rise", _int(1, 10), "Passed health checks in a row that take a target out of FAULT (with nopreempt it "
        "then waits as BACKUP).", "keepalived: rise", 2),
+    _k("image", _image, "The keepalived image: validate checks each target's keepalived.conf with it "
+       "(`keepalived --config-test`). scripts/setup.sh builds the default from Debian's keepalived package "
+       "(scripts/build-keepalived-image.sh, no registry).", "", "nginxctl/keepalived:local", {"type": "string"}),
 ]
 
 TOP_KEYS = [
