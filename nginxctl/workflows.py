@@ -19,7 +19,7 @@ from . import nginx
 from .desired import keepalived_configs, render_config, render_for, stream_module
 from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, KeepalivedRejected, Step, UsageError
 from .files import write_atomic
-from .fleet import fleet_targets, rollout
+from .fleet import Member, fleet_targets, rollout
 from .host import local_machine
 from .inventory import Inventory, check_capacity
 from .inventoryfile import container_name, read_inventory
@@ -202,9 +202,15 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         rendered = {m.name: render_for(inv, m.deployer, templates, path.parent) for m in members}
         journal = members[0].deployer.journal
         journal.plan(Step.INSTALL, Step.RELOAD)
+        keepalived = _keepalived_plan(inv, members, templates, path.parent) if not dry_run else {}
         with reporting(inv, rendered[members[0].name], journal):
             result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress)
         notes = list(inv.nginx.notes) + opened.notes + forced
+        for m in members:
+            if m.name in keepalived:
+                change = nginx.ensure_companion(m.deployer.live.client, m.deployer.live.container, *keepalived[m.name])
+                progress(str(change))
+                notes.append(str(change))
         if any(m.deployer.stream_only for m in members) and inv.positions is not None and any(
                 key[:1] == ("nginx",) for key in inv.positions.keys):
             notes.append("nginx: settings are not deployed with --stream-only (only the stream {} block is): set "
@@ -213,6 +219,23 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         if len(members) == 1 and not inv.targets:
             return reports[0]
         return FleetReport([name for name, _ in result.outcomes], reports, notes)
+
+
+def _keepalived_plan(inv: Inventory, members: list[Member], templates: Path | None, base: Path) \
+        -> dict[str, tuple[str, str]]:
+    """With `ha:`, each member's keepalived image and keepalived.conf, checked before anything changes (the
+    image must be on each member's engine). Raises TemplateError, EnvironmentProblem."""
+    if inv.ha is None:
+        return {}
+    names = [m.name for m in members if any(t.name == m.name for t in inv.targets)]
+    if not names:
+        return {}
+    confs = keepalived_configs(inv, fleet_targets(inv, names), templates, base)
+    for m in members:
+        if not nginx.image_present(m.deployer.live.client, inv.ha.image):
+            raise EnvironmentProblem(f"{m.name}: image {inv.ha.image} is not present on its Docker engine (ha: "
+                                     "keepalived runs beside nginx); nothing changed", nginx.KEEPALIVED_HINT)
+    return {name: (inv.ha.image, conf) for name, conf in confs.items()}
 
 
 def target_history(path: Path | None, *, connect: Connect, container: str | None = None,

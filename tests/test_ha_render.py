@@ -61,7 +61,8 @@ def test_the_check_is_weight_0_at_the_advert_interval_and_every_target_starts_ba
     assert re.search(r"^\s+weight 0$", script, re.M)
     assert [line.strip() for line in script.splitlines()[2:7]] == ["interval 3", "timeout 3", "weight 0", "fall 3",
                                                                   "rise 4"]
-    assert "advert_int 3" in text and "state BACKUP" in text and "MASTER" not in text
+    assert "advert_int 3" in text and "    state BACKUP\n" in text and "state MASTER" not in text
+    assert re.search(r"^    init_fail$", script, re.M)
     assert f"grep -q {HEALTH_ANSWER}'\"" in script and "nc 127.0.0.1 61999 " in script
 
 

@@ -407,9 +407,10 @@ HA_KEYS = [
        "virtual IP). Failover takes about fall x advert_interval plus one check.", "keepalived: fall", 2),
     _k("rise", _int(1, 10), "Passed health checks in a row that take a target out of FAULT (with nopreempt it "
        "then waits as BACKUP).", "keepalived: rise", 2),
-    _k("image", _image, "The keepalived image: validate checks each target's keepalived.conf with it "
-       "(`keepalived --config-test`). scripts/setup.sh builds the default from Debian's keepalived package "
-       "(scripts/build-keepalived-image.sh, no registry).", "", "nginxctl/keepalived:local", {"type": "string"}),
+    _k("image", _image, "The keepalived image: apply runs it beside each target, validate checks each "
+       "target's keepalived.conf with it (`keepalived --config-test`). scripts/setup.sh builds the default from "
+       "Debian's keepalived package (scripts/build-keepalived-image.sh, no registry).", "",
+       "nginxctl/keepalived:local", {"type": "string"}),
 ]
 
 TOP_KEYS = [
@@ -507,9 +508,14 @@ refused before they expand).
 
 
 HA_NOTES = """\
-With `ha:`, each target runs keepalived beside its nginx, in the same network namespace; `nginxctl render
---keepalived` prints each target's `keepalived.conf` and `nginxctl validate` checks it with `keepalived
---config-test`. What nginxctl decides for you, and why:
+With `ha:`, `nginxctl apply` runs keepalived beside each target's nginx: a container `<container>-keepalived`
+(image `ha.image`) in the target's network namespace (`network_mode: container:<target>`), with the capabilities
+NET_ADMIN, NET_BROADCAST and NET_RAW, plus SETUID and SETGID, which keepalived uses to start each health check.
+It is recreated when the target container was restarted or recreated (keepalived left in a dead namespace holds
+nothing) and reloaded (SIGHUP) only when its keepalived.conf changed. `nginxctl render --keepalived` prints each
+target's `keepalived.conf`; `nginxctl validate` checks it with `keepalived --config-test`. Not yet: changing
+the standby first, keepalived.conf in the target's history and rollback, `watch`. What nginxctl decides for
+you, and why:
 
 - **Every target starts as BACKUP**, and the healthy one with the highest priority becomes MASTER. With
   `nopreempt` (the default) a target that recovers does not take the address back from a healthy holder: the
@@ -518,7 +524,8 @@ With `ha:`, each target runs keepalived beside its nginx, in the same network na
   the nginx config that nginx answers itself (`return`); keepalived's check connects and needs that answer
   within the advert interval. A TCP connect alone passes on a hung or paused nginx: the kernel completes the
   handshake into the listen backlog. The check has weight 0, so `fall` failures put the target in FAULT and it
-  gives the address up; a lower priority would not move the address with `nopreempt`.
+  gives the address up; a lower priority would not move the address with `nopreempt`. A target starts
+  failed (`init_fail`): it can become MASTER only after `rise` answers, and a check that cannot run keeps it out.
 - **VRRP adverts are multicast** (224.0.0.18, or ff02::12 for an IPv6 virtual IP) on `interface`: a LAN or a
   bridge carries them. Networks that drop multicast (most clouds) are not supported yet: unicast peers need each
   target's own address, which the inventory does not have.
@@ -526,9 +533,9 @@ With `ha:`, each target runs keepalived beside its nginx, in the same network na
   8-byte clear-text password stops no one who can send adverts on the segment. Keep VRRP on a segment only the
   load balancers share.
 - **A group that listens on the virtual IP itself** (rather than on a port alone) needs the standbys to bind an
-  address they do not hold: `ip_nonlocal_bind` in the targets' namespace (`validate` allows it already; setting
-  it on the targets comes with the keepalived companion, which `apply` does not create yet). Any other specific
-  listen address must be loopback: every target runs the same config.
+  address they do not hold: `ip_nonlocal_bind` in the targets' namespace. `validate` allows it; `apply` does not
+  set it yet: create the target containers with `--sysctl net.ipv4.ip_nonlocal_bind=1` (or `ipv6`). Any other
+  specific listen address must be loopback: every target runs the same config.
 """
 
 

@@ -25,11 +25,12 @@ from .engine import (
     ensure_image,
     image_present,
 )
-from .keepalived import KEEPALIVED_HINT, test_keepalived_config
+from .keepalived import KEEPALIVED_HINT, CompanionChange, ensure_companion, test_keepalived_config
 from .live import FileInfo, LiveNginx
 from .lock import LOCK_STALE_SECONDS, TargetLock, describe_holder
 from .sandbox import VALIDATE_TIMEOUT, image_build, test_config
 
 __all__ = ["BUILD_HINT", "DEFAULT_IMAGE", "LOCAL_IMAGE", "LOCK_STALE_SECONDS", "PLACEHOLDER_IP", "VALIDATE_TIMEOUT",
            "FileInfo", "LiveNginx", "Progress", "TargetLock", "connect", "describe_holder", "engine_machine",
-           "ensure_image", "image_build", "image_present", "test_config", "KEEPALIVED_HINT", "test_keepalived_config"]
+           "ensure_image", "image_build", "image_present", "test_config", "KEEPALIVED_HINT", "test_keepalived_config",
+           "CompanionChange", "ensure_companion"]
