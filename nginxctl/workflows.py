@@ -224,7 +224,8 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
 def _keepalived_plan(inv: Inventory, members: list[Member], templates: Path | None, base: Path) \
         -> dict[str, tuple[str, str]]:
     """With `ha:`, each member's keepalived image and keepalived.conf, checked before anything changes (the
-    image must be on each member's engine). Raises TemplateError, EnvironmentProblem."""
+    image on each member's engine, `keepalived --config-test` there). Raises TemplateError, EnvironmentProblem,
+    KeepalivedRejected."""
     if inv.ha is None:
         return {}
     names = [m.name for m in members if any(t.name == m.name for t in inv.targets)]
@@ -232,9 +233,14 @@ def _keepalived_plan(inv: Inventory, members: list[Member], templates: Path | No
         return {}
     confs = keepalived_configs(inv, fleet_targets(inv, names), templates, base)
     for m in members:
-        if not nginx.image_present(m.deployer.live.client, inv.ha.image):
+        client = m.deployer.live.client
+        if not nginx.image_present(client, inv.ha.image):
             raise EnvironmentProblem(f"{m.name}: image {inv.ha.image} is not present on its Docker engine (ha: "
                                      "keepalived runs beside nginx); nothing changed", nginx.KEEPALIVED_HINT)
+        if m.name in confs:
+            result = nginx.test_keepalived_config(client, inv.ha.image, confs[m.name], inv.ha.interface)
+            if result.exit_code != 0:
+                raise KeepalivedRejected(m.name, result)
     return {name: (inv.ha.image, conf) for name, conf in confs.items()}
 
 

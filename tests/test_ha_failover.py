@@ -204,3 +204,34 @@ def test_a_companion_left_by_a_restarted_target_is_recreated(ha_net, tmp_path, d
     assert (f"{ha_net.prefix}-lb2-keepalived: keepalived recreated (the target restarted after it (a new network "
             "namespace))") in result.stderr
     assert f"{ha_net.prefix}-lb1-keepalived: keepalived unchanged" in result.stderr
+
+
+def test_a_refused_keepalived_conf_changes_neither_target(ha_net, tmp_path, docker_client):
+    inv = inventory(tmp_path, ha_net)
+    (tmp_path / "tpl" / "keepalived").mkdir(parents=True)
+    (tmp_path / "tpl" / "keepalived" / "keepalived.conf.j2").write_text("vrrp_instance x {\n    bogus_keyword 1\n}\n")
+    inv.write_text(inv.read_text() + "templates: tpl\n")
+    before = {lb: docker_client.containers.get(f"{ha_net.prefix}-{lb}").get_archive("/etc/nginx/nginx.conf")[1]
+              for lb in ("lb1", "lb2")}
+    result = cli("apply", "-i", str(inv), "--reload")
+    assert result.returncode == 1, result.stderr
+    assert "lb1: keepalived rejected its keepalived.conf" in result.stderr and "bogus_keyword" in result.stderr
+    for lb in ("lb1", "lb2"):
+        after = docker_client.containers.get(f"{ha_net.prefix}-{lb}").get_archive("/etc/nginx/nginx.conf")[1]
+        assert (after["size"], after["mtime"]) == (before[lb]["size"], before[lb]["mtime"])
+        assert not docker_client.containers.list(all=True, filters={"name": f"{ha_net.prefix}-{lb}-keepalived"})
+
+
+def test_the_vip_leaves_a_target_whose_nginx_container_was_killed(ha_net, tmp_path, docker_client):
+    assert cli("apply", "-i", str(inventory(tmp_path, ha_net)), "--reload").returncode == 0
+    wait_for("the VIP on lb1", lambda: ha_net.holders() == ["lb1"], net=ha_net)
+    lb1 = docker_client.containers.get(f"{ha_net.prefix}-lb1")
+    pid = ha_net.pids["lb1"]
+    # keepalived keeps lb1's namespace (and the address) alive after nginx is gone: its check must give it up.
+    keeper = docker_client.containers.get(f"{ha_net.prefix}-lb1-keepalived").attrs["State"]["Pid"]
+    lb1.kill()
+    ha_net.pids["lb1"] = keeper
+    killed_at = time.monotonic()
+    wait_for("the VIP moving to lb2", lambda: ha_net.holders() == ["lb2"], net=ha_net)
+    print(f"VIP moved {time.monotonic() - killed_at:.1f}s after nginx on lb1 was killed (pid {pid})")
+    wait_for("a connection through the VIP on lb2", lambda: ha_net.connect() == "backend")
