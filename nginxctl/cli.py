@@ -34,6 +34,7 @@ from .errors import (
     Interrupted,
     InventoryError,
     NginxctlError,
+    UsageError,
 )
 from .inventory import json_schema
 from .inventory.grammar import Invalid, parse_duration
@@ -235,9 +236,19 @@ def render(
                                                    "read-only FILE is refused) instead of stdout.")] = None,
     templates: TemplatesOpt = None,
     quiet: QuietOpt = False,
+    keepalived: Annotated[bool, typer.Option("--keepalived", help="With ha: in the inventory, each target's "
+                          "keepalived.conf instead (one after the other; -o needs --targets NAME).")] = False,
+    targets: TargetsOpt = None,
 ) -> None:
     """Print the nginx stream {} block (or with --full a whole nginx.conf) for the inventory."""
-    report = workflows.render_inventory(_inventory(inventory), full=full, output=output, templates=templates)
+    if targets is not None and not keepalived:
+        raise UsageError("--targets chooses whose keepalived.conf --keepalived prints; the nginx config is the "
+                         "same for every target")
+    if keepalived:
+        report = workflows.render_keepalived_inventory(_inventory(inventory), output=output, templates=templates,
+                                                       targets=_names(targets))
+    else:
+        report = workflows.render_inventory(_inventory(inventory), full=full, output=output, templates=templates)
     _notes(report.notes, quiet)
     if output is None:
         sys.stdout.write(report.text)

@@ -37,12 +37,16 @@ class ValidateReport:
     located: list[str]
     groups: int
     discovered: list[str] = field(default_factory=list)
+    keepalived_checked: list[str] = field(default_factory=list)  # ha: the targets whose keepalived.conf passed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "image": self.image, "nginx_version": self.nginx_version,
-                "stream_module_loaded": self.modules, "unchecked_names": self.unchecked_names,
-                "network": self.network, "inventory_sha256": self.inventory.digest, "output": self.output,
-                "errors": self.located, "notes": list(self.inventory.nginx.notes) + self.discovered}
+        out = {"ok": self.ok, "image": self.image, "nginx_version": self.nginx_version,
+               "stream_module_loaded": self.modules, "unchecked_names": self.unchecked_names,
+               "network": self.network, "inventory_sha256": self.inventory.digest, "output": self.output,
+               "errors": self.located, "notes": list(self.inventory.nginx.notes) + self.discovered}
+        if self.inventory.ha is not None:
+            out["keepalived"] = {"image": self.inventory.ha.image, "targets_checked": self.keepalived_checked}
+        return out
 
     def notes(self) -> list[str]:
         unchecked = [f"not resolved (mapped to a placeholder): {', '.join(self.unchecked_names)}; use --resolve or "
@@ -50,8 +54,12 @@ class ValidateReport:
         return self.to_dict()["notes"] + unchecked
 
     def lines(self, path: Path) -> list[str]:
-        return [f"ok: nginx {self.nginx_version} ({self.image}) accepts the config for {path} ({self.groups} "
-                "group(s))"]
+        lines = [f"ok: nginx {self.nginx_version} ({self.image}) accepts the config for {path} ({self.groups} "
+                 "group(s))"]
+        if self.inventory.ha is not None:
+            lines.append(f"ok: keepalived ({self.inventory.ha.image}) accepts the keepalived.conf of "
+                         f"{', '.join(self.keepalived_checked)}")
+        return lines
 
     def rejection(self) -> ConfigRejected:
         """nginx -t refused the config: the error, traced to the inventory, carrying this report for JSON."""
