@@ -116,10 +116,7 @@ class LB:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
-        for lock in self.client.containers.list(all=True, filters={"label": "nginxctl.role=lock"},
-                                                ignore_removed=True):  # a lock released meanwhile
-            if lock.labels.get("nginxctl.target") == self.name:
-                lock.remove(force=True)
+        remove_locks(self.client, self.name)
 
 
 @pytest.fixture
@@ -198,6 +195,18 @@ def backend_containers(docker_client: Any) -> Iterator[Callable[..., Any]]:
             pass
 
 
+def remove_locks(client: Any, target: str) -> None:
+    """The nginxctl locks left on a test's target (the engine is shared: other locks come and go meanwhile)."""
+    import docker
+
+    for lock in client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}, ignore_removed=True):
+        if lock.labels.get("nginxctl.target") == target:
+            try:
+                lock.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
 class OwnedContainers:
     """Containers of the nginx image on network `none` that a test starts and owns: removed afterwards, with
     any nginxctl lock left on them."""
@@ -218,9 +227,7 @@ class OwnedContainers:
                 box.remove(force=True)
             except Exception:  # noqa: BLE001 (already gone)
                 pass
-            for lock in self.client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}):
-                if lock.labels.get("nginxctl.target") == box.name:
-                    lock.remove(force=True)
+            remove_locks(self.client, box.name)
 
 
 @pytest.fixture
