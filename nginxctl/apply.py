@@ -341,7 +341,9 @@ class Deployer:
         new = sha(rendered)
         pending = outcome.loaded_before != new
         master = self.live.master()
-        base = State(loaded=outcome.loaded_before, master=master)
+        # the workers that loaded what runs stay recorded through every phase: a reload by hand is seen later
+        base = State(loaded=outcome.loaded_before, master=master,
+                     workers=state.workers if state.master == master else None)
         if not outcome.changed and not (reload and pending):
             outcome.messages.append("no changes: nothing installed, no reload" if not pending else
                                     "already installed, not loaded by nginx: use --reload")
@@ -349,7 +351,8 @@ class Deployer:
                 # nginx runs it (loaded at a restart, say): record that, and mark the history's current entry
                 entries = self.history.entries()
                 self.history.write({**self.history.record(rendered, entries),
-                                    **self.history.state_file(State(Phase.DONE, new, state.previous, new, master))})
+                                    **self.history.state_file(base.with_(phase=Phase.DONE, hash=new,
+                                                                         previous=state.previous))})
             return outcome
         if reload:
             gens = self._check_generations(deployed)
@@ -377,8 +380,11 @@ class Deployer:
             if self.stream_only:
                 self._test_in_place(deployed, base)
         if not reload:
-            history.write(history.state_file(base.with_(phase=Phase.INSTALLED, hash=new, previous=previous)))
-            outcome.messages.append("installed; not reloaded (use --reload)")
+            # nginx already runs it (a file put back under it): done, not "installed, not loaded"
+            phase = Phase.DONE if outcome.loaded_before == new else Phase.INSTALLED
+            history.write(history.state_file(base.with_(phase=phase, hash=new, previous=previous)))
+            outcome.messages.append("installed; not reloaded (use --reload)" if phase is Phase.INSTALLED else
+                                    "installed again; nginx already runs it (no reload)")
             return outcome
         self.progress("reloading nginx and verifying the new config runs")
         history.write(history.state_file(base.with_(phase=Phase.RELOADING, hash=new, previous=previous)))

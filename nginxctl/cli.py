@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -138,6 +139,8 @@ def handled(func: F) -> F:
         except KeyboardInterrupt:
             _report(Interrupted([], []), as_json)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            raise  # the reader of our output went away: main() ends quietly
         except Exception as exc:  # a bug: never exit 1 ("nginx rejected") for it
             if _state["debug"]:
                 err.print_exception()
@@ -524,6 +527,10 @@ def main() -> None:
             _print_json({"ok": False, "exit_code": code, "errors": [
                 {"type": "UsageError", "message": "invalid command line (see stderr)"}]})
         raise
+    except BrokenPipeError:
+        # the reader went away (`nginxctl history | head -1`): not an error of ours, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

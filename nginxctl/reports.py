@@ -364,7 +364,7 @@ class DiffReport:
 
     def lines(self) -> list[str]:
         out = [f"# note: {n}" for n in self.notes]
-        if self.diff or self.loaded == self.rendered:
+        if self.diff or self.loaded == self.rendered or not self.differs:
             return out
         loaded = f"sha256:{self.loaded[:12]}" if self.loaded else "an unknown config"
         return out + [f"# {self.target}: the file matches the inventory, but nginx runs {loaded}: a reload is "

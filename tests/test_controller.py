@@ -408,3 +408,22 @@ def test_resync_has_a_floor(tmp_path):
 
     with pytest.raises(UsageError, match="--resync"):
         run_watch(Options(tmp_path / "inventory.yaml", resync=0.0), connect=lambda _: None)
+
+
+def test_an_edit_while_a_target_is_unreachable_is_published_on_the_others(tmp_path):
+    h = Harness(tmp_path, names=("lb1", "lb2"))
+    h.ctl.attached = list(h.ctl.members or [])
+    h.ctl._reconcile("start")
+    before = json.loads(h.targets[0].live.files["/etc/nginx/.nginxctl/watch.json"])["desired_sha256"]
+    h.ctl.members = None
+
+    def unreachable() -> list[Member]:
+        raise EnvironmentProblem("container lb2 is paused")
+
+    h.ctl._reach = unreachable  # type: ignore[method-assign]
+    h.path.write_text(INVENTORY.replace("servers: [127.0.0.1:7001]", "servers: [127.0.0.1:7001, 127.0.0.1:7009]"))
+    h.ctl._reconcile("change")
+    watch = json.loads(h.targets[0].live.files["/etc/nginx/.nginxctl/watch.json"])
+    assert watch["desired_sha256"] != before and "paused" in watch["held"]
+    desired = h.targets[0].live.files["/etc/nginx/.nginxctl/desired.conf"]
+    assert "127.0.0.1:7009" in desired  # status on lb1 shows the new server pending

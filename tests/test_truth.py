@@ -349,3 +349,26 @@ def test_a_hung_etcd_is_noticed_and_its_backends_kept(lb, backends, etcd, watche
         etcd.proc.send_signal(signal.SIGCONT)
     w.wait(lambda e: e["event"] == "source" and "reachable again" in e["message"], timeout=60)
     assert w.stop() == 0
+
+
+def test_a_reload_by_hand_after_a_reinstall_is_still_seen(lb, backends):
+    from nginxctl.apply import Deployer
+
+    a, b = backends("A"), backends("B")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    live = LiveNginx.attach(lb.client, lb.name)
+    good = (live.read_file("/etc/nginx/nginx.conf") or b"").decode()
+    live.install_file("/etc/nginx/nginx.conf", good + "# copied in by hand\n")
+    Deployer(live).apply(good, reload=False)  # what the watch does: the file put back, no reload
+    _, st = status(inv)
+    assert st["last_apply"] == "done" and st["reload_pending"] is False
+    edited = good.replace(a.address, b.address)
+    live.install_file("/etc/nginx/nginx.conf", edited)
+    workers = live.processes().worker_pids
+    live.signal_reload()
+    wait_for(lambda: live.processes().worker_pids.isdisjoint(workers), 20, "no new workers after the HUP")
+    _, st = status(inv)
+    assert st["loaded"] == sha(edited) and servers(st, "pool") == {b.address: ("up", None)}
+    assert st["drift"] is True and replies(port) == {"B"}

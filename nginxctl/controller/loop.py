@@ -38,7 +38,7 @@ from .health import Checker
 from .healthstate import HealthState
 from .isolate import culprits
 from .log import DecisionLog
-from .merge import Merged, candidate_server
+from .merge import Merged, candidate_server, merge
 from .metrics import IDLE_BEAT, Metrics
 from .model import BACKOFF, Event, EventKind, Snapshot, WatchOptions, backoff
 from .publisher import HEALTH_HEARTBEAT, Publisher
@@ -422,7 +422,11 @@ class Controller:
         """Gather (the targets' loaded configs: I/O), then decide (pure)."""
         assert self.inventory is not None
         if self.members is None:
-            self.members = self._attach()
+            try:
+                self.members = self._attach()
+            except NginxctlError:
+                self._publish_wanted()  # what waits for the unreachable target is still said on the others
+                raise
         observed = {m.name: m.deployer.observed() for m in self.members}
         self.loaded = {name: (h, text) for name, (h, text, _) in observed.items()}
         self._prune_isolated()
@@ -441,6 +445,16 @@ class Controller:
             self.publisher.rendered = dict(plan.rendered)
             self.publisher.loaded = {name: h for name, (h, _) in self.loaded.items()}
         return plan
+
+    def _publish_wanted(self) -> None:
+        """While the targets cannot all be reached, publish on the last reached ones what this watch wants now
+        (an inventory edit made meanwhile included), so `status` there shows it pending."""
+        assert self.inventory is not None
+        if not self.render_targets:
+            return
+        with contextlib.suppress(NginxctlError):
+            merged = merge(self.inventory, self.snapshots, self.health.down, self.isolated)
+            self.publisher.rendered = self._render(merged.inventory)
 
     def _render(self, inv: Inventory) -> dict[str, str]:
         return {t.name: render_target(inv, t, self.options.templates, self.options.inventory.parent)
@@ -481,6 +495,7 @@ class Controller:
                 self.waiting = True
                 self.log("wait", plan.reason, retry_in=wait)
             self.publisher.hold(plan.reason)
+            self.publisher.rendered = {}  # nothing is decided while a source never answered: status renders itself
             self._publish()
             return
         self.waiting = False
