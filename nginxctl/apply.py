@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from .errors import (
     UsageError,
 )
 from .history import Entry, History, Phase, State, current_entry, loaded_now, select_rollback, sha
+from .host import started_at
 from .nginx import FileInfo, LiveNginx, TargetLock
 from .nginxtext import (
     Process,
@@ -210,19 +212,38 @@ class Deployer:
         master = self.live.master(procs)
         started = parse_docker_time(self.live.started_at)
         older = None if info is None or info.mtime is None or started is None else info.mtime <= started
-        return loaded_now(state, master, sha(info.content) if info else None, older, procs.worker_pids)
+        return loaded_now(state, master, sha(info.content) if info else None, older, procs.worker_pids,
+                          self._older_than_workers(info, procs))
+
+    def _older_than_workers(self, info: FileInfo | None, procs: Processes) -> bool | None:
+        """Whether the config file was written before the current workers started (then their reload read it);
+        None when that cannot be known here (no local view of the processes)."""
+        if info is None or info.mtime is None or self.live.root is None or not procs.workers:
+            return None
+        starts = [started_at(p.pid) for p in procs.workers]
+        if any(t is None for t in starts):
+            return None
+        # a start time is counted in clock ticks (10 ms), rounded down: a file saved in the tick the workers
+        # started in counts as older (a script that writes then HUPs does it within one)
+        return info.mtime.timestamp() <= min(t for t in starts if t is not None) + 1 / os.sysconf("SC_CLK_TCK")
 
     def loaded_config(self) -> tuple[str | None, str | None]:
         """(hash, text) of the config nginx runs: the text when the installed file or a history entry holds
         it, else None (the hash too when what runs is unknown)."""
+        loaded, text, _ = self.observed()
+        return loaded, text
+
+    def observed(self) -> tuple[str | None, str | None, str | None]:
+        """(hash, text) of the config nginx runs (see `loaded_config`), and the hash of the installed file."""
         info = self.live.stat_file(self.config_path)
+        installed = sha(info.content) if info is not None else None
         loaded = self.loaded(info=info)
         if loaded is None:
-            return None, None
-        if info is not None and sha(info.content) == loaded:
-            return loaded, info.content.decode(errors="replace")
+            return None, None, installed
+        if info is not None and installed == loaded:
+            return loaded, info.content.decode(errors="replace"), installed
         entry = next((e for e in self.history.entries() if e.hash == loaded), None)
-        return loaded, self.history.read(entry) if entry is not None else None
+        return loaded, self.history.read(entry) if entry is not None else None, installed
 
     def diff(self, rendered: str) -> str:
         return unified_diff(self.deployed(), rendered, f"{self.live.name}:{self.config_path}", "rendered")
@@ -327,7 +348,9 @@ class Deployer:
         new = sha(rendered)
         pending = outcome.loaded_before != new
         master = self.live.master()
-        base = State(loaded=outcome.loaded_before, master=master)
+        # the workers that loaded what runs stay recorded through every phase: a reload by hand is seen later
+        base = State(loaded=outcome.loaded_before, master=master,
+                     workers=state.workers if state.master == master else None)
         if not outcome.changed and not (reload and pending):
             outcome.messages.append("no changes: nothing installed, no reload" if not pending else
                                     "already installed, not loaded by nginx: use --reload")
@@ -335,7 +358,8 @@ class Deployer:
                 # nginx runs it (loaded at a restart, say): record that, and mark the history's current entry
                 entries = self.history.entries()
                 self.history.write({**self.history.record(rendered, entries),
-                                    **self.history.state_file(State(Phase.DONE, new, state.previous, new, master))})
+                                    **self.history.state_file(base.with_(phase=Phase.DONE, hash=new,
+                                                                         previous=state.previous))})
             return outcome
         if reload:
             gens = self._check_generations(deployed)
@@ -363,8 +387,11 @@ class Deployer:
             if self.stream_only:
                 self._test_in_place(deployed, base)
         if not reload:
-            history.write(history.state_file(base.with_(phase=Phase.INSTALLED, hash=new, previous=previous)))
-            outcome.messages.append("installed; not reloaded (use --reload)")
+            # nginx already runs it (a file put back under it): done, not "installed, not loaded"
+            phase = Phase.DONE if outcome.loaded_before == new else Phase.INSTALLED
+            history.write(history.state_file(base.with_(phase=phase, hash=new, previous=previous)))
+            outcome.messages.append("installed; not reloaded (use --reload)" if phase is Phase.INSTALLED else
+                                    "installed again; nginx already runs it (no reload)")
             return outcome
         self.progress("reloading nginx and verifying the new config runs")
         history.write(history.state_file(base.with_(phase=Phase.RELOADING, hash=new, previous=previous)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from .errors import (
     Interrupted,
     InventoryError,
     NginxctlError,
+    UsageError,
 )
 from .inventory import json_schema
 from .inventory.grammar import Invalid, parse_duration
@@ -135,6 +137,12 @@ def _emit(report: Any, fmt: Format, code: int = 0, text: Callable[[], None] | No
         raise typer.Exit(code)
 
 
+def _code(report: Any, otherwise: int) -> int:
+    """A read-only command's exit code: 3 when a target of the fleet could not be reached (the others are
+    reported), else `otherwise`."""
+    return EXIT_ENVIRONMENT if getattr(report, "unreachable", None) else otherwise
+
+
 def _json_ok(data: Any, exit_code: int = 0) -> None:
     body = data if isinstance(data, dict) else {"entries": data}
     _print_json({"ok": exit_code == 0, "exit_code": exit_code, **body})
@@ -158,6 +166,8 @@ def handled(func: F) -> F:
         except KeyboardInterrupt:
             _report(Interrupted([], []), as_json)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            raise  # the reader of our output went away: main() ends quietly
         except Exception as exc:  # a bug: never exit 1 ("nginx rejected") for it
             if _state["debug"]:
                 err.print_exception()
@@ -256,9 +266,19 @@ def render(
                                                    "read-only FILE is refused) instead of stdout.")] = None,
     templates: TemplatesOpt = None,
     quiet: QuietOpt = False,
+    keepalived: Annotated[bool, typer.Option("--keepalived", help="With ha: in the inventory, each target's "
+                          "keepalived.conf instead (one after the other; -o needs --targets NAME).")] = False,
+    targets: TargetsOpt = None,
 ) -> None:
     """Print the nginx stream {} block (or with --full a whole nginx.conf) for the inventory."""
-    report = workflows.render_inventory(_inventory(inventory), full=full, output=output, templates=templates)
+    if targets is not None and not keepalived:
+        raise UsageError("--targets chooses whose keepalived.conf --keepalived prints; the nginx config is the "
+                         "same for every target")
+    if keepalived:
+        report = workflows.render_keepalived_inventory(_inventory(inventory), output=output, templates=templates,
+                                                       targets=_names(targets))
+    else:
+        report = workflows.render_inventory(_inventory(inventory), full=full, output=output, templates=templates)
     _notes(report.notes, quiet)
     if output is None:
         sys.stdout.write(report.text)
@@ -367,7 +387,7 @@ def diff(
     report = status_mod.diff_inventory(_inventory(inventory), connect=_connect, container=container,
                                       stream_only=stream_only, config_path=config_path, templates=templates,
                                       targets=_names(targets))
-    _emit(report, fmt, EXIT_REJECTED if report.differs else 0, lambda: _report_text(report, False))
+    _emit(report, fmt, _code(report, EXIT_REJECTED if report.differs else 0), lambda: _report_text(report, False))
 
 
 @app.command()
@@ -388,7 +408,7 @@ def status(
     report = status_mod.target_status(optional_inventory(inventory, container), connect=_connect,
                                       container=container, stream_only=stream_only, config_path=config_path,
                                       templates=templates, targets=_names(targets))
-    _emit(report, fmt, EXIT_ENVIRONMENT if getattr(report, "unreachable", None) else 0)
+    _emit(report, fmt, _code(report, 0))
 
 
 @app.command()
@@ -403,11 +423,11 @@ def history(
     """The configs the target has run, newest first; the one nginx runs is marked current."""
     report = workflows.target_history(optional_inventory(inventory, container), connect=_connect,
                                       container=container, config_path=config_path, targets=_names(targets))
-    if fmt is Format.json:
-        _json_ok(report.to_dict() if isinstance(report, workflows.Many) else
-                 {"target": report.target, "entries": report.rows})
+    code = _code(report, 0)
+    if fmt is Format.json and not isinstance(report, workflows.Many):
+        _json_ok({"target": report.target, "entries": report.rows})
         return
-    _lines(report.lines())
+    _emit(report, fmt, code)
 
 
 @app.command()
@@ -552,6 +572,10 @@ def main() -> None:
             _print_json({"ok": False, "exit_code": code, "errors": [
                 {"type": "UsageError", "message": "invalid command line (see stderr)"}]})
         raise
+    except BrokenPipeError:
+        # the reader went away (`nginxctl history | head -1`): not an error of ours, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

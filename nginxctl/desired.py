@@ -9,8 +9,9 @@ from pathlib import Path
 
 from .apply import Deployer
 from .inventory import Inventory
+from .inventory.model import NamedTarget
 from .nginxtext import Build
-from .render import render, template_env
+from .render import render, render_keepalived, template_env
 
 
 def render_config(inv: Inventory, templates: Path | None = None, *, full: bool,
@@ -21,6 +22,16 @@ def render_config(inv: Inventory, templates: Path | None = None, *, full: bool,
     if templates is None and inv.templates:
         templates = (base if base is not None else Path(inv.source).parent) / inv.templates
     return render(inv, template_env(templates), full=full, modules=modules)
+
+
+def keepalived_configs(inv: Inventory, targets: list[NamedTarget], templates: Path | None = None,
+                       base: Path | None = None) -> dict[str, str]:
+    """Each target's keepalived.conf (inventories with `ha:`), by target name; `templates` and `base` as for
+    `render_config`. Raises TemplateError."""
+    if templates is None and inv.templates:
+        templates = (base if base is not None else Path(inv.source).parent) / inv.templates
+    env = template_env(templates)
+    return {t.name: render_keepalived(inv, t, env) for t in targets}
 
 
 def loads_stream(inv: Inventory) -> bool:

@@ -23,8 +23,8 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success (`diff`: no difference; `status` exits 0 with or without drift)",
-    EXIT_REJECTED: "nginx rejected the config (nothing changed), `diff` found differences or a pending reload, "
-                   "or `drain --wait` timed out with connections left",
+    EXIT_REJECTED: "nginx (or keepalived, with `ha:`) rejected the config (nothing changed), `diff` found "
+                   "differences or a pending reload, or `drain --wait` timed out with connections left",
     EXIT_USAGE: "usage or inventory error: file, line, column, key path, what was expected; nothing written",
     EXIT_ENVIRONMENT: "environment error: Docker unreachable, image missing, container missing or not running, "
                       "target locked by another nginxctl or controlled by `nginxctl watch` (without --force), "
@@ -216,6 +216,24 @@ class ConfigRejected(NginxctlError):
                 entries.append({"type": "ConfigRejected", "file": m.group(1), "line": int(m.group(2)),
                                 "column": int(m.group(3)), "path": m.group(4), "message": m.group(5)})
         return entries or [self.to_dict()]
+
+
+class KeepalivedRejected(NginxctlError):
+    """`keepalived --config-test` refused a target's rendered keepalived.conf (`ha:`); nothing changed."""
+
+    exit_code = EXIT_REJECTED
+
+    def __init__(self, target: str, result: NginxOutput) -> None:
+        self.target = target
+        self.result = result
+        said = "; ".join(line.strip() for line in result.output.splitlines() if line.strip()) or \
+            f"exit code {result.exit_code}, no message"
+        super().__init__(f"{target}: keepalived rejected its keepalived.conf (`nginxctl render --keepalived --targets "
+                         f"{target}` shows it): {said}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "KeepalivedRejected", "message": str(self), "target": self.target,
+                "keepalived_output": self.result.output.strip()}
 
 
 class ApplyFailure(NginxctlError):

@@ -97,7 +97,7 @@ class State:
 
 
 def loaded_now(state: State, master: Master | None, file_hash: str | None, file_older_than_master: bool | None,
-               workers: set[int] | None = None) -> str | None:
+               workers: set[int] | None = None, file_older_than_workers: bool | None = None) -> str | None:
     """The hash of the config nginx runs, as far as it can be known (None: unknown).
 
     The recorded one while the master that loaded it still runs and (when recorded) its workers still
@@ -109,7 +109,9 @@ def loaded_now(state: State, master: Master | None, file_hash: str | None, file_
         return None
     if state.master == master:
         if state.workers and workers is not None and not set(state.workers) & workers:
-            return state.loaded if file_hash == state.loaded else None
+            if file_hash == state.loaded or (file_hash is not None and file_older_than_workers):
+                return file_hash
+            return None
         return state.loaded
     if file_hash is not None and file_older_than_master:
         return file_hash

@@ -7,6 +7,7 @@ I/O (it reads /proc), so it lives outside the pure core; `capacity.Machine` is t
 from __future__ import annotations
 
 import os
+import time
 
 from .capacity import Machine
 
@@ -54,6 +55,16 @@ def _start_ticks(pid: int) -> str | None:
         return None
     fields = stat.rsplit(")", 1)[-1].split()
     return fields[19] if len(fields) > 19 else None
+
+
+def started_at(pid: int) -> float | None:
+    """When a process of this host started (Unix time), or None when it cannot be read."""
+    ticks = _start_ticks(pid)
+    if ticks is None:
+        return None
+    # the start is counted from boot; /proc/stat's btime is whole seconds, the boot clock is exact
+    booted = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return booted + int(ticks) / os.sysconf("SC_CLK_TCK")
 
 
 def process_identity() -> dict[str, str]:

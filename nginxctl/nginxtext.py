@@ -265,3 +265,46 @@ def parse_upstreams(config: str) -> dict[str, list[UpstreamServer]]:
                 servers.append(UpstreamServer(words[1], tuple(words[2:])))
         out[m.group(1)] = servers
     return out
+
+
+@dataclass(frozen=True)
+class LoadedGroup:
+    """How nginx serves one upstream: its balancing directive and the `listen`s that proxy_pass to it."""
+
+    balance: str                      # round_robin, least_conn, hash, random, random_two_least_conn
+    listen: tuple[str, ...] = ()
+    protocol: str = "tcp"             # udp when a listen says udp
+
+
+_SERVER_BLOCK = re.compile(r"\bserver\s*\{([^{}]*)\}", re.S)
+_BALANCE = ("least_conn", "hash", "random")
+
+
+def parse_groups(config: str) -> dict[str, LoadedGroup]:
+    """Each upstream of a config with its balancing method and the listens that pass to it (what `status` shows
+    of what nginx runs, rather than what the inventory says)."""
+    text = _COMMENT.sub("", config)
+    balance: dict[str, str] = {}
+    for m in _UPSTREAM.finditer(text):
+        found = "round_robin"
+        for statement in m.group(2).split(";"):
+            words = statement.split()
+            if words and words[0] in _BALANCE:
+                # the inventory's words for it: random two least_conn is random_two_least_conn
+                found = "random_two_least_conn" if words[:2] == ["random", "two"] else words[0]
+                break
+        balance[m.group(1)] = found
+    listens: dict[str, list[str]] = {}
+    udp: set[str] = set()
+    for block in _SERVER_BLOCK.finditer(text):
+        statements = [st.split() for st in block.group(1).split(";") if st.split()]
+        target = next((w[1] for w in statements if w[0] == "proxy_pass" and len(w) > 1), None)
+        if target is None:
+            continue
+        for words in statements:
+            if words[0] == "listen" and len(words) > 1:
+                listens.setdefault(target, []).append(words[1])
+                if "udp" in words[2:]:
+                    udp.add(target)
+    return {name: LoadedGroup(b, tuple(listens.get(name, ())), "udp" if name in udp else "tcp")
+            for name, b in balance.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from .errors import WatchOwnsTarget
 from .fleet import Member
+from .host import process_alive
 from .nginx import TargetLock, describe_holder
 from .published import Published, WatchState
 
@@ -28,7 +29,10 @@ def controlling_watch(member: Member) -> tuple[str, WatchState | None] | None:
         return (state.describe(), state) if state is not None and state.live() else None
     same = state is not None and str(state.pid) == labels.get("nginxctl.pid") \
         and state.host == labels.get("nginxctl.host")
-    if same and state is not None:
+    identity = {key: labels.get(f"nginxctl.{key}", "") for key in ("boot", "pidns", "pid", "start")}
+    if process_alive(identity) is True:  # its process is seen running: it controls the target, beating or not
+        return (state.describe(), state) if same and state is not None else (describe_holder(labels), None)
+    if same and state is not None:  # out of sight (another PID namespace): alive while it beats
         return (state.describe(), state) if state.live() else None
     return describe_holder(labels), None
 

@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import TemplateError
 from .inventory.grammar import SAFE_TOKEN, Duration, Size
-from .inventory.model import Group, Inventory
+from .inventory.model import Group, Inventory, NamedTarget
 from .lazy import lazy_import
 
 if TYPE_CHECKING:
     import jinja2
 else:
     jinja2 = lazy_import("jinja2")  # `nginxctl --help` renders nothing
+
+# What nginx answers on the ha health listener, and what keepalived's check looks for: one constant, two templates.
+HEALTH_ANSWER = "nginxctl-ha-ok"
+KEEPALIVED_TEMPLATE = "keepalived/keepalived.conf.j2"
 
 PROXY_DIRECTIVES = (
     "proxy_connect_timeout", "proxy_timeout", "proxy_next_upstream", "proxy_next_upstream_tries",
@@ -94,7 +98,7 @@ def render(inv: Inventory, env: jinja2.Environment, *, full: bool = False,
         template = env.get_template(name)
         text = template.render(
             inv=inv, nginx=inv.nginx, full=full, modules=all_modules, vars=inv.vars,
-            group_directives=lambda group: group_directives(group, inv))
+            group_directives=lambda group: group_directives(group, inv), health_answer=HEALTH_ANSWER)
     except TemplateError:
         raise
     except jinja2.TemplateSyntaxError as exc:
@@ -103,4 +107,26 @@ def render(inv: Inventory, env: jinja2.Environment, *, full: bool = False,
         raise TemplateError(f"template {exc.name} not found in {env.loader.searchpath}") from None  # type: ignore[union-attr]
     except jinja2.UndefinedError as exc:
         raise TemplateError(f"template {name}: {exc.message}") from None
+    if inv.ha is not None and f"listen 127.0.0.1:{inv.ha.health_port};" not in text:
+        raise TemplateError(f"template {name} left out the ha health listener (listen 127.0.0.1:"
+                            f"{inv.ha.health_port}): keepalived would find nginx dead on every target; keep the "
+                            "`{% if inv.ha %}` block of the shipped stream.conf.j2 in your copy")
     return text
+
+
+def render_keepalived(inv: Inventory, target: NamedTarget, env: jinja2.Environment) -> str:
+    """keepalived.conf of one target of a fleet with `ha:` (VRRP for the virtual IP, and the check that nginx
+    answers). Raises TemplateError (also when the inventory has no `ha:`)."""
+    if inv.ha is None:
+        raise TemplateError("the inventory has no ha: section, so no target runs keepalived")
+    try:
+        return env.get_template(KEEPALIVED_TEMPLATE).render(inv=inv, ha=inv.ha, target=target,
+                                                             health_answer=HEALTH_ANSWER)
+    except TemplateError:
+        raise
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{exc.filename or exc.name}:{exc.lineno}: template syntax error: {exc.message}") from None
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"template {exc.name} not found in {env.loader.searchpath}") from None  # type: ignore[union-attr]
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"template {KEEPALIVED_TEMPLATE}: {exc.message}") from None

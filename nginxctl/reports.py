@@ -37,12 +37,16 @@ class ValidateReport:
     located: list[str]
     groups: int
     discovered: list[str] = field(default_factory=list)
+    keepalived_checked: list[str] = field(default_factory=list)  # ha: the targets whose keepalived.conf passed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "image": self.image, "nginx_version": self.nginx_version,
-                "stream_module_loaded": self.modules, "unchecked_names": self.unchecked_names,
-                "network": self.network, "inventory_sha256": self.inventory.digest, "output": self.output,
-                "errors": self.located, "notes": list(self.inventory.nginx.notes) + self.discovered}
+        out = {"ok": self.ok, "image": self.image, "nginx_version": self.nginx_version,
+               "stream_module_loaded": self.modules, "unchecked_names": self.unchecked_names,
+               "network": self.network, "inventory_sha256": self.inventory.digest, "output": self.output,
+               "errors": self.located, "notes": list(self.inventory.nginx.notes) + self.discovered}
+        if self.inventory.ha is not None:
+            out["keepalived"] = {"image": self.inventory.ha.image, "targets_checked": self.keepalived_checked}
+        return out
 
     def notes(self) -> list[str]:
         unchecked = [f"not resolved (mapped to a placeholder): {', '.join(self.unchecked_names)}; use --resolve or "
@@ -50,8 +54,12 @@ class ValidateReport:
         return self.to_dict()["notes"] + unchecked
 
     def lines(self, path: Path) -> list[str]:
-        return [f"ok: nginx {self.nginx_version} ({self.image}) accepts the config for {path} ({self.groups} "
-                "group(s))"]
+        lines = [f"ok: nginx {self.nginx_version} ({self.image}) accepts the config for {path} ({self.groups} "
+                 "group(s))"]
+        if self.inventory.ha is not None:
+            lines.append(f"ok: keepalived ({self.inventory.ha.image}) accepts the keepalived.conf of "
+                         f"{', '.join(self.keepalived_checked)}")
+        return lines
 
     def rejection(self) -> ConfigRejected:
         """nginx -t refused the config: the error, traced to the inventory, carrying this report for JSON."""
@@ -260,9 +268,9 @@ class StatusReport:
         out += [f"            {line}" for line in self.summary]
         dep, loaded = d["deployed_sha256"], d["loaded"]
         out.append(f"deployed    {dep[:12] if dep else 'none'}  {d['config_path']}")
+        hint = "the watch reinstalls and reloads its config itself" if d.get("watch") else "nginxctl apply --reload"
         out.append(f"loaded      {loaded[:12] if loaded else 'unknown'}"
-                   + ("  (the installed file is not loaded yet: nginxctl apply --reload)"
-                      if d["reload_pending"] else ""))
+                   + (f"  (the installed file is not loaded yet: {hint})" if d["reload_pending"] else ""))
         watch = d.get("watch")
         if watch:
             held = f"; held back since {_when(watch['held_since'])}: {watch['held']}" if watch.get("held") else ""
@@ -281,17 +289,22 @@ class StatusReport:
                 out += [f"pending     ~ {item}" for item in pend["changed"]]
                 if pend["config"]:
                     out.append("pending     ~ other settings (nginxctl diff shows them)")
-            out.append(f"reload      {'pending' if d['reload_pending'] else 'not pending'}")
+            pending_text = {True: "pending", False: "not pending", None: "unknown (what nginx runs is unknown)"}
+            out.append(f"reload      {pending_text[d['reload_pending']]}")
         health = d.get("health") or {}
         if health and health.get("stale"):
             out.append(f"health      as last published by watch (pid {health.get('watch_pid')}), which no longer "
                        "runs: nothing checks the servers now")
         for row in health.get("servers", []):
             if row.get("state") == "down":
-                rendered = "rendered down" if row.get("rendered_down") else "kept in (every primary fails)"
+                rendered = "rendered down" if row.get("rendered_down") else \
+                    (row.get("why") or "kept in (every primary fails)")
                 out.append(f"health      {row['group']}/{row['address']} down since {_when(row.get('since'))}: "
                            f"{row.get('last_error')} ({rendered})")
-        if health and not any(r.get("state") == "down" for r in health.get("servers", [])):
+            elif row.get("rendered_down"):
+                out.append(f"health      {row['group']}/{row['address']} passes its checks again, still out: "
+                           f"{row.get('why') or 'put back at the next reload'}")
+        if health and not any(r.get("state") == "down" or r.get("rendered_down") for r in health.get("servers", [])):
             out.append(f"health      {len(health.get('servers', []))} server(s) checked by watch (pid "
                        f"{health.get('watch_pid')}), all passing")
         if d["last_apply"] not in ("done", "none") and d["reload_pending"]:
@@ -324,6 +337,7 @@ class DiffReport:
     loaded: str | None
     change: Pending | None = None
     notes: list[str] = field(default_factory=list)
+    unknown: bool = False   # some groups' wanted servers cannot be known now (a discovery source unreachable)
 
     @property
     def pending(self) -> bool:
@@ -333,7 +347,7 @@ class DiffReport:
     @property
     def differs(self) -> bool:
         """nginx does not run what is wanted: the file differs, or it is not loaded yet."""
-        if self.change is not None and not self.change and self.loaded is not None:
+        if self.unknown and not self.diff and self.change is not None and not self.change and self.loaded is not None:
             return False  # only groups whose wanted servers cannot be known differ
         return bool(self.diff) or self.loaded != self.rendered
 
@@ -350,7 +364,7 @@ class DiffReport:
 
     def lines(self) -> list[str]:
         out = [f"# note: {n}" for n in self.notes]
-        if self.diff or self.loaded == self.rendered:
+        if self.diff or self.loaded == self.rendered or not self.differs:
             return out
         loaded = f"sha256:{self.loaded[:12]}" if self.loaded else "an unknown config"
         return out + [f"# {self.target}: the file matches the inventory, but nginx runs {loaded}: a reload is "

@@ -16,14 +16,13 @@ from typing import Any
 from .apply import Deployer
 from .desired import render_for
 from .errors import EnvironmentProblem
-from .fleet import Member, fleet_targets
 from .history import sha
 from .inventory import Inventory
-from .nginxtext import parse_version, shutdown_timeout_of
+from .nginxtext import parse_groups, parse_version, shutdown_timeout_of
 from .observe import reload_state
 from .published import Published, WatchState
 from .reports import DiffReport, Many, StatusReport
-from .targets import Connect, Opened, open_engine, open_members
+from .targets import Connect, Opened, open_engine, reachable_members
 from .view import ServerView, pending, servers_view
 
 
@@ -81,14 +80,14 @@ def desired_config(opened: Opened, deployer: Deployer, templates: Path | None) -
     return Desired(text, "inventory", watch, set(opened.unknown_groups), notes, health)
 
 
-def _group_rows(views: dict[str, list[ServerView]], inv: Inventory | None) -> list[dict[str, Any]]:
-    meta = {g.name: g for g in inv.upstreams} if inv is not None else {}
+def _group_rows(views: dict[str, list[ServerView]], loaded: str) -> list[dict[str, Any]]:
+    """The groups as nginx runs them: balancing and listens from the loaded config, not the inventory."""
+    groups = parse_groups(loaded)
     rows = []
     for name, servers in views.items():
-        g = meta.get(name)
+        g = groups.get(name)
         rows.append({"name": name, "protocol": g.protocol if g else None, "balance": g.balance if g else None,
-                     "listen": [a.text for a in g.listen] if g else [],
-                     "servers": [s.to_dict() for s in servers]})
+                     "listen": list(g.listen) if g else [], "servers": [s.to_dict() for s in servers]})
     return rows
 
 
@@ -103,6 +102,9 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
     health_down = {(r["group"], r["address"]) for r in (health or {}).get("servers", []) if r.get("rendered_down")}
     views = servers_view(loaded_text, health_down=health_down,
                          drained=Published(live, deployer.history.base).drained()) if loaded_text else None
+    if state.processes.master is None:
+        raise EnvironmentProblem(f"no nginx master process runs in {live.name}",
+                                 "is the container's command nginx? (`docker top` shows what runs in it)")
     data: dict[str, Any] = {
         "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
         "master_pid": state.processes.master.pid if state.processes.master else None,
@@ -110,8 +112,9 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
         "config_path": deployer.config_path,
         "deployed_sha256": sha(deployed) if deployed is not None else None,
         "loaded": loaded, "last_apply": deployer.history.last_phase(), "health": health,
-        "reload_pending": deployed is not None and loaded != sha(deployed),
-        "groups": _group_rows(views, inv) if views is not None else None,
+        # unknown (None) when what nginx runs cannot be identified: neither "pending" nor "not pending" is true
+        "reload_pending": None if loaded is None else deployed is not None and loaded != sha(deployed),
+        "groups": _group_rows(views, loaded_text) if views is not None and loaded_text else None,
         "wanted_by": want.by, "notes": want.notes,
         "watch": None if want.watch is None else {
             "pid": want.watch.pid, "host": want.watch.host, "inventory": want.watch.inventory,
@@ -138,32 +141,11 @@ def target_status(path: Path | None, *, connect: Connect, container: str | None 
     states, what is pending and why. The targets of a fleet that cannot be reached are named in `unreachable`
     and the others reported (the CLI exits 3)."""
     with open_engine(path, connect, container) as opened:
-        members, down = _reachable(opened, container, targets, connect, stream_only, config_path)
+        members, down = reachable_members(opened, container, targets, connect, stream_only, config_path)
         reports = [_status(opened, m.deployer, templates) for m in members]
         if len(members) == 1 and not down and (opened.inventory is None or not opened.inventory.targets):
             return reports[0]
         return Many([m.name for m in members], reports, down)
-
-
-def _reachable(opened: Opened, container: str | None, targets: list[str] | None, connect: Connect,
-               stream_only: bool | None, config_path: str | None) -> tuple[list[Member], dict[str, str]]:
-    """The members that can be reached, and why the others cannot (a read-only command reports what it can)."""
-
-    inv = opened.inventory
-    if container is not None or inv is None or not inv.targets:
-        return open_members(opened, container, targets, connect, stream_only=stream_only,
-                            config_path=config_path), {}
-    members: list[Member] = []
-    down: dict[str, str] = {}
-    for t in fleet_targets(inv, targets):
-        try:
-            members += open_members(opened, None, [t.name], connect, stream_only=stream_only, config_path=config_path)
-        except EnvironmentProblem as exc:
-            down[t.name] = str(exc).splitlines()[0]
-    if not members:
-        raise EnvironmentProblem("no target of the fleet can be reached: " +
-                                 "; ".join(f"{n}: {why}" for n, why in down.items()))
-    return members, down
 
 
 def diff_inventory(path: Path, *, connect: Connect, container: str | None = None, stream_only: bool | None = None,
@@ -174,7 +156,7 @@ def diff_inventory(path: Path, *, connect: Connect, container: str | None = None
     with open_engine(path, connect, container) as opened:
         assert opened.inventory is not None
         reports = []
-        members = open_members(opened, container, targets, connect, stream_only=stream_only, config_path=config_path)
+        members, down = reachable_members(opened, container, targets, connect, stream_only, config_path)
         for m in members:
             want = desired_config(opened, m.deployer, templates)
             assert want.text is not None
@@ -187,7 +169,7 @@ def diff_inventory(path: Path, *, connect: Connect, container: str | None = None
                 text = ""  # only groups whose wanted servers cannot be known now differ: nothing to show
             reports.append(DiffReport(m.deployer.live.name, text,
                                       sha(deployed) if deployed is not None else None, sha(want.text), loaded,
-                                      change, want.notes))
-        if len(members) == 1 and not opened.inventory.targets:
+                                      change, want.notes, bool(want.unknown_groups)))
+        if len(members) == 1 and not down and not opened.inventory.targets:
             return reports[0]
-        return Many([m.name for m in members], reports)
+        return Many([m.name for m in members], reports, down)

@@ -155,3 +155,24 @@ def parse_names(text: str | None) -> list[str] | None:
     if not names:
         raise UsageError("--targets is empty: name targets, e.g. --targets lb1,lb2")
     return names
+
+
+def reachable_members(opened: Opened, container: str | None, targets: list[str] | None, connect: Connect,
+               stream_only: bool | None, config_path: str | None) -> tuple[list[Member], dict[str, str]]:
+    """The members that can be reached, and why the others cannot (a read-only command reports what it can)."""
+
+    inv = opened.inventory
+    if container is not None or inv is None or not inv.targets:
+        return open_members(opened, container, targets, connect, stream_only=stream_only,
+                            config_path=config_path), {}
+    members: list[Member] = []
+    down: dict[str, str] = {}
+    for t in fleet_targets(inv, targets):
+        try:
+            members += open_members(opened, None, [t.name], connect, stream_only=stream_only, config_path=config_path)
+        except EnvironmentProblem as exc:
+            down[t.name] = str(exc).splitlines()[0]
+    if not members:
+        raise EnvironmentProblem("no target of the fleet can be reached: " +
+                                 "; ".join(f"{n}: {why}" for n, why in down.items()))
+    return members, down

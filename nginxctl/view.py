@@ -92,9 +92,15 @@ def pending(loaded: str, desired: str, *, unknown_groups: AbstractSet[str] = fro
         out.removed += [f"{group}/{a}" for a in old if a not in new and a != PLACEHOLDER]
         out.changed += [f"{group}/{a}: {_describe(old[a])} -> {_describe(new[a])}" for a in new
                         if a in old and old[a].params != new[a].params]
-    if not out:
-        out.config = _without_groups(loaded, unknown_groups) != _without_groups(desired, unknown_groups)
+    # settings other than the servers (listen, balance, timeouts...) differ, whatever the servers do
+    before, after = (_settings(_without_groups(t, unknown_groups)) for t in (loaded, desired))
+    out.config = before != after
     return out
+
+
+def _settings(text: str) -> str:
+    """The config without its upstreams' server lines (those are compared one by one above)."""
+    return re.sub(r"^\s*server\s+[^{};]+;\s*$", "", text, flags=re.M)
 
 
 def _without_groups(text: str, groups: AbstractSet[str]) -> str:

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import nginx
-from .desired import render_config, render_for, stream_module
-from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, Step, UsageError
+from .desired import keepalived_configs, render_config, render_for, stream_module
+from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, KeepalivedRejected, Step, UsageError
 from .files import write_atomic
-from .fleet import rollout
+from .fleet import Member, fleet_targets, rollout
 from .host import local_machine
 from .inventory import Inventory, check_capacity
 from .inventoryfile import container_name, read_inventory
@@ -34,7 +34,7 @@ from .reports import (
     ValidateReport,
     one_or_many,
 )
-from .targets import Connect, Progress, open_engine, open_members, quiet, with_discovered
+from .targets import Connect, Progress, open_engine, open_members, quiet, reachable_members, with_discovered
 from .trace import trace
 
 if TYPE_CHECKING:
@@ -54,6 +54,25 @@ def render_inventory(path: Path, *, full: bool, output: Path | None = None, temp
     if output is not None:
         write_atomic(output, text)
     return RenderReport(text, list(inv.nginx.notes) + discovered, output)
+
+
+def render_keepalived_inventory(path: Path, *, output: Path | None = None, templates: Path | None = None,
+                                targets: list[str] | None = None) -> RenderReport:
+    """Each target's keepalived.conf (`ha:`), one after the other (each names its target in its first line); with
+    `output`, one target's, written atomically. Raises InventoryError, TemplateError, UsageError."""
+
+    inv = read_inventory(path)
+    if inv.ha is None:
+        raise UsageError(f"{path}: no ha: section, so no target runs keepalived: add ha: {{vip: ..., "
+                         "virtual_router_id: ...} (see docs/inventory.md)")
+    chosen = fleet_targets(inv, targets)
+    if output is not None and len(chosen) != 1:
+        raise UsageError("-o writes one keepalived.conf: choose its target with --targets NAME")
+    confs = keepalived_configs(inv, chosen, templates, base=path.parent)
+    text = "\n".join(confs.values())
+    if output is not None:
+        write_atomic(output, text)
+    return RenderReport(text, [], output)
 
 
 # -- validate --------------------------------------------------------------------------------------------
@@ -100,9 +119,30 @@ def validate(path: Path, *, connect: Connect, image: str | None = None, containe
         progress(f"nginx -t in a throwaway {chosen} container")
         zones = sum(g.zone_size.bytes for g in inv.upstreams if g.zone_size)
         result = nginx.test_config(client, chosen, text, network=network, hosts=placeholders, shared_memory=zones)
+        checked = _test_keepalived(client, inv, templates, path.parent, progress) if result.exit_code == 0 else []
         return ValidateReport(result.exit_code == 0, chosen, build.version, list(modules), sorted(placeholders),
                               "container" if live else network, inv, result.output.strip(),
-                              trace(result.output, text, inv), len(inv.upstreams), discovered)
+                              trace(result.output, text, inv), len(inv.upstreams), discovered, checked)
+
+
+def _test_keepalived(client: docker.DockerClient, inv: Inventory, templates: Path | None, base: Path,
+                     progress: Progress) -> list[str]:
+    """With `ha:`, `keepalived --config-test` of each target's keepalived.conf in a throwaway container; the
+    targets checked. Raises KeepalivedRejected (the first target whose config keepalived refuses),
+    EnvironmentProblem (no keepalived image)."""
+    if inv.ha is None:
+        return []
+    image = inv.ha.image
+    if not nginx.image_present(client, image):
+        raise EnvironmentProblem(f"image {image} is not present on the Docker engine (ha: keepalived)",
+                                 nginx.KEEPALIVED_HINT)
+    confs = keepalived_configs(inv, fleet_targets(inv, None), templates, base)
+    for name, conf in confs.items():
+        progress(f"keepalived --config-test of {name}'s keepalived.conf in a throwaway {image} container")
+        result = nginx.test_keepalived_config(client, image, conf, inv.ha.interface)
+        if result.exit_code != 0:
+            raise KeepalivedRejected(name, result)
+    return list(confs)
 
 
 # -- targets: apply, diff, status, history, rollback --------------------------------------------------------
@@ -159,14 +199,20 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
                                wait_generations=wait, lock_wait=lock_wait, max_memory=max_memory,
                                retire_rate=retire_rate or None)
         forced = [] if dry_run else check_owner(members, force=force)
-        for note in forced:
-            progress(note)
         rendered = {m.name: render_for(inv, m.deployer, templates, path.parent) for m in members}
         journal = members[0].deployer.journal
         journal.plan(Step.INSTALL, Step.RELOAD)
+        keepalived = _keepalived_plan(inv, members, templates, path.parent) if not dry_run else {}
         with reporting(inv, rendered[members[0].name], journal):
+            if dry_run:
+                _test_aside(members, rendered, progress)
             result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress)
         notes = list(inv.nginx.notes) + opened.notes + forced
+        for m in members:
+            if m.name in keepalived:
+                change = nginx.ensure_companion(m.deployer.live.client, m.deployer.live.container, *keepalived[m.name])
+                progress(str(change))
+                notes.append(str(change))
         if any(m.deployer.stream_only for m in members) and inv.positions is not None and any(
                 key[:1] == ("nginx",) for key in inv.positions.keys):
             notes.append("nginx: settings are not deployed with --stream-only (only the stream {} block is): set "
@@ -177,16 +223,55 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         return FleetReport([name for name, _ in result.outcomes], reports, notes)
 
 
+def _test_aside(members: list[Member], rendered: dict[str, str], progress: Progress) -> None:
+    """A dry run refuses what apply would refuse: `nginx -t` of each target's config with its own image, in
+    a throwaway container on its network, nothing written to the target. Raises ConfigRejected naming it."""
+    for m in members:
+        live = m.deployer.live
+        if m.deployer.stream_only:
+            progress(f"{m.name}: a stream-only file cannot be tested alone; apply tests it in place")
+            continue
+        progress(f"{m.name}: nginx -t with its image, on its network (nothing written to it)")
+        result = nginx.test_config(live.client, live.image, rendered[m.name], network=live.network_mode)
+        if result.exit_code != 0:
+            raise ConfigRejected(result).on(m.name) if len(members) > 1 else ConfigRejected(result)
+
+
+def _keepalived_plan(inv: Inventory, members: list[Member], templates: Path | None, base: Path) \
+        -> dict[str, tuple[str, str]]:
+    """With `ha:`, each member's keepalived image and keepalived.conf, checked before anything changes (the
+    image on each member's engine, `keepalived --config-test` there). Raises TemplateError, EnvironmentProblem,
+    KeepalivedRejected."""
+    if inv.ha is None:
+        return {}
+    names = [m.name for m in members if any(t.name == m.name for t in inv.targets)]
+    if not names:
+        return {}
+    confs = keepalived_configs(inv, fleet_targets(inv, names), templates, base)
+    for m in members:
+        client = m.deployer.live.client
+        if not nginx.image_present(client, inv.ha.image):
+            raise EnvironmentProblem(f"{m.name}: image {inv.ha.image} is not present on its Docker engine (ha: "
+                                     "keepalived runs beside nginx); nothing changed", nginx.KEEPALIVED_HINT)
+        if m.name in confs:
+            result = nginx.test_keepalived_config(client, inv.ha.image, confs[m.name], inv.ha.interface)
+            if result.exit_code != 0:
+                raise KeepalivedRejected(m.name, result)
+    return {name: (inv.ha.image, conf) for name, conf in confs.items()}
+
+
 def target_history(path: Path | None, *, connect: Connect, container: str | None = None,
                    config_path: str | None = None, targets: list[str] | None = None) -> HistoryReport | Many:
     """The configs the target has run, newest first; the one nginx runs is marked current (per target)."""
     with open_engine(path, connect, container) as opened:
-        members = open_members(opened, container, targets, connect, config_path=config_path)
+        members, down = reachable_members(opened, container, targets, connect, None, config_path)
         reports = []
         for m in members:
             rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
                      "current": current} for e, current in m.deployer.history_rows()]
             reports.append(HistoryReport(m.deployer.live.name, rows))
+        if down:
+            return Many([m.name for m in members], reports, down)
         return one_or_many(opened, members, reports)
 
 

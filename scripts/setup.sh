@@ -33,6 +33,9 @@ fi
 echo "== nginx image"
 bash scripts/build-nginx-image.sh
 
+echo "== keepalived image (ha:, from Debian's keepalived package)"
+bash scripts/build-keepalived-image.sh
+
 echo "== nginxctl in .venv"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import BACKEND_CONF, IMAGE, Backend, Etcd, Pong, Watch, free_port, write_inventory  # noqa: E402
 
-DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd", "backend_containers", "isolated"}
+DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd", "backend_containers", "isolated", "labelled"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -116,10 +116,7 @@ class LB:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
-        for lock in self.client.containers.list(all=True, filters={"label": "nginxctl.role=lock"},
-                                                ignore_removed=True):  # a lock released meanwhile
-            if lock.labels.get("nginxctl.target") == self.name:
-                lock.remove(force=True)
+        remove_locks(self.client, self.name)
 
 
 @pytest.fixture
@@ -198,24 +195,53 @@ def backend_containers(docker_client: Any) -> Iterator[Callable[..., Any]]:
             pass
 
 
-@pytest.fixture
-def isolated(docker_client: Any) -> Iterator[Any]:
-    """An nginx container in a network namespace of its own (network none): a second load balancer that can
-    bind the same 127.0.0.1 ports as the host-network one."""
-    made: list[Any] = []
+def remove_locks(client: Any, target: str) -> None:
+    """The nginxctl locks left on a test's target (the engine is shared: other locks come and go meanwhile)."""
+    import docker
 
-    def make() -> Any:
-        box = docker_client.containers.run(IMAGE, name=f"nginxctl-test-{uuid.uuid4().hex[:10]}", detach=True,
-                                           network_mode="none", labels={"nginxctl.test": "1"})
-        made.append(box)
+    for lock in client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}, ignore_removed=True):
+        if lock.labels.get("nginxctl.target") == target:
+            try:
+                lock.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+class OwnedContainers:
+    """Containers of the nginx image on network `none` that a test starts and owns: removed afterwards, with
+    any nginxctl lock left on them."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.made: list[Any] = []
+
+    def run(self, prefix: str, labels: dict[str, str] | None = None) -> Any:
+        box = self.client.containers.run(IMAGE, name=f"{prefix}{uuid.uuid4().hex[:10]}", detach=True,
+                                         network_mode="none", labels={"nginxctl.test": "1", **(labels or {})})
+        self.made.append(box)
         return box
 
-    yield make
-    for box in made:
-        try:
-            box.remove(force=True)
-        except Exception:  # noqa: BLE001 (already gone)
-            pass
-        for lock in docker_client.containers.list(all=True, filters={"label": "nginxctl.role=lock"}):
-            if lock.labels.get("nginxctl.target") == box.name:
-                lock.remove(force=True)
+    def remove(self) -> None:
+        for box in self.made:
+            try:
+                box.remove(force=True)
+            except Exception:  # noqa: BLE001 (already gone)
+                pass
+            remove_locks(self.client, box.name)
+
+
+@pytest.fixture
+def isolated(docker_client: Any) -> Iterator[Callable[[], Any]]:
+    """An nginx container in a network namespace of its own (network none): a second load balancer that can
+    bind the same 127.0.0.1 ports as the host-network one."""
+    owned = OwnedContainers(docker_client)
+    yield lambda: owned.run("nginxctl-test-")
+    owned.remove()
+
+
+@pytest.fixture
+def labelled(docker_client: Any) -> Iterator[Callable[[dict[str, str]], Any]]:
+    """Running containers with the given labels (no network: only their labels matter), removed afterwards."""
+    owned = OwnedContainers(docker_client)
+    yield lambda labels: owned.run("nginxctl-test-lab-", labels)
+    owned.remove()

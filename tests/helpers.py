@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import socketserver
@@ -25,10 +26,25 @@ IMAGE = os.environ.get("NGINXCTL_TEST_IMAGE", "nginxctl/nginx:bare")
 TIMEOUT = 5.0
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now on 127.0.0.1, below the kernel's ephemeral range (32768+): no outgoing connection of
+    another process can take it before the test binds it, and none handed out before in this run."""
+    pick = random.Random()
+    for _ in range(500):
+        port = pick.randint(20000, 32000)
+        if port in _GIVEN:
+            continue
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-32000 on 127.0.0.1")
 
 
 class _TCPHandler(socketserver.BaseRequestHandler):

@@ -274,3 +274,13 @@ def test_render_writes_through_a_symlink_and_refuses_what_is_not_a_file(tmp_path
     refused = invoke("render", "-i", str(ROOT / "inventory.yaml"), "-o", str(fifo))
     assert refused.exit_code == 2 and "not a regular file" in refused.output
     assert fifo.is_fifo()
+
+
+def test_a_reader_that_goes_away_is_no_error(tmp_path):
+    """`nginxctl schema | head -1`: the pipe closes early; no traceback, no internal error."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(f"{sys.executable} -m nginxctl schema | head -c 1", shell=True, capture_output=True,
+                            text=True, cwd=tmp_path, timeout=60)
+    assert result.stdout == "{" and "internal error" not in result.stderr and "Traceback" not in result.stderr

@@ -16,7 +16,7 @@ from nginxctl.controller.decide import Action, PassInput, classify, decide
 from nginxctl.controller.log import DecisionLog
 from nginxctl.controller.loop import Controller, WatchOptions
 from nginxctl.controller.metrics import Metrics, Result
-from nginxctl.controller.model import Candidate, Snapshot
+from nginxctl.controller.model import Candidate, Event, EventKind, Snapshot
 from nginxctl.desired import RenderTarget
 from nginxctl.errors import (
     ApplyFailure,
@@ -82,14 +82,17 @@ class FakeDeployer:
         self.live = FakeLive(name)
         self.history = FakeHistory()
         self.running: str | None = None
+        self.file: str | None = None   # the installed file (docker cp can change it under nginx)
         self.fail: NginxctlError | None = None
         self.calls = calls
+        self.reloads = 0
 
-    def loaded_config(self) -> tuple[str | None, str | None]:
-        return (sha(self.running), self.running) if self.running is not None else (None, None)
+    def observed(self) -> tuple[str | None, str | None, str | None]:
+        loaded = (sha(self.running), self.running) if self.running is not None else (None, None)
+        return (*loaded, sha(self.file) if self.file is not None else None)
 
     def deployed(self) -> str | None:
-        return self.running
+        return self.file
 
     def precheck(self, rendered: str) -> None:
         self.calls.append(("precheck", self.live.name))
@@ -98,9 +101,12 @@ class FakeDeployer:
         self.calls.append(("apply", self.live.name))
         if self.fail is not None:
             raise self.fail
-        before = self.running
-        self.running = rendered
-        return Outcome(self.live.name, before != rendered, before != rendered, "", None, sha(rendered))
+        before = self.file
+        self.file = rendered
+        if reload:
+            self.running = rendered
+            self.reloads += 1
+        return Outcome(self.live.name, before != rendered, reload, "", None, sha(rendered))
 
 
 class Harness:
@@ -207,7 +213,7 @@ def test_rollout_tests_everywhere_then_changes_one_at_a_time_and_puts_back_in_re
     calls: list[tuple[str, str]] = []
     targets = [FakeDeployer(n, calls) for n in ("lb1", "lb2", "lb3")]
     for t in targets:
-        t.running = "old"
+        t.running = t.file = "old"
     targets[2].fail = ApplyFailure("bind() failed", [], "lb3")
     members = [Member(t.live.name, t) for t in targets]  # type: ignore[arg-type]
     with pytest.raises(FleetFailure) as caught:
@@ -243,7 +249,7 @@ def test_a_backend_joining_is_reported_against_what_nginx_ran(tmp_path):
 def test_drift_is_logged_and_corrected(tmp_path):
     h = Harness(tmp_path)
     h.ctl._reconcile("start")
-    h.targets[0].running = "stream { }\n"  # a forced apply, a hand edit
+    h.targets[0].running = h.targets[0].file = "stream { }\n"  # a forced apply, a hand edit
     h.ctl._reconcile("resync")
     drift = h.events("drift")
     assert len(drift) == 1 and drift[0]["target"] == "lb"
@@ -295,7 +301,9 @@ def test_a_restored_config_is_held_for_its_backoff_and_the_backoff_grows(tmp_pat
     assert h.calls.count(("apply", "lb")) == 1
     h.clock.now = h.ctl.retry_at or 0
     h.ctl._reconcile("retry")
-    assert h.calls.count(("apply", "lb")) == 2 and h.events("reload")[-1]["retry_in"] == 1.0
+    assert h.calls.count(("apply", "lb")) == 2 and h.ctl.retry_at == h.clock.now + 1.0
+    assert len(h.events("reload")) == 1  # the same failure again: counted, not said again
+    assert h.metric("nginxctl_reloads_total", result="restored") == 2
     h.targets[0].fail = None
     h.clock.now = h.ctl.retry_at or 0
     h.ctl._reconcile("retry")
@@ -337,3 +345,89 @@ def test_a_source_that_never_answered_waits_once_not_once_per_retry(tmp_path):
     for _ in range(4):
         h.ctl._reconcile("retry")
     assert len(h.events("wait")) == 1 and h.calls == []
+
+
+def test_a_rejected_config_is_held_until_the_inputs_change_and_stays_pending(tmp_path):
+    h = Harness(tmp_path)
+    h.targets[0].fail = ConfigRejected(NginxOutput(["nginx", "-t"], 1, "nginx: [emerg] bad in /x:1"))
+    h.ctl._reconcile("start")
+    h.ctl._reconcile("resync")
+    h.ctl._reconcile("change")  # a health change, a resync: the same inputs would be rejected again
+    assert h.calls.count(("apply", "lb")) == 1
+    assert h.metric("nginxctl_reloads_total", result="rejected") == 1
+    assert h.metric("nginxctl_pending_changes") == 1
+    h.ctl._handle(Event(EventKind.RESYNC))
+    assert h.metric("nginxctl_pending_changes") == 1  # an event does not reset it while the change is held
+    h.targets[0].fail = None
+    h.backends("127.0.0.1:7002")  # the inputs change: tried again
+    h.ctl._reconcile("change")
+    assert h.events("reload")[-1]["result"] == "ok" and h.metric("nginxctl_pending_changes") == 0
+
+
+def test_a_config_file_changed_under_nginx_is_reinstalled_without_a_reload(tmp_path):
+    h = Harness(tmp_path)
+    h.ctl._reconcile("start")
+    target = h.targets[0]
+    assert target.reloads == 1
+    target.file = "copied in by hand\n"  # docker cp, no HUP: nginx still runs the desired config
+    h.ctl._reconcile("resync")
+    assert target.file == target.running and target.reloads == 1  # put back, nginx not reloaded
+    assert h.events("drift") and "reinstalling" in h.events("apply")[-1]["message"]
+
+
+def test_a_watch_waiting_for_a_source_publishes_why(tmp_path):
+    h = Harness(tmp_path)
+    h.ctl.attached = list(h.ctl.members or [])
+    h.ctl.snapshots = {"docker": Snapshot("docker", known=False)}
+    h.ctl._reconcile("start")
+    watch = json.loads(h.targets[0].live.files["/etc/nginx/.nginxctl/watch.json"])
+    assert "docker not reachable yet" in watch["held"] and watch["desired_sha256"] is None
+
+
+def test_one_unreachable_target_does_not_silence_the_watch_on_the_others(tmp_path):
+    h = Harness(tmp_path, names=("lb1", "lb2"))
+    h.ctl.attached = list(h.ctl.members or [])
+    h.ctl._reconcile("start")
+    h.targets[1].fail = EnvironmentProblem("container lb2 no longer exists")
+    h.backends("127.0.0.1:7002")
+    h.ctl._reconcile("change")
+    assert h.ctl.members is None  # attached again at the next pass
+    watch = json.loads(h.targets[0].live.files["/etc/nginx/.nginxctl/watch.json"])
+    assert "lb2 no longer exists" in watch["held"]  # lb1 is told why the change waits
+
+
+def test_a_restarted_watch_starts_from_the_published_health():
+    from nginxctl.controller.health import Checker
+
+    checker = Checker(lambda: None, lambda *_: None)
+    checker.seed([{"group": "pool", "address": "127.0.0.1:7001", "state": "down", "since": 5.0,
+                   "last_error": "no reply"}, {"group": "pool", "address": "127.0.0.1:7002", "state": "up"}])
+    assert checker.down() == {("pool", "127.0.0.1:7001")}
+
+
+def test_resync_has_a_floor(tmp_path):
+    from nginxctl.controller.model import WatchOptions as Options
+    from nginxctl.controller.service import run_watch
+    from nginxctl.errors import UsageError
+
+    with pytest.raises(UsageError, match="--resync"):
+        run_watch(Options(tmp_path / "inventory.yaml", resync=0.0), connect=lambda _: None)
+
+
+def test_an_edit_while_a_target_is_unreachable_is_published_on_the_others(tmp_path):
+    h = Harness(tmp_path, names=("lb1", "lb2"))
+    h.ctl.attached = list(h.ctl.members or [])
+    h.ctl._reconcile("start")
+    before = json.loads(h.targets[0].live.files["/etc/nginx/.nginxctl/watch.json"])["desired_sha256"]
+    h.ctl.members = None
+
+    def unreachable() -> list[Member]:
+        raise EnvironmentProblem("container lb2 is paused")
+
+    h.ctl._reach = unreachable  # type: ignore[method-assign]
+    h.path.write_text(INVENTORY.replace("servers: [127.0.0.1:7001]", "servers: [127.0.0.1:7001, 127.0.0.1:7009]"))
+    h.ctl._reconcile("change")
+    watch = json.loads(h.targets[0].live.files["/etc/nginx/.nginxctl/watch.json"])
+    assert watch["desired_sha256"] != before and "paused" in watch["held"]
+    desired = h.targets[0].live.files["/etc/nginx/.nginxctl/desired.conf"]
+    assert "127.0.0.1:7009" in desired  # status on lb1 shows the new server pending

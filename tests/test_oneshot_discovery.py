@@ -4,33 +4,12 @@ what they refuse, against a real Docker engine, a real nginx and an etcd endpoin
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from helpers import IMAGE, cli, free_port, who, write_inventory
+from helpers import cli, free_port, who, write_inventory
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def labelled(docker_client: Any) -> Iterator[Callable[[dict[str, str]], Any]]:
-    """Running containers with the given labels (no network: only their labels matter), removed afterwards."""
-    made: list[Any] = []
-
-    def run(labels: dict[str, str]) -> Any:
-        container = docker_client.containers.run(IMAGE, name=f"nginxctl-test-lab-{uuid.uuid4().hex[:8]}", detach=True,
-                                                 network_mode="none", labels={"nginxctl.test": "1", **labels})
-        made.append(container)
-        return container
-
-    yield run
-    for container in made:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 (already gone)
-            pass
 
 
 def test_backends_seen_now_counts_only_this_inventorys_groups(tmp_path, labelled):

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
+from nginxctl.history import sha
 from nginxctl.nginx import LiveNginx
 
-from helpers import Held, cli, free_port
+from helpers import Held, cli, free_port, wait_for
 from test_fleet import fleet
 from test_watch import QUIET, replies, write
 
@@ -101,11 +102,98 @@ def test_a_reload_by_hand_is_drift_the_watch_corrects_within_the_resync(lb, back
     live.install_file("/etc/nginx/nginx.conf", conf.replace(f"listen 127.0.0.1:{port}",
                                                             f"listen 127.0.0.1:{free_port()}"))
     live.signal_reload()
+    # the file was written before the workers the reload started: nginx runs it (or, within a clock tick, unknown)
     drift = w.wait(lambda e: e["event"] == "drift", timeout=30)
-    assert "an unknown config" in drift["message"]
+    assert drift["loaded"] == sha(live.read_file("/etc/nginx/nginx.conf") or b"")[:12] or drift["loaded"] is None
     w.reload()
     assert replies(port) == {"A"}
     assert w.stop() == 0
+
+
+def test_status_knows_a_reload_by_hand_loaded_the_file(lb, backends):
+    a, b = backends("A"), backends("B")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    live = LiveNginx.attach(lb.client, lb.name)
+    conf = live.read_file("/etc/nginx/nginx.conf").decode().replace(a.address, b.address)
+    live.install_file("/etc/nginx/nginx.conf", conf)
+    workers = live.processes().worker_pids
+    live.signal_reload()
+    wait_for(lambda: live.processes().worker_pids.isdisjoint(workers), 20, "no new workers after the HUP")
+    code, st = status(inv)
+    assert st["loaded"] == sha(conf) and st["reload_pending"] is False
+    assert servers(st, "pool") == {b.address: ("up", None)} and st["pending"]["added"] == [f"pool/{a.address}"]
+    assert replies(port) == {"B"}
+
+
+def test_a_file_copied_in_without_a_reload_is_a_difference_and_the_watch_reinstalls(lb, backends, watches):
+    a = backends("A")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address, {"address": a.address.replace(
+        str(a.port), str(free_port())), "backup": True}]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    live = LiveNginx.attach(lb.client, lb.name)
+    good = live.read_file("/etc/nginx/nginx.conf")
+    assert good is not None
+    live.install_file("/etc/nginx/nginx.conf", good.decode().replace(f"{a.address};", f"{a.address} weight=7;"))
+    diff = cli("diff", "-i", str(inv))
+    assert diff.returncode == 1 and "weight=7" in diff.stdout  # the file differs: exit 1, as the README says
+    w = watches(inv, *QUIET, "--resync", "1s")
+    w.wait(lambda e: e["event"] == "drift", timeout=30)
+    wait_for(lambda: live.read_file("/etc/nginx/nginx.conf") == good, 30, "the watch did not reinstall the file")
+    assert w.stop() == 0
+
+
+def test_status_of_a_container_without_nginx_is_exit_3(docker_client):
+    box = docker_client.containers.run("nginxctl/nginx:latest", ["300"], entrypoint=["/bin/busybox", "sleep"],
+                                       detach=True,
+                                       network_mode="none", name=f"nginxctl-test-{uuid.uuid4().hex[:10]}",
+                                       labels={"nginxctl.test": "1"})
+    try:
+        result = cli("status", "--container", box.name)
+        assert result.returncode == 3 and "no nginx master" in result.stderr
+    finally:
+        box.remove(force=True)
+
+
+def test_status_shows_the_listen_and_balance_nginx_runs(lb, backends, watches, tmp_path):
+    a = backends("A")
+    port, other_port = free_port(), free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"target": {"container": lb.name}, "nginx": {"worker_processes": 1},
+                                     "upstreams": {"pool": {"listen": f"127.0.0.1:{other_port}",
+                                                            "balance": "least_conn", "servers": [a.address]}}}))
+    assert cli("apply", "-i", str(other), "--reload").returncode == 0
+    _, st = status(inv)
+    group = next(g for g in st["groups"] if g["name"] == "pool")
+    assert group["listen"] == [f"127.0.0.1:{other_port}"] and group["balance"] == "least_conn"
+    assert st["drift"] is True and st["pending"]["config"] is True
+
+
+def test_dry_run_refuses_what_nginx_refuses(lb, backends):
+    a = backends("A")
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{free_port()}", "servers": [a.address, "nosuchhost.invalid:7"]}})
+    before = LiveNginx.attach(lb.client, lb.name).read_file("/etc/nginx/nginx.conf")
+    result = cli("apply", "-i", str(inv), "--reload", "--dry-run")
+    assert result.returncode == 1 and "host not found" in result.stderr
+    assert LiveNginx.attach(lb.client, lb.name).read_file("/etc/nginx/nginx.conf") == before
+
+
+def test_fleet_diff_and_history_with_a_target_down_report_the_others(lb, isolated, backends):
+    a = backends("A")
+    box = isolated()
+    inv = fleet(lb, box, {"pool": {"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    box.stop(timeout=1)
+    for command in ("diff", "history"):
+        result = cli(command, "-i", str(inv), "--format", "json")
+        assert result.returncode == 3, (command, result.stderr)
+        doc = json.loads(result.stdout)
+        assert {t["name"] for t in doc["targets"]} == {"lb1", "lb2"}
+        assert next(t for t in doc["targets"] if t["name"] == "lb2")["reachable"] is False
 
 
 def test_status_while_a_change_is_held_back_lists_what_nginx_runs_and_the_pending_change(lb, backends, watches):
@@ -222,3 +310,65 @@ def test_the_first_reload_line_says_what_changed_on_nginx(lb, backends, watches)
     event = w.reload()
     assert event["changed"] == [f"pool/{a.address}: up weight=3 -> up weight=1"] and event["added"] == []
     assert w.stop() == 0
+
+
+def test_an_etcd_group_added_while_watching_gets_its_backends(lb, backends, etcd, watches):
+    a, b = backends("A"), backends("B")
+    port, port2 = free_port(), free_port()
+    groups = {"static": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}}
+    inv = write(lb, groups, discovery={"etcd": {"endpoints": [etcd.endpoint]}})
+    w = watches(inv, *QUIET)
+    w.reload()
+    groups["live"] = {"listen": f"127.0.0.1:{port2}", "discover": {"etcd": "/ns/live/"}}
+    write(lb, groups, discovery={"etcd": {"endpoints": [etcd.endpoint]}})
+    w.wait(lambda e: e["event"] == "source" and "following" in e["message"])
+    etcd.client().put(f"/ns/live/{b.address}", b.address)
+    w.wait(lambda e: e["event"] == "reload" and e.get("result") == "ok" and f"live/{b.address}" in e.get("added", []),
+           timeout=30)
+    assert replies(port2) == {"B"}
+    assert w.stop() == 0
+
+
+def test_a_hung_etcd_is_noticed_and_its_backends_kept(lb, backends, etcd, watches):
+    import signal
+
+    a = backends("A")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "discover": {"etcd": "/ns/hung/"}}},
+                discovery={"etcd": {"endpoints": [etcd.endpoint]}})
+    etcd.client().put(f"/ns/hung/{a.address}", a.address)
+    w = watches(inv, *QUIET)
+    w.reload()
+    assert etcd.proc is not None
+    etcd.proc.send_signal(signal.SIGSTOP)  # alive, listening, answering nothing
+    try:
+        w.wait(lambda e: e["event"] == "source" and "unreachable" in e["message"], timeout=30)
+        assert w.metrics()[("nginxctl_source_stale", (("source", "etcd"),))] == 1
+        assert replies(port) == {"A"}  # its last backends are kept
+    finally:
+        etcd.proc.send_signal(signal.SIGCONT)
+    w.wait(lambda e: e["event"] == "source" and "reachable again" in e["message"], timeout=60)
+    assert w.stop() == 0
+
+
+def test_a_reload_by_hand_after_a_reinstall_is_still_seen(lb, backends):
+    from nginxctl.apply import Deployer
+
+    a, b = backends("A"), backends("B")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    assert cli("apply", "-i", str(inv), "--reload").returncode == 0
+    live = LiveNginx.attach(lb.client, lb.name)
+    good = (live.read_file("/etc/nginx/nginx.conf") or b"").decode()
+    live.install_file("/etc/nginx/nginx.conf", good + "# copied in by hand\n")
+    Deployer(live).apply(good, reload=False)  # what the watch does: the file put back, no reload
+    _, st = status(inv)
+    assert st["last_apply"] == "done" and st["reload_pending"] is False
+    edited = good.replace(a.address, b.address)
+    live.install_file("/etc/nginx/nginx.conf", edited)
+    workers = live.processes().worker_pids
+    live.signal_reload()
+    wait_for(lambda: live.processes().worker_pids.isdisjoint(workers), 20, "no new workers after the HUP")
+    _, st = status(inv)
+    assert st["loaded"] == sha(edited) and servers(st, "pool") == {b.address: ("up", None)}
+    assert st["drift"] is True and replies(port) == {"B"}

@@ -58,6 +58,8 @@ def test_pending_is_server_by_server_against_what_nginx_loaded():
     assert not pending(LOADED, LOADED)
     other = pending(LOADED, LOADED.replace("listen 127.0.0.1:8000", "listen 127.0.0.1:8001"))
     assert other.config and other.summary() == "other settings"
+    both = pending(LOADED, desired.replace("least_conn;", "hash $remote_addr consistent;"))
+    assert both.config and both.added and both.changed  # a balance change shows beside the server changes
 
 
 def test_groups_whose_wanted_servers_are_unknown_are_left_out_of_pending():

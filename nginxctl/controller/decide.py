@@ -58,6 +58,8 @@ class PassInput:
     verified: str | None = None                    # what this watch last verified on the targets
     failed: str | None = None                      # the desired config whose apply failed last
     backoff_pending: bool = False                  # that failure's backoff has not ended
+    failed_for_good: bool = False                  # that failure is not retried (nginx rejects the config)
+    installed: Mapping[str, str | None] = field(default_factory=dict)   # target -> hash of its config file
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Plan:
     merged: Merged | None = None
     rendered: Mapping[str, str] = field(default_factory=dict)   # target -> its desired config
     behind: tuple[str, ...] = ()                                 # targets to change, in rollout order
+    reload: bool = True        # False: nginx runs the desired config already, only a file differs (reinstall)
     drift: tuple[tuple[str, str | None], ...] = ()               # (target, what it runs) not put there by us
     waiting_for: tuple[str, ...] = ()                            # sources that never answered
 
@@ -95,16 +98,24 @@ def decide(p: PassInput, render: Callable[[Inventory], dict[str, str]]) -> Plan:
     if not rendered:
         raise NginxctlError("no target to render for (none attached)")
     desired = sha(next(iter(rendered.values())))
-    if desired == p.failed and p.backoff_pending:
-        return Plan(Action.HOLD, "the same config failed moments ago: waiting for its backoff", merged, rendered)
-    behind = tuple(name for name, text in rendered.items() if p.loaded.get(name) != sha(text))
+    if desired == p.failed and (p.backoff_pending or p.failed_for_good):
+        why = "nginx rejected this config: held until the inputs change" if p.failed_for_good else \
+            "the same config failed moments ago: waiting for its backoff"
+        return Plan(Action.HOLD, why, merged, rendered)
+    not_loaded = tuple(name for name, text in rendered.items() if p.loaded.get(name) != sha(text))
+    # a file changed under nginx (docker cp, no reload): nginx runs the right config, but a restart would not
+    file_only = tuple(name for name, text in rendered.items() if name not in not_loaded
+                      and name in p.installed and p.installed[name] != sha(text))
+    behind = tuple(name for name in rendered if name in not_loaded or name in file_only)
     if not behind:
         return Plan(Action.IN_SYNC, f"nothing to do: the target runs the desired config ({p.trigger})", merged,
                     rendered)
-    drift = tuple((name, p.loaded.get(name)) for name in behind
+    drift = tuple((name, p.loaded.get(name)) for name in not_loaded
                   if p.verified is not None and p.loaded.get(name) != p.verified)
-    return Plan(Action.APPLY, f"applying ({p.trigger}): the desired config differs from the loaded one", merged,
-                rendered, behind, drift)
+    drift += tuple((name, p.loaded.get(name)) for name in file_only)
+    reason = f"applying ({p.trigger}): the desired config differs from the loaded one" if not_loaded else \
+        f"reinstalling ({p.trigger}): the config file differs from the one nginx runs (changed outside the watch)"
+    return Plan(Action.APPLY, reason, merged, rendered, behind, bool(not_loaded), drift)
 
 
 @dataclass(frozen=True)

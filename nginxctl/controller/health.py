@@ -58,6 +58,11 @@ class Tracker:
     def down(self) -> frozenset[tuple[str, str]]:
         return frozenset(k for k, s in self.servers.items() if not s.up)
 
+    def seed(self, key: tuple[str, str], since: float | None, error: str | None) -> None:
+        """A server known down before this process started (the state a previous watch published): down until
+        it passes `passes` checks, not up until it fails `fails` of them."""
+        self.servers[key] = ServerHealth(up=False, since=since, last_error=error)
+
     def keep(self, keys: set[tuple[str, str]]) -> None:
         """Forget servers no longer in the config."""
         for key in list(self.servers):
@@ -144,6 +149,16 @@ class Checker:
         self.wake.set()
         self.thread.join(5)
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def seed(self, rows: list[dict[str, object]]) -> None:
+        """Start from the health decisions a previous watch published (see `Tracker.seed`)."""
+        with self.lock:
+            for row in rows:
+                if row.get("state") == "down":
+                    since = row.get("since")
+                    self.tracker.seed((str(row["group"]), str(row["address"])),
+                                      float(since) if isinstance(since, (int, float)) else None,
+                                      str(row.get("last_error") or "") or None)
 
     def set_targets(self, targets: list[CheckTarget]) -> None:
         """The servers to check now (after each merge); new ones are checked at once."""

@@ -8,6 +8,7 @@ delays another server's decision. The checks themselves run in `health.Checker`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,6 +35,8 @@ class HealthState:
         self.due: float | None = None             # a held change becomes due then
         self.all_failing: set[str] = set()
         self.change: tuple[list[str], list[str]] = ([], [])   # taken out, put back by the last pass
+        self.held: frozenset[Key] = frozenset()   # servers whose change waits for their damping (until `due`)
+        self.kept_in: set[Key] = set()            # failing, kept in: every primary of their group fails
 
     @property
     def checking(self) -> bool:
@@ -51,7 +54,7 @@ class HealthState:
         if self.checker is None:
             return False
         decision = self.decision(inv, snapshots, now)
-        self.due = decision.due
+        self.due, self.held = decision.due, decision.held
         return decision.down != self.down
 
     def render(self, inv: Inventory, snapshots: Mapping[str, Snapshot], now: float) -> None:
@@ -61,7 +64,7 @@ class HealthState:
             return
         decision = self.decision(inv, snapshots, now)
         before, self.down = self.down, decision.down
-        self.changed_at, self.due = decision.changed_at, decision.due
+        self.changed_at, self.due, self.held = decision.changed_at, decision.due, decision.held
         passing = {k for k, h in self.checker.health().items() if h.up}
         self.change = (sorted(f"{g}/{a}" for g, a in self.down - before),
                        sorted(f"{g}/{a}" for g, a in before - self.down if (g, a) in passing))
@@ -79,12 +82,15 @@ class HealthState:
             self.metrics.all_down.labels(group.name).set(1 if all_failing else 0)
             if all_failing:
                 keep.update(group_primaries)
+                self.kept_in.update(group_primaries)
                 if group.name not in self.all_failing:
                     self.all_failing.add(group.name)
                     self.log("health", f"ALL {len(group_primaries)} primary server(s) of '{group.name}' fail their "
                              "health checks: keeping them all in (nginx's passive checks still apply); check the "
                              "backends and the network between this host and them", group=group.name, level="error")
-            elif group.name in self.all_failing:
+            else:
+                self.kept_in.difference_update(group_primaries)
+            if not all_failing and group.name in self.all_failing:
                 self.all_failing.discard(group.name)
                 self.log("health", f"'{group.name}' has a passing primary server again", group=group.name)
         return frozenset(failing - keep)
@@ -106,8 +112,20 @@ class HealthState:
         """The published health state, server by server."""
         assert self.checker is not None
         return [{"group": g, "address": a, "state": "up" if h.up else "down", "since": h.since,
-                 "last_error": h.last_error, "checks": h.checks, "rendered_down": (g, a) in self.down}
+                 "last_error": h.last_error, "checks": h.checks, "rendered_down": (g, a) in self.down,
+                 "why": self._why((g, a), h.up)}
                 for (g, a), h in sorted(self.checker.health().items())]
+
+    def _why(self, key: Key, up: bool) -> str | None:
+        """Why the rendered state is not what the checks say (None: it is)."""
+        if up == (key not in self.down):
+            return None
+        if key in self.held and self.due is not None:
+            until = time.strftime("%H:%M:%SZ", time.gmtime(time.time() + self.due - self.clock()))
+            return f"held by flap damping until {until} (one health reload per --max-wait for a server)"
+        if not up and key in self.kept_in:
+            return "kept in: every primary of its group fails (nginx's passive checks still apply)"
+        return "not rendered yet: the next reload takes it in account"
 
 
 def primaries(merged: Merged) -> dict[str, list[Key]]:

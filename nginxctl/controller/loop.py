@@ -30,6 +30,7 @@ from ..inventory import Inventory, check_capacity, parse_inventory
 from ..inventory.model import Target
 from ..inventoryfile import container_name, read_inventory
 from ..observe import reload_state
+from ..published import Published
 from ..retire import Retirement
 from ..retireplan import Limits, retire_seconds
 from ..trace import trace
@@ -40,7 +41,7 @@ from .health import Checker
 from .healthstate import HealthState
 from .isolate import culprits
 from .log import DecisionLog
-from .merge import Merged, candidate_server
+from .merge import Merged, candidate_server, merge
 from .metrics import IDLE_BEAT, Metrics
 from .model import BACKOFF, Event, EventKind, Snapshot, WatchOptions, backoff
 from .publisher import HEALTH_HEARTBEAT, Publisher
@@ -82,6 +83,7 @@ class Controller:
         self.snapshots: dict[str, Snapshot] = {}
         self.members: list[Member] | None = None
         self.failed_desired: str | None = None   # the desired config whose last apply failed
+        self.failed_for_good = False             # ...and is not retried until the inputs change (rejected)
         self.client: docker.DockerClient | None = None
         self.verified: str | None = None   # the config this watch last verified on the targets
         self.retry_at: float | None = None
@@ -98,6 +100,8 @@ class Controller:
         self.isolated: dict[tuple[str, str], str] = {}   # discovered servers nginx refused -> its reason
         self.resync_at: float | None = None
         self.publisher = Publisher(options.inventory, options.resync)
+        self.started = False   # the sources run
+        self.attached: list[Member] = []   # the targets last reached: published to even while one is unreachable
         self.render_targets: list[RenderTarget] = []
         self.loaded: dict[str, tuple[str | None, str | None]] = {}   # target -> (hash, text) this pass read
         self.reloaded = False
@@ -138,15 +142,15 @@ class Controller:
         self.sources.append(InventoryFile(str(self.options.inventory), publish))
         self.sources.append(DockerSource(lambda: self.connect(first.target.docker_host), publish, set(names),
                                          local_engine=first.target.docker_host is None))
-        prefixes = {g.name: g.discover_prefix for g in self.inventory.upstreams if g.discover_prefix}
-        if prefixes:
-            self.sources.append(EtcdSource(list(self.inventory.discovery_etcd_endpoints), prefixes, publish))
+        self._follow_etcd(self.inventory)
 
         # idle (no thread wakes) until a group has a health_check
         self.health.checker = Checker(lambda: self.events.put(Event(EventKind.HEALTH)), self.health.on_check)
+        self._seed_health()
         self.sources.append(self.health.checker)
         for source in self.sources:
             source.start()
+        self.started = True
         limits = Limits(self.options.max_generations, self.options.max_memory)
         self.log("start", f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
                  f"{', '.join(names)}; lingering generations: {limits.describe()}, past them "
@@ -155,6 +159,14 @@ class Controller:
                  quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
                  max_generations=self.options.max_generations, max_lingering_memory=self.options.max_memory,
                  retire_rate=self.options.retire_rate, sources=[type(s).__name__ for s in self.sources])
+
+    def _seed_health(self) -> None:
+        """A restarted watch starts from the health decisions the previous one published: a server that was
+        failing stays out until its checks pass, instead of going back into rotation for a few seconds."""
+        assert self.health.checker is not None and self.members
+        published = Published(self.members[0].deployer.live, self.members[0].deployer.history.base).health()
+        if published is not None:
+            self.health.checker.seed(published.get("servers", []))
 
     def close(self) -> None:
         self._end_retirement()
@@ -177,6 +189,7 @@ class Controller:
         EnvironmentProblem naming an unreachable one, UsageError."""
         members = self._reach()
         self.render_targets = [target_of(m.name, m.deployer) for m in members]
+        self.attached = members
         return members
 
     def _reach(self) -> list[Member]:
@@ -237,8 +250,9 @@ class Controller:
                     now = self.clock()
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
-                elif not self.debounce.pending and (event is not None and event.kind is EventKind.RESYNC or
-                                                    self.resync_at is not None and now >= self.resync_at):
+                elif not self.debounce.pending and self.retry_at is None and (
+                        event is not None and event.kind is EventKind.RESYNC or
+                        self.resync_at is not None and now >= self.resync_at):  # a retry is scheduled: it looks
                     self._reconcile(reason="resync")
         finally:
             self.close()
@@ -302,7 +316,13 @@ class Controller:
             self._source_state(event.snapshot, previous)
             if previous is None or self._ours(previous) != self._ours(event.snapshot):
                 self.debounce.change(now)
-        self.metrics.pending.set(self.debounce.changes + (1 if self.retry_at is not None else 0))
+        self._set_pending()
+
+    def _set_pending(self) -> None:
+        """Changes seen and not applied: those in the quiet period, plus 1 while the desired config does not run
+        (a retry scheduled, or a change held back: deferred, rejected, restored)."""
+        held = self.retry_at is not None or self.publisher.held is not None
+        self.metrics.pending.set(self.debounce.changes + (1 if held else 0))
 
     def _ours(self, snapshot: Snapshot) -> tuple[Any, ...]:
         """The candidates of a snapshot that this inventory's groups discover: backends labelled for another
@@ -364,6 +384,26 @@ class Controller:
                      "started with; restart it to follow the change", level="warning")
         self.inventory = inventory
         self.log("inventory", f"{self.options.inventory} changed and loads", sha256=inventory.digest[:12])
+        self._follow_etcd(inventory)
+
+    def _follow_etcd(self, inv: Inventory) -> None:
+        """One etcd source for the groups that discover from etcd now: started, or started again with the new
+        prefixes and endpoints when an inventory edit changes them (its last snapshot is dropped with it)."""
+        prefixes = {g.name: g.discover_prefix for g in inv.upstreams if g.discover_prefix}
+        endpoints = list(inv.discovery_etcd_endpoints)
+        current = next((s for s in self.sources if isinstance(s, EtcdSource)), None)
+        if current is not None and (current.prefixes, current.endpoints) == (prefixes, endpoints):
+            return
+        if current is not None:
+            current.stop()
+            self.sources.remove(current)
+            self.snapshots.pop("etcd", None)
+        if prefixes:
+            source = EtcdSource(endpoints, prefixes, self.events.put)
+            self.sources.append(source)
+            if current is not None or self.started:
+                source.start()
+                self.log("source", f"etcd: following {', '.join(sorted(prefixes.values()))}", source="etcd")
 
     def _reconcile(self, reason: str) -> None:
         """One pass: gather what the target has loaded, decide once (`decide`), carry the plan out."""
@@ -404,14 +444,23 @@ class Controller:
         """Gather (the targets' loaded configs: I/O), then decide (pure)."""
         assert self.inventory is not None
         if self.members is None:
-            self.members = self._attach()
-        self.loaded = {m.name: m.deployer.loaded_config() for m in self.members}
+            try:
+                self.members = self._attach()
+            except NginxctlError:
+                self._publish_wanted()  # what waits for the unreachable target is still said on the others
+                raise
+        observed = {m.name: m.deployer.observed() for m in self.members}
+        self.loaded = {name: (h, text) for name, (h, text, _) in observed.items()}
         self._prune_isolated()
         plan = decide(PassInput(reason, self.inventory, self.snapshots, self.health.down, self.isolated,
                                 {name: h for name, (h, _) in self.loaded.items()}, self.verified,
-                                self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at),
+                                self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at,
+                                self.failed_for_good, {name: f for name, (_, _, f) in observed.items()}),
                       self._render)
         self._observe_generations()
+        if plan.action is not Action.WAIT and self.waiting:  # the source answered: no longer held for it
+            self.waiting = False
+            self.publisher.release()
         if plan.merged is not None:
             self.health.check_targets(plan.merged)
             self._report_skipped(plan.merged)
@@ -419,6 +468,16 @@ class Controller:
             self.publisher.rendered = dict(plan.rendered)
             self.publisher.loaded = {name: h for name, (h, _) in self.loaded.items()}
         return plan
+
+    def _publish_wanted(self) -> None:
+        """While the targets cannot all be reached, publish on the last reached ones what this watch wants now
+        (an inventory edit made meanwhile included), so `status` there shows it pending."""
+        assert self.inventory is not None
+        if not self.render_targets:
+            return
+        with contextlib.suppress(NginxctlError):
+            merged = merge(self.inventory, self.snapshots, self.health.down, self.isolated)
+            self.publisher.rendered = self._render(merged.inventory)
 
     def _render(self, inv: Inventory) -> dict[str, str]:
         return {t.name: render_target(inv, t, self.options.templates, self.options.inventory.parent)
@@ -429,19 +488,26 @@ class Controller:
         assert self.members is not None
         for name, runs in plan.drift:
             shown = f"sha256:{runs[:12]}" if runs else "an unknown config"
-            assert self.verified is not None
-            self.log("drift", f"{name} runs {shown}, not the config this watch verified "
-                     f"(sha256:{self.verified[:12]}): changed outside the watch (a forced apply, a rollback, a "
-                     f"hand edit); putting the desired config back", target=name, loaded=runs[:12] if runs else None,
-                     level="warning")
+            if runs is not None and runs == sha(plan.rendered[name]):
+                self.log("drift", f"{name}: its config file was changed outside the watch (nginx still runs the "
+                         "desired config, a restart would not): reinstalling it", target=name, loaded=runs[:12],
+                         level="warning")
+                continue
+            verified = f"the config this watch verified (sha256:{self.verified[:12]})" if self.verified else \
+                "the desired config"
+            why = "changed outside the watch (a forced apply, a rollback, a hand edit)" if runs else \
+                "restarted, changed outside the watch, or nginx not running yet"
+            self.log("drift", f"{name} runs {shown}, not {verified}: {why}; putting the desired config back",
+                     target=name, loaded=runs[:12] if runs else None, level="warning")
         first = self.loaded[self.members[0].name][0]
         behind = [m for m in self.members if m.name in plan.behind]
         assert plan.desired is not None
-        self.log("apply", plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
-                 targets=list(plan.behind) if len(self.members) > 1 else None)
+        if self.publisher.held is None:  # a retry of a held change is not announced again
+            self.log("apply", plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
+                     targets=list(plan.behind) if len(self.members) > 1 else None)
         for m in behind:  # a health take-out is never held back by the limits on lingering generations
             m.deployer.waive_limits = bool(self.takeouts)
-        result = rollout(behind, dict(plan.rendered), reload=True, dry_run=False, progress=lambda _: None)
+        result = rollout(behind, dict(plan.rendered), reload=plan.reload, dry_run=False, progress=lambda _: None)
         self.reloaded = any(o.reloaded for _, o in result.outcomes)
 
     def _carried_out(self, plan: Plan, reason: str, began: float) -> None:
@@ -453,6 +519,9 @@ class Controller:
             if not self.waiting:  # once, not once per retry
                 self.waiting = True
                 self.log("wait", plan.reason, retry_in=wait)
+            self.publisher.hold(plan.reason)
+            self.publisher.rendered = {}  # nothing is decided while a source never answered: status renders itself
+            self._publish()
             return
         self.waiting = False
         if plan.action is Action.HOLD:
@@ -525,15 +594,17 @@ class Controller:
         self.retry_at = None
         self.failures = 0
         self.burst_started = None
+        self.failed_for_good = False
         self.publisher.release()
-        self.metrics.pending.set(self.debounce.changes)
+        self._set_pending()
         self.publisher.rendered, self.publisher.loaded = rendered, {name: sha(t) for name, t in rendered.items()}
         self._publish()
 
     def _publish(self) -> None:
-        """Publish what this watch wants and whether it runs (see `publisher`)."""
-        if self.members:
-            self.publisher.publish(self.members, sorted(name for name, snap in self.snapshots.items() if snap.stale))
+        """Publish what this watch wants and whether it runs (see `publisher`), on every target last reached: a
+        target that went away does not silence the watch on the others."""
+        self.publisher.publish(self.members or self.attached,
+                               sorted(name for name, snap in self.snapshots.items() if snap.stale))
 
     def _failed(self, exc: NginxctlError, plan: Plan | None) -> None:
         """The desired config does not run: count it (`classify`), say why, retry (with backoff) or wait for the
@@ -541,9 +612,16 @@ class Controller:
         failure = classify(exc)
         if failure.remember and plan is not None:
             self.failed_desired = plan.desired
+            self.failed_for_good = not failure.retry
         if failure.detach:
             self.members = None
         message = describe(exc)
+        if self.held_since is None:
+            self.held_since = self.burst_started or self.clock()
+        lingering = exc.cause if isinstance(exc, FleetFailure) else exc
+        if isinstance(lingering, GenerationsLingering):
+            message = self._lingering(lingering, message)
+        again = message == self.publisher.held   # the same failure as the last attempt: counted, said once
         self.metrics.reloads.labels(failure.result.value).inc()
         located = self._locate(exc, plan) if isinstance(exc, ConfigRejected) else []
         extra: dict[str, Any] = {"located": located} if located else {}
@@ -551,20 +629,21 @@ class Controller:
             wait = failure.delay if failure.delay is not None else backoff(self.failures)
             self.failures += 1
             self.retry_at = self.clock() + wait
-            self.log("reload", message, result=failure.result.value, retry_in=wait, **extra)
+            if not again:
+                self.log("reload", message, result=failure.result.value, retry_in=wait, **extra)
         else:
             self.retry_at = None
             self.burst_started = None
             self.log("reload", message, result=failure.result.value, **extra)
-        if self.held_since is None:
-            self.held_since = self.burst_started or self.clock()
-        lingering = exc.cause if isinstance(exc, FleetFailure) else exc
-        if isinstance(lingering, GenerationsLingering):
-            message = self._lingering(lingering, message)
+        if self.retirement is not None:
+            self.retry_at = None   # the pass comes when the retirement is done
         self.publisher.hold(message)
-        # the desired config does not run: that is a pending change, retried or not
-        self.metrics.pending.set(max(1, self.debounce.changes))
+        self._set_pending()
         self._publish()
+
+    def _isolated_reasons(self) -> set[tuple[str, str]]:
+        """How `merge` words the servers nginx refused (their `skip` line was logged when they were found)."""
+        return {(group, f"nginx refuses {address}: {why}") for (group, address), why in self.isolated.items()}
 
     # -- lingering generations: retired a step at a time between passes ----------------------------------------
 
@@ -618,15 +697,13 @@ class Controller:
             seconds = retire_seconds(oldest.connections, self.options.retire_rate)
             self.retire_due = self.clock()
             self.retire_reported = self.clock()
-            self.retry_at = None   # the pass comes when the retirement is done
             self.metrics.retiring.set(1)
             self.log("retire", f"retiring the oldest generation, past {self._limits(exc)}: {what}; closing them at "
                      f"{self.options.retire_rate:g}/s" + (f" (about {seconds:.1f}s)" if seconds is not None else "")
                      + ", then reloading", generation_pids=oldest.pids, connections=oldest.connections,
                      rate=self.options.retire_rate, reason=exc.reason, lingering=exc.count, memory_bytes=exc.memory)
-        else:
-            self.retry_at = None
-        return f"{message}; {self.retirement.describe()}"
+        return (f"{message}; retiring the oldest generation (workers {', '.join(map(str, oldest.pids))}) at "
+                f"{self.options.retire_rate:g}/s")
 
     def _limits(self, exc: GenerationsLingering) -> str:
         if exc.reason == "memory" and exc.max_memory is not None:
@@ -684,7 +761,7 @@ class Controller:
         for skip in merged.skipped:
             counts[skip.source] = counts.get(skip.source, 0) + 1
             key = (skip.source, skip.origin, skip.reason)
-            if key not in self.skipped_seen:
+            if key not in self.skipped_seen and (skip.group, skip.reason) not in self._isolated_reasons():
                 self.skipped_seen.add(key)
                 self.log("skip", f"{skip.source} backend {skip.origin} skipped: {skip.reason}", source=skip.source,
                          origin=skip.origin, group=skip.group)

@@ -131,18 +131,25 @@ def serve(metrics: Metrics, host: str, port: int) -> http_server.ThreadingHTTPSe
 
     class Handler(http_server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+            self._answer(body=True)
+
+        def do_HEAD(self) -> None:  # noqa: N802 (the http.server API)
+            self._answer(body=False)
+
+        def _answer(self, *, body: bool) -> None:
             if self.path.split("?", 1)[0] == "/metrics":
-                body, status, ctype = metrics.exposition(), 200, prometheus_client.CONTENT_TYPE_LATEST
+                payload, status, ctype = metrics.exposition(), 200, prometheus_client.CONTENT_TYPE_LATEST
             elif self.path == "/healthz":
                 ok, said = metrics.alive()
-                body, status, ctype = f"{said}\n".encode(), 200 if ok else 503, "text/plain"
+                payload, status, ctype = f"{said}\n".encode(), 200 if ok else 503, "text/plain"
             else:
-                body, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
+                payload, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
             self.send_response(status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(body)
+            if body:
+                self.wfile.write(payload)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the http.server API)
             return None

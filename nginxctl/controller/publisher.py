@@ -51,9 +51,7 @@ class Publisher:
         now = time.time()
         for m in members:
             text = self.rendered.get(m.name)
-            if text is None:
-                continue
-            desired = sha(text)
+            desired = sha(text) if text is not None else None   # None: nothing decided yet (a source never answered)
             key = (desired, self.loaded.get(m.name), self.held, tuple(unreachable))
             if self._sent.get(m.name) == key and now - self._sent_at.get(m.name, 0.0) < self.resync / 2:
                 continue

@@ -8,10 +8,15 @@ from .loop import Connect, Controller
 from .metrics import Metrics, parse_address, serve
 from .model import WatchOptions
 
+MIN_RESYNC = 1.0
+
 
 def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "text", metrics: str | None = None) -> int:
     """`nginxctl watch`: check the options, serve the metrics (when an address is given), run the controller
     until SIGTERM/SIGINT. Returns the exit code. Raises UsageError, EnvironmentProblem, InventoryError, LockBusy."""
+    if options.resync < MIN_RESYNC:
+        raise UsageError(f"--resync {options.resync:g}s: at least {MIN_RESYNC:g}s (each resync reads what every "
+                         "target has loaded)")
     if options.max_wait < options.quiet_period:
         raise UsageError(f"--max-wait ({options.max_wait:g}s) must not be shorter than --quiet-period "
                          f"({options.quiet_period:g}s)")

@@ -35,6 +35,7 @@ else:
     requests = lazy_import("requests")
 
 GROUP_LABEL = "nginxctl.group"
+PROBE_EVERY = 5.0   # an etcd watch that has been silent this long is probed (a hung etcd answers nothing)
 
 
 class InventoryFile:
@@ -308,7 +309,12 @@ class EtcdSource:
                     watchers.append(thread)
                     thread.start()
                 while not self.stopping.is_set():
-                    group, key, value, revision = self.changed.get()
+                    try:
+                        group, key, value, revision = self.changed.get(timeout=PROBE_EVERY)
+                    except queue.Empty:
+                        # a hung etcd (stopped, partitioned) keeps the streams open and silent: ask it
+                        client.status()
+                        continue
                     if revision < 0:
                         break
                     if value is None:

@@ -143,6 +143,33 @@ class NamedTarget(Target):
     """One load balancer of a fleet (`targets:`)."""
 
     name: str = ""
+    priority: int | None = None   # VRRP priority with `ha:` (filled in from the default order); None without
+
+
+@dataclass(frozen=True)
+class HA:
+    """A virtual IP that moves between the fleet's targets (VRRP by keepalived beside each target's nginx)."""
+
+    vip: str                    # address/prefix, canonical: 10.254.7.100/24
+    address: str                # the address alone: 10.254.7.100
+    family: str                 # inet | inet6
+    virtual_router_id: int
+    interface: str = "eth0"
+    advert_interval: Duration = Duration("1s", 1000)
+    nopreempt: bool = True
+    health_port: int = 61999
+    fall: int = 2
+    rise: int = 2
+    image: str = "nginxctl/keepalived:local"
+    nonlocal_bind: bool = False  # a group listens on the VIP itself: the standbys bind an address they do not hold
+
+    @property
+    def advert_seconds(self) -> int:
+        return self.advert_interval.ms // 1000
+
+    @property
+    def vrrp_version(self) -> int:
+        return 2 if self.family == "inet" else 3
 
 
 @dataclass(frozen=True)
@@ -156,6 +183,7 @@ class Inventory:
     vars: dict[str, str] = field(default_factory=dict)
     discovery_etcd_endpoints: tuple[str, ...] = ()
     targets: tuple[NamedTarget, ...] = ()   # a fleet; empty: the single `target`
+    ha: HA | None = None                    # a virtual IP over the fleet (`ha:`)
     # Where each key sits in the file (yamlsource.Positions), to trace nginx errors back to it.
     positions: Any = field(default=None, compare=False, repr=False)
     # The parsed YAML, kept so that capacity can be checked against a machine later without parsing again.

@@ -6,6 +6,7 @@ and as the key reference in docs/inventory.md, so the three cannot disagree.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,6 +177,44 @@ def _discovery(value: Any) -> tuple[str, ...]:
     return tuple(e.rstrip("/") for e in endpoints)
 
 
+def _vip(value: Any) -> tuple[str, str, str]:
+    """`10.254.7.100/24` or `2001:db8::64/64` -> (canonical address/prefix, address, family)."""
+    expected = ("the virtual IP with its prefix length, e.g. 10.254.7.100/24 (the address the clients dial and the "
+                "length of the network it is on)")
+    if not isinstance(value, str) or "/" not in value or not re.fullmatch(r"[0-9A-Fa-f.:]+/[0-9]{1,3}", value):
+        raise g.Invalid(expected, value)
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise g.Invalid(expected, value) from None
+    ip = iface.ip
+    if ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_reserved:
+        raise g.Invalid("a unicast virtual IP (not multicast, loopback, link-local, reserved or 0.0.0.0)", value)
+    net = iface.network
+    if net.num_addresses > 2 and ip in (net.network_address, getattr(net, "broadcast_address", None)):
+        raise g.Invalid(f"an address inside {net.with_prefixlen}, not its network or broadcast address", value)
+    family = "inet" if ip.version == 4 else "inet6"
+    return iface.with_prefixlen, str(ip), family
+
+
+def _interface(value: Any) -> str:
+    # Linux names: at most 15 bytes (IFNAMSIZ - 1), no '/', no whitespace; these characters are always safe.
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}", value):
+        raise g.Invalid("a network interface name of at most 15 letters, digits and _.- (e.g. eth0), as named in "
+                        "the target's network namespace", value)
+    return value
+
+
+def _advert_interval(value: Any) -> g.Duration:
+    duration = g.parse_duration(value)
+    if duration.ms < 1000:
+        raise g.Invalid("an advert interval of at least 1s (VRRP version 2 counts whole seconds)", value)
+    if duration.ms % 1000 or duration.ms > 255_000:
+        raise g.Invalid("a whole number of seconds from 1s to 255s (VRRP version 2 carries whole seconds in "
+                        "8 bits)", value)
+    return g.Duration(f"{duration.ms // 1000}s", duration.ms)
+
+
 _END = r"(?![\s\S])"
 _DURATION = {"type": ["string", "integer"], "minimum": 0, "maximum": g.NGX_MAX_INT // 1000,
              "pattern": rf"^(?:{g.DURATION_MS.pattern}){_END}"}
@@ -337,6 +376,41 @@ FLEET_TARGET_KEYS = [
     _k("name", lambda v: g.check_name(v, "a target name"), "How commands and reports name this load balancer "
        "(--targets NAME,...).", "", json={"type": "string"}),
     *TARGET_KEYS,
+    _k("priority", _int(1, 254), "With ha: this load balancer's VRRP priority (the highest healthy one takes the "
+       "virtual IP when none holds it). Default: descending in the order of targets: 200, 190, 180, ... (closer "
+       "together beyond 20 targets). 255 is the address owner's, which no target is.", "keepalived: priority"),
+]
+
+HA_PRIORITY_TOP = 200  # the first target's default priority; each next one is lower
+
+HA_KEYS = [
+    _k("vip", _vip, "The virtual IP with its prefix length, e.g. 10.254.7.100/24: the address clients dial. "
+       "keepalived adds it to interface on the target that is MASTER and removes it elsewhere. IPv4 (VRRP "
+       "version 2) or IPv6 (version 3).", "keepalived: virtual_ipaddress",
+       json={"type": "string", "pattern": rf"^[0-9A-Fa-f.:]+/[0-9]{{1,3}}{_END}"}),
+    _k("interface", _interface, "The interface, inside each target's network namespace, that carries VRRP and "
+       "the virtual IP.", "keepalived: interface", "eth0", {"type": "string"}),
+    _k("virtual_router_id", _int(1, 255), "VRRP group id, 1-255: the same on every target of this inventory and "
+       "unique among VRRP groups on the network (it is the last byte of the virtual MAC).",
+       "keepalived: virtual_router_id"),
+    _k("advert_interval", _advert_interval, "Time between the master's VRRP adverts, whole seconds (1s to "
+       "255s). A backup takes over after 3 missed adverts; nginx's health is checked at the same interval.",
+       "keepalived: advert_int", "1s", {**_DURATION, "minimum": 1, "maximum": 255}),
+    _k("nopreempt", _bool, "A recovered (higher-priority) target does not take the virtual IP back from the "
+       "healthy target holding it, which would cut the clients a second time; it waits as BACKUP. false: the "
+       "highest priority always holds it.", "keepalived: nopreempt", True, _BOOL),
+    _k("health_port", _int(1, 65535), "Loopback TCP port (127.0.0.1) of a listener nginxctl adds to the nginx "
+       "config, answered by nginx itself (`return`); keepalived checks it every advert_interval and a target "
+       "whose nginx does not answer (stopped, hung, paused) goes to FAULT and gives the virtual IP up. The "
+       "default is outside Linux's default ephemeral range (32768-60999).", "listen 127.0.0.1:PORT", 61999),
+    _k("fall", _int(1, 10), "Failed health checks in a row that put a target in FAULT (it gives up the "
+       "virtual IP). Failover takes about fall x advert_interval plus one check.", "keepalived: fall", 2),
+    _k("rise", _int(1, 10), "Passed health checks in a row that take a target out of FAULT (with nopreempt it "
+       "then waits as BACKUP).", "keepalived: rise", 2),
+    _k("image", _image, "The keepalived image: apply runs it beside each target, validate checks each "
+       "target's keepalived.conf with it (`keepalived --config-test`). scripts/setup.sh builds the default from "
+       "Debian's keepalived package (scripts/build-keepalived-image.sh, no registry).", "",
+       "nginxctl/keepalived:local", {"type": "string"}),
 ]
 
 TOP_KEYS = [
@@ -356,6 +430,9 @@ TOP_KEYS = [
        "", json={"type": "string"}),
     _k("vars", _vars, "NAME: VALUE pairs for custom templates.", "",
        json={"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean"]}}),
+    _k("ha", lambda v: v, "A virtual IP that moves between the fleet's load balancers (VRRP, keepalived beside "
+       "each target's nginx): needs targets: with at least two. See docs/inventory.md, `ha:`.", "",
+       json={"$ref": "#/$defs/ha"}),
     _k("discovery", _discovery, "Where discovering groups look: {etcd: {endpoints: [http://127.0.0.1:2379]}}.",
        "", json={"type": "object", "properties": {"etcd": {
            "type": "object", "properties": {"endpoints": {"type": "array", "items": {"type": "string"},
@@ -397,6 +474,7 @@ def json_schema() -> dict[str, Any]:
             "health_check": _object(HEALTH_KEYS),
             "target": _object(TARGET_KEYS),
             "fleet_target": _object(FLEET_TARGET_KEYS, ("name", "container")),
+            "ha": _object(HA_KEYS, ("vip", "virtual_router_id")),
         },
     })
     return schema
@@ -429,12 +507,45 @@ refused before they expand).
     return header + reference_markdown()
 
 
+HA_NOTES = """\
+With `ha:`, `nginxctl apply` runs keepalived beside each target's nginx: a container `<container>-keepalived`
+(image `ha.image`) in the target's network namespace (`network_mode: container:<target>`), with the capabilities
+NET_ADMIN, NET_BROADCAST and NET_RAW, plus SETUID and SETGID, which keepalived uses to start each health check.
+It is recreated when the target container was restarted or recreated (keepalived left in a dead namespace holds
+nothing) and reloaded (SIGHUP) only when its keepalived.conf changed. `nginxctl render --keepalived` prints each
+target's `keepalived.conf`; `nginxctl validate` checks it with `keepalived --config-test`. Not yet: changing
+the standby first, keepalived.conf in the target's history and rollback, `watch`. What nginxctl decides for
+you, and why:
+
+- **Every target starts as BACKUP**, and the healthy one with the highest priority becomes MASTER. With
+  `nopreempt` (the default) a target that recovers does not take the address back from a healthy holder: the
+  clients are cut once (at the failure), not twice.
+- **Health is nginx answering, not a port accepting.** nginxctl adds a listener on `127.0.0.1:health_port` to
+  the nginx config that nginx answers itself (`return`); keepalived's check connects and needs that answer
+  within the advert interval. A TCP connect alone passes on a hung or paused nginx: the kernel completes the
+  handshake into the listen backlog. The check has weight 0, so `fall` failures put the target in FAULT and it
+  gives the address up; a lower priority would not move the address with `nopreempt`. A target starts
+  failed (`init_fail`): it can become MASTER only after `rise` answers, and a check that cannot run keeps it out.
+- **VRRP adverts are multicast** (224.0.0.18, or ff02::12 for an IPv6 virtual IP) on `interface`: a LAN or a
+  bridge carries them. Networks that drop multicast (most clouds) are not supported yet: unicast peers need each
+  target's own address, which the inventory does not have.
+- **No VRRP authentication.** RFC 3768 removed it from VRRP version 2 and keepalived advises against it: an
+  8-byte clear-text password stops no one who can send adverts on the segment. Keep VRRP on a segment only the
+  load balancers share.
+- **A group that listens on the virtual IP itself** (rather than on a port alone) needs the standbys to bind an
+  address they do not hold: `ip_nonlocal_bind` in the targets' namespace. `validate` allows it; `apply` does not
+  set it yet: create the target containers with `--sysctl net.ipv4.ip_nonlocal_bind=1` (or `ipv6`). Any other
+  specific listen address must be loopback: every target runs the same config.
+"""
+
+
 def reference_markdown() -> str:
     """The key reference as Markdown tables (docs/inventory.md is generated from this)."""
     sections = [("Top level", TOP_KEYS), ("A group: `upstreams.NAME`", GROUP_KEYS),
                 ("A server: `upstreams.NAME.servers[]`", SERVER_KEYS), ("`nginx:`", NGINX_KEYS),
                 ("`target:`", TARGET_KEYS), ("`upstreams.NAME.health_check` (or `defaults.health_check`)",
-                                             HEALTH_KEYS), ("A fleet: `targets[]`", FLEET_TARGET_KEYS)]
+                                             HEALTH_KEYS), ("A fleet: `targets[]`", FLEET_TARGET_KEYS),
+                ("A virtual IP: `ha:` (with `targets:`)", HA_KEYS)]
     out = []
     for title, keys in sections:
         out += [f"### {title}", "", "| key | type | default | nginx | meaning |", "|---|---|---|---|---|"]
@@ -453,4 +564,6 @@ def reference_markdown() -> str:
             directive = f"`{k.directive}`" if k.directive else ""
             out.append(f"| `{k.name}` | {typ} | {default} | {directive} | {k.doc} |")
         out.append("")
+        if keys is HA_KEYS:
+            out.append(HA_NOTES)
     return "\n".join(out)

@@ -6,8 +6,10 @@
   live     a running nginx target: its files, processes, binary and reload, through one of two transports
            (this host's /proc, or the Docker API) chosen when it is attached
   lock     the change lock and the watch lock of a target
+  keepalived  `keepalived --config-test` of a target's keepalived.conf (`ha:`), in the sandbox
 
-No shell runs in any container: an image that holds nothing but nginx works. Callers pass the Docker client
+No shell runs in any nginx container: an image that holds nothing but nginx works (the keepalived image is
+nginxctl's own and carries busybox for the health check). Callers pass the Docker client
 in (the CLI makes it). What nginx prints is parsed in `nginxtext` (pure). The Docker SDK itself is loaded on
 first use (see `lazy`): importing this package costs nothing until a command talks to Docker.
 """
@@ -23,10 +25,12 @@ from .engine import (
     ensure_image,
     image_present,
 )
+from .keepalived import KEEPALIVED_HINT, CompanionChange, ensure_companion, test_keepalived_config
 from .live import FileInfo, LiveNginx
 from .lock import LOCK_STALE_SECONDS, TargetLock, describe_holder
 from .sandbox import VALIDATE_TIMEOUT, image_build, test_config
 
 __all__ = ["BUILD_HINT", "DEFAULT_IMAGE", "LOCAL_IMAGE", "LOCK_STALE_SECONDS", "PLACEHOLDER_IP", "VALIDATE_TIMEOUT",
            "FileInfo", "LiveNginx", "Progress", "TargetLock", "connect", "describe_holder", "engine_machine",
-           "ensure_image", "image_build", "image_present", "test_config"]
+           "ensure_image", "image_build", "image_present", "test_config", "KEEPALIVED_HINT", "test_keepalived_config",
+           "CompanionChange", "ensure_companion"]

@@ -322,8 +322,8 @@ class LiveNginx:
                 raise EnvironmentProblem(f"container {name} does not exist",
                                          "start it (see compose/) or name another with --container") from None
         if container.status != "running":
-            raise EnvironmentProblem(f"container {name} is {container.status}, not running",
-                                     f"start it: docker start {name}")
+            fix = f"docker unpause {name}" if container.status == "paused" else f"docker start {name}"
+            raise EnvironmentProblem(f"container {name} is {container.status}, not running", f"start it: {fix}")
         return cls(client, container)
 
     def _find_binary(self) -> str:

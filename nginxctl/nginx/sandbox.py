@@ -25,9 +25,13 @@ from .engine import BUILD_HINT, engine_call, tar_archive
 VALIDATE_TIMEOUT = 60
 
 
+NGINX_CAPS = ("NET_BIND_SERVICE", "SETUID", "SETGID")
+
+
 def _run_throwaway(client: docker.DockerClient, image: str, command: list[str], *,
                    files: dict[str, str] | None = None, network: str = "none",
-                   hosts: dict[str, str] | None = None, memory: int = 256 * 1024 ** 2) -> NginxOutput:
+                   hosts: dict[str, str] | None = None, memory: int = 256 * 1024 ** 2,
+                   caps: tuple[str, ...] = NGINX_CAPS, what: str = "nginx -t", hint: str = BUILD_HINT) -> NginxOutput:
     """Run `command` in a locked-down container that is always removed; return its exit code and output.
 
     Files are put in a fresh volume at /etc/nginxctl (the root file system is read-only).
@@ -42,7 +46,7 @@ def _run_throwaway(client: docker.DockerClient, image: str, command: list[str], 
             kwargs: dict[str, Any] = dict(
                 read_only=True, tmpfs={"/run": "size=1m", "/tmp": "size=16m", "/var/log/nginx": "size=4m",
                                        "/var/lib/nginx": "size=16m", "/var/cache/nginx": "size=16m"},
-                cap_drop=["ALL"], cap_add=["NET_BIND_SERVICE", "SETUID", "SETGID"],
+                cap_drop=["ALL"], cap_add=list(caps),
                 security_opt=["no-new-privileges"], mem_limit=memory, pids_limit=64, network_mode=network,
                 labels={"nginxctl.role": "validate"}, entrypoint=[command[0]], command=command[1:],
                 extra_hosts=hosts or None)
@@ -54,18 +58,18 @@ def _run_throwaway(client: docker.DockerClient, image: str, command: list[str], 
             try:
                 container = client.containers.create(image, **kwargs)
             except docker.errors.ImageNotFound:
-                raise EnvironmentProblem(f"image {image} is not present", BUILD_HINT) from None
+                raise EnvironmentProblem(f"image {image} is not present", hint) from None
             if files:
                 container.put_archive("/etc/nginxctl", tar_archive(dict(files)))
             container.start()
             try:
                 status = container.wait(timeout=VALIDATE_TIMEOUT)
             except requests.exceptions.ReadTimeout:
-                raise EnvironmentProblem(f"nginx -t did not finish within {VALIDATE_TIMEOUT}s in {image}") from None
+                raise EnvironmentProblem(f"{what} did not finish within {VALIDATE_TIMEOUT}s in {image}") from None
             output = container.logs(stdout=True, stderr=True).decode(errors="replace")
             container.reload()
         if container.attrs.get("State", {}).get("OOMKilled"):
-            raise EnvironmentProblem(f"nginx -t ran out of memory in the test container ({memory // 1024 ** 2} "
+            raise EnvironmentProblem(f"{what} ran out of memory in the test container ({memory // 1024 ** 2} "
                                      "MiB)", "large configs need more: this is nginxctl's limit, not nginx's error")
         return NginxOutput(command, int(status.get("StatusCode", 1)), output)
     finally:
