@@ -1,0 +1,229 @@
+"""The connections nginx holds to each server of its groups, per worker generation, read from the kernel.
+
+One sock_diag dump in the nginx master's network namespace (docs/sockdiag.md), filtered in the kernel to
+the backend ports (nginx's upstream-side sockets: remote = a server) and the listen ports (its client-side
+sockets), then `socket_owners` of the workers: a socket held by a current worker is on the current
+generation, one held by a worker "shutting down" is on an old one; sockets of any other process (a
+client of the same backend on this host) are not nginx's and are left out. Servers are matched by
+address and port; a server given by host name counts every address the container's /etc/hosts (else
+this host) gives it.
+
+A server the loaded config no longer has but old workers still hold connections to is found through
+the target's history (the configs it ran before): it is reported under the group that last had it.
+
+Only on the engine's host (the reader needs the container's host pids): for a remote engine `read_pool`
+raises PoolUnavailable (exit 3). I/O: netlink, /proc. Not in the pure core.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .errors import EnvironmentProblem
+from .history import History
+from .nginx import LiveNginx
+from .nginxtext import Processes, UpstreamServer, parse_upstreams
+from .observe import server_addresses
+from .sockdiag import TCP_ESTABLISHED, SockDiag, TcpSocket, socket_owners
+
+TCP_LISTEN = 10
+HISTORY_LOOKBACK = 10   # earlier configs searched for servers that old workers still hold
+PAIR_GAP = 4            # see pair_clients
+
+
+class PoolUnavailable(EnvironmentProblem):
+    """nginxctl cannot see (or close) the target's sockets from where it runs."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """One connection nginx proxies to a server: its upstream-side socket, the worker holding it, whether
+    that worker is of an old generation, and (when it can be told) the client-side socket it relays."""
+
+    sock: TcpSocket
+    pid: int
+    old: bool
+    client: TcpSocket | None = None
+
+
+@dataclass
+class ServerPool:
+    """A server of a group as the loaded config has it (`state` up/down/backup), or `removed`."""
+
+    group: str
+    address: str
+    state: str
+    weight: int
+    held: list[Held] = field(default_factory=list)
+    countable: bool = True   # False for a unix: server (not a TCP connection) and UDP groups
+
+    @property
+    def connections(self) -> int:
+        return len(self.held)
+
+    @property
+    def old_connections(self) -> int:
+        return sum(1 for h in self.held if h.old)
+
+
+@dataclass
+class Pool:
+    """Every server of every group, with its connections; client connections per worker pid."""
+
+    servers: dict[str, list[ServerPool]]
+    clients_per_pid: dict[int, int]
+    processes: Processes
+    seconds: float
+
+    def group(self, name: str) -> list[ServerPool]:
+        return self.servers.get(name, [])
+
+
+def _weight(server: UpstreamServer) -> int:
+    for param in server.params:
+        if param.startswith("weight="):
+            try:
+                return max(1, int(param[7:]))
+            except ValueError:
+                return 1
+    return 1
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a `server` address text; None for unix: sockets and addresses without a port."""
+    if address.lower().startswith("unix:"):
+        return None
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _removed_servers(history: History, loaded: dict[str, list[UpstreamServer]]) -> dict[str, list[UpstreamServer]]:
+    """Servers of earlier configs (the target's history, newest first) that the loaded config lacks."""
+    have = {s.address for servers in loaded.values() for s in servers}
+    found: dict[str, list[UpstreamServer]] = {}
+    seen: set[str] = set()
+    for entry in history.entries()[:HISTORY_LOOKBACK]:
+        text = history.read(entry)
+        for group, servers in parse_upstreams(text or "").items():
+            for server in servers:
+                if server.address not in have and server.address not in seen:
+                    seen.add(server.address)
+                    found.setdefault(group, []).append(server)
+    return found
+
+
+def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = None, info: bool = False,
+              udp_groups: Iterable[str] = (), only_group: str | None = None) -> Pool:
+    """The connections nginx in `live` holds to every server of `loaded_config` (the config it runs), split
+    by worker generation; with `history` (the target's), also the servers earlier
+    configs had that old workers still hold (state `removed`). `info`: with tcp_info (idleness), for
+    rebalance. Raises PoolUnavailable when the sockets cannot be seen from here (a remote engine),
+    SockDiagUnavailable when the kernel refuses."""
+    if live.root is None or live.main_pid is None:
+        raise PoolUnavailable(f"nginxctl cannot see the sockets of {live.name}: it is reached through a remote "
+                              "Docker engine (or without this host's PID namespace)",
+                              "run nginxctl on the engine's host, as root")
+    began = time.monotonic()
+    procs = live.processes()
+    if procs.master is None:
+        raise EnvironmentProblem(f"no nginx master process runs in {live.name}")
+    loaded = parse_upstreams(loaded_config)
+    udp = set(udp_groups)
+    pools: dict[str, list[ServerPool]] = {}
+    for group, servers in loaded.items():
+        if only_group is not None and group != only_group:
+            continue
+        pools[group] = [ServerPool(group, s.address, s.state, _weight(s), countable=group not in udp)
+                        for s in servers]
+    if history is not None:
+        for group, servers in _removed_servers(history, loaded).items():
+            if group in pools or (only_group is None and group not in loaded):
+                pools.setdefault(group, []).extend(
+                    ServerPool(group, s.address, "removed", _weight(s), countable=group not in udp)
+                    for s in servers)
+    hosts = live.hosts_file()
+    by_address: dict[tuple[str, int], ServerPool] = {}
+    for members in pools.values():
+        for member in members:
+            hp = host_port(member.address) if member.countable else None
+            if hp is None:
+                member.countable = False
+                continue
+            for addr in server_addresses(live, hp[0], hosts):
+                by_address.setdefault((addr, hp[1]), member)
+    master = procs.master.pid
+    workers = [p.pid for p in procs.workers]
+    old = {p.pid for p in procs.old_workers}
+    with SockDiag(netns_pid=master) as diag:
+        listening = {s.inode: s.local[1] for s in diag.tcp(states=(TCP_LISTEN,), info=False)}
+        master_socks = socket_owners([master])
+        listen_ports = {port for inode, port in listening.items() if inode in master_socks}
+        backend_ports = {port for _, port in by_address}
+        socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports, remote_ports=backend_ports,
+                         info=info) if listen_ports or backend_ports else []
+    owners = socket_owners(workers + sorted(old))
+    clients: dict[int, int] = {pid: 0 for pid in workers + sorted(old)}
+    client_socks: dict[int, list[TcpSocket]] = {}
+    upstream: list[tuple[TcpSocket, int, ServerPool]] = []
+    for sock in socks:
+        pid = owners.get(sock.inode)
+        if pid is None:
+            continue
+        held_by = by_address.get(sock.remote)
+        if held_by is not None:
+            upstream.append((sock, pid, held_by))
+        elif sock.local[1] in listen_ports:
+            clients[pid] += 1
+            client_socks.setdefault(pid, []).append(sock)
+    pairs = pair_clients(client_socks, [(s, pid) for s, pid, _ in upstream])
+    for sock, pid, member in upstream:
+        member.held.append(Held(sock, pid, pid in old, pairs.get(sock.inode)))
+    return Pool(pools, clients, procs, time.monotonic() - began)
+
+
+def pair_clients(clients: dict[int, list[TcpSocket]], upstream: list[tuple[TcpSocket, int]]) \
+        -> dict[int, TcpSocket]:
+    """upstream inode -> the client-side socket it relays, where it can be told.
+
+    The kernel gives no link between nginx's two sockets of one connection. For a stream proxy without
+    preread, a worker accepts the client and creates the upstream socket in the same event handler, and
+    socket inodes are numbered in creation order (per CPU, in batches): the client socket of an upstream
+    socket is the one of the same worker with the nearest lower inode, at most PAIR_GAP below, taken once.
+    Tested against real nginx (tests/test_pool.py); a socket that cannot be paired is not guessed."""
+    out: dict[int, TcpSocket] = {}
+    by_pid: dict[int, list[TcpSocket]] = {}
+    for sock, pid in upstream:
+        by_pid.setdefault(pid, []).append(sock)
+    for pid, ups in by_pid.items():
+        mine = sorted(clients.get(pid, []), key=lambda s: s.inode)
+        inodes = [s.inode for s in mine]
+        used: set[int] = set()
+        for up in sorted(ups, key=lambda s: s.inode):
+            i = bisect.bisect_left(inodes, up.inode) - 1
+            if i >= 0 and up.inode - inodes[i] <= PAIR_GAP and inodes[i] not in used:
+                used.add(inodes[i])
+                out[up.inode] = mine[i]
+    return out
+
+
+def memory_bytes(pid: int) -> int | None:
+    """A process's proportional set size (Pss: its private pages plus its share of those it shares with the
+    other workers), from /proc/PID/smaps_rollup; RSS when that is not readable; None when gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
