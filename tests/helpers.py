@@ -52,6 +52,7 @@ class _TCPHandler(socketserver.BaseRequestHandler):
 class _TCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256   # a fleet of clients connecting at once (socketserver's default backlog is 5)
 
     def __init__(self, port: int, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
