@@ -9,7 +9,7 @@ import pytest
 from nginxctl.nginxtext import emerg_lines, parse_upstreams, with_servers_down
 from nginxctl.share import converged, fair_shares, minimum, plan, skew
 
-from helpers import Devices, cli
+from helpers import Devices, cli, wait_for
 
 
 def _status(lb) -> dict:  # type: ignore[no-untyped-def]
@@ -65,6 +65,48 @@ def test_status_counts_connections_per_server_and_generation(lb, backends):
         assert servers[a.address]["connections"] == 5 and servers[a.address]["fair_share"] == 2.5
         text = cli("status", "-i", str(lb.inventory))
         assert "removed" in text.stdout and "█" in text.stdout or "▒" in text.stdout, text.stdout
+    finally:
+        devices.close()
+
+
+@pytest.mark.integration
+def test_a_target_reached_through_the_docker_api_alone_cannot_be_counted(lb, backends, docker_client):
+    from nginxctl.nginx import LiveNginx
+    from nginxctl.pool import PoolUnavailable, read_pool
+
+    a = backends("A")
+    _, g = lb.group([a.address])
+    lb.write({"pool": g})
+    _apply(lb)
+    remote = LiveNginx(docker_client, docker_client.containers.get(lb.name), local=False)   # as a remote engine
+    with pytest.raises(PoolUnavailable) as caught:
+        read_pool(remote, "")
+    assert caught.value.exit_code == 3 and "remote Docker engine" in str(caught.value)
+
+
+@pytest.mark.integration
+def test_watch_exports_connections_per_server_and_the_skew(lb, backends, watches):
+    a, b = backends("A"), backends("B")
+    port, g = lb.group([a.address, b.address], balance="least_conn")
+    lb.write({"pool": g})
+    watch = watches(lb.inventory, "--resync", "1s")
+    watch.reload()
+    devices = Devices(port, 8)
+    try:
+        devices.wait(lambda d: d.counts() == {"A": 4, "B": 4}, 10, "least_conn spreads 8 clients 4/4")
+        c = backends("C")
+        g["servers"].append(c.address)
+        lb.write({"pool": g})
+        watch.reload()
+
+        def gauges() -> tuple[dict[str, float], float | None]:
+            samples = watch.metrics()
+            held = {dict(labels)["server"]: v for (name, labels), v in samples.items()
+                    if name == "nginxctl_backend_connections" and dict(labels)["group"] == "pool"}
+            return held, samples.get(("nginxctl_group_skew", (("group", "pool"),)))
+
+        wait_for(lambda: gauges()[0] == {a.address: 4, b.address: 4, c.address: 0}, 15, lambda: str(gauges()))
+        assert gauges()[1] == pytest.approx(1.0)   # C holds none of its share of 8/3: 100% off
     finally:
         devices.close()
 

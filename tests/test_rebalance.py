@@ -62,6 +62,26 @@ def test_a_scale_out_converges_within_tolerance_closing_near_the_minimum(lb, bac
         devices.close()
 
 
+
+@pytest.mark.integration
+def test_two_servers_added_with_weights_each_receives_its_share(lb, backends):
+    devices, (a, b, c) = _scaled_out(lb, backends, 60)
+    try:
+        d = backends("D")
+        data = __import__("yaml").safe_load(lb.inventory.read_text())
+        data["upstreams"]["pool"]["servers"] = [a.address, b.address, {"address": c.address, "weight": 2}, d.address]
+        write_inventory(lb.inventory, data)
+        _apply(lb)
+        code, report = _rebalance(lb, "--rate", "100", "--timeout", "60s")
+        assert code == 0, report
+        # 120 held, weights 1:1:2:1: shares 24, 24, 48, 24; A and B hold 34 each above 26: the minimum is 68
+        assert report["minimum"] == 68 and report["moved"] <= 1.15 * 68, report
+        shares = {a.address: 24, b.address: 24, c.address: 48, d.address: 24}
+        assert all(abs(report["after"][s] - share) <= max(0.1 * share, 1) for s, share in shares.items()), report
+        assert devices.resets == 0
+    finally:
+        devices.close()
+
 @pytest.mark.integration
 def test_dry_run_prints_the_plan_and_closes_nothing(lb, backends):
     devices, (a, b, c) = _scaled_out(lb, backends, 30)

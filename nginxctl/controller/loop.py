@@ -40,6 +40,7 @@ from .log import DecisionLog
 from .merge import Merged, candidate_server
 from .metrics import IDLE_BEAT, Metrics
 from .model import BACKOFF, Event, EventKind, Snapshot, WatchOptions, backoff
+from .poolmetrics import PoolMetrics
 from .publisher import HEALTH_HEARTBEAT, Publisher
 from .sources import DockerSource, EtcdSource, InventoryFile
 
@@ -133,12 +134,19 @@ class Controller:
         # idle (no thread wakes) until a group has a health_check
         self.health.checker = Checker(lambda: self.events.put(Event(EventKind.HEALTH)), self.health.on_check)
         self.sources.append(self.health.checker)
+        if self.metrics.served:
+            self.sources.append(PoolMetrics(self.metrics, self.options.resync, self._pool_view))
         for source in self.sources:
             source.start()
         self.log("start", f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
                  f"{', '.join(names)}",
                  quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
                  sources=[type(s).__name__ for s in self.sources])
+
+    def _pool_view(self) -> list[tuple[nginx.LiveNginx, str | None]]:
+        """Each target and the config this loop last read as loaded (for the pool metrics' thread)."""
+        members, loaded = self.members or [], self.loaded
+        return [(m.deployer.live, loaded.get(m.name, (None, None))[1]) for m in members]
 
     def close(self) -> None:
         if self.health.checking:
