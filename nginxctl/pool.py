@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import EnvironmentProblem
 from .history import History
@@ -33,16 +34,17 @@ from .sockdiag import TCP_ESTABLISHED, SockDiag, TcpSocket, socket_owners
 TCP_LISTEN = 10
 HISTORY_LOOKBACK = 10   # earlier configs searched for servers that old workers still hold
 PAIR_GAP = 4            # see pair_clients
+CURRENT = 0             # the pid a socket of an unknown current worker is filed under (no current worker)
 
 
 class PoolUnavailable(EnvironmentProblem):
     """nginxctl cannot see (or close) the target's sockets from where it runs."""
 
 
-@dataclass(frozen=True)
-class Held:
+class Held(NamedTuple):
     """One connection nginx proxies to a server: its upstream-side socket, the worker holding it, whether
-    that worker is of an old generation, and (when it can be told) the client-side socket it relays."""
+    that worker is of an old generation, and (when it can be told) the client-side socket it relays.
+    A NamedTuple: a status builds one per connection (40,000), 4x cheaper than a frozen dataclass."""
 
     sock: TcpSocket
     pid: int
@@ -119,11 +121,14 @@ def _removed_servers(history: History, loaded: dict[str, list[UpstreamServer]]) 
 
 
 def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = None, info: bool = False,
-              udp_groups: Iterable[str] = (), only_group: str | None = None) -> Pool:
+              pairs: bool = False, udp_groups: Iterable[str] = (), only_group: str | None = None) -> Pool:
     """The connections nginx in `live` holds to every server of `loaded_config` (the config it runs), split
-    by worker generation; with `history` (the target's), also the servers earlier
-    configs had that old workers still hold (state `removed`). `info`: with tcp_info (idleness), for
-    rebalance. Raises PoolUnavailable when the sockets cannot be seen from here (a remote engine),
+    by worker generation; with `history` (the target's), also the servers earlier configs had that old
+    workers still hold (state `removed`). `info`: with tcp_info (idleness), for rebalance; `pairs`: with
+    each connection's client-side socket (`pair_clients`: the key of a consistent hash), which costs a
+    second table as large and every worker's files. `clients_per_pid`: the proxied connections of each worker
+    (with `pairs`, the client-side sockets); without `pairs` the current generation's are all under its first
+    worker. Raises PoolUnavailable when the sockets cannot be seen from here (a remote engine),
     SockDiagUnavailable when the kernel refuses."""
     if live.root is None or live.main_pid is None:
         raise PoolUnavailable(f"nginxctl cannot see the sockets of {live.name}: it is reached through a remote "
@@ -159,32 +164,68 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
                 by_address.setdefault((addr, hp[1]), member)
     master = procs.master.pid
     workers = [p.pid for p in procs.workers]
-    old = {p.pid for p in procs.old_workers}
+    old = sorted(p.pid for p in procs.old_workers)
+    # Which worker holds each socket costs one readlink per open file of the workers (~0.27 s at 80,000).
+    # The current workers' upstream sockets are told by their owner's uid instead when no other process of
+    # that uid shares the namespace; only the old workers' files are then read (see `_sole_uid`).
+    uid = None if pairs else _sole_uid(workers, [master, *old], master)
     with SockDiag(netns_pid=master) as diag:
-        listening = {s.inode: s.local[1] for s in diag.tcp(states=(TCP_LISTEN,), info=False)}
-        master_socks = socket_owners([master])
-        listen_ports = {port for inode, port in listening.items() if inode in master_socks}
+        listen_ports: set[int] = set()
+        if pairs:
+            listening = {s.inode: s.local[1] for s in diag.tcp(states=(TCP_LISTEN,), info=False)}
+            master_socks = socket_owners([master])
+            listen_ports = {port for inode, port in listening.items() if inode in master_socks}
         backend_ports = {port for _, port in by_address}
         socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports, remote_ports=backend_ports,
                          info=info) if listen_ports or backend_ports else []
-    owners = socket_owners(workers + sorted(old))
-    clients: dict[int, int] = {pid: 0 for pid in workers + sorted(old)}
+    owners = socket_owners(old if uid is not None else workers + old)
+    current = workers[0] if workers else CURRENT
+    clients: dict[int, int] = {pid: 0 for pid in workers + old}
     client_socks: dict[int, list[TcpSocket]] = {}
     upstream: list[tuple[TcpSocket, int, ServerPool]] = []
     for sock in socks:
         pid = owners.get(sock.inode)
-        if pid is None:
-            continue
         held_by = by_address.get(sock.remote)
+        if pid is None:
+            if uid is None or sock.uid != uid or held_by is None:
+                continue   # not nginx's
+            pid = current
         if held_by is not None:
             upstream.append((sock, pid, held_by))
+            if not pairs:
+                clients[pid] = clients.get(pid, 0) + 1
         elif sock.local[1] in listen_ports:
             clients[pid] += 1
             client_socks.setdefault(pid, []).append(sock)
-    pairs = pair_clients(client_socks, [(s, pid) for s, pid, _ in upstream])
+    matched = pair_clients(client_socks, [(s, pid) for s, pid, _ in upstream]) if pairs else {}
+    old_pids = set(old)
     for sock, pid, member in upstream:
-        member.held.append(Held(sock, pid, pid in old, pairs.get(sock.inode)))
+        member.held.append(Held(sock, pid, pid in old_pids, matched.get(sock.inode)))
     return Pool(pools, clients, procs, time.monotonic() - began)
+
+
+def _sole_uid(workers: list[int], known: list[int], netns_pid: int) -> int | None:
+    """The current workers' uid when it identifies their sockets: not root, the same for all of them, and held
+    by no other process in their network namespace than nginx's own (`known`); None otherwise (then every
+    worker's files are read). One stat per process of the host: a few milliseconds."""
+    try:
+        uids = {os.stat(f"/proc/{pid}").st_uid for pid in workers}
+        netns = os.stat(f"/proc/{netns_pid}/ns/net").st_ino
+    except OSError:
+        return None
+    if len(uids) != 1 or 0 in uids:
+        return None
+    uid = uids.pop()
+    ours = set(workers) | set(known)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) in ours:
+            continue
+        try:
+            if entry.stat().st_uid == uid and os.stat(f"/proc/{entry.name}/ns/net").st_ino == netns:
+                return None
+        except OSError:
+            continue   # gone meanwhile, or not ours to see
+    return uid
 
 
 def pair_clients(clients: dict[int, list[TcpSocket]], upstream: list[tuple[TcpSocket, int]]) \

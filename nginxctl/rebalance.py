@@ -25,6 +25,7 @@ passes the group's balancing method). The steps:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import random
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .apply import Deployer
-from .errors import EnvironmentProblem, GenerationsLingering, Interrupted, RebalanceTimeout, UsageError
+from .errors import EnvironmentProblem, Interrupted, NginxctlError, RebalanceTimeout, UsageError
 from .hashring import Peer, Ring, address_text, key_for, key_parts
 from .history import sha
 from .inventory.model import Group
@@ -171,12 +172,15 @@ class Rebalancer:
         self.reloads = 0
         self.normal: str | None = None       # the config nginx ran before: put back at the end
         self.overlay: set[str] | None = None  # servers closed to new connections now (None: no overlay)
+        self.expected: str | None = None      # the hash of the overlay config this run loaded
         self.published = Published(deployer.live, deployer.history.base)
 
     # -- reading ------------------------------------------------------------------------------------------
 
     def _pool(self, text: str) -> Pool:
-        return read_pool(self.deployer.live, text, history=self.deployer.history, info=True, only_group=self.name)
+        hashed = self.group is not None and self.group.balance == "hash"
+        return read_pool(self.deployer.live, text, history=self.deployer.history, info=True, pairs=hashed,
+                         only_group=self.name)
 
     @staticmethod
     def _up(servers: list[ServerPool]) -> dict[str, int]:
@@ -299,7 +303,9 @@ class Rebalancer:
             try:
                 after = self._move(pool, weights, current, method, began)
             except Exception:
-                self._remove_overlay()
+                # the error says what went wrong; an overlay that cannot be removed now shows in `status`
+                with contextlib.suppress(NginxctlError):
+                    self._remove_overlay()
                 raise
             self._remove_overlay()
         return self._result(method, current.minimum, before, after, began, current.rows(), notes)
@@ -384,10 +390,13 @@ class Rebalancer:
     def _set_overlay(self, down: set[str], first: bool = False) -> None:
         """Load the normal config with `down` closed to new connections (published first, so `status` expects
         it). The first one is refused like any reload when too many old generations linger (nothing changed);
-        later ones never are: the run must be able to change and remove what it put in."""
+        later ones never are: the run must be able to change and remove what it put in. Raises
+        EnvironmentProblem when the target's config changed under the run (another apply): it stops there."""
         assert self.normal is not None
         if down == self.overlay:
             return
+        if not first:
+            self._check_unchanged()
         text = with_servers_down(self.normal, self.name, down)
         self.published.write(Published.overlay_files(self.name, sorted(down), sha(self.normal)))
         limit = self.deployer.max_generations
@@ -395,18 +404,32 @@ class Rebalancer:
             self.deployer.max_generations = None
         try:
             self.deployer.apply(text, reload=True)
-        except GenerationsLingering:
-            self.published.write(Published.overlay_files(None, []))
+        except BaseException:
+            if first:
+                self.published.write(Published.overlay_files(None, []))
             raise
         finally:
             self.deployer.max_generations = limit
         self.overlay = down
+        self.expected = sha(text)
         self.reloads += 1
 
+    def _check_unchanged(self) -> None:
+        """The target still runs the overlay this run loaded; else someone changed it meanwhile (an `apply`
+        takes the change lock too, but between two of our reloads): stop, and put nothing back over it."""
+        if self.expected is not None and self.deployer.loaded() != self.expected:
+            self.overlay = None
+            self.published.write(Published.overlay_files(None, []))
+            raise EnvironmentProblem(f"the config of {self.deployer.live.name} changed while rebalancing (another "
+                                     "nginxctl apply?): stopped; the new config is left as it is",
+                                     "run the rebalance again")
+
     def _remove_overlay(self) -> None:
-        """Put back the config nginx ran before the rebalance, verified; then unpublish the overlay."""
+        """Put back the config nginx ran before the rebalance, verified; then unpublish the overlay. A config
+        someone else installed meanwhile is left as it is (EnvironmentProblem)."""
         if self.overlay is None or self.normal is None:
             return
+        self._check_unchanged()
         limit = self.deployer.max_generations
         self.deployer.max_generations = None
         try:
@@ -415,6 +438,7 @@ class Rebalancer:
             self.deployer.max_generations = limit
         self.reloads += 1
         self.overlay = None
+        self.expected = None
         self.published.write(Published.overlay_files(None, []))
 
 

@@ -399,10 +399,11 @@ class Devices:
     of the backend it landed on, and when its connection closes it records how (an orderly EOF or a reset)
     and reconnects after a short random delay. One thread and a selector; `close()` ends them all.
 
-    `sources`: client addresses in 127.0.0.0/8 to bind (client i uses sources[i % len]), for hash keys."""
+    `sources`: client addresses in 127.0.0.0/8 to bind (client i uses sources[i % len]), for hash keys.
+    `heartbeat`: each connected client sends a line this often (seconds; None: the clients stay idle)."""
 
     def __init__(self, port: int, count: int, sources: list[str] | None = None,
-                 delay: tuple[float, float] = (0.01, 0.05)) -> None:
+                 delay: tuple[float, float] = (0.01, 0.05), heartbeat: float | None = None) -> None:
         import random
         import selectors
 
@@ -420,6 +421,8 @@ class Devices:
         self.resets = 0        # established connections reset
         self.failed = 0        # connections that closed before the backend said its name (no backend reached)
         self.connects = 0
+        self.heartbeat = heartbeat
+        self.beat_at = time.monotonic()
         self.stopping = threading.Event()
         for i in range(count):
             self._connect(i)
@@ -464,6 +467,14 @@ class Devices:
                     self._connect(item[1])
                 except OSError:
                     self.due.append((now + self.delay[1], item[1]))
+            if self.heartbeat is not None and now >= self.beat_at:
+                self.beat_at = now + self.heartbeat
+                for i, s in list(self.socks.items()):
+                    if self.names.get(i) is not None:
+                        try:
+                            s.send(b"hb\n")
+                        except OSError:
+                            pass   # its close is read below
             for key, _ in self.sel.select(timeout=0.01):
                 i = key.data
                 try:

@@ -82,6 +82,34 @@ def test_two_servers_added_with_weights_each_receives_its_share(lb, backends):
     finally:
         devices.close()
 
+
+@pytest.mark.integration
+def test_old_generations_and_idle_connections_go_first(lb, backends):
+    a, b, c = backends("A"), backends("B"), backends("C")
+    port, g = lb.group([a.address, b.address])
+    lb.write({"pool": g})
+    _apply(lb)
+    busy = Devices(port, 20, heartbeat=0.05)   # talking all the time
+    idle = Devices(port, 40)
+    new = None
+    try:
+        busy.wait(lambda d: d.counts() == {"A": 10, "B": 10}, 20, "busy clients on A and B")
+        idle.wait(lambda d: d.counts() == {"A": 20, "B": 20}, 20, "idle clients on A and B")
+        g["servers"].append(c.address)
+        lb.write({"pool": g})
+        _apply(lb)   # the 60 are on the old generation now
+        new = Devices(port, 9)   # on the current one, 3 per server
+        new.wait(lambda d: d.counts() == {"A": 3, "B": 3, "C": 3}, 20, "new clients on A, B and C")
+        code, report = _rebalance(lb, "--rate", "100", "--timeout", "60s")
+        assert code == 0, report
+        # 69 held, shares 23: A and B hold 8 each above 25, C lacks 18 below 21: 9 close on each of A and B
+        assert report["minimum"] == 18 and report["moved"] <= 1.15 * 18, report
+        assert idle.eofs == report["moved"] and busy.eofs == 0 and new.eofs == 0
+    finally:
+        for fleet in (busy, idle, new):
+            if fleet is not None:
+                fleet.close()
+
 @pytest.mark.integration
 def test_dry_run_prints_the_plan_and_closes_nothing(lb, backends):
     devices, (a, b, c) = _scaled_out(lb, backends, 30)
