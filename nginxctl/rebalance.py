@@ -37,11 +37,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .apply import Deployer
-from .errors import EnvironmentProblem, Interrupted, NginxctlError, RebalanceTimeout, UsageError
+from .errors import (
+    EnvironmentProblem,
+    Interrupted,
+    NginxctlError,
+    RebalanceTimeout,
+    UsageError,
+    WatchOwnsTarget,
+)
+from .fleet import Member
 from .hashring import Peer, Ring, address_text, key_for, key_parts
 from .history import sha
 from .inventory.model import Group
 from .nginxtext import parse_upstreams, with_servers_down
+from .owner import check_owner
 from .pool import Held, Pool, ServerPool, read_pool
 from .published import Published
 from .share import MovePlan, converged, fair_shares, plan
@@ -335,6 +344,7 @@ class Rebalancer:
                 now = self.clock()
                 in_flight = max(0, reference - sum(counts.values())) + closed_since_count
                 if now >= next_count:
+                    self._check_loaded()
                     pool = self._pool(self.normal)
                     counts = {a: n for a, n in self._counts(pool).items() if a in weights}
                     closed_since_count = 0
@@ -415,8 +425,19 @@ class Rebalancer:
         self.reloads += 1
 
     def _check_unchanged(self) -> None:
-        """The target still runs the overlay this run loaded; else someone changed it meanwhile (an `apply`
-        takes the change lock too, but between two of our reloads): stop, and put nothing back over it."""
+        """The target still runs the overlay this run loaded and no watch took it over; else someone changed it
+        meanwhile (an `apply` takes the change lock too, but between two of our reloads): stop, and put nothing
+        back over it. Raises EnvironmentProblem, WatchOwnsTarget."""
+        try:
+            check_owner([Member(self.deployer.live.name, self.deployer)])
+        except WatchOwnsTarget:
+            self.overlay = None   # the watch puts its own config back: never fight it
+            self.published.write(Published.overlay_files(None, []))
+            raise
+        self._check_loaded()
+
+    def _check_loaded(self) -> None:
+        """The target still runs this run's overlay (checked at every count: a few file reads); else stop."""
         if self.expected is not None and self.deployer.loaded() != self.expected:
             self.overlay = None
             self.published.write(Published.overlay_files(None, []))

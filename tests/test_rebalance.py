@@ -12,9 +12,10 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from nginxctl.hashring import Ring
 
-from helpers import Devices, cli, write_inventory
+from helpers import Devices, cli, wait_for, write_inventory
 
 
 def _apply(lb) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +69,7 @@ def test_two_servers_added_with_weights_each_receives_its_share(lb, backends):
     devices, (a, b, c) = _scaled_out(lb, backends, 60)
     try:
         d = backends("D")
-        data = __import__("yaml").safe_load(lb.inventory.read_text())
+        data = yaml.safe_load(lb.inventory.read_text())
         data["upstreams"]["pool"]["servers"] = [a.address, b.address, {"address": c.address, "weight": 2}, d.address]
         write_inventory(lb.inventory, data)
         _apply(lb)
@@ -232,6 +233,35 @@ def test_ctrl_c_removes_the_overlay_and_says_how_many_moved(lb, backends):
                 stream.close()
         devices.close()
 
+
+
+@pytest.mark.integration
+def test_an_apply_during_a_rebalance_is_left_in_place(lb, backends):
+    devices, (a, b, c) = _scaled_out(lb, backends, 30)
+    proc: subprocess.Popen[str] | None = None
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "nginxctl", "rebalance", "pool", "-i", str(lb.inventory),
+                                 "--rate", "2", "--format", "json"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, cwd="/")
+        wait_for(lambda: devices.eofs > 0, 30, "the rebalance moves a first connection")
+        data = yaml.safe_load(lb.inventory.read_text())
+        data["upstreams"]["pool"]["proxy_timeout"] = "2h"   # another change, applied by hand meanwhile
+        write_inventory(lb.inventory, data)
+        _apply(lb)
+        moved_then = devices.eofs
+        out, _ = proc.communicate(timeout=60)
+        report = json.loads(out)
+        assert proc.returncode == 3 and "changed while rebalancing" in report["errors"][0]["message"], report
+        assert devices.eofs <= moved_then + 2   # it stops at its next count (every 0.5 s), not at its plan's end
+        status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+        assert status["drift"] is False and status["overlay"] is None   # the applied config runs, not put back
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+        devices.close()
 
 def test_bad_input_exit_codes(tmp_path: Path):
     inventory = write_inventory(tmp_path / "inventory.yaml", {
