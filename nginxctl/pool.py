@@ -28,7 +28,7 @@ from .errors import EnvironmentProblem
 from .history import History
 from .nginx import LiveNginx
 from .nginxtext import Processes, UpstreamServer, parse_upstreams
-from .observe import server_addresses
+from .observe import _start_ticks, group_generations, server_addresses
 from .sockdiag import TCP_ESTABLISHED, SockDiag, TcpSocket, socket_owners
 
 TCP_LISTEN = 10
@@ -128,7 +128,8 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
     each connection's client-side socket (`pair_clients`: the key of a consistent hash), which costs a
     second table as large and every worker's files. `clients_per_pid`: the proxied connections of each worker
     (with `pairs`, the client-side sockets); without `pairs` the current generation's are all under its first
-    worker. Raises PoolUnavailable when the sockets cannot be seen from here (a remote engine),
+    worker (or, when only the current side's files were read, the old generation's under its first).
+    Raises PoolUnavailable when the sockets cannot be seen from here (a remote engine),
     SockDiagUnavailable when the kernel refuses."""
     if live.root is None or live.main_pid is None:
         raise PoolUnavailable(f"nginxctl cannot see the sockets of {live.name}: it is reached through a remote "
@@ -165,10 +166,18 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
     master = procs.master.pid
     workers = [p.pid for p in procs.workers]
     old = sorted(p.pid for p in procs.old_workers)
-    # Which worker holds each socket costs one readlink per open file of the workers (~0.27 s at 80,000).
-    # The current workers' upstream sockets are told by their owner's uid instead when no other process of
-    # that uid shares the namespace; only the old workers' files are then read (see `_sole_uid`).
-    uid = None if pairs else _sole_uid(workers, [master, *old], master)
+    # Which worker holds each socket costs one readlink per open file of the workers (~0.27 s at 80,000 on a
+    # quiet machine, several times more for nginx's workers on a busy one). Without `pairs`, nginx's sockets
+    # are told by their owner's uid when no other process of that uid shares the namespace (`_sole_uid`): then
+    # only one side's files are read, the side with fewer (the current workers, or an only old generation),
+    # and nginx's sockets no file of that side holds belong to the other.
+    uid = None if pairs else _sole_uid(workers + old, [master], master)
+    read, other = workers + old, None
+    if uid is not None:
+        read, other = old, (workers[0] if workers else CURRENT)
+        if old and len(group_generations([(pid, _start_ticks(pid)) for pid in old], len(workers))) == 1 \
+                and _files(workers) < _files(old):
+            read, other = workers, old[0]
     with SockDiag(netns_pid=master) as diag:
         listen_ports: set[int] = set()
         if pairs:
@@ -178,8 +187,7 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
         backend_ports = {port for _, port in by_address}
         socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports, remote_ports=backend_ports,
                          info=info) if listen_ports or backend_ports else []
-    owners = socket_owners(old if uid is not None else workers + old)
-    current = workers[0] if workers else CURRENT
+    owners = socket_owners(read)
     clients: dict[int, int] = {pid: 0 for pid in workers + old}
     client_socks: dict[int, list[TcpSocket]] = {}
     upstream: list[tuple[TcpSocket, int, ServerPool]] = []
@@ -187,9 +195,9 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
         pid = owners.get(sock.inode)
         held_by = by_address.get(sock.remote)
         if pid is None:
-            if uid is None or sock.uid != uid or held_by is None:
+            if other is None or sock.uid != uid or held_by is None:
                 continue   # not nginx's
-            pid = current
+            pid = other
         if held_by is not None:
             upstream.append((sock, pid, held_by))
             if not pairs:
@@ -202,6 +210,17 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
     for sock, pid, member in upstream:
         member.held.append(Held(sock, pid, pid in old_pids, matched.get(sock.inode)))
     return Pool(pools, clients, procs, time.monotonic() - began)
+
+
+def _files(pids: list[int]) -> int:
+    """How many files these processes hold open (a directory listing each: no readlink)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return total
 
 
 def _sole_uid(workers: list[int], known: list[int], netns_pid: int) -> int | None:

@@ -279,10 +279,15 @@ class Rebalancer:
         interval = 1.0 / self.options.rate
         assert pool.processes.master is not None
         with _interrupts(self), SockDiag(netns_pid=pool.processes.master.pid) as diag:
+            self.expected = sha(loaded)
+            checked = self.clock()
             while misplaced and self.clock() < deadline:
                 for _, held in misplaced:
                     if self.clock() >= deadline:
                         break
+                    if self.clock() - checked >= RECOUNT:   # the ring this run computed is still nginx's
+                        self._check_loaded()
+                        checked = self.clock()
                     if diag.destroy(held.sock):
                         self.moved += 1
                         self.on_step(Progress(self.moved, minimum, before))

@@ -9,7 +9,7 @@ import pytest
 from nginxctl.nginxtext import emerg_lines, parse_upstreams, with_servers_down
 from nginxctl.share import converged, fair_shares, minimum, plan, skew
 
-from helpers import Devices, cli, wait_for
+from helpers import Devices, cli, wait_for, write_inventory
 
 
 def _status(lb) -> dict:  # type: ignore[no-untyped-def]
@@ -109,6 +109,52 @@ def test_watch_exports_connections_per_server_and_the_skew(lb, backends, watches
         assert gauges()[1] == pytest.approx(1.0)   # C holds none of its share of 8/3: 100% off
     finally:
         devices.close()
+
+
+@pytest.mark.integration
+def test_counts_told_by_the_workers_uid_in_a_namespace_of_their_own(isolated, docker_client, tmp_path):
+    """Alone in its namespace, nginx's sockets are told by its workers' uid: only one side's files are read
+    (the smaller). The counts must be the same as reading every file."""
+    from nginxctl.nginx import LiveNginx
+    from nginxctl.pool import _sole_uid, read_pool
+    from nginxctl.sockdiag import in_netns
+
+    from helpers import Backend, Held, free_port
+
+    box = isolated()
+    box.reload()
+    pid = int(box.attrs["State"]["Pid"])
+    a, b = in_netns(pid, lambda: (Backend("A", free_port()).start(), Backend("B", free_port()).start()))
+    held: list[Held] = []
+    try:
+        port = free_port()
+        data = {"nginx": {"worker_processes": 2}, "target": {"container": box.name},
+                "upstreams": {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}}}
+        inventory = write_inventory(tmp_path / "inventory.yaml", data)
+        assert cli("apply", "-i", str(inventory), "--reload", "-q").returncode == 0
+        held += in_netns(pid, lambda: [Held(port) for _ in range(6)])
+        data["upstreams"]["pool"]["servers"].append(b.address)   # the 6 go to an old generation
+        write_inventory(inventory, data)
+        assert cli("apply", "-i", str(inventory), "--reload", "-q").returncode == 0
+        held += in_netns(pid, lambda: [Held(port) for _ in range(4)])   # 2 on A, 2 on B, current
+        live = LiveNginx.attach(docker_client, box.name)
+        procs = live.processes()
+        assert procs.master is not None
+        workers = [p.pid for p in procs.workers + procs.old_workers]
+        assert _sole_uid(workers, [procs.master.pid], procs.master.pid) is not None   # this path is taken
+        loaded = (live.read_file("/etc/nginx/nginx.conf") or b"").decode()
+        by_uid = read_pool(live, loaded).group("pool")
+        every_file = read_pool(live, loaded, pairs=True).group("pool")
+        for pool in (by_uid, every_file):
+            assert [(s.connections, s.old_connections) for s in pool] == [(8, 6), (2, 0)]
+        status = json.loads(cli("status", "-i", str(inventory), "--format", "json").stdout)
+        (gen,) = status["lingering_generations"]
+        assert gen["connections"] == 6 and status["client_connections"] == 4
+    finally:
+        for h in held:
+            h.close()
+        a.stop()
+        b.stop()
 
 
 # -- the pure parts -------------------------------------------------------------------------------------------
