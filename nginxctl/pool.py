@@ -187,7 +187,8 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
         backend_ports = {port for _, port in by_address}
         socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports, remote_ports=backend_ports,
                          info=info) if listen_ports or backend_ports else []
-    owners = socket_owners(read)
+    fds = fd_owners(read) if pairs else None
+    owners = {inode: pid for inode, (pid, _) in fds.items()} if fds is not None else socket_owners(read)
     clients: dict[int, int] = {pid: 0 for pid in workers + old}
     client_socks: dict[int, list[TcpSocket]] = {}
     upstream: list[tuple[TcpSocket, int, ServerPool]] = []
@@ -205,7 +206,7 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
         elif sock.local[1] in listen_ports:
             clients[pid] += 1
             client_socks.setdefault(pid, []).append(sock)
-    matched = pair_clients(client_socks, [(s, pid) for s, pid, _ in upstream]) if pairs else {}
+    matched = pair_clients(client_socks, [(s, pid) for s, pid, _ in upstream], fds) if pairs else {}
     old_pids = set(old)
     for sock, pid, member in upstream:
         member.held.append(Held(sock, pid, pid in old_pids, matched.get(sock.inode)))
@@ -247,15 +248,19 @@ def _sole_uid(workers: list[int], known: list[int], netns_pid: int) -> int | Non
     return uid
 
 
-def pair_clients(clients: dict[int, list[TcpSocket]], upstream: list[tuple[TcpSocket, int]]) \
-        -> dict[int, TcpSocket]:
-    """upstream inode -> the client-side socket it relays, where it can be told.
+def pair_clients(clients: dict[int, list[TcpSocket]], upstream: list[tuple[TcpSocket, int]],
+                 fds: dict[int, tuple[int, int]] | None = None) -> dict[int, TcpSocket]:
+    """upstream inode -> the client-side socket it relays, where it can be told (`fds`: inode -> (pid, fd)).
 
     The kernel gives no link between nginx's two sockets of one connection. For a stream proxy without
-    preread, a worker accepts the client and creates the upstream socket in the same event handler, and
-    socket inodes are numbered in creation order (per CPU, in batches): the client socket of an upstream
-    socket is the one of the same worker with the nearest lower inode, at most PAIR_GAP below, taken once.
-    Tested against real nginx (tests/test_pool.py); a socket that cannot be paired is not guessed."""
+    preread, a worker accepts the client and creates the upstream socket in the same event handler, right
+    after. Two traces of that are left: file descriptors are the lowest free ones, so the upstream socket's
+    fd is the client's plus one (nginx closes both together, so the holes it leaves come in such pairs);
+    and socket inodes are numbered in creation order (per CPU, in batches: a worker moved to another CPU
+    between the two calls breaks it), so the client's inode is the nearest lower one, a few below. A pair
+    both traces agree on is taken; one trace alone is taken when the other does not contradict it; a
+    socket they disagree on is not guessed (its connection is never closed by `rebalance`).
+    Tested against real nginx (tests/test_rebalance.py)."""
     out: dict[int, TcpSocket] = {}
     by_pid: dict[int, list[TcpSocket]] = {}
     for sock, pid in upstream:
@@ -263,13 +268,43 @@ def pair_clients(clients: dict[int, list[TcpSocket]], upstream: list[tuple[TcpSo
     for pid, ups in by_pid.items():
         mine = sorted(clients.get(pid, []), key=lambda s: s.inode)
         inodes = [s.inode for s in mine]
+        by_fd = {fds[c.inode][1]: c for c in mine if fds is not None and c.inode in fds}
         used: set[int] = set()
         for up in sorted(ups, key=lambda s: s.inode):
             i = bisect.bisect_left(inodes, up.inode) - 1
-            if i >= 0 and up.inode - inodes[i] <= PAIR_GAP and inodes[i] not in used:
-                used.add(inodes[i])
-                out[up.inode] = mine[i]
+            by_inode = mine[i] if i >= 0 and up.inode - inodes[i] <= PAIR_GAP else None
+            where = fds.get(up.inode) if fds is not None else None
+            adjacent = by_fd.get(where[1] - 1) if where is not None else None
+            if adjacent is not None and by_inode is not None and adjacent is not by_inode:
+                continue   # the two traces disagree: not guessed
+            chosen = adjacent or by_inode
+            if chosen is not None and chosen.inode not in used:
+                used.add(chosen.inode)
+                out[up.inode] = chosen
     return out
+
+
+def fd_owners(pids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """inode -> (pid, fd) for every socket these processes hold (like `sockdiag.socket_owners`, with the fd)."""
+    owners: dict[int, tuple[int, int]] = {}
+    for pid in pids:
+        try:
+            dirfd = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            for name in os.listdir(dirfd):
+                try:
+                    link = os.readlink(name, dir_fd=dirfd)
+                except OSError:
+                    continue
+                if link.startswith("socket:["):
+                    owners.setdefault(int(link[8:-1]), (pid, int(name)))
+        except OSError:
+            pass
+        finally:
+            os.close(dirfd)
+    return owners
 
 
 def memory_bytes(pid: int) -> int | None:

@@ -58,6 +58,7 @@ from .sockdiag import SockDiag
 
 RECOUNT = 0.5          # seconds between two counts while moving
 MIN_WINDOW = 5         # closed connections allowed to be on their way back at once (at least)
+SETTLE = 5.0           # seconds after the last close when a client still away is taken to have left
 SHARE_METHODS = ("round_robin", "least_conn", "random", "random_two_least_conn")
 
 Step = Callable[["Progress"], None]
@@ -182,6 +183,7 @@ class Rebalancer:
         self.normal: str | None = None       # the config nginx ran before: put back at the end
         self.overlay: set[str] | None = None  # servers closed to new connections now (None: no overlay)
         self.expected: str | None = None      # the hash of the overlay config this run loaded
+        self.before: dict[str, int] = {}
         self.published = Published(deployer.live, deployer.history.base)
 
     # -- reading ------------------------------------------------------------------------------------------
@@ -304,7 +306,7 @@ class Rebalancer:
 
     def _share(self, pool: Pool, loaded: str, method: str, began: float) -> Result:
         weights = self._up(pool.group(self.name))
-        before = self._counts(pool)
+        before = self.before = self._counts(pool)
         tolerance = self.options.tolerance
         current = plan(before, weights, tolerance)
         notes = []
@@ -341,6 +343,7 @@ class Rebalancer:
         self._set_overlay(set(weights) - receivers, first=True)
         candidates = self._candidates(pool)
         closed_since_count = 0
+        last_close = self.clock()
         next_close = self.clock()
         next_count = self.clock() + RECOUNT
         assert pool.processes.master is not None
@@ -355,10 +358,11 @@ class Rebalancer:
                     closed_since_count = 0
                     in_flight = max(0, reference - sum(counts.values()))
                     candidates = self._candidates(pool)
-                    next_count = now + RECOUNT
+                    next_count = now + max(RECOUNT, 2 * pool.seconds)   # a large pool: count less often
                     self.on_step(Progress(self.moved, current.total, counts))
-                    if converged(counts, weights, tolerance) and in_flight == 0:
-                        return counts
+                    settled = in_flight == 0 or (sum(takes.values()) == 0 and now - last_close >= SETTLE)
+                    if converged(counts, weights, tolerance) and settled:
+                        return counts   # (a client that left for good is not waited for)
                     full = {r for r in receivers if counts.get(r, 0) >= targets.get(r, 0)}
                     if sum(takes.values()) == 0 and in_flight == 0:
                         # the plan is done and its clients are back, yet not within: plan again from these counts
@@ -379,7 +383,7 @@ class Rebalancer:
                         f"not within {tolerance:.0%} of the fair shares after {self.options.timeout:g}s"
                     self._remove_overlay()
                     after = self._counts(self._pool(self.normal))
-                    raise RebalanceTimeout(self._result(method, first.minimum, dict(first.counts), after, began,
+                    raise RebalanceTimeout(self._result(method, first.minimum, self.before, after, began,
                                                         first.rows(), []), why)
                 if now >= next_close and in_flight < window and sum(takes.values()) > 0:
                     giver = max(takes, key=lambda s: takes[s])
@@ -389,6 +393,7 @@ class Rebalancer:
                             self.moved += 1
                             takes[giver] -= 1
                             closed_since_count += 1
+                            last_close = now
                             break
                     else:
                         takes[giver] = 0   # nothing left to close there now: the next count plans again

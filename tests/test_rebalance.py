@@ -149,7 +149,7 @@ def test_consistent_hash_moves_exactly_the_misplaced(lb, backends):
         assert 0 < len(predicted) < len(sources)
         code, report = _rebalance(lb, "--rate", "200", "--timeout", "60s")
         assert code == 0, report
-        assert report["minimum"] == report["moved"] == len(predicted), report
+        assert report["minimum"] == report["moved"] == len(predicted), (report["notes"], report["plan"])
         assert report["method"] == "hash consistent" and report["reloads"] == 0   # the ring steers: no overlay
         devices.wait(lambda d: d.connected() == len(sources), 10, "every client back")
         assert devices.eofs == len(predicted) and devices.resets == 0
