@@ -29,7 +29,7 @@ from .history import History
 from .nginx import LiveNginx
 from .nginxtext import Processes, UpstreamServer, parse_upstreams
 from .observe import _start_ticks, group_generations, server_addresses
-from .sockdiag import TCP_ESTABLISHED, SockDiag, TcpSocket, socket_owners
+from .sockdiag import TCP_ESTABLISHED, SockDiag, SockDiagUnavailable, TcpSocket, socket_owners
 
 TCP_LISTEN = 10
 HISTORY_LOOKBACK = 10   # earlier configs searched for servers that old workers still hold
@@ -168,12 +168,14 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
     old = sorted(p.pid for p in procs.old_workers)
     # Which worker holds each socket costs one readlink per open file of the workers (~0.27 s at 80,000 on a
     # quiet machine, several times more for nginx's workers on a busy one). Without `pairs`, nginx's sockets
-    # are told by their owner's uid when no other process of that uid shares the namespace (`_sole_uid`): then
-    # only one side's files are read, the side with fewer (the current workers, or an only old generation),
-    # and nginx's sockets no file of that side holds belong to the other.
-    uid = None if pairs else _sole_uid(workers + old, [master], master)
+    # are told apart in the kernel by the container's cgroup (`cgroup_id`), else by their owner's uid when no
+    # other process of that uid shares the namespace (`_sole_uid`): then only one side's files are read, the
+    # side with fewer (the current workers, or an only old generation), and nginx's sockets no file of that
+    # side holds belong to the other.
+    cgroup = None if pairs else cgroup_id(master)
+    uid = None if pairs or cgroup is not None else _sole_uid(workers + old, [master], master)
     read, other = workers + old, None
-    if uid is not None:
+    if uid is not None or cgroup is not None:
         read, other = old, (workers[0] if workers else CURRENT)
         if old and len(group_generations([(pid, _start_ticks(pid)) for pid in old], len(workers))) == 1 \
                 and _files(workers) < _files(old):
@@ -185,8 +187,17 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
             master_socks = socket_owners([master])
             listen_ports = {port for inode, port in listening.items() if inode in master_socks}
         backend_ports = {port for _, port in by_address}
-        socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports, remote_ports=backend_ports,
-                         info=info) if listen_ports or backend_ports else []
+        socks: list[TcpSocket] = []
+        if listen_ports or backend_ports:
+            try:
+                socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports, remote_ports=backend_ports,
+                                 info=info, cgroup=cgroup)
+            except SockDiagUnavailable:
+                if cgroup is None:
+                    raise
+                cgroup, read, other = None, workers + old, None   # a kernel without the cgroup test
+                socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports,
+                                 remote_ports=backend_ports, info=info)
     fds = fd_owners(read) if pairs else None
     owners = {inode: pid for inode, (pid, _) in fds.items()} if fds is not None else socket_owners(read)
     clients: dict[int, int] = {pid: 0 for pid in workers + old}
@@ -196,7 +207,7 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
         pid = owners.get(sock.inode)
         held_by = by_address.get(sock.remote)
         if pid is None:
-            if other is None or sock.uid != uid or held_by is None:
+            if other is None or held_by is None or (cgroup is None and sock.uid != uid):
                 continue   # not nginx's
             pid = other
         if held_by is not None:
@@ -211,6 +222,22 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
     for sock, pid, member in upstream:
         member.held.append(Held(sock, pid, pid in old_pids, matched.get(sock.inode)))
     return Pool(pools, clients, procs, time.monotonic() - began)
+
+
+def cgroup_id(pid: int) -> int | None:
+    """The id of the cgroup v2 process `pid` runs in (the inode of its directory: what sock_diag filters a
+    container's sockets by), or None when there is no cgroup v2 hierarchy mounted or its path is not ours
+    to see (nginxctl in a cgroup namespace of its own)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as fh:
+            path = next((line[3:].strip() for line in fh if line.startswith("0::")), None)
+        with open("/proc/self/mounts", encoding="utf-8") as fh:
+            mount = next((line.split()[1] for line in fh if line.split()[2:3] == ["cgroup2"]), None)
+        if path is None or mount is None or path.startswith("/.."):
+            return None
+        return os.stat(mount.rstrip("/") + path).st_ino
+    except OSError:
+        return None
 
 
 def _files(pids: list[int]) -> int:

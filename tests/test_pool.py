@@ -112,11 +112,12 @@ def test_watch_exports_connections_per_server_and_the_skew(lb, backends, watches
 
 
 @pytest.mark.integration
-def test_counts_told_by_the_workers_uid_in_a_namespace_of_their_own(isolated, docker_client, tmp_path):
-    """Alone in its namespace, nginx's sockets are told by its workers' uid: only one side's files are read
-    (the smaller). The counts must be the same as reading every file."""
+def test_counts_told_by_cgroup_or_uid_read_one_side_only(isolated, docker_client, tmp_path):
+    """nginx's sockets told apart in the kernel by the container's cgroup (else, alone in its namespace, by its
+    workers' uid): only one side's files are read (the smaller). The counts must be those of reading every
+    worker's files."""
     from nginxctl.nginx import LiveNginx
-    from nginxctl.pool import _sole_uid, read_pool
+    from nginxctl.pool import _sole_uid, cgroup_id, read_pool
     from nginxctl.sockdiag import in_netns
 
     from helpers import Backend, Held, free_port
@@ -141,7 +142,8 @@ def test_counts_told_by_the_workers_uid_in_a_namespace_of_their_own(isolated, do
         procs = live.processes()
         assert procs.master is not None
         workers = [p.pid for p in procs.workers + procs.old_workers]
-        assert _sole_uid(workers, [procs.master.pid], procs.master.pid) is not None   # this path is taken
+        assert cgroup_id(procs.master.pid) is not None   # the kernel filter is used here
+        assert _sole_uid(workers, [procs.master.pid], procs.master.pid) is not None   # and the uid would do
         loaded = (live.read_file("/etc/nginx/nginx.conf") or b"").decode()
         by_uid = read_pool(live, loaded).group("pool")
         every_file = read_pool(live, loaded, pairs=True).group("pool")
