@@ -191,6 +191,7 @@ class Deployer:
     journal: Journal = field(default_factory=Journal)
     release_lock_in_background: bool = False
     count_connections: bool = True   # the controller's passes skip it: nobody reads it there
+    record_history: bool = True      # False: a runtime overlay (rebalance), kept out of the history rollback reads
     _held: bool = False
     _checked: bool = False
 
@@ -370,7 +371,7 @@ class Deployer:
         if outcome.changed:
             files = history.state_file(base.with_(phase=Phase.INSTALLING, hash=new, previous=previous))
             files[staged_name(self.config_path)] = rendered
-            if deployed is not None:
+            if deployed is not None and self.record_history:
                 files.update(history.record(deployed, entries))
             history.write(files)
             self.journal.did(Step.STAGE, "new config staged beside the old one (nothing nginx reads changed)")
@@ -405,7 +406,7 @@ class Deployer:
             self._restore(deployed, failure, base)
         self.journal.did(Step.RELOAD, "reloaded and verified: nginx runs the new config")
         assert outcome.reload is not None
-        history.write({**history.record(rendered, entries),
+        history.write({**(history.record(rendered, entries) if self.record_history else {}),
                        **history.state_file(State(Phase.DONE, new, previous, new, self.live.master(),
                                                   tuple(sorted(outcome.reload.new_workers))))})
         outcome.reloaded = True

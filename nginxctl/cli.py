@@ -502,6 +502,74 @@ def undrain(
     _emit(report, fmt)
 
 
+def _rebalance_progress(quiet: bool) -> tuple[Callable[[Any], None], Callable[[], None]]:
+    """(on_step, close): a progress bar on a terminal (moved / to move, the counts), plain lines otherwise
+    (one when the moved count changes, at most one a second)."""
+    if quiet:
+        return (lambda _: None), (lambda: None)
+    if err.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        bar = Progress(TextColumn("moving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.description}"), console=err, transient=True)
+        task = bar.add_task("", total=None)
+        bar.start()
+
+        def step(p: Any) -> None:
+            counts = " ".join(f"{a}={n}" for a, n in p.counts.items())
+            bar.update(task, completed=p.moved, total=max(p.to_move, p.moved) or None, description=counts)
+
+        return step, bar.stop
+    said = {"moved": -1, "at": 0.0}
+
+    def line(p: Any) -> None:
+        import time
+
+        now = time.monotonic()
+        if p.moved != said["moved"] and now - said["at"] >= 1.0:
+            said.update(moved=p.moved, at=now)
+            counts = " ".join(f"{a}={n}" for a, n in p.counts.items())
+            print(f"moved {p.moved}/{p.to_move}: {counts}", file=sys.stderr, flush=True)
+
+    return line, lambda: None
+
+
+@app.command()
+@handled
+def rebalance(
+    group: GroupArg,
+    inventory: InventoryOpt = None,
+    container: ContainerOpt = None,
+    targets: TargetsOpt = None,
+    rate: Annotated[str, typer.Option("--rate", help="At most this many connections closed per second, with "
+                    "jitter (20 or 20/s).")] = "20",
+    tolerance: Annotated[str, typer.Option("--tolerance", help="Done when every up primary server is this "
+                         "close to its fair share (10% or 10), or within one connection.")] = "10%",
+    timeout: Annotated[float, typer.Option("--timeout", parser=_duration, help="Give up (exit 1) when not "
+                       "balanced after this long (10m, 30s, or seconds).")] = "10m",  # type: ignore[assignment]
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (per server: connections, fair "
+                       "share, to move; the minimum); close nothing.")] = False,
+    lock_timeout: LockTimeoutOpt = "30s",  # type: ignore[assignment]
+    fmt: FormatOpt = Format.text,
+    quiet: QuietOpt = False,
+) -> None:
+    """Move a group's long connections off the servers above their fair share, paced, until every up primary
+    server is within tolerance (hash ... consistent: the connections whose key maps to another server now).
+    Clients see an orderly close (EOF) and reconnect where they must. Exit 1: not balanced by --timeout;
+    3: the target's sockets cannot be seen from here, or a watch controls the target."""
+    from .rebalance import Options, parse_rate, parse_tolerance
+
+    options = Options(parse_rate(rate), parse_tolerance(tolerance), timeout, dry_run)
+    step, close = _rebalance_progress(quiet or fmt is Format.json or dry_run)
+    try:
+        report = workflows.rebalance_group(_inventory(inventory), group, connect=_connect, options=options,
+                                           container=container, targets=_names(targets), lock_wait=lock_timeout,
+                                           progress=_progress(quiet or fmt is Format.json), on_step=step)
+    finally:
+        close()
+    _emit(report, fmt)
+
+
 class LogFormat(str, Enum):
     text = "text"
     json = "json"

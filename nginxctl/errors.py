@@ -24,7 +24,8 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success (`diff`: no difference; `status` exits 0 with or without drift)",
     EXIT_REJECTED: "nginx (or keepalived, with `ha:`) rejected the config (nothing changed), `diff` found "
-                   "differences or a pending reload, or `drain --wait` timed out with connections left",
+                   "differences or a pending reload, `drain --wait` timed out with connections left, or "
+                   "`rebalance` did not converge by its --timeout",
     EXIT_USAGE: "usage or inventory error: file, line, column, key path, what was expected; nothing written",
     EXIT_ENVIRONMENT: "environment error: Docker unreachable, image missing, container missing or not running, "
                       "target locked by another nginxctl or controlled by `nginxctl watch` (without --force), "
@@ -344,6 +345,25 @@ class DrainTimeout(NginxctlError):
     def to_dict(self) -> dict[str, Any]:
         return {"type": "DrainTimeout", "message": str(self), "address": self.address,
                 "remaining": self.remaining, "holders": {str(k): v for k, v in self.holders.items()}}
+
+
+class RebalanceTimeout(NginxctlError):
+    """`rebalance` did not bring the group within tolerance by its --timeout (the overlay is removed; the
+    connections it closed stay closed). `result` is the rebalance's result; the command attaches its report."""
+
+    exit_code = EXIT_REJECTED
+
+    def __init__(self, result: Any, reason: str) -> None:
+        self.result = result
+        self.reason = reason
+        self.result_lines: list[str] = []   # the report's lines, set by the command
+        super().__init__(f"not rebalanced: {reason}; {getattr(result, 'moved', 0)} connection(s) moved")
+
+    def stdout_lines(self) -> list[str]:
+        return self.result_lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "RebalanceTimeout", "message": str(self), "reason": self.reason}
 
 
 class DrainCancelled(NginxctlError):

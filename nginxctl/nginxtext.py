@@ -308,3 +308,24 @@ def parse_groups(config: str) -> dict[str, LoadedGroup]:
                     udp.add(target)
     return {name: LoadedGroup(b, tuple(listens.get(name, ())), "udp" if name in udp else "tcp")
             for name, b in balance.items()}
+
+
+def with_servers_down(config: str, group: str, addresses: set[str]) -> str:
+    """`config` with `down` added to the `server` lines of `addresses` in `upstream group {}` (those already
+    down are left as they are): what `rebalance` loads while it moves connections (no new connection to
+    those servers), and what `status` expects while it does. Everything else is kept byte for byte."""
+    if not addresses:
+        return config
+    for m in _UPSTREAM.finditer(config):
+        if m.group(1) != group:
+            continue
+        start, end = m.span(2)
+
+        def mark(statement: re.Match[str]) -> str:
+            if statement.group(2) in addresses and "down" not in statement.group(3).split():
+                return f"{statement.group(1)}{statement.group(2)}{statement.group(3)} down;"
+            return statement.group(0)
+
+        body = re.sub(r"(\bserver\s+)([^\s;#]+)([^;#]*?)\s*;", mark, config[start:end])
+        return config[:start] + body + config[end:]
+    return config

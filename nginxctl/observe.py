@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .nginx import LiveNginx
@@ -127,16 +128,17 @@ def _client_sockets(master: int | None, pids: list[int]) -> dict[int, int] | Non
             for pid in pids}
 
 
-def server_addresses(live: LiveNginx, host: str) -> set[str]:
+def server_addresses(live: LiveNginx, host: str, hosts: str | None = None) -> set[str]:
     """The addresses nginx connects to for a server given as `host`: the literal itself, or what the
-    container's /etc/hosts gives the name (nginx reads it first), else what this host resolves it to."""
+    container's /etc/hosts gives the name (nginx reads it first), else what this host resolves it to.
+    `hosts`: the container's /etc/hosts text when the caller read it already."""
     host = host.strip("[]")
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         return {host}
     except OSError:
         pass
-    found = hosts_lookup(live.hosts_file(), host)
+    found = hosts_lookup(live.hosts_file() if hosts is None else hosts, host)
     if not found:
         try:
             found = {str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
@@ -157,6 +159,13 @@ def server_connections(live: LiveNginx, host: str, port: int) -> dict[int, int] 
     return {pid: n for pid, lst in socks.items()
             if (n := sum(1 for s in lst if s.state == "ESTABLISHED" and s.remote[1] == port
                          and s.remote[0] in addresses))}
+
+
+def _total(memory: Callable[[int], int | None] | None, pids: list[int]) -> int | None:
+    if memory is None:
+        return None
+    sizes = [memory(pid) for pid in pids]
+    return sum(s for s in sizes if s is not None) if any(s is not None for s in sizes) else None
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -187,13 +196,17 @@ def group_generations(old: list[tuple[int, int | None]], workers_per_generation:
     return [pids[i:i + per] for i in range(0, len(pids), per)]
 
 
-def reload_state(live: LiveNginx, shutdown_timeout: str | None, connections: bool = True) -> ReloadState:
+def reload_state(live: LiveNginx, shutdown_timeout: str | None, connections: bool = True,
+                 counts: dict[int, int] | None = None, processes: Processes | None = None,
+                 memory: Callable[[int], int | None] | None = None) -> ReloadState:
     """Old worker generations still shutting down, with the connections each holds (`connections` False:
-    not counted, None: reading the socket tables of a busy host costs tens of milliseconds)."""
-    procs = live.processes()
+    not counted, None: reading the socket tables of a busy host costs tens of milliseconds). `counts`
+    (client connections per worker pid) and `processes`: what the caller read already (`pool.read_pool`);
+    `memory`: how to read a worker's memory (each generation then shows its workers' total)."""
+    procs = processes or live.processes()
     old = sorted(procs.old_workers, key=lambda p: p.pid)
-    counts = _client_sockets(procs.master.pid if procs.master else None, [p.pid for p in old + procs.workers]) \
-        if connections else None
+    if counts is None and connections:
+        counts = _client_sockets(procs.master.pid if procs.master else None, [p.pid for p in old + procs.workers])
     groups = group_generations([(p.pid, _start_ticks(p.pid)) for p in old], len(procs.workers))
     generations = [Generation(g, None if counts is None else sum(counts.get(p, 0) for p in g), memory_of(g))
                    for g in groups]

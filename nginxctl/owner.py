@@ -1,6 +1,6 @@
 """One owner per target: while `nginxctl watch` controls a target, no other command changes it behind its back.
 
-The rule, the same for every command that changes a target (`apply`, `rollback`, `drain`, `undrain`): it is
+The rule, the same for every command that changes a target (`apply`, `rollback`, `drain`, `undrain`, `rebalance`): it is
 refused with exit 3 naming the watch (`WatchOwnsTarget`); nothing changes. The watch already applies every
 change of its inventory by itself, verified, so the way to change a watched target is to change what the
 watch reads. `apply --force` and `rollback --force` change the target anyway: to the watch that is drift,

@@ -6,6 +6,9 @@
   .nginxctl/desired.conf  the config the watch wants the target to run (health decisions included)
   .nginxctl/health.json   the watch's health decisions, server by server
   .nginxctl/drained.json  servers `nginxctl drain` took out (so `status` says `drain`, not `inventory`)
+  .nginxctl/overlay.json  the temporary overlay a running `nginxctl rebalance` has loaded: the servers of one
+                          group it closed to new connections while it moves connections (runtime state like
+                          health decisions: `status` shows it and expects it, never as drift)
 
 This module is the one owner of these files: the watch writes them through it, `status`, `diff` and the
 one-owner rule read them through it. Every file carries `"format": FORMAT`; a file without one was
@@ -184,3 +187,24 @@ class Published:
         now = now | {(group, address)} if drained else now - {(group, address)}
         self.write({"drained.json": json.dumps({"format": FORMAT, "servers": [
             {"group": g, "address": a} for g, a in sorted(now)]}, indent=1) + "\n"})
+
+    # -- the rebalance overlay ------------------------------------------------------------------------------
+
+    def overlay(self) -> dict[str, Any] | None:
+        """The overlay a rebalance published (None: none), with `stale` set when the process that published it
+        no longer runs (its overlay is then nobody's: `apply --reload` puts the normal config back)."""
+        data = self._read("overlay.json")
+        if not data or not data.get("group"):
+            return None
+        data["stale"] = _gone(data.get("identity"), data.get("host"), data.get("pid"))
+        return data
+
+    @staticmethod
+    def overlay_files(group: str | None, down: list[str], normal_sha256: str | None = None) -> dict[str, str]:
+        """The overlay.json that says `group`'s servers `down` are closed to new connections by this process
+        (`group` None: no overlay)."""
+        data: dict[str, Any] = {"format": FORMAT, "group": group}
+        if group is not None:
+            data.update({"down": sorted(down), "by": "rebalance", "pid": os.getpid(), "host": socket.gethostname(),
+                         "identity": process_identity(), "since": time.time(), "normal_sha256": normal_sha256})
+        return {"overlay.json": json.dumps(data, indent=1) + "\n"}

@@ -12,6 +12,7 @@ from .apply import Outcome
 from .errors import ConfigRejected, NginxOutput
 from .fleet import Member
 from .inventory import Inventory
+from .rebalance import Result
 from .targets import Opened
 from .view import Pending
 
@@ -317,11 +318,40 @@ class StatusReport:
             if g["protocol"]:
                 head += f"  {g['protocol']} {' '.join(g['listen'])}  {g['balance']}"
             out.append(head)
+            most = max((s.get("connections") or 0 for s in g["servers"]), default=0)
+            width = max((len(s["address"]) for s in g["servers"]), default=0)
             for s in g["servers"]:
                 state = s["state"] + (f" ({s['reason']})" if s.get("reason") else "")
                 extra = " ".join(f for f in s["flags"] if f not in ("down", "backup"))
-                out.append(f"  {s['address']}  {state}  {extra}".rstrip())
+                out.append(f"  {s['address']:<{width}}  {state:<20} {_bar(s, most)}  {extra}".rstrip())
+        overlay = d.get("overlay")
+        if overlay and not overlay.get("stale"):
+            out.append(f"\nrebalance   {overlay['group']}: {', '.join(overlay.get('down', []))} closed to new "
+                       f"connections by nginxctl rebalance (pid {overlay.get('pid')}) since "
+                       f"{_when(overlay.get('since'))}")
         return out
+
+
+BAR = 20
+
+
+def _bar(server: dict[str, Any], most: int) -> str:
+    """A server's connections at a glance: a bar scaled to the group's busiest server (old generations shown
+    apart), the count, and the fair share."""
+    held = server.get("connections")
+    if held is None:
+        return ""
+    old = server.get("old_generation_connections") or 0
+    full = round(BAR * held / most) if most else 0
+    aged = min(full, round(BAR * old / most)) if most else 0
+    bar = "▒" * aged + "█" * (full - aged) + "·" * (BAR - full)
+    share = server.get("fair_share")
+    text = f"{bar} {held:>6}"
+    if old:
+        text += f" ({old} old)"
+    if share is not None:
+        text += f"  share {share:g}"
+    return text
 
 
 def _when(t: float | None) -> str:
@@ -369,3 +399,36 @@ class DiffReport:
         loaded = f"sha256:{self.loaded[:12]}" if self.loaded else "an unknown config"
         return out + [f"# {self.target}: the file matches the inventory, but nginx runs {loaded}: a reload is "
                       "pending (nginxctl apply --reload)"]
+
+
+@dataclass
+class RebalanceReport:
+    """`rebalance` on one target: what was moved against the minimum, the counts before and after."""
+
+    result: Result
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.result
+        return {"target": r.target, "group": r.group, "method": r.method, "dry_run": r.dry_run, "moved": r.moved,
+                "minimum": r.minimum, "before": r.before, "after": r.after, "seconds": r.seconds, "plan": r.plan,
+                "reloads": r.reloads, "notes": r.notes}
+
+    def lines(self) -> list[str]:
+        r = self.result
+        out: list[str] = []
+        if r.dry_run:
+            out.append(f"dry run: {r.group} on {r.target} ({r.method}); nothing closed")
+            out.append(f"  {'server':<28} {'connections':>11} {'fair share':>10} {'to move':>8}")
+            for row in r.plan:
+                share = row.get("fair_share")
+                out.append(f"  {row['address']:<28} {row['connections']:>11} "
+                           f"{'-' if share is None else format(share, '.1f'):>10} {row.get('to_move', 0):>8}")
+            out.append(f"minimum: {r.minimum} connection(s) must move")
+        else:
+            verb = "rebalanced" if r.moved else "nothing to move in"
+            out.append(f"{verb} {r.group} on {r.target}: {r.moved} connection(s) moved (minimum {r.minimum}) in "
+                       f"{r.seconds:.1f}s")
+            for address in dict.fromkeys([*r.before, *r.after]):
+                out.append(f"  {address}: {r.before.get(address, 0)} -> {r.after.get(address, 0)}")
+        out += [f"note: {note}" for note in r.notes]
+        return out

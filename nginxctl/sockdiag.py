@@ -43,6 +43,7 @@ INET_DIAG_INFO = 2
 INET_DIAG_BC_JMP = 1
 INET_DIAG_BC_S_EQ = 11
 INET_DIAG_BC_D_EQ = 12
+INET_DIAG_BC_CGROUP_COND = 13   # a cgroup v2 id (u64) follows the op (Linux 5.9)
 CLONE_NEWNET = 0x40000000
 
 # linux/tcp_states.h
@@ -317,12 +318,13 @@ class SockDiag:
 
     def tcp(self, *, states: Iterable[int] = (TCP_ESTABLISHED,), local_ports: Iterable[int] = (),
             remote_ports: Iterable[int] = (), families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
-            info: bool = True) -> list[TcpSocket]:
+            info: bool = True, cgroup: int | None = None) -> list[TcpSocket]:
         """TCP sockets of the namespace in one of `states` (default: established), IPv4 and IPv6.
 
         With ports given, only sockets whose local port is in `local_ports` or whose remote port is in
         `remote_ports` (filtered in the kernel). `info` adds tcp_info (last send/receive, RTT): the records
-        are ~3x larger, parsing costs a little more.
+        are ~3x larger, parsing costs a little more. `cgroup`: only sockets created in that cgroup v2 (its id:
+        the inode of its directory; a container's processes share one), also filtered in the kernel.
         Raises SockDiagUnavailable when the kernel refuses the dump.
         """
         mask = 0
@@ -330,6 +332,8 @@ class SockDiag:
             mask |= 1 << state
         local_ports, remote_ports = list(local_ports), list(remote_ports)
         bytecode = _bytecode(local_ports, remote_ports) if local_ports or remote_ports else b""
+        if cgroup is not None:  # the cgroup test first: false jumps past the end (reject), true goes on
+            bytecode = struct.pack("=BBHQ", INET_DIAG_BC_CGROUP_COND, 12, 12 + len(bytecode) + 4, cgroup) + bytecode
         attr = _RTA.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode if bytecode else b""
         ext = 1 << (INET_DIAG_INFO - 1) if info else 0
         found: list[TcpSocket] = []

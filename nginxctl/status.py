@@ -18,10 +18,12 @@ from .desired import render_for
 from .errors import EnvironmentProblem
 from .history import sha
 from .inventory import Inventory
-from .nginxtext import parse_groups, parse_version, shutdown_timeout_of
+from .nginxtext import parse_groups, parse_version, shutdown_timeout_of, with_servers_down
 from .observe import reload_state
+from .pool import Pool, ServerPool, memory_bytes, read_pool
 from .published import Published, WatchState
 from .reports import DiffReport, Many, StatusReport
+from .share import fair_shares
 from .targets import Connect, Opened, open_engine, reachable_members
 from .view import ServerView, pending, servers_view
 
@@ -80,31 +82,74 @@ def desired_config(opened: Opened, deployer: Deployer, templates: Path | None) -
     return Desired(text, "inventory", watch, set(opened.unknown_groups), notes, health)
 
 
-def _group_rows(views: dict[str, list[ServerView]], loaded: str) -> list[dict[str, Any]]:
-    """The groups as nginx runs them: balancing and listens from the loaded config, not the inventory."""
+def _group_rows(views: dict[str, list[ServerView]], loaded: str, pool: Pool | None) -> list[dict[str, Any]]:
+    """The groups as nginx runs them (balancing and listens from the loaded config, not the inventory), each
+    server with the connections nginx holds to it and its fair share."""
     groups = parse_groups(loaded)
     rows = []
     for name, servers in views.items():
         g = groups.get(name)
+        held = {s.address: s for s in pool.group(name)} if pool is not None else {}
+        items = [{**s.to_dict(), **_connections(held.get(s.address))} for s in servers]
+        # a server the loaded config no longer has, still held by old workers
+        items += [{"address": p.address, "state": "removed", "reason": None, "flags": [], **_connections(p)}
+                  for p in held.values() if p.state == "removed" and p.connections]
+        weights = {p.address: p.weight for p in held.values() if p.state == "up" and p.countable}
+        shares = fair_shares({a: held[a].connections for a in weights}, weights) if weights else {}
+        for item in items:
+            item["fair_share"] = round(shares[item["address"]], 2) if item["address"] in shares else None
         rows.append({"name": name, "protocol": g.protocol if g else None, "balance": g.balance if g else None,
-                     "listen": list(g.listen) if g else [], "servers": [s.to_dict() for s in servers]})
+                     "listen": list(g.listen) if g else [], "servers": items})
     return rows
+
+
+def _connections(server: ServerPool | None) -> dict[str, int | None]:
+    """A server's connections as status shows them (None: not counted, a unix: or UDP server, or no pool)."""
+    if server is None or not server.countable:
+        return {"connections": None, "old_generation_connections": None}
+    return {"connections": server.connections, "old_generation_connections": server.old_connections}
+
+
+def _pool(deployer: Deployer, loaded_text: str | None, inv: Inventory | None, notes: list[str]) -> Pool | None:
+    """The connections per server and generation (sock_diag), or None with a note saying why not."""
+    if loaded_text is None:
+        return None
+    try:
+        udp = [g.name for g in inv.upstreams if g.protocol == "udp"] if inv is not None else []
+        return read_pool(deployer.live, loaded_text, history=deployer.history, udp_groups=udp)
+    except EnvironmentProblem as exc:
+        notes.append(f"connections per server unknown: {exc}")
+        return None
 
 
 def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> StatusReport:
     inv = opened.inventory
     live = deployer.live
     deployed = deployer.deployed()
-    state = reload_state(live, shutdown_timeout_of(deployed))
     loaded, loaded_text = deployer.loaded_config()
     want = desired_config(opened, deployer, templates)
+    pool = _pool(deployer, loaded_text, inv, want.notes)
+    state = reload_state(live, shutdown_timeout_of(deployed), counts=pool.clients_per_pid if pool else None,
+                         processes=pool.processes if pool else None, memory=memory_bytes)
     health = want.health
     health_down = {(r["group"], r["address"]) for r in (health or {}).get("servers", []) if r.get("rendered_down")}
-    views = servers_view(loaded_text, health_down=health_down,
-                         drained=Published(live, deployer.history.base).drained()) if loaded_text else None
     if state.processes.master is None:
         raise EnvironmentProblem(f"no nginx master process runs in {live.name}",
                                  "is the container's command nginx? (`docker top` shows what runs in it)")
+    published = Published(live, deployer.history.base)
+    overlay = published.overlay()
+    overlaid = {(overlay["group"], a) for a in overlay.get("down", [])} \
+        if overlay is not None and not overlay["stale"] else set()
+    if overlaid and want.text is not None and overlay is not None:
+        # a running rebalance's overlay is runtime state, like health decisions: expected, never drift
+        want.text = with_servers_down(want.text, overlay["group"], {a for _, a in overlaid})
+        want.notes.append(f"nginxctl rebalance (pid {overlay.get('pid')}) moves connections of {overlay['group']}: "
+                          f"{', '.join(sorted(a for _, a in overlaid))} take no new connection until it ends")
+    elif overlay is not None:
+        want.notes.append(f"a rebalance of {overlay['group']} stopped without removing its overlay: if nginx still "
+                          "runs it (drift below), `nginxctl apply --reload` puts the normal config back")
+    views = servers_view(loaded_text, health_down=health_down, drained=published.drained(),
+                         overlay=overlaid) if loaded_text else None
     data: dict[str, Any] = {
         "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
         "master_pid": state.processes.master.pid if state.processes.master else None,
@@ -114,7 +159,8 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
         "loaded": loaded, "last_apply": deployer.history.last_phase(), "health": health,
         # unknown (None) when what nginx runs cannot be identified: neither "pending" nor "not pending" is true
         "reload_pending": None if loaded is None else deployed is not None and loaded != sha(deployed),
-        "groups": _group_rows(views, loaded_text) if views is not None and loaded_text else None,
+        "groups": _group_rows(views, loaded_text, pool) if views is not None and loaded_text else None,
+        "overlay": overlay, "pool_seconds": round(pool.seconds, 3) if pool else None,
         "wanted_by": want.by, "notes": want.notes,
         "watch": None if want.watch is None else {
             "pid": want.watch.pid, "host": want.watch.host, "inventory": want.watch.inventory,

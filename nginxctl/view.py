@@ -24,7 +24,7 @@ PLACEHOLDER = "127.0.0.1:9"   # see controller.merge: a discovering group with n
 class ServerView:
     address: str
     state: str                 # up | down | backup | removed (held by old workers only, later)
-    reason: str | None = None  # for down: inventory | health | drain | placeholder
+    reason: str | None = None  # for down: inventory | health | drain | placeholder | rebalance
     flags: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,10 +53,12 @@ class Pending:
 
 
 def _reason(group: str, server: UpstreamServer, health_down: AbstractSet[tuple[str, str]],
-            drained: AbstractSet[tuple[str, str]]) -> str | None:
+            drained: AbstractSet[tuple[str, str]], overlay: AbstractSet[tuple[str, str]]) -> str | None:
     if server.state != "down":
         return None
     key = (group, server.address)
+    if key in overlay:
+        return "rebalance"
     if key in health_down:
         return "health"
     if key in drained:
@@ -67,9 +69,11 @@ def _reason(group: str, server: UpstreamServer, health_down: AbstractSet[tuple[s
 
 
 def servers_view(loaded: str, *, health_down: AbstractSet[tuple[str, str]] = frozenset(),
-                 drained: AbstractSet[tuple[str, str]] = frozenset()) -> dict[str, list[ServerView]]:
-    """Each upstream of the loaded config with its servers as nginx runs them."""
-    return {group: [ServerView(s.address, s.state, _reason(group, s, health_down, drained), s.params)
+                 drained: AbstractSet[tuple[str, str]] = frozenset(),
+                 overlay: AbstractSet[tuple[str, str]] = frozenset()) -> dict[str, list[ServerView]]:
+    """Each upstream of the loaded config with its servers as nginx runs them (`overlay`: the servers a running
+    rebalance closed to new connections; their reason is `rebalance`)."""
+    return {group: [ServerView(s.address, s.state, _reason(group, s, health_down, drained, overlay), s.params)
                     for s in servers]
             for group, servers in parse_upstreams(loaded).items()}
 

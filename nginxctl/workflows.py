@@ -8,6 +8,7 @@ through `connect` (a parameter, so callers choose the engine), and the inventory
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import re
 import time
@@ -17,18 +18,30 @@ from typing import TYPE_CHECKING
 
 from . import nginx
 from .desired import keepalived_configs, render_config, render_for, stream_module
-from .errors import ApplyFailure, ConfigRejected, EnvironmentProblem, Journal, KeepalivedRejected, Step, UsageError
+from .errors import (
+    ApplyFailure,
+    ConfigRejected,
+    EnvironmentProblem,
+    Journal,
+    KeepalivedRejected,
+    RebalanceTimeout,
+    Step,
+    UsageError,
+)
 from .files import write_atomic
 from .fleet import Member, fleet_targets, rollout
 from .host import local_machine
 from .inventory import Inventory, check_capacity
 from .inventoryfile import container_name, read_inventory
 from .owner import check_owner
+from .rebalance import Options, Rebalancer, check_method
+from .rebalance import Step as RebalanceStep
 from .reports import (
     ApplyReport,
     FleetReport,
     HistoryReport,
     Many,
+    RebalanceReport,
     RenderReport,
     RollbackReport,
     ValidateReport,
@@ -298,3 +311,38 @@ def rollback(path: Path | None, *, connect: Connect, container: str | None = Non
         return one_or_many(opened, members, reports)
 
 
+# -- rebalance -------------------------------------------------------------------------------------------
+
+def rebalance_group(path: Path, group: str, *, connect: Connect, options: Options, container: str | None = None,
+                    targets: list[str] | None = None, lock_wait: float = 30.0, progress: Progress = quiet,
+                    on_step: RebalanceStep | None = None) -> RebalanceReport | Many:
+    """Move the group's connections until every up primary server is within tolerance of its fair share (or,
+    `hash ... consistent`, on the server its key maps to), target by target. Raises UsageError (unknown, UDP
+    or plain-hash group, a hash key nginxctl cannot compute), WatchOwnsTarget (a watch controls the target;
+    not for a dry run), EnvironmentProblem (the sockets cannot be seen: a remote engine), RebalanceTimeout
+    (with its report), Interrupted, and what `Deployer.apply` raises."""
+
+    with open_engine(path, connect, container) as opened:
+        inv = opened.inventory
+        assert inv is not None
+        meta = next((g for g in inv.upstreams if g.name == group), None)
+        if meta is None:
+            names = [g.name for g in inv.upstreams]
+            close = difflib.get_close_matches(group, names, n=1)
+            raise UsageError(f"no group {group!r} in {path}" + (f"; did you mean {close[0]!r}?" if close else
+                                                                 f" (groups: {', '.join(names)})"))
+        check_method(meta, group)
+        members = open_members(opened, container, targets, connect, progress=progress, lock_wait=lock_wait,
+                               max_generations=3, record_history=False)
+        if not options.dry_run:
+            check_owner(members)
+        reports = []
+        for m in members:
+            try:
+                result = Rebalancer(m.deployer, group, meta, options, on_step=on_step or (lambda _: None)).run()
+            except RebalanceTimeout as exc:
+                report = RebalanceReport(exc.result)
+                exc.report, exc.result_lines = report.to_dict(), report.lines()
+                raise
+            reports.append(RebalanceReport(result))
+        return one_or_many(opened, members, reports)

@@ -68,6 +68,7 @@ class _TCPHandler(socketserver.BaseRequestHandler):
 class _TCPServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 256   # a fleet of clients connecting at once (socketserver's default backlog is 5)
 
     def __init__(self, port: int, name: str, host: str = "127.0.0.1") -> None:
         self.name = name
@@ -407,3 +408,130 @@ def wait_for(predicate: Any, timeout: float, what: Any) -> None:
     while not predicate():
         assert time.monotonic() < deadline, what() if callable(what) else what
         threading.Event().wait(0.2)
+
+
+class Devices:
+    """`count` long-lived clients through the load balancer on `port`, like a device fleet: each reads the name
+    of the backend it landed on, and when its connection closes it records how (an orderly EOF or a reset)
+    and reconnects after a short random delay. One thread and a selector; `close()` ends them all.
+
+    `sources`: client addresses in 127.0.0.0/8 to bind (client i uses sources[i % len]), for hash keys.
+    `heartbeat`: each connected client sends a line this often (seconds; None: the clients stay idle)."""
+
+    def __init__(self, port: int, count: int, sources: list[str] | None = None,
+                 delay: tuple[float, float] = (0.01, 0.05), heartbeat: float | None = None) -> None:
+        import random
+        import selectors
+
+        self.port = port
+        self.sources = sources
+        self.delay = delay
+        self.rng = random.Random(count)
+        self.sel = selectors.DefaultSelector()
+        self.lock = threading.Lock()
+        self.names: dict[int, str | None] = {}
+        self.socks: dict[int, socket.socket] = {}
+        self.buffers: dict[int, bytes] = {}
+        self.due: list[tuple[float, int]] = []
+        self.eofs = 0          # established connections closed with a FIN
+        self.resets = 0        # established connections reset
+        self.failed = 0        # connections that closed before the backend said its name (no backend reached)
+        self.connects = 0
+        self.heartbeat = heartbeat
+        self.beat_at = time.monotonic()
+        self.stopping = threading.Event()
+        for i in range(count):
+            self._connect(i)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _connect(self, i: int) -> None:
+        import selectors
+
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if self.sources:
+            s.bind((self.sources[i % len(self.sources)], 0))
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", self.port))
+        self.socks[i] = s
+        self.buffers[i] = b""
+        with self.lock:
+            self.names[i] = None
+            self.connects += 1
+        self.sel.register(s, selectors.EVENT_READ, i)
+
+    def _closed(self, i: int, how: str) -> None:
+        s = self.socks.pop(i)
+        self.sel.unregister(s)
+        s.close()
+        with self.lock:
+            if self.names.get(i) is None:
+                self.failed += 1
+            elif how == "eof":
+                self.eofs += 1
+            else:
+                self.resets += 1
+            self.names[i] = None
+        self.due.append((time.monotonic() + self.rng.uniform(*self.delay), i))
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            for item in [d for d in self.due if d[0] <= now]:
+                self.due.remove(item)
+                try:
+                    self._connect(item[1])
+                except OSError:
+                    self.due.append((now + self.delay[1], item[1]))
+            if self.heartbeat is not None and now >= self.beat_at:
+                self.beat_at = now + self.heartbeat
+                for i, s in list(self.socks.items()):
+                    if self.names.get(i) is not None:
+                        try:
+                            s.send(b"hb\n")
+                        except OSError:
+                            pass   # its close is read below
+            for key, _ in self.sel.select(timeout=0.01):
+                i = key.data
+                try:
+                    data = key.fileobj.recv(4096)  # type: ignore[union-attr]
+                except (ConnectionResetError, ConnectionAbortedError):
+                    self._closed(i, "reset")
+                    continue
+                except OSError:
+                    self._closed(i, "failed")
+                    continue
+                if not data:
+                    self._closed(i, "eof")
+                    continue
+                self.buffers[i] += data
+                if self.names.get(i) is None and b"\n" in self.buffers[i]:
+                    with self.lock:
+                        self.names[i] = self.buffers[i].split(b"\n", 1)[0].decode()
+
+    def counts(self) -> dict[str, int]:
+        """Connected clients per backend name."""
+        from collections import Counter
+
+        with self.lock:
+            return dict(Counter(n for n in self.names.values() if n is not None))
+
+    def connected(self) -> int:
+        with self.lock:
+            return sum(1 for n in self.names.values() if n is not None)
+
+    def wait(self, predicate: Callable[[Devices], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            assert time.monotonic() < deadline, f"{what}: {self.counts()} eofs={self.eofs} resets={self.resets} " \
+                                                f"failed={self.failed}"
+            threading.Event().wait(0.05)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        for s in list(self.socks.values()):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()
+        self.socks.clear()
+        self.sel.close()

@@ -189,7 +189,8 @@ def test_status_reports_versions_processes_and_drift(lb, backends):
     assert st["deployed_sha256"] == st["inventory_config_sha256"]
     # the servers of the config nginx runs, each with its state there
     assert st["groups"][0]["servers"][1] == {"address": "127.0.0.1:1", "flags": ["backup"], "state": "backup",
-                                             "reason": None}
+                                             "reason": None, "connections": 0, "old_generation_connections": 0,
+                                             "fair_share": None}
     assert st["pending"] == {"added": [], "removed": [], "changed": [], "config": False}
     text = cli("status", "-i", str(lb.inventory))
     assert text.returncode == 0 and "drift       no" in text.stdout

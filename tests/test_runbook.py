@@ -15,7 +15,7 @@ import pytest
 import yaml
 from nginxctl.hashring import Ring
 
-from helpers import Held, free_port, who
+from helpers import Devices, Held, free_port, who
 
 RUNBOOK = (Path(__file__).parent.parent / "docs" / "runbook.md").read_text()
 
@@ -112,6 +112,28 @@ def test_drain_and_remove_a_backend(lb, backends):
     finally:
         for h in held:
             h.close()
+
+
+@pytest.mark.integration
+def test_scale_out_a_long_connection_pool(lb, backends):
+    a, b = backends("A"), backends("B")
+    port = start(lb, [a, b], balance="least_conn")
+    devices = Devices(port, 40)
+    try:
+        devices.wait(lambda d: d.counts() == {"A": 20, "B": 20}, 20, "40 devices on A and B")
+        c = backends("C")
+        edit(lb, lambda d: d["upstreams"]["netty_pool"]["servers"].append(c.address))
+        apply, before, plan, rebalance, after = ok(run(blocks("Scale out a long-connection pool")[0],
+                                                       lb.inventory.parent))
+        assert f"{c.address}" in before.stdout and "share 13.33" in before.stdout
+        assert "minimum: 12 connection(s) must move" in plan.stdout   # C lacks 12 below 13.33 - 10%
+        assert "rebalanced netty_pool" in rebalance.stdout
+        devices.wait(lambda d: d.connected() == 40, 10, "every device back")
+        assert all(abs(n - 40 / 3) <= 2 for n in devices.counts().values()), devices.counts()
+        assert devices.resets == 0 and 12 <= devices.eofs <= 1.15 * 12 + 1
+        assert "drift       no" in after.stdout and "(rebalance)" not in after.stdout   # the normal config again
+    finally:
+        devices.close()
 
 
 @pytest.mark.integration

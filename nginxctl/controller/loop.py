@@ -44,6 +44,7 @@ from .log import DecisionLog
 from .merge import Merged, candidate_server, merge
 from .metrics import IDLE_BEAT, Metrics
 from .model import BACKOFF, Event, EventKind, Snapshot, WatchOptions, backoff
+from .poolmetrics import PoolMetrics
 from .publisher import HEALTH_HEARTBEAT, Publisher
 from .sources import DockerSource, EtcdSource, InventoryFile
 
@@ -148,6 +149,8 @@ class Controller:
         self.health.checker = Checker(lambda: self.events.put(Event(EventKind.HEALTH)), self.health.on_check)
         self._seed_health()
         self.sources.append(self.health.checker)
+        if self.metrics.served:
+            self.sources.append(PoolMetrics(self.metrics, self.options.resync, self._pool_view))
         for source in self.sources:
             source.start()
         self.started = True
@@ -167,6 +170,11 @@ class Controller:
         published = Published(self.members[0].deployer.live, self.members[0].deployer.history.base).health()
         if published is not None:
             self.health.checker.seed(published.get("servers", []))
+
+    def _pool_view(self) -> list[tuple[nginx.LiveNginx, str | None]]:
+        """Each target and the config this loop last read as loaded (for the pool metrics' thread)."""
+        members, loaded = self.members or [], self.loaded
+        return [(m.deployer.live, loaded.get(m.name, (None, None))[1]) for m in members]
 
     def close(self) -> None:
         self._end_retirement()

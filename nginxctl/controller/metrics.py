@@ -88,6 +88,13 @@ class Metrics:
                                ["close"], registry=r)
         for close in ("eof", "reset"):
             self.retired.labels(close)
+        self.backend_connections = Gauge("nginxctl_backend_connections", "Established connections nginx holds to "
+                                         "each server, all worker generations together (read every --resync)",
+                                         ["group", "server"], registry=r)
+        self.group_skew = Gauge("nginxctl_group_skew", "The largest relative distance of a server of the group from "
+                                "its fair share (its weight's part of what the up primaries hold): 0.1 is 10%",
+                                ["group"], registry=r)
+        self.served = False   # /metrics is served: the pool gauges are worth reading
         self.running = True
         self.clock: Callable[[], float] = time.monotonic
         self.last_beat = self.clock()
@@ -113,6 +120,16 @@ class Metrics:
             counts[row] = counts.get(row, 0) + 1
         for (group, source, state), n in counts.items():
             self.servers.labels(group, source, state).set(n)
+
+    def set_pool(self, counts: dict[str, dict[str, int]], skews: dict[str, float]) -> None:
+        """Replace the pool gauges: connections per (group, server), and each group's skew."""
+        self.backend_connections.clear()
+        for group, servers in counts.items():
+            for server, n in servers.items():
+                self.backend_connections.labels(group, server).set(n)
+        self.group_skew.clear()
+        for group, value in skews.items():
+            self.group_skew.labels(group).set(value)
 
     def checked(self, servers: list[tuple[str, str]]) -> None:
         """Health-check counters at 0 for every (group, server) checked and every result, so a healthy pool's

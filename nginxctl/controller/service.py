@@ -26,6 +26,7 @@ def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "tex
         host, port = parse_address(metrics)
         try:
             server = serve(registry, host, port)
+            registry.served = True
         except OSError as exc:
             raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
     try:
