@@ -32,7 +32,7 @@ from ..inventoryfile import container_name, read_inventory
 from ..observe import reload_state
 from ..published import Published
 from ..retire import Retirement
-from ..retireplan import Limits, retire_seconds
+from ..retireplan import retire_seconds
 from ..trace import trace
 from ..view import pending
 from .debounce import Debouncer
@@ -154,11 +154,9 @@ class Controller:
         for source in self.sources:
             source.start()
         self.started = True
-        limits = Limits(self.options.max_generations, self.options.max_memory)
+        # the limits on lingering generations are fields of the line (said in text logs too)
         self.log("start", f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
-                 f"{', '.join(names)}; lingering generations: {limits.describe()}, past them "
-                 + (f"the oldest is retired at {self.options.retire_rate:g}/s" if self.options.retire_rate else
-                    "a change waits (--retire-rate 0)"),
+                 f"{', '.join(names)}",
                  quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
                  max_generations=self.options.max_generations, max_lingering_memory=self.options.max_memory,
                  retire_rate=self.options.retire_rate, sources=[type(s).__name__ for s in self.sources])
