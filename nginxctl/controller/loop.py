@@ -667,6 +667,7 @@ class Controller:
         except NginxctlError:
             return
         self.metrics.lingering.set(len(state.generations))
+        self.metrics.lingering_memory_limit.set(self.options.max_memory or 0)
         self.metrics.lingering_memory.set(state.lingering_memory or 0)
 
     def _lingering(self, exc: GenerationsLingering, message: str) -> str:

@@ -79,6 +79,8 @@ class Metrics:
                                      "has waited (0 when nothing waits)", registry=r)
         self.lingering = Gauge("nginxctl_lingering_generations", "Old worker generations still shutting down "
                                "(the first target)", registry=r)
+        self.lingering_memory_limit = Gauge("nginxctl_lingering_memory_limit_bytes", "--max-lingering-memory "
+                                            "(0: no limit by memory)", registry=r)
         self.lingering_memory = Gauge("nginxctl_lingering_memory_bytes", "Memory (PSS) of the old worker "
                                       "generations still shutting down (the first target)", registry=r)
         self.retiring = Gauge("nginxctl_retiring", "1 while an old generation is being retired (its connections "
