@@ -29,7 +29,7 @@ from .history import History
 from .nginx import LiveNginx
 from .nginxtext import Processes, UpstreamServer, parse_upstreams
 from .observe import _start_ticks, group_generations, server_addresses
-from .sockdiag import TCP_ESTABLISHED, SockDiag, SockDiagUnavailable, TcpSocket, socket_owners
+from .sockdiag import TCP_ESTABLISHED, SockDiag, SockDiagUnavailable, TcpSocket, fd_owners, socket_owners
 
 TCP_LISTEN = 10
 HISTORY_LOOKBACK = 10   # earlier configs searched for servers that old workers still hold
@@ -309,29 +309,6 @@ def pair_clients(clients: dict[int, list[TcpSocket]], upstream: list[tuple[TcpSo
                 used.add(chosen.inode)
                 out[up.inode] = chosen
     return out
-
-
-def fd_owners(pids: Iterable[int]) -> dict[int, tuple[int, int]]:
-    """inode -> (pid, fd) for every socket these processes hold (like `sockdiag.socket_owners`, with the fd)."""
-    owners: dict[int, tuple[int, int]] = {}
-    for pid in pids:
-        try:
-            dirfd = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            for name in os.listdir(dirfd):
-                try:
-                    link = os.readlink(name, dir_fd=dirfd)
-                except OSError:
-                    continue
-                if link.startswith("socket:["):
-                    owners.setdefault(int(link[8:-1]), (pid, int(name)))
-        except OSError:
-            pass
-        finally:
-            os.close(dirfd)
-    return owners
 
 
 def memory_bytes(pid: int) -> int | None:

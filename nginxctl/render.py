@@ -94,19 +94,8 @@ def render(inv: Inventory, env: jinja2.Environment, *, full: bool = False,
     """
     all_modules = list(dict.fromkeys([*inv.nginx.load_modules, *modules]))
     name = "nginx.conf.j2" if full else "stream.conf.j2"
-    try:
-        template = env.get_template(name)
-        text = template.render(
-            inv=inv, nginx=inv.nginx, full=full, modules=all_modules, vars=inv.vars,
-            group_directives=lambda group: group_directives(group, inv), health_answer=HEALTH_ANSWER)
-    except TemplateError:
-        raise
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{exc.filename or exc.name}:{exc.lineno}: template syntax error: {exc.message}") from None
-    except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"template {exc.name} not found in {env.loader.searchpath}") from None  # type: ignore[union-attr]
-    except jinja2.UndefinedError as exc:
-        raise TemplateError(f"template {name}: {exc.message}") from None
+    text = _render(env, name, inv=inv, nginx=inv.nginx, full=full, modules=all_modules, vars=inv.vars,
+                   group_directives=lambda group: group_directives(group, inv), health_answer=HEALTH_ANSWER)
     if inv.ha is not None and f"listen 127.0.0.1:{inv.ha.health_port};" not in text:
         raise TemplateError(f"template {name} left out the ha health listener (listen 127.0.0.1:"
                             f"{inv.ha.health_port}): keepalived would find nginx dead on every target; keep the "
@@ -119,9 +108,13 @@ def render_keepalived(inv: Inventory, target: NamedTarget, env: jinja2.Environme
     answers). Raises TemplateError (also when the inventory has no `ha:`)."""
     if inv.ha is None:
         raise TemplateError("the inventory has no ha: section, so no target runs keepalived")
+    return _render(env, KEEPALIVED_TEMPLATE, inv=inv, ha=inv.ha, target=target, health_answer=HEALTH_ANSWER)
+
+
+def _render(env: jinja2.Environment, name: str, **values: Any) -> str:
+    """One template rendered; its errors said as TemplateError (file:line, what is undefined or missing)."""
     try:
-        return env.get_template(KEEPALIVED_TEMPLATE).render(inv=inv, ha=inv.ha, target=target,
-                                                             health_answer=HEALTH_ANSWER)
+        return env.get_template(name).render(**values)
     except TemplateError:
         raise
     except jinja2.TemplateSyntaxError as exc:
@@ -129,4 +122,4 @@ def render_keepalived(inv: Inventory, target: NamedTarget, env: jinja2.Environme
     except jinja2.TemplateNotFound as exc:
         raise TemplateError(f"template {exc.name} not found in {env.loader.searchpath}") from None  # type: ignore[union-attr]
     except jinja2.UndefinedError as exc:
-        raise TemplateError(f"template {KEEPALIVED_TEMPLATE}: {exc.message}") from None
+        raise TemplateError(f"template {name}: {exc.message}") from None

@@ -408,7 +408,12 @@ def socket_owners(pids: Iterable[int]) -> dict[int, int]:
     One readlink per open file, ~3 us each: 80,000 in 0.27 s (docs/sockdiag.md). Links are read relative
     to an open /proc/PID/fd directory, and only "socket:[N]" ones are kept.
     """
-    owners: dict[int, int] = {}
+    return {inode: pid for inode, (pid, _) in fd_owners(pids).items()}
+
+
+def fd_owners(pids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """inode -> (pid, fd) for every socket these processes hold (see `socket_owners`)."""
+    owners: dict[int, tuple[int, int]] = {}
     for pid in pids:
         try:
             dirfd = os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -421,9 +426,10 @@ def socket_owners(pids: Iterable[int]) -> dict[int, int]:
                 except OSError:
                     continue  # closed meanwhile
                 if link.startswith("socket:["):
-                    owners.setdefault(int(link[8:-1]), pid)
+                    owners.setdefault(int(link[8:-1]), (pid, int(name)))
         except OSError:
-            pass
+            pass  # the process left meanwhile
         finally:
             os.close(dirfd)
     return owners
+
