@@ -14,10 +14,9 @@ from typing import Any
 
 from .apply import Deployer, Outcome
 from .errors import (
-    EXIT_NOT_RESTORED,
-    EXIT_RESTORED,
     ConfigRejected,
     EnvironmentProblem,
+    FleetFailure,
     NginxctlError,
     RestoreFailed,
     UsageError,
@@ -67,30 +66,6 @@ def open_fleet(targets: list[Target], connect: Callable[[str | None], Any], make
             raise EnvironmentProblem(f"target {name} is not reachable: {exc}", changed) from None
         members.append(Member(name, make(live, target)))
     return members
-
-
-class FleetFailure(NginxctlError):
-    """A fleet rollout stopped at one target; the targets changed before it were put back."""
-
-    def __init__(self, target: str, cause: NginxctlError, put_back: list[str], not_put_back: list[str],
-                 uncertain: bool) -> None:
-        self.target = target
-        self.cause = cause
-        self.put_back = put_back
-        self.not_put_back = not_put_back
-        self.exit_code = EXIT_NOT_RESTORED if (not_put_back or uncertain) else EXIT_RESTORED
-        back = ", ".join(put_back) if put_back else "none (it was the first changed)"
-        lines = [f"fleet rollout stopped at {target}: {str(cause).splitlines()[0]}",
-                 f"put back to their previous config, verified: {back}"]
-        if not_put_back:
-            lines.append(f"NOT put back (check them now): {', '.join(not_put_back)}")
-        if uncertain:
-            lines.append(f"{target} may not run its previous config (it failed mid-change): check it now")
-        super().__init__("\n".join(lines + str(cause).splitlines()[1:]))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": "FleetFailure", "message": str(self).splitlines()[0], "target": self.target,
-                "cause": self.cause.to_dict(), "put_back": self.put_back, "not_put_back": self.not_put_back}
 
 
 @dataclass

@@ -8,8 +8,12 @@ import subprocess
 import sys
 
 CORE = ["nginxctl.inventory", "nginxctl.render", "nginxctl.capacity", "nginxctl.trace", "nginxctl.edit",
-        "nginxctl.hashring"]
-EDGE = ["docker", "typer", "click", "requests"]
+        "nginxctl.hashring",
+        # the controller's pure rooms: its model, merging snapshots, the reconcile decision, damping, debouncing,
+        # finding refused servers
+        "nginxctl.controller.model", "nginxctl.controller.merge", "nginxctl.controller.decide",
+        "nginxctl.controller.damping", "nginxctl.controller.debounce", "nginxctl.controller.isolate"]
+EDGE = ["docker", "typer", "click", "requests", "prometheus_client", "etcd3gw", "watchdog"]
 
 
 def test_the_core_imports_no_docker_and_no_typer() -> None:

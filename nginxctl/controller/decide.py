@@ -23,17 +23,17 @@ from ..errors import (
     ApplyFailure,
     ConfigRejected,
     EnvironmentProblem,
+    FleetFailure,
     GenerationsLingering,
     NginxctlError,
     RestoreFailed,
     TemplateError,
 )
-from ..fleet import FleetFailure
 from ..history import sha
 from ..inventory import Inventory
+from ..trace import trace
 from .merge import Merged, merge
-from .metrics import Result
-from .model import Snapshot
+from .model import Result, Snapshot
 
 GENERATIONS_RETRY = 2.0
 
@@ -167,3 +167,28 @@ def describe(exc: NginxctlError) -> str:
     if isinstance(exc, (FleetFailure, RestoreFailed, ApplyFailure)):
         return str(exc).replace("\n", "; ")
     return str(exc).splitlines()[0]
+
+
+def drift_lines(plan: Plan, verified: str | None) -> list[tuple[str, dict[str, object]]]:
+    """The `drift` lines of an APPLY plan, one per target that runs a config this watch did not put there:
+    (sentence, fields)."""
+    lines = []
+    for name, runs in plan.drift:
+        shown = f"sha256:{runs[:12]}" if runs else "an unknown config"
+        fields: dict[str, object] = {"target": name, "loaded": runs[:12] if runs else None}
+        if runs is not None and runs == sha(plan.rendered[name]):
+            lines.append((f"{name}: its config file was changed outside the watch (nginx still runs the desired "
+                          "config, a restart would not): reinstalling it", fields))
+            continue
+        wanted = f"the config this watch verified (sha256:{verified[:12]})" if verified else "the desired config"
+        why = "changed outside the watch (a forced apply, a rollback, a hand edit)" if runs else \
+            "restarted, changed outside the watch, or nginx not running yet"
+        lines.append((f"{name} runs {shown}, not {wanted}: {why}; putting the desired config back", fields))
+    return lines
+
+
+def locate(exc: ConfigRejected, plan: Plan | None) -> list[str]:
+    """The inventory lines a rejection comes from (as `apply` says them)."""
+    if plan is None or plan.merged is None or not plan.rendered:
+        return []
+    return trace(exc.result.output, next(iter(plan.rendered.values())), plan.merged.inventory)

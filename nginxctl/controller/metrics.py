@@ -9,7 +9,6 @@ restart the controller: a hung loop applies nothing, whatever the process table 
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..lazy import lazy_import
+from .model import Result
 
 if TYPE_CHECKING:
     import http.server as http_server
@@ -29,17 +29,6 @@ else:
 CHECK_RESULTS = ("pass", "fail")
 IDLE_BEAT = 5.0       # the loop wakes at least this often when nothing happens
 STUCK_AFTER = 60.0    # /healthz answers 503 when the loop has not beaten for this long
-
-
-class Result(str, enum.Enum):
-    """What a reload attempt came to (`nginxctl_reloads_total{result}`)."""
-
-    OK = "ok"                          # reloaded and verified
-    REJECTED = "rejected"              # nginx -t refused the config; nothing changed
-    RESTORED = "restored"              # did not take; the previous config was restored
-    REFUSED = "refused"                # old worker generations linger; nothing changed
-    RESTORE_FAILED = "restore_failed"  # did not take, and the restore failed too
-    ERROR = "error"                    # the target or the engine could not be reached
 
 
 class Metrics:

@@ -79,3 +79,14 @@ class WatchOptions:
     lock_owner: str | None = None
     max_memory: int | None = WATCH_MAX_LINGERING_MEMORY
     retire_rate: float = WATCH_RETIRE_RATE
+
+
+class Result(str, enum.Enum):
+    """What a reload attempt came to (`nginxctl_reloads_total{result}`)."""
+
+    OK = "ok"                          # reloaded and verified
+    REJECTED = "rejected"              # nginx -t refused the config; nothing changed
+    RESTORED = "restored"              # did not take; the previous config was restored
+    REFUSED = "refused"                # old worker generations linger; nothing changed
+    RESTORE_FAILED = "restore_failed"  # did not take, and the restore failed too
+    ERROR = "error"                    # the target or the engine could not be reached
