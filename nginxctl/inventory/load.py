@@ -7,7 +7,6 @@ file sees every problem at once.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
@@ -18,64 +17,25 @@ from typing import Any
 from .. import capacity
 from ..errors import InventoryError, Location, Problem
 from . import grammar as gr
-from .model import HA, Group, HealthCheck, Inventory, NamedTarget, NginxSettings, Server, Target
+from .collect import Report, mapping, section
+from .ha import ha_section
+from .model import Group, HealthCheck, Inventory, NamedTarget, NginxSettings, Server, Target
 from .schema import (
     FLEET_TARGET_KEYS,
     GROUP_KEYS,
-    HA_KEYS,
-    HA_PRIORITY_TOP,
     HEALTH_KEYS,
     NGINX_KEYS,
     NOT_DEFAULTABLE,
     SERVER_KEYS,
     TARGET_KEYS,
     TOP_KEYS,
-    Key,
 )
-from .yamlsource import KeyPath, Positions, format_path, parse_yaml
+from .yamlsource import KeyPath, Positions, parse_yaml
 
 BACKUP_UNSUPPORTED = {"hash", "random", "random_two_least_conn"}
 
 
-class _Report:
-    def __init__(self, positions: Positions) -> None:
-        self.positions = positions
-        self.problems: list[Problem] = []
-
-    def __call__(self, path: KeyPath, message: str, *, key: bool = False) -> None:
-        self.problems.append(Problem(self.positions.locate(path, key=key), format_path(path), message))
-
-
-def _mapping(value: Any, path: KeyPath, keys: list[Key], report: _Report, what: str,
-             required: tuple[str, ...] = (), use_defaults: bool = True) -> dict[str, Any] | None:
-    """Check one mapping against its key table; return parsed values (None: not a mapping)."""
-    if not isinstance(value, dict):
-        report(path, f"expected a mapping, got {gr.describe(value)}")
-        return None
-    by_name = {k.name: k for k in keys}
-    out: dict[str, Any] = {}
-    for name, raw in value.items():
-        key = by_name.get(name)
-        if key is None:
-            close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.6)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(by_name)}"
-            report(path + (name,), f"unknown key '{name}' in {what}{hint}", key=True)
-            continue
-        try:
-            out[name] = key.parse(raw)
-        except gr.Invalid as exc:
-            report(path + (name,), str(exc))
-    for name in required:
-        if name not in value:
-            report(path, f"missing required key '{name}' in {what}")
-    if use_defaults:
-        for key in keys:
-            if key.default is not None and key.name not in out and key.name not in value:
-                out[key.name] = key.parse(key.default)
-    return out
-
-
-def _server(raw: Any, path: KeyPath, report: _Report) -> Server | None:
+def _server(raw: Any, path: KeyPath, report: Report) -> Server | None:
     if isinstance(raw, str):  # `- 10.0.0.5:6666` is short for {address: 10.0.0.5:6666}
         try:
             return Server(address=gr.parse_server_address(raw))
@@ -85,15 +45,15 @@ def _server(raw: Any, path: KeyPath, report: _Report) -> Server | None:
     if not isinstance(raw, dict):
         report(path, f"expected a server address or a mapping, got {gr.describe(raw)}")
         return None
-    parsed = _mapping(raw, path, SERVER_KEYS, report, "a server", ("address",))
+    parsed = mapping(raw, path, SERVER_KEYS, report, "a server", ("address",))
     if parsed is None or "address" not in parsed:
         return None
     return Server(**parsed)
 
 
-def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report: _Report) -> Group | None:
+def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report: Report) -> Group | None:
     before = len(report.problems)
-    parsed = _mapping(raw, path, GROUP_KEYS, report, f"group '{name}'", ("listen",), use_defaults=False)
+    parsed = mapping(raw, path, GROUP_KEYS, report, f"group '{name}'", ("listen",), use_defaults=False)
     if parsed is None:
         return None
     raw_keys = set(raw)
@@ -138,10 +98,10 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
     return group
 
 
-def _health(raw: Any, path: KeyPath, protocol: str, report: _Report) -> HealthCheck | None:
+def _health(raw: Any, path: KeyPath, protocol: str, report: Report) -> HealthCheck | None:
     """A group's health_check mapping, with its own rules, each located at its key."""
     before = len(report.problems)
-    parsed = _mapping(raw, path, HEALTH_KEYS, report, "the health check")
+    parsed = mapping(raw, path, HEALTH_KEYS, report, "the health check")
     if parsed is None or len(report.problems) > before:
         return None
     keys = set(raw)
@@ -166,7 +126,7 @@ def _health(raw: Any, path: KeyPath, protocol: str, report: _Report) -> HealthCh
 
 # --- rules across keys: each one is a mistake nginx -t lets through or reports without a location ---
 
-def _rule_usable_server(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+def _rule_usable_server(group: Group, raw: Any, path: KeyPath, report: Report) -> None:
     if group.discover is not None:
         return  # its usable servers come and go at run time (nginxctl watch)
     if len(group.servers) != len(raw.get("servers") or []) or any(s.usable for s in group.servers):
@@ -179,7 +139,7 @@ def _rule_usable_server(group: Group, raw: Any, path: KeyPath, report: _Report) 
            "backups serve alone while every primary is down)")
 
 
-def _rule_backup_balance(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+def _rule_backup_balance(group: Group, raw: Any, path: KeyPath, report: Report) -> None:
     if group.balance in BACKUP_UNSUPPORTED:
         for i, server in enumerate(group.servers):
             if server.backup:
@@ -188,7 +148,7 @@ def _rule_backup_balance(group: Group, raw: Any, path: KeyPath, report: _Report)
                        "them depending on directive order); use least_conn or round_robin, or drop backup")
 
 
-def _rule_hash_key(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+def _rule_hash_key(group: Group, raw: Any, path: KeyPath, report: Report) -> None:
     if group.balance == "hash" and not group.hash_key:
         report(path + ("balance",), "balance: hash needs hash_key, e.g. hash_key: $remote_addr")
     if group.balance != "hash":
@@ -198,7 +158,7 @@ def _rule_hash_key(group: Group, raw: Any, path: KeyPath, report: _Report) -> No
                        f"{group.balance}); remove it or set balance: hash")
 
 
-def _rule_udp_only_tcp_only(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+def _rule_udp_only_tcp_only(group: Group, raw: Any, path: KeyPath, report: Report) -> None:
     if group.protocol == "tcp" and group.proxy_responses is not None:
         report(path + ("proxy_responses",), "proxy_responses only applies to protocol: udp; nginx would "
                "ignore it here")
@@ -208,14 +168,14 @@ def _rule_udp_only_tcp_only(group: Group, raw: Any, path: KeyPath, report: _Repo
                 report(path + (key,), f"{key} only applies to protocol: tcp")
 
 
-def _rule_next_upstream(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+def _rule_next_upstream(group: Group, raw: Any, path: KeyPath, report: Report) -> None:
     if group.proxy_next_upstream is False:
         for key in ("proxy_next_upstream_tries", "proxy_next_upstream_timeout"):
             if key in raw:
                 report(path + (key,), f"{key} has no effect with proxy_next_upstream: false")
 
 
-def _rule_duplicate_servers(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+def _rule_duplicate_servers(group: Group, raw: Any, path: KeyPath, report: Report) -> None:
     seen: dict[str, int] = {}
     for i, server in enumerate(group.servers):
         text = server.address.text
@@ -225,7 +185,7 @@ def _rule_duplicate_servers(group: Group, raw: Any, path: KeyPath, report: _Repo
         seen.setdefault(text, i)
 
 
-def _rule_duplicate_listens(group: Group, raw: Any, path: KeyPath, report: _Report) -> None:
+def _rule_duplicate_listens(group: Group, raw: Any, path: KeyPath, report: Report) -> None:
     seen: set[tuple[Any, ...]] = set()
     for address in group.listen:
         key = gr.listen_key(address, group.protocol)
@@ -234,13 +194,13 @@ def _rule_duplicate_listens(group: Group, raw: Any, path: KeyPath, report: _Repo
         seen.add(key)
 
 
-GROUP_RULES: list[Callable[[Group, Any, KeyPath, _Report], None]] = [
+GROUP_RULES: list[Callable[[Group, Any, KeyPath, Report], None]] = [
     _rule_usable_server, _rule_backup_balance, _rule_hash_key, _rule_udp_only_tcp_only,
     _rule_next_upstream, _rule_duplicate_servers, _rule_duplicate_listens,
 ]
 
 
-def _rule_listens_unique(groups: list[Group], report: _Report) -> None:
+def _rule_listens_unique(groups: list[Group], report: Report) -> None:
     owner: dict[tuple[Any, ...], str] = {}
     for group in groups:
         for address in group.listen:
@@ -264,17 +224,6 @@ def _safe_source(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@+-]", "_", name)
 
 
-def _section(data: dict[str, Any], name: str, report: _Report) -> dict[str, Any]:
-    """A top-level mapping (`defaults`, `nginx`, `target`): absent or empty (null) is {}."""
-    raw = data.get(name)
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        report((name,), f"expected a mapping, got {gr.describe(raw)}")
-        return {}
-    return raw
-
-
 def _capacity_path(setting: str, parsed: dict[str, Any], groups: list[Group]) -> KeyPath:
     """Where a capacity problem about `setting` is reported: the key the user set, else its section."""
     if setting == "zone_size":
@@ -286,10 +235,10 @@ def _capacity_path(setting: str, parsed: dict[str, Any], groups: list[Group]) ->
     return ("nginx", setting) if setting in parsed else ("nginx",)
 
 
-def _nginx(raw: dict[str, Any], groups: list[Group], report: _Report, machine: capacity.Machine | None) \
+def _nginx(raw: dict[str, Any], groups: list[Group], report: Report, machine: capacity.Machine | None) \
         -> NginxSettings:
     before = len(report.problems)
-    parsed = _mapping(raw, ("nginx",), NGINX_KEYS, report, "the nginx settings")
+    parsed = mapping(raw, ("nginx",), NGINX_KEYS, report, "the nginx settings")
     if parsed is None or len(report.problems) > before:
         return NginxSettings()
     intent = parsed.get("max_connections")
@@ -318,7 +267,7 @@ def _nginx(raw: dict[str, Any], groups: list[Group], report: _Report, machine: c
     return NginxSettings(**parsed)
 
 
-def _fleet(data: dict[str, Any], report: _Report) -> list[NamedTarget]:
+def _fleet(data: dict[str, Any], report: Report) -> list[NamedTarget]:
     """`targets:`: a list of named targets, names and containers unique; not together with `target:`."""
     raw = data.get("targets")
     if raw is None:
@@ -332,7 +281,7 @@ def _fleet(data: dict[str, Any], report: _Report) -> list[NamedTarget]:
     out: list[NamedTarget] = []
     seen: dict[tuple[str, Any], int] = {}
     for i, item in enumerate(raw):
-        parsed = _mapping(item, ("targets", i), FLEET_TARGET_KEYS, report, "a target", ("name", "container"))
+        parsed = mapping(item, ("targets", i), FLEET_TARGET_KEYS, report, "a target", ("name", "container"))
         if parsed is None or "name" not in parsed or "container" not in parsed:
             continue
         for key in (("name", parsed["name"]), ("container", (parsed["container"], parsed.get("docker_host")))):
@@ -344,92 +293,6 @@ def _fleet(data: dict[str, Any], report: _Report) -> list[NamedTarget]:
     return out
 
 
-_WILDCARDS = {None, "*", "0.0.0.0", "[::]"}
-_LOOPBACK = {"127.0.0.1", "[::1]"}
-
-
-def _default_priorities(count: int) -> list[int]:
-    """200, 190, 180, ... in the order of `targets:`; closer together beyond 20 targets, never below 1."""
-    step = max(1, min(10, (HA_PRIORITY_TOP - 1) // max(1, count - 1)))
-    return [max(1, HA_PRIORITY_TOP - step * i) for i in range(count)]
-
-
-def _ha(data: dict[str, Any], fleet: list[NamedTarget], groups: list[Group], report: _Report) \
-        -> tuple[HA | None, list[NamedTarget]]:
-    """`ha:`: the virtual IP over the fleet, and each target's VRRP priority (its own or the default order)."""
-    raw_targets: list[Any] = data["targets"] if isinstance(data.get("targets"), list) else []
-    if "ha" not in data:
-        for i, item in enumerate(raw_targets):
-            if isinstance(item, dict) and "priority" in item:
-                report(("targets", i, "priority"), "priority only applies with ha: (a virtual IP over the fleet): "
-                       "remove it, or add ha: {vip: ..., virtual_router_id: ...}", key=True)
-        return None, fleet
-    before = len(report.problems)
-    raw = _section(data, "ha", report)
-    parsed = _mapping(raw, ("ha",), HA_KEYS, report, "ha", ("vip", "virtual_router_id")) if raw else None
-    if not raw and before == len(report.problems):
-        report(("ha",), "expected a mapping {vip: 10.254.7.100/24, virtual_router_id: 51, ...}, got "
-               f"{gr.describe(data.get('ha'))}")
-    if "targets" not in data:
-        report(("ha",), "ha: needs a fleet: a virtual IP moves between load balancers, so list at least two under "
-               "targets: (instead of target:), e.g. targets: [{name: lb1, container: lb1}, {name: lb2, container: "
-               "lb2}]", key=True)
-    elif len(raw_targets) == 1:
-        report(("ha",), "ha: needs at least two targets, got one: add the load balancer that takes the virtual IP "
-               "over when this one fails, or remove ha:", key=True)
-    if parsed is None or len(report.problems) > before:
-        return None, fleet
-    vip, address, family = parsed.pop("vip")
-    ha = HA(vip=vip, address=address, family=family, **parsed)
-    if family == "inet6" and ha.advert_seconds > 40:
-        report(("ha", "advert_interval"), f"expected an advert interval of at most 40s with an IPv6 virtual IP (VRRP "
-               f"version 3 carries centiseconds in 12 bits), got {ha.advert_interval}")
-    other = "IPv6" if family == "inet" else "IPv4"
-    for group in groups:
-        for listen in group.listen:
-            if listen.kind not in ("inet", "inet6") or listen.host in _WILDCARDS or listen.host in _LOOPBACK:
-                if listen.port == ha.health_port and group.protocol == "tcp" and listen.host not in ("[::]", "[::1]"):
-                    if "health_port" in raw:
-                        report(("ha", "health_port"), f"port {ha.health_port} is also the listen of group "
-                               f"'{group.name}' ({listen.text}): choose another health_port (the health listener "
-                               "is nginxctl's)")
-                    else:
-                        report(("upstreams", group.name, "listen"), f"listen {listen.text} takes port "
-                               f"{ha.health_port}, the default ha.health_port (nginx's health listener for "
-                               "keepalived): listen elsewhere, or set ha.health_port to a free port")
-                continue
-            bare = listen.host.strip("[]") if listen.host else ""
-            if bare == address:
-                ha = replace(ha, nonlocal_bind=True)
-                continue
-            port = listen.port
-            on_vip = address if family == "inet" else f"[{address}]"
-            sysctl = f"net.{'ipv4' if family == 'inet' else 'ipv6'}.ip_nonlocal_bind"
-            advice = (f"listen on the port alone ({port}), or on the virtual IP ({on_vip}:{port}; nginxctl then lets "
-                      f"nginx bind it with {sysctl} on every target, so a standby listens on an address it does not "
-                      "hold yet)")
-            if (listen.kind == "inet") != (family == "inet"):
-                why = f"is an {other} address, but ha.vip {vip} is {'IPv4' if family == 'inet' else 'IPv6'}"
-            else:
-                why = (f"names an address of one load balancer, but with ha: every target runs this config and "
-                       f"clients dial the virtual IP {address}")
-            report(("upstreams", group.name, "listen"), f"listen {listen.text} {why}: {advice}")
-    priorities = _default_priorities(len(fleet))
-    out: list[NamedTarget] = []
-    owner: dict[int, str] = {}
-    for i, target in enumerate(fleet):
-        explicit = target.priority is not None
-        priority: int = target.priority if target.priority is not None else priorities[i]
-        if priority in owner:
-            where: KeyPath = ("targets", i, "priority") if explicit else ("targets", i)
-            report(where, f"priority {priority} is also target '{owner[priority]}''s"
-                   f"{'' if explicit else ' (this one is the default for its place in targets:)'}: give each "
-                   "target its own priority, or none (200, 190, ... in the order of targets:)")
-        owner.setdefault(priority, target.name)
-        out.append(replace(target, priority=priority))
-    return ha, out
-
-
 def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capacity.Machine | None = None) \
         -> Inventory:
     """Validate inventory text. Raises InventoryError with every problem, located in `source`.
@@ -439,7 +302,7 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
     workers): the same as `check_capacity(parse_inventory(text, source), machine)`.
     """
     data, positions, duplicates = parse_yaml(text, source)
-    report = _Report(positions)
+    report = Report(positions)
     report.problems.extend(duplicates)
     if data is None or data == "":
         raise InventoryError([Problem(Location(source, 1, 1), "", "the inventory is empty: expected a mapping "
@@ -447,13 +310,13 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
     if not isinstance(data, dict):
         report((), f"expected a mapping with an 'upstreams:' key, got {gr.describe(data)}")
         raise InventoryError(report.problems)
-    top = _mapping(data, (), TOP_KEYS, report, "the inventory", ("upstreams",))
+    top = mapping(data, (), TOP_KEYS, report, "the inventory", ("upstreams",))
     assert top is not None
 
-    raw_defaults = _section(data, "defaults", report)
+    raw_defaults = section(data, "defaults", report)
     for name in NOT_DEFAULTABLE & set(raw_defaults):
         report(("defaults", name), f"'{name}' cannot be a default: each group sets its own", key=True)
-    defaults = _mapping({k: v for k, v in raw_defaults.items() if k not in NOT_DEFAULTABLE}, ("defaults",),
+    defaults = mapping({k: v for k, v in raw_defaults.items() if k not in NOT_DEFAULTABLE}, ("defaults",),
                         [k for k in GROUP_KEYS if k.name not in NOT_DEFAULTABLE], report, "the defaults",
                         use_defaults=False) or {}
 
@@ -476,10 +339,10 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
                     groups.append(group)
             _rule_listens_unique(groups, report)
 
-    nginx = _nginx(_section(data, "nginx", report), groups, report, machine)
-    target_raw = _mapping(_section(data, "target", report), ("target",), TARGET_KEYS, report, "the target")
+    nginx = _nginx(section(data, "nginx", report), groups, report, machine)
+    target_raw = mapping(section(data, "target", report), ("target",), TARGET_KEYS, report, "the target")
     fleet = _fleet(data, report)
-    ha, fleet = _ha(data, fleet, groups, report)
+    ha, fleet = ha_section(data, fleet, groups, report)
     if report.problems:
         raise InventoryError(report.problems)
     endpoints = top.get("discovery", ())
@@ -504,8 +367,8 @@ def check_capacity(inv: Inventory, machine: capacity.Machine) -> Inventory:
     (parse, then check against a machine): the text is not parsed again. Raises InventoryError, located."""
     if inv.data is None:
         return inv
-    report = _Report(inv.positions)
-    nginx = _nginx(_section(inv.data, "nginx", report), list(inv.upstreams), report, machine)
+    report = Report(inv.positions)
+    nginx = _nginx(section(inv.data, "nginx", report), list(inv.upstreams), report, machine)
     if report.problems:
         raise InventoryError(report.problems)
     return replace(inv, nginx=nginx)
@@ -514,7 +377,7 @@ def check_capacity(inv: Inventory, machine: capacity.Machine) -> Inventory:
 def parse_server(fields: Any, source: str) -> Server:
     """One server given as data (a discovered backend: Docker labels, an etcd value), through the same
     grammar as an inventory's server. Raises InventoryError naming `source`."""
-    report = _Report(Positions(source))
+    report = Report(Positions(source))
     server = _server(fields, (), report)
     if report.problems or server is None:
         raise InventoryError(report.problems or [Problem(Location(source), "", "not a server")])

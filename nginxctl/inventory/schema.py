@@ -6,17 +6,14 @@ and as the key reference in docs/inventory.md, so the three cannot disagree.
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..capacity import NGINX_MAX_WORKERS, NGINX_WORKER_LIMIT
 from . import grammar as g
+from . import values as v
+from .values import Parser
 from .yamlsource import MAX_BYTES, MAX_DEPTH, MAX_NODES
-
-Parser = Callable[[Any], Any]
 
 
 @dataclass(frozen=True)
@@ -29,192 +26,8 @@ class Key:
     default: Any = None  # raw YAML value; None: nginx's own default applies, nothing rendered
 
 
-def _int(minimum: int, maximum: int = g.NGX_MAX_INT) -> tuple[Parser, dict[str, Any]]:
-    """An integer in [minimum, maximum]; without a maximum, nginx's own (ngx_atoi stops at 2^63 - 1)."""
-    def parse(value: Any) -> int:
-        expected = f"an integer >= {minimum} and <= {maximum}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise g.Invalid(expected, value)
-        if not minimum <= value <= maximum:
-            raise g.Invalid(expected, value)
-        return value
-
-    return parse, {"type": "integer", "minimum": minimum, "maximum": maximum}
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise g.Invalid("true or false", value)
-    return value
-
-
-def _enum(*choices: str) -> tuple[Parser, dict[str, Any]]:
-    def parse(value: Any) -> str:
-        if value not in choices:
-            raise g.Invalid("one of " + ", ".join(choices), value)
-        return str(value)
-
-    return parse, {"enum": list(choices)}
-
-
-def _worker_processes(value: Any) -> int | str:
-    if value == "auto":
-        return "auto"
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= NGINX_MAX_WORKERS:
-        raise g.Invalid(f"'auto' or an integer >= 1 and <= {NGINX_MAX_WORKERS} ({NGINX_WORKER_LIMIT})", value)
-    return value
-
-
-# nginx refuses a zone smaller than 8 memory pages (ngx_stream_upstream_zone): 32k with 4k pages.
-ZONE_MINIMUM = 8 * 4096
-
-
-def _zone_size(value: Any) -> g.Size:
-    return g.parse_size(value, minimum=ZONE_MINIMUM, why="nginx refuses a zone smaller than 8 memory pages")
-
-
-def _error_log(value: Any) -> str:
-    if value == "stderr":
-        return "stderr"
-    return g.check_path(value, "'stderr' or an absolute file path")
-
-
-def _listen_list(value: Any) -> tuple[g.Address, ...]:
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise g.Invalid("at least one listen address", value)
-    return tuple(g.parse_listen(v) for v in items)
-
-
-def _modules(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise g.Invalid("a list of module paths", value)
-    out = []
-    for item in value:
-        path = g.check_path(item, "a module path")
-        if not path.endswith(".so"):
-            raise g.Invalid("a module path ending in .so", item)
-        out.append(path)
-    return tuple(out)
-
-
-def _image(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._/:@-]{0,254}", value):
-        raise g.Invalid("a Docker image reference such as nginx:stable", value)
-    return value
-
-
-def _container(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}", value):
-        raise g.Invalid("a container name or id", value)
-    return value
-
-
-def _docker_host(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"(unix|tcp|ssh|npipe)://[^\s]*", value):
-        raise g.Invalid("a Docker host URL such as unix:///var/run/docker.sock or ssh://user@lb1", value)
-    return value
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise g.Invalid("a path (text)", value)
-    return value
-
-
-def _vars(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise g.Invalid("a mapping of NAME: VALUE (values for custom templates)", value)
-    return {g.check_name(k, "a variable name"): g.parse_token(v) for k, v in value.items()}
-
-
 # JSON Schema patterns are ECMA-262 and unanchored: `^` and `(?![\s\S])` (the end of the text, where
 # Python's `$` would also match before a final newline) make them mean what the loader's grammar means.
-_ETCD_PREFIX = re.compile(r"/[A-Za-z0-9._/@+:=-]*\Z")
-_ENDPOINT = re.compile(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):([0-9]{1,5})/?\Z")
-
-
-def _probe_text(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value.encode()) > 1024:
-        raise g.Invalid("text of 1 to 1024 bytes (quote it; \\r\\n in double quotes are CR LF)", value)
-    return value
-
-
-def _discover(value: Any) -> tuple[str, str | None]:
-    """`docker`, or `{etcd: /prefix/}` -> (source, prefix)."""
-    expected = "docker, or a mapping {etcd: /key/prefix/}"
-    if isinstance(value, list):
-        raise g.Invalid("one source per group, docker or {etcd: /key/prefix/}, not a list (a group discovers from "
-                        "one source; list fixed backends under servers:)", value)
-    if value == "docker":
-        return ("docker", None)
-    if isinstance(value, dict) and list(value) == ["etcd"]:
-        prefix = value["etcd"]
-        if not isinstance(prefix, str) or not _ETCD_PREFIX.match(prefix) or len(prefix) < 2:
-            raise g.Invalid("an etcd key prefix starting with / (letters, digits and ._/@+:=-), e.g. "
-                            "/services/netty_pool/", prefix)
-        return ("etcd", prefix)
-    raise g.Invalid(expected, value)
-
-
-def _discovery(value: Any) -> tuple[str, ...]:
-    """`{etcd: {endpoints: [http://127.0.0.1:2379]}}` -> the endpoints."""
-    expected = "a mapping {etcd: {endpoints: [http://HOST:PORT, ...]}}"
-    if not isinstance(value, dict) or set(value) - {"etcd"}:
-        raise g.Invalid(expected, value)
-    etcd = value.get("etcd")
-    if not isinstance(etcd, dict) or set(etcd) != {"endpoints"}:
-        raise g.Invalid(expected, etcd)
-    endpoints = etcd["endpoints"]
-    if isinstance(endpoints, str):
-        endpoints = [endpoints]
-    if not isinstance(endpoints, list) or not endpoints:
-        raise g.Invalid("a non-empty list of etcd endpoints http://HOST:PORT", endpoints)
-    for endpoint in endpoints:
-        m = _ENDPOINT.match(endpoint) if isinstance(endpoint, str) else None
-        if not m or not 1 <= int(m.group(3)) <= 65535:
-            raise g.Invalid("an etcd endpoint http://HOST:PORT or https://HOST:PORT", endpoint)
-    return tuple(e.rstrip("/") for e in endpoints)
-
-
-def _vip(value: Any) -> tuple[str, str, str]:
-    """`10.254.7.100/24` or `2001:db8::64/64` -> (canonical address/prefix, address, family)."""
-    expected = ("the virtual IP with its prefix length, e.g. 10.254.7.100/24 (the address the clients dial and the "
-                "length of the network it is on)")
-    if not isinstance(value, str) or "/" not in value or not re.fullmatch(r"[0-9A-Fa-f.:]+/[0-9]{1,3}", value):
-        raise g.Invalid(expected, value)
-    try:
-        iface = ipaddress.ip_interface(value)
-    except ValueError:
-        raise g.Invalid(expected, value) from None
-    ip = iface.ip
-    if ip.is_multicast or ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_reserved:
-        raise g.Invalid("a unicast virtual IP (not multicast, loopback, link-local, reserved or 0.0.0.0)", value)
-    net = iface.network
-    if net.num_addresses > 2 and ip in (net.network_address, getattr(net, "broadcast_address", None)):
-        raise g.Invalid(f"an address inside {net.with_prefixlen}, not its network or broadcast address", value)
-    family = "inet" if ip.version == 4 else "inet6"
-    return iface.with_prefixlen, str(ip), family
-
-
-def _interface(value: Any) -> str:
-    # Linux names: at most 15 bytes (IFNAMSIZ - 1), no '/', no whitespace; these characters are always safe.
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}", value):
-        raise g.Invalid("a network interface name of at most 15 letters, digits and _.- (e.g. eth0), as named in "
-                        "the target's network namespace", value)
-    return value
-
-
-def _advert_interval(value: Any) -> g.Duration:
-    duration = g.parse_duration(value)
-    if duration.ms < 1000:
-        raise g.Invalid("an advert interval of at least 1s (VRRP version 2 counts whole seconds)", value)
-    if duration.ms % 1000 or duration.ms > 255_000:
-        raise g.Invalid("a whole number of seconds from 1s to 255s (VRRP version 2 carries whole seconds in "
-                        "8 bits)", value)
-    return g.Duration(f"{duration.ms // 1000}s", duration.ms)
-
-
 _END = r"(?![\s\S])"
 _DURATION = {"type": ["string", "integer"], "minimum": 0, "maximum": g.NGX_MAX_INT // 1000,
              "pattern": rf"^(?:{g.DURATION_MS.pattern}){_END}"}
@@ -239,64 +52,64 @@ SERVER_KEYS = [
     _k("address", g.parse_server_address,
        "HOST:PORT, IP:PORT, [IPv6]:PORT or unix:/path. Host names are resolved when nginx loads the config.",
        "server ADDRESS", json=_ADDRESS),
-    _k("weight", _int(1, 1000), "Share of new connections relative to the other servers.", "weight="),
-    _k("max_fails", _int(0, 1000), "Failed attempts within fail_timeout before the server is skipped "
+    _k("weight", v.integer(1, 1000), "Share of new connections relative to the other servers.", "weight="),
+    _k("max_fails", v.integer(0, 1000), "Failed attempts within fail_timeout before the server is skipped "
        "(0: never). Counted across workers (the upstream has a zone).", "max_fails="),
     _k("fail_timeout", g.parse_duration_seconds, "Window for max_fails, and how long a failed server is "
        "skipped. Whole seconds (nginx reads it in seconds: no ms).", "fail_timeout=", json=_DURATION_S),
-    _k("max_conns", _int(0), "Most connections at once to this server across all workers (0: no limit).",
+    _k("max_conns", v.integer(0), "Most connections at once to this server across all workers (0: no limit).",
        "max_conns="),
-    _k("backup", _bool, "Used only when every primary server is unavailable. Not with hash or random.",
+    _k("backup", v.boolean, "Used only when every primary server is unavailable. Not with hash or random.",
        "backup", False, _BOOL),
-    _k("down", _bool, "Marked unavailable: gets no new connections (nginxctl drain sets this).",
+    _k("down", v.boolean, "Marked unavailable: gets no new connections (nginxctl drain sets this).",
        "down", False, _BOOL),
 ]
 
 GROUP_KEYS = [
-    _k("listen", _listen_list, "Where clients connect: a port, ADDR:PORT, [IPv6]:PORT, unix:/path, or a list.",
+    _k("listen", v.listen_list, "Where clients connect: a port, ADDR:PORT, [IPv6]:PORT, unix:/path, or a list.",
        "listen", json={"oneOf": [{"type": ["string", "integer"]},
                                  {"type": "array", "items": {"type": ["string", "integer"]}, "minItems": 1}]}),
-    _k("protocol", _enum("tcp", "udp"), "Transport of the listen sockets.", "listen ... udp", "tcp"),
-    _k("balance", _enum("round_robin", "least_conn", "hash", "random", "random_two_least_conn"),
+    _k("protocol", v.one_of("tcp", "udp"), "Transport of the listen sockets.", "listen ... udp", "tcp"),
+    _k("balance", v.one_of("round_robin", "least_conn", "hash", "random", "random_two_least_conn"),
        "Balancing method. least_conn suits long-lived connections best (new ones go where the "
        "fewest are open).", "least_conn / hash / random / random two least_conn", "round_robin"),
     _k("hash_key", g.parse_hash_key, "Key for balance: hash, e.g. $remote_addr.", "hash KEY",
        json={"type": "string"}),
-    _k("consistent", _bool, "With balance: hash, use ketama consistent hashing (adding a server "
+    _k("consistent", v.boolean, "With balance: hash, use ketama consistent hashing (adding a server "
        "moves few clients).", "hash ... consistent", False, _BOOL),
-    _k("zone_size", _zone_size, "Shared memory for the group's state, so balancing, max_fails and "
+    _k("zone_size", v.zone_size, "Shared memory for the group's state, so balancing, max_fails and "
        "least_conn counts are shared by all workers. At least 32k (nginx: 8 pages).", "zone NAME SIZE", "64k",
-       {**_SIZE, "minimum": ZONE_MINIMUM}),
+       {**_SIZE, "minimum": v.ZONE_MINIMUM}),
     _k("proxy_connect_timeout", g.parse_duration, "Time to establish the backend connection before "
        "trying the next server (nginx: 60s; 5s fails over faster).", "proxy_connect_timeout", "5s",
        _DURATION),
     _k("proxy_timeout", g.parse_duration, "Idle time after which a connection is closed. Default 1h for "
        "tcp (nginx's 10m cuts idle pooled MySQL connections and quiet devices), 30s for udp.",
        "proxy_timeout", json=_DURATION),
-    _k("proxy_next_upstream", _bool, "On a failed connect, try the next server.", "proxy_next_upstream",
+    _k("proxy_next_upstream", v.boolean, "On a failed connect, try the next server.", "proxy_next_upstream",
        json=_BOOL),
-    _k("proxy_next_upstream_tries", _int(0), "Most servers to try (0: no limit).",
+    _k("proxy_next_upstream_tries", v.integer(0), "Most servers to try (0: no limit).",
        "proxy_next_upstream_tries"),
     _k("proxy_next_upstream_timeout", g.parse_duration, "Time limit for trying servers (0: none).",
        "proxy_next_upstream_timeout", json=_DURATION),
-    _k("proxy_responses", _int(0), "udp only: datagrams expected back per request (DNS: 1).",
+    _k("proxy_responses", v.integer(0), "udp only: datagrams expected back per request (DNS: 1).",
        "proxy_responses"),
-    _k("proxy_protocol", _bool, "Send a PROXY protocol header to the backends (client address).",
+    _k("proxy_protocol", v.boolean, "Send a PROXY protocol header to the backends (client address).",
        "proxy_protocol", json=_BOOL),
     _k("proxy_buffer_size", g.parse_size, "Buffer per direction per connection (nginx: 16k). Decides "
        "memory per idle connection; see nginx.workload.", "proxy_buffer_size", json=_SIZE),
-    _k("proxy_socket_keepalive", _bool, "TCP keepalive on backend connections: finds dead peers of "
+    _k("proxy_socket_keepalive", v.boolean, "TCP keepalive on backend connections: finds dead peers of "
        "long-lived connections.", "proxy_socket_keepalive", json=_BOOL),
-    _k("reuseport", _bool, "One listen socket per worker: the kernel spreads new connections evenly "
+    _k("reuseport", v.boolean, "One listen socket per worker: the kernel spreads new connections evenly "
        "across workers.", "listen ... reuseport", False, _BOOL),
-    _k("backlog", _int(1, 65535), "Listen queue length (tcp).", "listen ... backlog="),
-    _k("so_keepalive", _bool, "TCP keepalive on client connections (tcp).", "listen ... so_keepalive=on",
+    _k("backlog", v.integer(1, 65535), "Listen queue length (tcp).", "listen ... backlog="),
+    _k("so_keepalive", v.boolean, "TCP keepalive on client connections (tcp).", "listen ... so_keepalive=on",
        False, _BOOL),
-    _k("max_connections", _int(1), "Capacity intent: client connections this group must hold at once. "
+    _k("max_connections", v.integer(1), "Capacity intent: client connections this group must hold at once. "
        "Adds to nginx.max_connections when sizing workers.", ""),
-    _k("allow_no_primary", _bool, "Accept a group whose primary servers are all down while a backup is up "
+    _k("allow_no_primary", v.boolean, "Accept a group whose primary servers are all down while a backup is up "
        "(backups serve alone, as nginx does). Set by `nginxctl drain --force`.", "", False, _BOOL),
-    _k("vars", _vars, "NAME: VALUE pairs for custom templates (each value one safe token).", "",
+    _k("vars", v.variables, "NAME: VALUE pairs for custom templates (each value one safe token).", "",
        json={"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean"]}}),
     _k("servers", lambda v: v, "The backends: a list of server mappings, or 'ADDRESS' strings. May be "
        "left out (or empty) in a group that discovers its servers.",
@@ -305,7 +118,7 @@ GROUP_KEYS = [
     _k("health_check", lambda v: v, "Active health checks by `nginxctl watch` (open-source nginx has none): a "
        "server failing `fails` checks in a row is rendered down until it passes `passes`. TCP connect, or send "
        "and expect. See docs/controller.md.", "", json={"$ref": "#/$defs/health_check"}),
-    _k("discover", _discover, "Servers found at run time besides `servers`: `docker` (running containers "
+    _k("discover", v.discover, "Servers found at run time besides `servers`: `docker` (running containers "
        "labelled nginxctl.group=NAME) or `{etcd: /prefix/}` (one server per key under the prefix; needs "
        "discovery.etcd.endpoints). One source per group, not a list. See docs/controller.md.", "server",
        json={"oneOf": [{"const": "docker"},
@@ -317,44 +130,44 @@ HEALTH_KEYS = [
     _k("interval", g.parse_duration, "Time between two checks of a server.", "", "2s", _DURATION),
     _k("timeout", g.parse_duration, "How long one check may take (connect, and the reply with expect); shorter "
        "than interval.", "", "1s", _DURATION),
-    _k("fails", _int(1, 100), "Failed checks in a row that take a server out (rendered down).", "", 3),
-    _k("passes", _int(1, 100), "Passed checks in a row that put it back.", "", 2),
-    _k("send", _probe_text, "Bytes to send once connected (e.g. \"PING\\r\\n\"). Without send and expect a "
+    _k("fails", v.integer(1, 100), "Failed checks in a row that take a server out (rendered down).", "", 3),
+    _k("passes", v.integer(1, 100), "Passed checks in a row that put it back.", "", 2),
+    _k("send", v.probe_text, "Bytes to send once connected (e.g. \"PING\\r\\n\"). Without send and expect a "
        "check is a TCP connect.", "", json={"type": "string"}),
-    _k("expect", _probe_text, "Text the reply must contain within timeout (needs send).", "", json={"type": "string"}),
+    _k("expect", v.probe_text, "Text the reply must contain within timeout (needs send).", "", json={"type": "string"}),
 ]
 
 NGINX_KEYS = [
-    _k("worker_processes", _worker_processes, f"Worker processes; auto: one per core. At most {NGINX_MAX_WORKERS} "
+    _k("worker_processes", v.worker_processes, f"Worker processes; auto: one per core. At most {NGINX_MAX_WORKERS} "
        f"({NGINX_WORKER_LIMIT}).", "worker_processes",
        "auto", {"oneOf": [{"const": "auto"}, {"type": "integer", "minimum": 1, "maximum": NGINX_MAX_WORKERS}]}),
-    _k("worker_connections", _int(16, 1048576), "Connections per worker, client and backend sides "
+    _k("worker_connections", v.integer(16, 1048576), "Connections per worker, client and backend sides "
        "together: each proxied connection takes two. Derived from max_connections when that is set.",
        "events { worker_connections }"),
-    _k("worker_rlimit_nofile", _int(64, 1048576), "Open-file limit per worker; derived from "
+    _k("worker_rlimit_nofile", v.integer(64, 1048576), "Open-file limit per worker; derived from "
        "worker_connections when unset.", "worker_rlimit_nofile"),
     _k("worker_shutdown_timeout", g.parse_duration, "After a reload, old workers cut their remaining "
        "connections after this long. Unset: they wait for clients to leave (nothing is cut; "
        "apply --max-generations bounds how many linger).", "worker_shutdown_timeout", json=_DURATION),
-    _k("error_log", _error_log, "stderr (docker logs) or a file path.", "error_log", "stderr",
+    _k("error_log", v.error_log, "stderr (docker logs) or a file path.", "error_log", "stderr",
        {"type": "string"}),
-    _k("error_log_level", _enum("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"),
+    _k("error_log_level", v.one_of("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"),
        "Least severe level logged; notice shows reloads.", "error_log ... LEVEL", "notice"),
     _k("pid", lambda v: g.check_path(v, "a pid file path"), "Master's pid file.", "pid", "/run/nginx.pid",
        {"type": "string"}),
-    _k("load_modules", _modules, "Module files to load, for builds where stream is a dynamic module. "
+    _k("load_modules", v.modules, "Module files to load, for builds where stream is a dynamic module. "
        "validate and apply add the stream module themselves when the image needs it.", "load_module",
        json={"type": "array", "items": {"type": "string"}}),
-    _k("image", _image, "Image for validate when --image is not given.", "", json={"type": "string"}),
-    _k("max_connections", _int(1), "Capacity intent: client connections the load balancer must hold "
+    _k("image", v.image, "Image for validate when --image is not given.", "", json={"type": "string"}),
+    _k("max_connections", v.integer(1), "Capacity intent: client connections the load balancer must hold "
        "at once. nginxctl derives worker_connections, worker_rlimit_nofile and worker_processes, and refuses "
        "an intent beyond fd_limit, memory_limit (else the machine's memory) or 4 workers per CPU of the "
        "machine nginx runs on (at least 4).", ""),
-    _k("workload", _enum("idle", "balanced", "bulk"), "What the connections mostly do: idle (device "
+    _k("workload", v.one_of("idle", "balanced", "bulk"), "What the connections mostly do: idle (device "
        "pools, heartbeats: 4k buffers, ~4x less memory per connection), balanced (nginx's 16k), bulk "
        "(data streams: 64k buffers, more throughput). Sets the default proxy_buffer_size.", "",
        "balanced"),
-    _k("fd_limit", _int(64, 1048576), "Hard open-file limit of the nginx processes on the target "
+    _k("fd_limit", v.integer(64, 1048576), "Hard open-file limit of the nginx processes on the target "
        "(ulimit -Hn); max_connections is checked against it.", "", 20000),
     _k("memory_limit", g.parse_size, "Memory nginx may use for connection buffers and the groups' shared "
        "zones; an intent beyond it is an error. Unset: the memory of the machine nginx runs on, where "
@@ -362,13 +175,13 @@ NGINX_KEYS = [
 ]
 
 TARGET_KEYS = [
-    _k("container", _container, "The nginx container apply, diff, status and rollback act on.", "",
+    _k("container", v.container, "The nginx container apply, diff, status and rollback act on.", "",
        json={"type": "string"}),
-    _k("docker_host", _docker_host, "Docker engine URL (else DOCKER_HOST, else the local socket).", "",
+    _k("docker_host", v.docker_host, "Docker engine URL (else DOCKER_HOST, else the local socket).", "",
        json={"type": "string"}),
     _k("config_path", lambda v: g.check_path(v, "a config file path"), "File nginxctl owns in the "
        "container.", "", "/etc/nginx/nginx.conf", {"type": "string"}),
-    _k("stream_only", _bool, "Deploy only the stream {} block to config_path, for an nginx.conf that "
+    _k("stream_only", v.boolean, "Deploy only the stream {} block to config_path, for an nginx.conf that "
        "includes it.", "", False, _BOOL),
 ]
 
@@ -376,7 +189,7 @@ FLEET_TARGET_KEYS = [
     _k("name", lambda v: g.check_name(v, "a target name"), "How commands and reports name this load balancer "
        "(--targets NAME,...).", "", json={"type": "string"}),
     *TARGET_KEYS,
-    _k("priority", _int(1, 254), "With ha: this load balancer's VRRP priority (the highest healthy one takes the "
+    _k("priority", v.integer(1, 254), "With ha: this load balancer's VRRP priority (the highest healthy one takes the "
        "virtual IP when none holds it). Default: descending in the order of targets: 200, 190, 180, ... (closer "
        "together beyond 20 targets). 255 is the address owner's, which no target is.", "keepalived: priority"),
 ]
@@ -384,30 +197,30 @@ FLEET_TARGET_KEYS = [
 HA_PRIORITY_TOP = 200  # the first target's default priority; each next one is lower
 
 HA_KEYS = [
-    _k("vip", _vip, "The virtual IP with its prefix length, e.g. 10.254.7.100/24: the address clients dial. "
+    _k("vip", v.vip, "The virtual IP with its prefix length, e.g. 10.254.7.100/24: the address clients dial. "
        "keepalived adds it to interface on the target that is MASTER and removes it elsewhere. IPv4 (VRRP "
        "version 2) or IPv6 (version 3).", "keepalived: virtual_ipaddress",
        json={"type": "string", "pattern": rf"^[0-9A-Fa-f.:]+/[0-9]{{1,3}}{_END}"}),
-    _k("interface", _interface, "The interface, inside each target's network namespace, that carries VRRP and "
+    _k("interface", v.interface, "The interface, inside each target's network namespace, that carries VRRP and "
        "the virtual IP.", "keepalived: interface", "eth0", {"type": "string"}),
-    _k("virtual_router_id", _int(1, 255), "VRRP group id, 1-255: the same on every target of this inventory and "
+    _k("virtual_router_id", v.integer(1, 255), "VRRP group id, 1-255: the same on every target of this inventory and "
        "unique among VRRP groups on the network (it is the last byte of the virtual MAC).",
        "keepalived: virtual_router_id"),
-    _k("advert_interval", _advert_interval, "Time between the master's VRRP adverts, whole seconds (1s to "
+    _k("advert_interval", v.advert_interval, "Time between the master's VRRP adverts, whole seconds (1s to "
        "255s). A backup takes over after 3 missed adverts; nginx's health is checked at the same interval.",
        "keepalived: advert_int", "1s", {**_DURATION, "minimum": 1, "maximum": 255}),
-    _k("nopreempt", _bool, "A recovered (higher-priority) target does not take the virtual IP back from the "
+    _k("nopreempt", v.boolean, "A recovered (higher-priority) target does not take the virtual IP back from the "
        "healthy target holding it, which would cut the clients a second time; it waits as BACKUP. false: the "
        "highest priority always holds it.", "keepalived: nopreempt", True, _BOOL),
-    _k("health_port", _int(1, 65535), "Loopback TCP port (127.0.0.1) of a listener nginxctl adds to the nginx "
+    _k("health_port", v.integer(1, 65535), "Loopback TCP port (127.0.0.1) of a listener nginxctl adds to the nginx "
        "config, answered by nginx itself (`return`); keepalived checks it every advert_interval and a target "
        "whose nginx does not answer (stopped, hung, paused) goes to FAULT and gives the virtual IP up. The "
        "default is outside Linux's default ephemeral range (32768-60999).", "listen 127.0.0.1:PORT", 61999),
-    _k("fall", _int(1, 10), "Failed health checks in a row that put a target in FAULT (it gives up the "
+    _k("fall", v.integer(1, 10), "Failed health checks in a row that put a target in FAULT (it gives up the "
        "virtual IP). Failover takes about fall x advert_interval plus one check.", "keepalived: fall", 2),
-    _k("rise", _int(1, 10), "Passed health checks in a row that take a target out of FAULT (with nopreempt it "
+    _k("rise", v.integer(1, 10), "Passed health checks in a row that take a target out of FAULT (with nopreempt it "
        "then waits as BACKUP).", "keepalived: rise", 2),
-    _k("image", _image, "The keepalived image: apply runs it beside each target, validate checks each "
+    _k("image", v.image, "The keepalived image: apply runs it beside each target, validate checks each "
        "target's keepalived.conf with it (`keepalived --config-test`). scripts/setup.sh builds the default from "
        "Debian's keepalived package (scripts/build-keepalived-image.sh, no registry).", "",
        "nginxctl/keepalived:local", {"type": "string"}),
@@ -426,14 +239,14 @@ TOP_KEYS = [
     _k("targets", lambda v: v, "A fleet: several load balancers that serve this inventory, changed one at a "
        "time (the first is the canary). Instead of target.", "",
        json={"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/fleet_target"}}),
-    _k("templates", _text, "Folder of templates overriding the shipped ones (relative to the inventory).",
+    _k("templates", v.path_text, "Folder of templates overriding the shipped ones (relative to the inventory).",
        "", json={"type": "string"}),
-    _k("vars", _vars, "NAME: VALUE pairs for custom templates.", "",
+    _k("vars", v.variables, "NAME: VALUE pairs for custom templates.", "",
        json={"type": "object", "additionalProperties": {"type": ["string", "integer", "boolean"]}}),
     _k("ha", lambda v: v, "A virtual IP that moves between the fleet's load balancers (VRRP, keepalived beside "
        "each target's nginx): needs targets: with at least two. See docs/inventory.md, `ha:`.", "",
        json={"$ref": "#/$defs/ha"}),
-    _k("discovery", _discovery, "Where discovering groups look: {etcd: {endpoints: [http://127.0.0.1:2379]}}.",
+    _k("discovery", v.discovery, "Where discovering groups look: {etcd: {endpoints: [http://127.0.0.1:2379]}}.",
        "", json={"type": "object", "properties": {"etcd": {
            "type": "object", "properties": {"endpoints": {"type": "array", "items": {"type": "string"},
                                                           "minItems": 1}},
