@@ -48,6 +48,7 @@ from .errors import (
 from .fleet import Member
 from .hashring import Peer, Ring, address_text, key_for, key_parts
 from .history import sha
+from .inventory import grammar as gr
 from .inventory.model import Group
 from .nginxtext import parse_upstreams, with_servers_down
 from .owner import check_owner
@@ -84,28 +85,18 @@ class Options:
 
 def parse_rate(text: str) -> float:
     """`--rate`: `20` or `20/s`. Raises UsageError for anything else or a rate of 0 or less."""
-    value = text.strip()
-    value = value[:-2] if value.endswith("/s") else value
     try:
-        rate = float(value)
-    except ValueError:
-        raise UsageError(f"--rate: expected closes per second such as 20 or 20/s, got {text!r}") from None
-    if not rate > 0 or math.isinf(rate):
-        raise UsageError(f"--rate: must be more than 0 per second, got {text!r}")
-    return rate
+        return gr.parse_rate(text)
+    except gr.Invalid as exc:
+        raise UsageError(f"--rate: {exc}") from None
 
 
 def parse_tolerance(text: str) -> float:
     """`--tolerance`: `10%` or `10` (the same): a fraction of the fair share. Raises UsageError outside 0-100%."""
-    value = text.strip()
-    value = value[:-1] if value.endswith("%") else value
     try:
-        percent = float(value)
-    except ValueError:
-        raise UsageError(f"--tolerance: expected a percentage such as 10% or 10, got {text!r}") from None
-    if not 0 <= percent <= 100:
-        raise UsageError(f"--tolerance: must be between 0% and 100%, got {text!r}")
-    return percent / 100
+        return gr.parse_percent(text)
+    except gr.Invalid as exc:
+        raise UsageError(f"--tolerance: {exc}") from None
 
 
 @dataclass

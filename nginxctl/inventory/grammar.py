@@ -321,3 +321,33 @@ def parse_token(value: Any) -> str:
         raise Invalid("one token of letters, digits and _.:/@%+=,*[]- (no spaces, quotes, ;{}#, "
                       "$ only before a stream variable)", value)
     return value
+
+
+def _with_unit(value: Any, suffix: str, expected: str) -> float:
+    """A number written bare or with its unit suffix (`20/s`, `10%`); YAML may give it as a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise Invalid(expected, value)
+    text = str(value).strip()
+    try:
+        number = float(text[:-len(suffix)] if text.endswith(suffix) else text)
+    except ValueError:
+        raise Invalid(expected, value) from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise Invalid(expected, value)
+    return number
+
+
+def parse_rate(value: Any) -> float:
+    """Closes per second: `20` or `20/s`, more than 0."""
+    rate = _with_unit(value, "/s", "closes per second such as 20 or 20/s")
+    if not rate > 0:
+        raise Invalid("more than 0 closes per second", value)
+    return rate
+
+
+def parse_percent(value: Any) -> float:
+    """A tolerance: `10%` or `10` (the same), 0-100%, as a fraction (0.1)."""
+    percent = _with_unit(value, "%", "a percentage such as 10% or 10")
+    if not 0 <= percent <= 100:
+        raise Invalid("a percentage between 0% and 100%", value)
+    return percent / 100
