@@ -22,9 +22,9 @@ STREAM_MODULE = "ngx_stream_module.so"
 class Build:
     """What `nginx -V` says about an image's nginx."""
 
-    version: str
-    dynamic_stream: bool
-    modules_path: str
+    version: str                             # 1.22.1
+    dynamic_stream: bool                     # stream is a module to load (load_module), not built in
+    modules_path: str                        # where load_module finds it
     conf_path: str = "/etc/nginx/nginx.conf"
 
     @property
@@ -151,6 +151,8 @@ def reload_finished(lines: list[str]) -> bool:
 
 @dataclass(frozen=True)
 class Process:
+    """One process in the target's process table (`ps`): `started` as ps says it."""
+
     pid: int
     ppid: int
     cmd: str

@@ -161,13 +161,8 @@ class Rebalancer:
     def __init__(self, deployer: Deployer, name: str, group: Group | None, options: Options, *,
                  on_step: Step = lambda _: None, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> None:
-        self.deployer = deployer
-        self.name = name
-        self.group = group
-        self.options = options
-        self.on_step = on_step
-        self.clock = clock
-        self.sleep = sleep
+        self.deployer, self.name, self.group, self.options = deployer, name, group, options
+        self.on_step, self.clock, self.sleep = on_step, clock, sleep
         self.rng = rng or random.Random()
         self.moved = 0
         self.reloads = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import nginxctl
 
 PACKAGE = Path(nginxctl.__file__).parent
-COMMAND_LAYER = {"nginxctl.cli", "nginxctl.__main__", "nginxctl.workflows", "nginxctl.status", "nginxctl.drain",
+COMMAND_LAYER = {"nginxctl.cli", "nginxctl.cliopts", "nginxctl.cliout", "nginxctl.__main__", "nginxctl.workflows", "nginxctl.status", "nginxctl.drain",
                  "nginxctl.reports"}
 HEAVY = ("docker", "requests", "prometheus_client", "etcd3gw", "watchdog")
 
@@ -125,3 +125,21 @@ def test_help_render_and_schema_start_without_the_sdks(tmp_path):
         result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path,
                                 timeout=60)
         assert "LOADED []" in result.stderr, (argv, result.stderr[-2000:])
+
+
+def test_the_command_line_stays_thin():
+    """Every command of cli.py loads, calls one library function and prints: a body of at most 20 lines, no
+    import inside a function, and no module of the package past ~500 lines (split it by job instead)."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    commands = [f for f in tree.body if isinstance(f, ast.FunctionDef)
+                and any(isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command" for d in f.decorator_list)]
+    assert len(commands) >= 11
+    for func in commands:
+        first = func.body[1] if ast.get_docstring(func) else func.body[0]
+        assert func.end_lineno - first.lineno + 1 <= 20, func.name
+    for path in (PACKAGE / "cli.py", PACKAGE / "cliopts.py", PACKAGE / "cliout.py"):
+        local = [n.lineno for f in ast.walk(ast.parse(path.read_text())) if isinstance(f, ast.FunctionDef)
+                 for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert local == [], (path.name, local)
+    sizes = {p.relative_to(PACKAGE).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 510} == {}

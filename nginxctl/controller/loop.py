@@ -24,15 +24,13 @@ from ..capacity import Machine
 from ..desired import RenderTarget, render_target, target_of
 from ..errors import (
     ConfigRejected,
-    EnvironmentProblem,
     FleetFailure,
     GenerationsLingering,
-    InventoryError,
     NginxctlError,
 )
 from ..fleet import Member, rollout
 from ..history import sha
-from ..inventory import Inventory, check_capacity, parse_inventory
+from ..inventory import Inventory, check_capacity
 from ..inventoryfile import read_inventory
 from ..published import Published
 from ..view import pending
@@ -41,6 +39,7 @@ from .debounce import Debouncer
 from .decide import Action, PassInput, Plan, classify, decide, describe, drift_lines, locate
 from .health import Checker
 from .healthstate import HealthState
+from .inventorywatch import reread
 from .leftout import LeftOut
 from .log import DecisionLog
 from .merge import Merged, merge
@@ -51,10 +50,10 @@ from .publisher import HEALTH_HEARTBEAT, Publisher
 from .retiring import Generations
 from .sources import DockerSource, InventoryFile
 from .sourceset import SourceSet, ours
+from .systemd import notify, watchdog_interval
 
 if TYPE_CHECKING:
     import docker
-from .systemd import notify, watchdog_interval
 
 Connect = Callable[[str | None], "docker.DockerClient"]
 
@@ -283,32 +282,15 @@ class Controller:
 
     def _load(self) -> None:
         """Read the inventory file again; an invalid one is logged and the last good one kept."""
-        try:
-            text = self.options.inventory.read_text(encoding="utf-8")
-        except OSError as exc:
-            self.log("inventory", f"cannot read {self.options.inventory} ({exc.strerror}); keeping the last good "
-                     "inventory")
-            self.metrics.invalid_inventory.set(1)
+        self.inventory_text, inventory = reread(self.options.inventory, self.inventory_text, self.machine,
+                                                self.log, self.metrics)
+        if inventory is None:
             return
-        if text == self.inventory_text:
-            return
-        self.inventory_text = text
-        try:
-            inventory = parse_inventory(text, str(self.options.inventory), machine=self.machine)
-        except InventoryError as exc:
-            self.metrics.invalid_inventory.set(1)
-            self.log("inventory", f"invalid inventory ignored ({len(exc.problems)} problem(s)); the last good "
-                     "config keeps running", problems=[str(p) for p in exc.problems])
-            return
-        except EnvironmentProblem:
-            return
-        self.metrics.invalid_inventory.set(0)
         if self.inventory is not None and (inventory.target != self.inventory.target
                                            or inventory.targets != self.inventory.targets):
             self.log("inventory", "the inventory names other targets now: this watch keeps controlling the ones it "
                      "started with; restart it to follow the change", level="warning")
         self.inventory = inventory
-        self.log("inventory", f"{self.options.inventory} changed and loads", sha256=inventory.digest[:12])
         self.sources.follow_etcd(inventory, self.snapshots)
 
     def _reconcile(self, reason: str) -> None:

@@ -97,18 +97,24 @@ def check_path(value: Any, what: str = "an absolute path") -> str:
 
 
 @dataclass(frozen=True)
-class Duration:
-    """An nginx time value. `text` is what nginx sees, `ms` is for range checks."""
+class Written:
+    """A value as nginx reads it (`text`, rendered as is); the subclasses add its number for range checks."""
 
     text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class Duration(Written):
+    """An nginx time value (`5s`, `1m30s`, `500ms`); `ms` in milliseconds."""
+
     ms: int
 
     @property
     def seconds(self) -> float:
         return self.ms / 1000
-
-    def __str__(self) -> str:
-        return self.text
 
 
 def _duration(value: Any, grammar: re.Pattern[str], units: dict[str, int], expected: str, limit: str) -> Duration:
@@ -149,14 +155,10 @@ def parse_duration_seconds(value: Any) -> Duration:
 
 
 @dataclass(frozen=True)
-class Size:
-    """An nginx size value (`16k`, `1m`, `4096`)."""
+class Size(Written):
+    """An nginx size value (`16k`, `1m`, `4096`); `bytes` its size."""
 
-    text: str
     bytes: int
-
-    def __str__(self) -> str:
-        return self.text
 
 
 def parse_size(value: Any, minimum: int = 1, why: str = "") -> Size:
