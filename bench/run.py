@@ -560,6 +560,9 @@ def _watch_reloads(client: Any, box: Nginx, inv: Path, write: Callable[[int], No
         log = WatchEvents(box_ctl.logs(stream=True, follow=True, stdout=False, stderr=True))
 
         def stop() -> None:
+            # SIGTERM first: the watch releases its lock (a container of its own) as it stops; killed, it would
+            # leave that lock behind
+            box_ctl.stop(timeout=20)
             box_ctl.remove(force=True)
     else:
         proc = subprocess.Popen([*NGINXCTL, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)

@@ -8,7 +8,6 @@ stdout with `--format json`) and the class's exit code; anything else is an inte
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from pathlib import Path
@@ -43,12 +42,14 @@ from .cliout import (
     emit,
     err,
     exit_code,
+    flush,
     handled,
     json_ok,
     lines,
     notes,
     print_json,
     progress_lines,
+    reader_gone,
     rebalance_progress,
     report_text,
     state,
@@ -414,7 +415,10 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
+        try:
+            app()
+        finally:
+            flush()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
         if code and wants_json(sys.argv[1:]) and not state["json_printed"]:
@@ -423,8 +427,7 @@ def main() -> None:
                 {"type": "UsageError", "message": "invalid command line (see stderr)"}]})
         raise
     except BrokenPipeError:
-        # the reader went away (`nginxctl history | head -1`): not an error of ours, nothing more to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        reader_gone()
         sys.exit(0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -79,7 +80,8 @@ def handled(func: F) -> F:
             report_error(Interrupted([], []), as_json)
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except BrokenPipeError:
-            raise  # the reader of our output went away: main() ends quietly
+            reader_gone()
+            raise typer.Exit(0) from None  # not click's EPIPE exit 1 ("nginx rejected")
         except Exception as exc:  # a bug: never exit 1 ("nginx rejected") for it
             if state["debug"]:
                 err.print_exception()
@@ -172,3 +174,17 @@ def rebalance_progress(quiet: bool) -> tuple[Callable[[Any], None], Callable[[],
 def wants_json(argv: list[str]) -> bool:
     return any(a in ("--format=json", "-fjson") for a in argv) or any(
         a in ("--format", "-f") and b == "json" for a, b in zip(argv, argv[1:], strict=False))
+
+
+def reader_gone() -> None:
+    """The reader of our output went away (`nginxctl history | head -1`): not an error of ours, nothing more to
+    say; what is still buffered goes nowhere instead of failing again at exit."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def flush() -> None:
+    """Flush stdout before exit: output smaller than the pipe's buffer meets a reader gone only here."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        reader_gone()
