@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from nginxctl.cli import app
 from nginxctl.hashring import Ring
+from typer.testing import CliRunner
 
 from helpers import Devices, cli, wait_for, write_inventory
 
@@ -274,9 +276,9 @@ def test_bad_input_exit_codes(tmp_path: Path):
             "binary": {"listen": "127.0.0.1:7300", "balance": "hash", "hash_key": "$binary_remote_addr",
                        "consistent": True, "servers": ["127.0.0.1:7301"]}}})
 
-    def run(*args: str) -> tuple[int, str]:
-        result = cli("rebalance", *args, "-i", str(inventory), "--format", "json")
-        return result.returncode, json.loads(result.stdout)["errors"][0]["message"]
+    def run(*args: str) -> tuple[int, str]:  # in-process: the command line's own checks, no start-up each time
+        result = CliRunner().invoke(app, ["rebalance", *args, "-i", str(inventory), "--format", "json"])
+        return result.exit_code, json.loads(result.stdout)["errors"][0]["message"]
 
     for rate in ("0", "-5", "0/s", "fast"):
         assert run("pool", "--rate", rate)[0] == 2, rate
