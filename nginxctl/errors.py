@@ -292,7 +292,8 @@ class GenerationsLingering(NginxctlError):
 
     def __init__(self, count: int, limit: int | None, details: list[str], *, memory: int | None = None,
                  max_memory: int | None = None, reason: str = "count", generations: Sequence[Any] = (),
-                 excess: int = 1, target: str | None = None, unfinished: str | None = None) -> None:
+                 excess: int = 1, target: str | None = None, unfinished: str | None = None,
+                 advice: str | None = None) -> None:
         self.count = count
         self.limit = limit
         self.details = details
@@ -312,9 +313,9 @@ class GenerationsLingering(NginxctlError):
             else:
                 why = f"{count} old worker generation(s) still shutting down (--max-generations {limit})"
             text = (f"refused: {why}; a reload now would add one more; nothing changed, the current config is "
-                    "still running. Wait for them to drain (--wait), retire the oldest by closing its connections "
-                    "at a pace (--retire-rate 20/s: idle first, clients see an orderly close and reconnect), or set "
-                    "worker_shutdown_timeout")
+                    "still running. " + (advice or "Wait for them to drain (--wait), retire the oldest by closing "
+                    "its connections at a pace (--retire-rate 20/s: idle first, clients see an orderly close and "
+                    "reconnect), or set worker_shutdown_timeout"))
         super().__init__(text + ("\n" + "\n".join(details) if details else ""))
 
     def to_dict(self) -> dict[str, Any]:

@@ -437,6 +437,7 @@ class Rebalancer:
         if self.expected is not None and self.deployer.loaded() != self.expected:
             self.overlay = None
             self.published.write(Published.overlay_files(None, []))
+            check_owner([Member(self.deployer.live.name, self.deployer)])   # a watch started meanwhile: say so
             raise EnvironmentProblem(f"the config of {self.deployer.live.name} changed while rebalancing (another "
                                      "nginxctl apply?): stopped; the new config is left as it is",
                                      "run the rebalance again")

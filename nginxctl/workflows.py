@@ -22,6 +22,7 @@ from .errors import (
     ApplyFailure,
     ConfigRejected,
     EnvironmentProblem,
+    GenerationsLingering,
     Journal,
     KeepalivedRejected,
     RebalanceTimeout,
@@ -344,5 +345,12 @@ def rebalance_group(path: Path, group: str, *, connect: Connect, options: Option
                 report = RebalanceReport(exc.result)
                 exc.report, exc.result_lines = report.to_dict(), report.lines()
                 raise
+            except GenerationsLingering as exc:   # the first overlay's reload: nothing was closed yet
+                raise GenerationsLingering(
+                    exc.count, exc.limit, exc.details, memory=exc.memory, max_memory=exc.max_memory,
+                    reason=exc.reason, generations=exc.generations, excess=exc.excess, target=exc.target,
+                    advice="The rebalance steers reconnects with a reload and closed no connection. Retire the "
+                    "oldest generations first (`nginxctl apply --reload --retire-rate 20/s`), or wait for them to "
+                    "drain, then rebalance again") from None
             reports.append(RebalanceReport(result))
         return one_or_many(opened, members, reports)
