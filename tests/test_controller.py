@@ -32,6 +32,7 @@ from nginxctl.fleet import FleetFailure, Member, rollout
 from nginxctl.history import sha
 from nginxctl.inventory import parse_inventory
 from nginxctl.nginxtext import Processes
+from nginxctl.observe import Generation
 
 INVENTORY = """target: {container: lb}
 upstreams:
@@ -93,6 +94,9 @@ class FakeDeployer:
 
     def deployed(self) -> str | None:
         return self.file
+
+    def known_configs(self) -> list[str]:
+        return [t for t in (self.running, self.file) if t is not None]
 
     def precheck(self, rendered: str) -> None:
         self.calls.append(("precheck", self.live.name))
@@ -290,6 +294,25 @@ def test_lingering_generations_defer_and_retry_in_two_seconds(tmp_path):
     event = h.events("reload")[-1]
     assert event["result"] == "refused" and event["retry_in"] == 2.0
     assert h.ctl.retry_at == h.clock.now + 2.0
+
+
+def test_generations_that_cannot_be_retired_are_said_once_not_every_retry(tmp_path):
+    """A remote engine (here: no master to see) cannot retire: the change waits, retried every 2 s, and the
+    `retire` warning is said once per 30 s, not at every retry."""
+    h = Harness(tmp_path)
+    h.targets[0].fail = GenerationsLingering(3, 3, ["2 workers, 40 connections"],
+                                             generations=[Generation([11, 12], 40)])
+    h.ctl._reconcile("start")
+    for _ in range(10):   # 20 s of retries
+        h.clock.now += 2.0
+        h.ctl._reconcile("retry")
+    lines = [e for e in h.events("retire") if "cannot retire" in e["message"]]
+    assert len(lines) == 1 and "the change waits" in lines[0]["message"]
+    assert all(e["result"] == "refused" for e in h.events("reload"))
+    h.clock.now += 12.0
+    h.ctl._reconcile("retry")
+    assert len([e for e in h.events("retire") if "cannot retire" in e["message"]]) == 2
+    assert "cannot retire the oldest generation" in (h.ctl.publisher.held or "")
 
 
 def test_a_restored_config_is_held_for_its_backoff_and_the_backoff_grows(tmp_path):

@@ -88,9 +88,12 @@ class Generations:
             try:
                 self.retirement = Retirement(member.deployer.live, oldest, rate, self.clock,
                                              member.deployer.known_configs())
-            except NginxctlError as cannot:
-                self.log("retire", f"cannot retire the oldest generation: {cannot}; the change waits for it to "
-                         "leave", level="warning")
+            except NginxctlError as cannot:   # e.g. a remote engine: its sockets cannot be seen from here
+                now = self.clock()
+                if self.wait_reported is None or now - self.wait_reported >= WAIT_REPORT:   # not every retry
+                    self.wait_reported = now
+                    self.log("retire", f"cannot retire the oldest generation: {cannot}; the change waits for it "
+                             f"to leave (held for {held:.0f}s)", waited=round(held, 1), level="warning")
                 return f"{message}; cannot retire the oldest generation: {cannot}"
             seconds = retire_seconds(oldest.connections, rate)
             self.due = self.reported = self.clock()
