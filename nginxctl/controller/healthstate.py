@@ -15,7 +15,7 @@ from typing import Any
 from ..inventory import Inventory
 from . import damping
 from .health import Checker, CheckTarget
-from .log import DecisionLog
+from .log import DecisionLog, Logged
 from .merge import Merged, merge
 from .metrics import Metrics
 from .model import Snapshot
@@ -85,14 +85,15 @@ class HealthState:
                 self.kept_in.update(group_primaries)
                 if group.name not in self.all_failing:
                     self.all_failing.add(group.name)
-                    self.log("health", f"ALL {len(group_primaries)} primary server(s) of '{group.name}' fail their "
+                    self.log(Logged.HEALTH, f"ALL {len(group_primaries)} primary server(s) of '{group.name}' fail "
+                             "their "
                              "health checks: keeping them all in (nginx's passive checks still apply); check the "
                              "backends and the network between this host and them", group=group.name, level="error")
             else:
                 self.kept_in.difference_update(group_primaries)
             if not all_failing and group.name in self.all_failing:
                 self.all_failing.discard(group.name)
-                self.log("health", f"'{group.name}' has a passing primary server again", group=group.name)
+                self.log(Logged.HEALTH, f"'{group.name}' has a passing primary server again", group=group.name)
         return frozenset(failing - keep)
 
     def check_targets(self, merged: Merged) -> None:

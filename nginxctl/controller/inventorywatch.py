@@ -8,7 +8,7 @@ from pathlib import Path
 from ..capacity import Machine
 from ..errors import EnvironmentProblem, InventoryError
 from ..inventory import Inventory, parse_inventory
-from .log import DecisionLog
+from .log import DecisionLog, Logged
 from .metrics import Metrics
 
 
@@ -18,7 +18,7 @@ def reread(path: Path, last_text: str | None, machine: Machine | None, log: Deci
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        log("inventory", f"cannot read {path} ({exc.strerror}); keeping the last good inventory")
+        log(Logged.INVENTORY, f"cannot read {path} ({exc.strerror}); keeping the last good inventory")
         metrics.invalid_inventory.set(1)
         return last_text, None
     if text == last_text:
@@ -27,11 +27,11 @@ def reread(path: Path, last_text: str | None, machine: Machine | None, log: Deci
         inventory = parse_inventory(text, str(path), machine=machine)
     except InventoryError as exc:
         metrics.invalid_inventory.set(1)
-        log("inventory", f"invalid inventory ignored ({len(exc.problems)} problem(s)); the last good config keeps "
+        log(Logged.INVENTORY, f"invalid inventory ignored ({len(exc.problems)} problem(s)); the last good config keeps "
             "running", problems=[str(p) for p in exc.problems])
         return text, None
     except EnvironmentProblem:
         return text, None
     metrics.invalid_inventory.set(0)
-    log("inventory", f"{path} changed and loads", sha256=inventory.digest[:12])
+    log(Logged.INVENTORY, f"{path} changed and loads", sha256=inventory.digest[:12])
     return text, inventory

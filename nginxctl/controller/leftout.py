@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from ..errors import ConfigRejected, InventoryError
 from .decide import Plan
 from .isolate import culprits
-from .log import DecisionLog
+from .log import DecisionLog, Logged
 from .merge import Merged, candidate_server
 from .metrics import Metrics
 from .model import Snapshot
@@ -42,7 +42,8 @@ class LeftOut:
         found = [c for c in culprits(exc.result.output, rendered, discovered) if (c[0], c[1]) not in self.refused]
         for group, address, why in found:
             self.refused[(group, address)] = why
-            self.log("skip", f"{merged.sources[(group, address)]} backend {group}/{address} left out: nginx refuses "
+            self.log(Logged.SKIP, f"{merged.sources[(group, address)]} backend {group}/{address} left out: "
+                     "nginx refuses "
                      f"it ({why}); the rest of the change applies", group=group, server=address,
                      source=merged.sources[(group, address)], reason=why)
         return bool(found)
@@ -56,7 +57,7 @@ class LeftOut:
             key = (skip.source, skip.origin, skip.reason)
             if key not in self.seen and (skip.group, skip.reason) not in said:
                 self.seen.add(key)
-                self.log("skip", f"{skip.source} backend {skip.origin} skipped: {skip.reason}", source=skip.source,
+                self.log(Logged.SKIP, f"{skip.source} backend {skip.origin} skipped: {skip.reason}", source=skip.source,
                          origin=skip.origin, group=skip.group)
         for source in ("docker", "etcd"):
             self.metrics.skipped.labels(source).set(counts.get(source, 0))

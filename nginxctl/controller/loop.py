@@ -41,7 +41,7 @@ from .health import Checker
 from .healthstate import HealthState
 from .inventorywatch import reread
 from .leftout import LeftOut
-from .log import DecisionLog
+from .log import DecisionLog, Logged
 from .merge import Merged, merge
 from .metrics import IDLE_BEAT, Metrics
 from .model import Event, EventKind, Snapshot, WatchOptions, backoff
@@ -142,7 +142,7 @@ class Controller:
             self.sources.add(PoolMetrics(self.metrics, self.options.resync, self._pool_view))
         self.sources.start()
         # the limits on lingering generations are fields of the line (said in text logs too)
-        self.log("start", f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
+        self.log(Logged.START, f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
                  f"{', '.join(names)}",
                  quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
                  max_generations=self.options.max_generations, max_lingering_memory=self.options.max_memory,
@@ -229,10 +229,10 @@ class Controller:
         pending = self.debounce.changes + (1 if self.retry_at is not None else 0) \
             + (1 if self.health.due is not None else 0)
         if pending:
-            self.log("stop", f"{detail}: stopping; {pending} change(s) seen were not applied; the target keeps "
+            self.log(Logged.STOP, f"{detail}: stopping; {pending} change(s) seen were not applied; the target keeps "
                      "the config it runs", not_applied=pending, level="warning")
         else:
-            self.log("stop", f"{detail}: stopping; the target keeps the config it runs")
+            self.log(Logged.STOP, f"{detail}: stopping; the target keeps the config it runs")
 
     def _next_event(self) -> Event | None:
         deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health.due, self.resync_at,
@@ -249,7 +249,7 @@ class Controller:
         if event.kind is EventKind.INVENTORY:
             self.debounce.change(now)
         elif event.kind is EventKind.TARGET:
-            self.log("target", f"{event.detail}: checking it runs the desired config")
+            self.log(Logged.TARGET, f"{event.detail}: checking it runs the desired config")
             self.members = None  # attach again: a restarted container has a new master
             self.debounce.change(now)
         elif event.kind is EventKind.HEALTH:
@@ -288,7 +288,8 @@ class Controller:
             return
         if self.inventory is not None and (inventory.target != self.inventory.target
                                            or inventory.targets != self.inventory.targets):
-            self.log("inventory", "the inventory names other targets now: this watch keeps controlling the ones it "
+            self.log(Logged.INVENTORY, "the inventory names other targets now: this watch keeps controlling the "
+                     "ones it "
                      "started with; restart it to follow the change", level="warning")
         self.inventory = inventory
         self.sources.follow_etcd(inventory, self.snapshots)
@@ -375,12 +376,12 @@ class Controller:
         """Roll the plan's config to the targets behind (drift said first). Raises what `rollout` raises."""
         assert self.members is not None
         for message, fields in drift_lines(plan, self.verified):
-            self.log("drift", message, **fields, level="warning")
+            self.log(Logged.DRIFT, message, **fields, level="warning")
         first = self.loaded[self.members[0].name][0]
         behind = [m for m in self.members if m.name in plan.behind]
         assert plan.desired is not None
         if self.publisher.held is None:  # a retry of a held change is not announced again
-            self.log("apply", plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
+            self.log(Logged.APPLY, plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
                      targets=list(plan.behind) if len(self.members) > 1 else None)
         for m in behind:  # a health take-out is never held back by the limits on lingering generations
             m.deployer.waive_limits = bool(self.takeouts)
@@ -395,7 +396,7 @@ class Controller:
             self.retry_at = self.clock() + wait
             if not self.waiting:  # once, not once per retry
                 self.waiting = True
-                self.log("wait", plan.reason, retry_in=wait)
+                self.log(Logged.WAIT, plan.reason, retry_in=wait)
             self.publisher.hold(plan.reason)
             self.publisher.rendered = {}  # nothing is decided while a source never answered: status renders itself
             self._publish()
@@ -423,13 +424,13 @@ class Controller:
             self.metrics.reloads.labels("ok").inc()
             if self.burst_started is not None:
                 self.metrics.change_to_reload.observe(max(0.0, now - self.burst_started))
-            self.log("reload", f"reloaded and verified ({reason})", result="ok", **what,
+            self.log(Logged.RELOAD, f"reloaded and verified ({reason})", result="ok", **what,
                      health_down=self.health.change[0], health_back=self.health.change[1], servers=count,
                      seconds=round(now - began, 3), sha256=desired[:12],
                      since_first_change=None if self.burst_started is None else round(now - self.burst_started, 3))
         elif reason != "resync" or self.verified != desired:
-            self.log("in-sync", f"nothing to do: the target runs the desired config ({reason})", sha256=desired[:12],
-                     servers=count)
+            self.log(Logged.IN_SYNC, f"nothing to do: the target runs the desired config ({reason})",
+                     sha256=desired[:12], servers=count)
         self.verified = desired
         self.failed_desired = None
         self.takeouts.clear()
@@ -477,11 +478,11 @@ class Controller:
             self.failures += 1
             self.retry_at = self.clock() + wait
             if not again:
-                self.log("reload", message, result=failure.result.value, retry_in=wait, **extra)
+                self.log(Logged.RELOAD, message, result=failure.result.value, retry_in=wait, **extra)
         else:
             self.retry_at = None
             self.burst_started = None
-            self.log("reload", message, result=failure.result.value, **extra)
+            self.log(Logged.RELOAD, message, result=failure.result.value, **extra)
         if self.generations.retiring:
             self.retry_at = None   # the pass comes when the retirement is done
         self.publisher.hold(message)

@@ -15,7 +15,7 @@ from ..fleet import Member
 from ..observe import reload_state
 from ..retire import Retirement
 from ..retireplan import retire_seconds
-from .log import DecisionLog
+from .log import DecisionLog, Logged
 from .metrics import Metrics
 from .model import WatchOptions
 
@@ -76,7 +76,7 @@ class Generations:
             said = f"{what}; past {limits(exc)} and --retire-rate 0: the change waits until they close"
             if self.wait_reported is None or now - self.wait_reported >= WAIT_REPORT:
                 self.wait_reported = now
-                self.log("wait", f"change held for {held:.0f}s: {said}", generation_pids=oldest.pids,
+                self.log(Logged.WAIT, f"change held for {held:.0f}s: {said}", generation_pids=oldest.pids,
                          connections=oldest.connections, waited=round(held, 1), lingering=exc.count,
                          memory_bytes=exc.memory, level="warning")
             return f"reload deferred: {said}"
@@ -92,13 +92,13 @@ class Generations:
                 now = self.clock()
                 if self.wait_reported is None or now - self.wait_reported >= WAIT_REPORT:   # not every retry
                     self.wait_reported = now
-                    self.log("retire", f"cannot retire the oldest generation: {cannot}; the change waits for it "
+                    self.log(Logged.RETIRE, f"cannot retire the oldest generation: {cannot}; the change waits for it "
                              f"to leave (held for {held:.0f}s)", waited=round(held, 1), level="warning")
                 return f"{message}; cannot retire the oldest generation: {cannot}"
             seconds = retire_seconds(oldest.connections, rate)
             self.due = self.reported = self.clock()
             self.metrics.retiring.set(1)
-            self.log("retire", f"retiring the oldest generation, past {limits(exc)}: {what}; closing them at "
+            self.log(Logged.RETIRE, f"retiring the oldest generation, past {limits(exc)}: {what}; closing them at "
                      f"{rate:g}/s" + (f" (about {seconds:.1f}s)" if seconds is not None else "")
                      + ", then reloading", generation_pids=oldest.pids, connections=oldest.connections,
                      rate=rate, reason=exc.reason, lingering=exc.count, memory_bytes=exc.memory)
@@ -113,26 +113,26 @@ class Generations:
         try:
             done = retirement.step()
         except (NginxctlError, OSError) as exc:
-            self.log("retire", f"retirement stopped: {exc}; retrying the change", level="warning")
+            self.log(Logged.RETIRE, f"retirement stopped: {exc}; retrying the change", level="warning")
             self.end()
             return True
         self.metrics.retired.labels("eof").inc(retirement.closed - eof)
         self.metrics.retired.labels("reset").inc(retirement.resets - reset)
         now = self.clock()
         if done:
-            self.log("retire", f"{retirement.describe().replace('retiring', 'retired')}; its workers have left, "
+            self.log(Logged.RETIRE, f"{retirement.describe().replace('retiring', 'retired')}; its workers have left, "
                      "reloading", closed=retirement.closed, resets=retirement.resets,
                      seconds=round(now - retirement.started, 3))
             self.end()
             self.observe(members)
             return True
         if now > retirement.deadline:
-            self.log("retire", f"{retirement.describe()}: not gone by its deadline; trying again", level="warning")
+            self.log(Logged.RETIRE, f"{retirement.describe()}: not gone by its deadline; trying again", level="warning")
             self.end()
             return True
         if now - self.reported >= RETIRE_REPORT:
             self.reported = now
-            self.log("retire", retirement.describe(), closed=retirement.closed, resets=retirement.resets,
+            self.log(Logged.RETIRE, retirement.describe(), closed=retirement.closed, resets=retirement.resets,
                      left=retirement.left)
             self.observe(members)
         self.due = retirement.next_at()

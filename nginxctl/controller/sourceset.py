@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..inventory import Inventory
-from .log import DecisionLog
+from .log import DecisionLog, Logged
 from .metrics import Metrics
 from .model import BACKOFF, Event, EventKind, Snapshot
 from .sources import EtcdSource
@@ -67,7 +67,7 @@ class SourceSet:
             self.sources.append(source)
             if current is not None or self.started:
                 source.start()
-                self.log("source", f"etcd: following {', '.join(sorted(prefixes.values()))}", source="etcd")
+                self.log(Logged.SOURCE, f"etcd: following {', '.join(sorted(prefixes.values()))}", source="etcd")
 
     def first_snapshots(self, snapshots: dict[str, Snapshot], clock: Callable[[], float]) -> None:
         """Give the discovery sources a moment to publish, so the first apply includes what they see (a stop
@@ -95,10 +95,10 @@ class SourceSet:
         if snapshot.stale and (previous is None or not previous.stale):
             kept = f"keeping its last {len(snapshot.candidates)} backend(s)" if snapshot.known else \
                 "nothing known of its backends yet"
-            self.log("source", f"{snapshot.source} unreachable: {kept}; retrying with backoff (every "
+            self.log(Logged.SOURCE, f"{snapshot.source} unreachable: {kept}; retrying with backoff (every "
                      f"{BACKOFF[-1]:g}s at most) until it answers", source=snapshot.source, error=snapshot.error)
         elif previous is not None and previous.stale and not snapshot.stale:
-            self.log("source", f"{snapshot.source} reachable again: resynced", source=snapshot.source,
+            self.log(Logged.SOURCE, f"{snapshot.source} reachable again: resynced", source=snapshot.source,
                      backends=len(snapshot.candidates))
         return previous
 
