@@ -365,7 +365,7 @@ def check_capacity(inv: Inventory, machine: capacity.Machine) -> Inventory:
     """The inventory with its capacity planned for `machine` (where nginx runs: the Docker engine's, or this
     machine's for `render`): intents beyond its memory or its CPUs are refused. The second of two steps
     (parse, then check against a machine): the text is not parsed again. Raises InventoryError, located."""
-    if inv.data is None:
+    if inv.data is None or inv.positions is None:
         return inv
     report = Report(inv.positions)
     nginx = _nginx(section(inv.data, "nginx", report), list(inv.upstreams), report, machine)

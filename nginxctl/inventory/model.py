@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .grammar import Address, Duration, Size
+from .yamlsource import Positions
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,9 @@ class Inventory:
     targets: tuple[NamedTarget, ...] = ()   # a fleet; empty: the single `target`
     ha: HA | None = None                    # a virtual IP over the fleet (`ha:`)
     # Where each key sits in the file (yamlsource.Positions), to trace nginx errors back to it.
-    positions: Any = field(default=None, compare=False, repr=False)
+    positions: Positions | None = field(default=None, compare=False, repr=False)
     # The parsed YAML, kept so that capacity can be checked against a machine later without parsing again.
-    data: Any = field(default=None, compare=False, repr=False)
+    data: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def group(self, name: str) -> Group | None:
         return next((g for g in self.upstreams if g.name == name), None)
