@@ -985,6 +985,438 @@ def bench_churn(client: Any, tmp: Path, quick: bool) -> str:
                  "greeting backends (asyncio).")
 
 
+# ------------------------------------------------- issue 14: rebalance after a scale-out, consistent hash
+
+
+class Fleet:
+    """bench/churn_fleet.py's `fleet`: devices holding long connections, driven by one-line commands."""
+
+    def __init__(self, port: int, sources: str, count: int, ramp: float, seconds: float, out: Path) -> None:
+        self.out = out
+        # NGINXCTL_BENCH_HEARTBEAT: seconds between heartbeats (1 by default; smaller makes a heartbeat crossing
+        # a close likelier: the reset that can cause, see RESULTS.md)
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "churn_fleet.py"), "fleet", str(port), sources,
+                                      str(count), str(ramp), str(seconds), str(out),
+                                      os.environ.get("NGINXCTL_BENCH_HEARTBEAT", "1")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.events: list[list[Any]] = []
+
+    def ask(self, command: str) -> dict[str, Any]:
+        """One command, its answer (bounded: the fleet stops by itself after its SECONDS)."""
+        import json as _json
+
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the device fleet stopped (asked {command!r})")
+        return dict(_json.loads(line))
+
+    def close(self) -> None:
+        import json as _json
+
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        with contextlib.suppress(OSError, ValueError):
+            self.events = _json.loads(self.out.read_text())["events"]
+
+
+class GreetingBackends:
+    """churn_fleet.py's greeting servers (each says `b<PORT>`, then echoes), one process, one port each."""
+
+    def __init__(self, count: int) -> None:
+        self.ports = [free_port() for _ in range(count)]
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "churn_fleet.py"), "backends", *map(str, self.ports)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("the greeting backends did not start")
+        self.addresses = [f"127.0.0.1:{port}" for port in self.ports]
+        self.names = {f"b{port}": f"127.0.0.1:{port}" for port in self.ports}
+
+    def stop(self) -> None:
+        if self.proc.stdin:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _cli(*args: str, timeout: float = 180) -> tuple[int, dict[str, Any], float]:
+    """An nginxctl command with --format json: (exit code, its JSON document, wall seconds)."""
+    import json as _json
+
+    t0 = time.perf_counter()
+    r = subprocess.run([*NGINXCTL, *args, "--format", "json"], capture_output=True, text=True, cwd="/",
+                       timeout=timeout)
+    seconds = time.perf_counter() - t0
+    try:
+        doc = dict(_json.loads(r.stdout))
+    except ValueError:
+        doc = {"ok": False, "errors": [{"type": "bench", "message": f"not JSON: {r.stdout[-300:]} {r.stderr[-300:]}"}]}
+    return r.returncode, doc, seconds
+
+
+def _error(doc: dict[str, Any]) -> str:
+    return "; ".join(str(e.get("message")) for e in doc.get("errors") or [])
+
+
+class Watch:
+    """`nginxctl watch` as a host process with its JSON decision log."""
+
+    def __init__(self, inv: Path, metrics_port: int) -> None:
+        self.proc = subprocess.Popen([*NGINXCTL, "watch", "-i", str(inv), "--log-format", "json", "--metrics",
+                                      f"127.0.0.1:{metrics_port}"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        self.log = WatchEvents(iter(lambda: self.proc.stderr.read1(65536) if self.proc.stderr else b"", b""))
+
+    def wait(self, after: int, match: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+        with self.log.cond:
+            ok = self.log.cond.wait_for(lambda: any(match(e) for e in self.log.events[after:]), timeout)
+        if not ok:
+            raise RuntimeError(f"watch: no such event within {timeout:g}s: {self.log.events[-5:]}")
+        return next(e for e in self.log.events[after:] if match(e))
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+
+def _window(events: list[list[Any]], start: float, end: float) -> dict[str, Any]:
+    """What the devices saw between `start` and `end` (wall time): closes by kind, the devices the load balancer
+    closed (EOF or reset: moved) and where each landed next, failed reconnects, lost and late heartbeats, and
+    how each reset came (churn_fleet.py records it)."""
+    inside = [e for e in events if start <= e[0] <= end]
+    moved = {e[1] for e in inside if e[2] in ("eof", "reset")}
+    landed: dict[int, str] = {}
+    for t, i, kind, name in sorted(events):
+        if i in moved and kind == "connect" and t >= start and i not in landed:
+            landed[i] = name
+    eofs = [e[0] for e in inside if e[2] == "eof"]
+    closes = [e[0] for e in inside if e[2] in ("eof", "reset")]
+    return {"eof": len(eofs), "reset": sum(1 for e in inside if e[2] == "reset"),
+            "closes": len(closes), "resets": [f"device {e[1]} at +{e[0] - start:.2f} s: {e[3]}" for e in inside
+                                              if e[2] == "reset"],
+            "eof span": (min(closes) - start, max(closes) - start) if closes else None,
+            "failed": sum(1 for e in inside if e[2] == "failed"), "moved": moved, "landed": landed,
+            "lost": {e[1] for e in inside if e[2] == "lost"}, "late": sum(1 for e in inside if e[2] == "late"),
+            "lost_unmoved": {e[1] for e in inside if e[2] == "lost"} - moved}
+
+
+def _span(window: dict[str, Any]) -> str:
+    if not window["eof span"]:
+        return "-"
+    first, last = window["eof span"]
+    return f"{first:.1f} / {last:.1f}, {(window['closes'] - 1) / max(1e-9, last - first):.0f}/s"
+
+
+def _counts(current: list[str | None], names: dict[str, str]) -> dict[str, int]:
+    out = {address: 0 for address in names.values()}
+    for name in current:
+        if name is not None:
+            out[names.get(name, name)] = out.get(names.get(name, name), 0) + 1
+    return out
+
+
+def _status_counts(inv: Path, group: str) -> dict[str, Any]:
+    code, doc, _ = _cli("status", "-i", str(inv))
+    servers: list[dict[str, Any]] = next((g["servers"] for g in doc.get("groups") or [] if g.get("name") == group),
+                                         [])
+    return {"exit": code, "drift": doc.get("drift"), "overlay": doc.get("overlay"), "pool s": doc.get("pool_seconds"),
+            "counts": {s["address"]: s.get("connections") for s in servers},
+            "states": {s["address"]: s.get("state") for s in servers}}
+
+
+def _dist(counts: dict[str, Any], order: list[str], labels: str = "ABC") -> str:
+    return " / ".join(f"{labels[k]} {counts.get(a, 0)}" for k, a in enumerate(order))
+
+
+def bench_scaleout(client: Any, tmp: Path, quick: bool) -> str:
+    """Issue 14: 3,000 devices on A and B, C joins through a Docker label under `nginxctl watch`, then
+    `nginxctl rebalance --rate 200 --tolerance 10%`. The watch owns the target (the one-owner rule): rebalance
+    under it is tried (refused, exit 3), then the watch is stopped, rebalance runs, the watch starts again."""
+    devices = 300 if quick else 3000
+    group = f"scaleout_{os.getpid()}"
+    backs = GreetingBackends(3)
+    a, b, c = backs.addresses
+    listen, metrics_port = free_port(), free_port()
+    box = Nginx(client)
+    inv = tmp / f"{group}.yaml"
+    inv.write_text(yaml.safe_dump({"nginx": {"worker_processes": 2}, "target": {"container": box.name},
+                                   "upstreams": {group: {"listen": f"127.0.0.1:{listen}", "balance": "least_conn",
+                                                         "servers": [a, b], "discover": "docker"}}}))
+    watch: Watch | None = Watch(inv, metrics_port)
+    fleet: Fleet | None = None
+    labelled = None
+    facts: dict[str, Any] = {}
+    try:
+        assert watch is not None
+        first = watch.wait(0, lambda e: e.get("event") in ("reload", "in-sync"), 60)
+        if first.get("event") == "reload" and first.get("result") != "ok":
+            raise RuntimeError(f"watch: first reload failed: {first}")
+        fleet = Fleet(listen, "127.0.6.1+8", devices, 3.0, 170.0, tmp / f"{group}.json")
+        held = fleet.ask(f"wait {devices} 60")
+        if held["connected"] < devices:
+            raise RuntimeError(f"only {held['connected']} of {devices} devices connected")
+        time.sleep(1.0)
+        facts["before devices"] = _counts(fleet.ask("snapshot")["current"], backs.names)
+        # C joins: a container labelled for the group (host network: nginx reaches it at 127.0.0.1)
+        seen, t_label = len(watch.log.events), time.time()
+        labelled = client.containers.run(IMAGE, name=f"nginxctl-bench-label-{uuid.uuid4().hex[:8]}", detach=True,
+                                         network_mode="host", labels={"nginxctl.group": group,
+                                                                      "nginxctl.port": str(backs.ports[2])})
+        joined = watch.wait(seen, lambda e: e.get("event") == "reload" and f"{group}/{c}" in (e.get("added") or []),
+                            60)
+        facts["joined s"] = float(joined["time"]) - t_label
+        facts["joined result"] = joined.get("result")
+        time.sleep(1.0)
+        code, dry, _ = _cli("rebalance", group, "-i", str(inv), "--dry-run")
+        facts["dry"] = (code, dry)
+        code, refused, _ = _cli("rebalance", group, "-i", str(inv), "--rate", "200", "--tolerance", "10%")
+        facts["under watch"] = (code, _error(refused))
+        facts["watch exit"] = watch.stop()
+        watch = None
+        t0 = time.time()
+        code, report, wall = _cli("rebalance", group, "-i", str(inv), "--rate", "200", "--tolerance", "10%",
+                                  "--timeout", "120s")
+        t1 = time.time()
+        facts["rebalance"] = (code, report, wall)
+        back = fleet.ask(f"wait {devices} 30")
+        facts["all back s"] = float(back["t"]) - t1 if back["connected"] >= devices else None
+        time.sleep(7.0)   # a heartbeat lost in the window (no echo within 5 s) is recorded by then
+        t_end = time.time()
+        facts["after devices"] = _counts(fleet.ask("snapshot")["current"], backs.names)
+        facts["status"] = _status_counts(inv, group)
+        watch = Watch(inv, metrics_port)
+        again = watch.wait(0, lambda e: e.get("event") in ("reload", "in-sync", "drift"), 60)
+        facts["watch again"] = (again.get("event"), again.get("result"), again.get("message"))
+        fleet.close()
+        facts["window"] = _window(fleet.events, t0, t_end)
+        facts["all"] = _window(fleet.events, 0, t_end)
+    finally:
+        if watch is not None:
+            watch.stop()
+        if fleet is not None:
+            fleet.close()
+        if labelled is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                labelled.remove(force=True)
+        box.remove()
+        backs.stop()
+    code, report, wall = facts["rebalance"]
+    w, order = facts["window"], [a, b, c]
+    dcode, dry = facts["dry"]
+    moved, minimum = int(report.get("moved", 0)), int(report.get("minimum", 0))
+    ratio = moved / minimum if minimum else 0.0
+    landed = {address: 0 for address in order}
+    for name in w["landed"].values():
+        landed[backs.names.get(name, name)] = landed.get(backs.names.get(name, name), 0) + 1
+    FACTS["scaleout"] = {"devices": devices, "code": code, "seconds": report.get("seconds"), "moved": moved,
+                         "minimum": minimum, "ratio": ratio, "resets": w["reset"], "failed": w["failed"],
+                         "lost_unmoved": len(w["lost_unmoved"]), "under watch": facts["under watch"][0]}
+    st = facts["status"]
+    rows = [
+        ["devices (8 source addresses), held before C joins", _dist(facts["before devices"], order), "A 1500 / B 1500"
+         if devices == 3000 else "-", "-"],
+        ["C joins: labelled container started -> watch reload verified (s)",
+         f"{facts['joined s']:.1f} ({facts['joined result']})", "-", "-"],
+        ["`rebalance --dry-run` under the watch: exit, minimum, per server to move",
+         f"{dcode}, {dry.get('minimum')}, " + ", ".join(f"{r['address'].rsplit(':', 1)[1]}: {r.get('to_move')}"
+                                                        for r in dry.get("plan") or []), "-", "-"],
+        ["`rebalance --rate 200 --tolerance 10%` while the watch runs: exit", f"{facts['under watch'][0]}",
+         "3 (one owner)", met(facts["under watch"][0] == 3)],
+        ["watch stopped (SIGTERM): exit", str(facts["watch exit"]), "0", met(facts["watch exit"] == 0)],
+        ["rebalance (watch stopped): exit / report seconds / CLI wall s / reloads",
+         f"{code} / {report.get('seconds')} / {wall:.1f} / {report.get('reloads')}", "0 / - / - / 2", met(code == 0)],
+        ["moved / minimum (ratio)", f"{moved} / {minimum} ({ratio:.3f}x)", "<= 1.15x",
+         met(code == 0 and minimum > 0 and ratio <= 1.15)],
+        ["before (rebalance's count)", _dist(report.get("before") or {}, order), "-", "-"],
+        ["after (rebalance's count)", _dist(report.get("after") or {}, order), "each 1000 +- 10%", met(
+            all(abs((report.get("after") or {}).get(x, 0) - devices / 3) <= 0.1 * devices / 3 + 1 for x in order))],
+        ["after (devices, all back)", _dist(facts["after devices"], order) + (
+            f", all back {facts['all back s']:.1f} s after rebalance exited" if facts["all back s"] is not None
+            else ", NOT all back"), "-", "-"],
+        ["after (`nginxctl status`)", _dist(st["counts"], order) + f", drift {st['drift']}, overlay {st['overlay']}"
+         f" (its pool read: {st['pool s']} s)",
+         "drift false, no overlay", met(st["drift"] is False and not st["overlay"])],
+        ["devices closed in the window (EOF + reset; moved) / where they reconnected",
+         f"{w['eof']} + {w['reset']} ({len(w['moved'])} devices) / {_dist(landed, order)}", "= moved, all to C",
+         met(w["closes"] == moved and landed.get(c, 0) == len(w["landed"]))],
+        ["closes seen by the devices: first / last after the rebalance started (s), rate between them",
+         _span(w), "-", "-"],
+        ["device resets in the window", str(w["reset"]) + "".join(f"; {r}" for r in w["resets"]), "0",
+         met(w["reset"] == 0)],
+        ["failed reconnects in the window", str(w["failed"]), "0", met(w["failed"] == 0)],
+        ["devices not moved that lost a heartbeat (no echo in 5 s)", str(len(w["lost_unmoved"])), "0",
+         met(not w["lost_unmoved"])],
+        ["heartbeats late (echo > 1 s) in the window; lost by moved devices", f"{w['late']}; "
+         f"{len(w['lost'] & w['moved'])}", "-", "-"],
+        ["watch started again: first decision", f"{facts['watch again'][0]} ({facts['watch again'][1] or '-'})",
+         "in-sync", met(facts["watch again"][0] == "in-sync")],
+    ]
+    errors = _error(report)
+    note = (f"Least_conn group of A and B with `discover: docker`; C is a greeting server on the host announced by a "
+            f"container (nginxctl/nginx:bare, host network) labelled `nginxctl.group`/`nginxctl.port`. The watch "
+            f"refuses to share the target, so rebalance under it exits {facts['under watch'][0]} "
+            f"(\"{facts['under watch'][1]}\"). The docs name no way to rebalance a watched target (README and "
+            "runbook: refused under the one-owner rule; changing what the watch reads cannot move connections), so "
+            "the watch is stopped (SIGTERM), rebalance runs, and the watch is started again. "
+            "The window runs from the rebalance's start to 7 s after every device is back. Devices: a "
+            "heartbeat a second, reconnect 10-200 ms after a close (`bench/churn_fleet.py fleet`).")
+    if errors:
+        note += f" Rebalance said: {errors[:300]}"
+    return table(f"Scale-out: {devices:,} devices on A and B, C added by label under watch, then `nginxctl rebalance "
+                 "--rate 200 --tolerance 10%` (`python bench/run.py --only scaleout`)",
+                 ["measure", "measured", "target", "met"], rows, note)
+
+
+def met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def bench_hash(client: Any, tmp: Path, quick: bool) -> str:
+    """Issue 14: a `hash $remote_addr consistent` group, 250 devices from 250 source addresses, a server added,
+    `nginxctl rebalance`: the misplaced (the dry run's plan, and nginx's own answer: a fresh connection from
+    the same address), moved, and afterwards every held connection on the server its key maps to."""
+    from nginxctl.hashring import Ring
+
+    devices = 50 if quick else 250
+    group = f"hash_{os.getpid()}"
+    backs = GreetingBackends(3)
+    a, b, c = backs.addresses
+    listen = free_port()
+    box = Nginx(client)
+    inv = tmp / f"{group}.yaml"
+
+    def write(servers: list[str]) -> None:
+        inv.write_text(yaml.safe_dump({"nginx": {"worker_processes": 2}, "target": {"container": box.name},
+                                       "upstreams": {group: {"listen": f"127.0.0.1:{listen}", "balance": "hash",
+                                                             "hash_key": "$remote_addr", "consistent": True,
+                                                             "servers": servers}}}))
+
+    fleet: Fleet | None = None
+    facts: dict[str, Any] = {}
+    try:
+        write([a, b])
+        if (r := nginxctl("apply", "-i", str(inv), "--reload", "-q")).returncode != 0:
+            raise RuntimeError(f"apply: {r.stderr}")
+        fleet = Fleet(listen, f"127.0.4.1+{devices}", devices, 1.0, 150.0, tmp / f"{group}.json")
+        if (held := fleet.ask(f"wait {devices} 60"))["connected"] < devices:
+            raise RuntimeError(f"only {held['connected']} of {devices} devices connected")
+        sources = [f"127.0.4.{1 + i}" for i in range(devices)]
+        current = fleet.ask("snapshot")["current"]
+        probe = fleet.ask("probe")["probe"]
+        facts["before on key"] = sum(1 for h, p in zip(current, probe, strict=True) if h is not None and h == p)
+        facts["before devices"] = _counts(current, backs.names)
+        write([a, b, c])
+        if (r := nginxctl("apply", "-i", str(inv), "--reload", "-q")).returncode != 0:
+            raise RuntimeError(f"apply: {r.stderr}")
+        current = fleet.ask("snapshot")["current"]
+        probe = fleet.ask("probe")["probe"]
+        facts["probe failed"] = sum(1 for p in probe if p is None)
+        misplaced = {i for i, (h, p) in enumerate(zip(current, probe, strict=True))
+                     if h is not None and p is not None and h != p}
+        ring = Ring.build([(x, 1, False) for x in (a, b, c)])
+        predicted = {i for i in range(devices) if backs.names.get(str(current[i])) != ring.lookup(sources[i].encode())}
+        facts["misplaced"], facts["predicted"] = misplaced, predicted
+        code, dry, _ = _cli("rebalance", group, "-i", str(inv), "--dry-run")
+        facts["dry"] = (code, dry)
+        t0 = time.time()
+        code, report, wall = _cli("rebalance", group, "-i", str(inv), "--rate", "200", "--timeout", "60s")
+        t1 = time.time()
+        facts["rebalance"] = (code, report, wall)
+        back = fleet.ask(f"wait {devices} 30")
+        facts["all back s"] = float(back["t"]) - t1 if back["connected"] >= devices else None
+        time.sleep(7.0)   # a heartbeat lost in the window is recorded by then
+        t_end = time.time()
+        current = fleet.ask("snapshot")["current"]
+        probe = fleet.ask("probe")["probe"]
+        facts["after held"] = sum(1 for h in current if h is not None)
+        facts["after on key"] = sum(1 for h, p in zip(current, probe, strict=True) if h is not None and h == p)
+        facts["after on ring"] = sum(1 for i, h in enumerate(current)
+                                     if h is not None and backs.names.get(h) == ring.lookup(sources[i].encode()))
+        facts["after devices"] = _counts(current, backs.names)
+        facts["again"] = _cli("rebalance", group, "-i", str(inv), "--dry-run")
+        fleet.close()
+        facts["window"] = _window(fleet.events, t0, t_end)
+    finally:
+        if fleet is not None:
+            fleet.close()
+        box.remove()
+        backs.stop()
+    code, report, wall = facts["rebalance"]
+    w, order = facts["window"], [a, b, c]
+    dcode, dry = facts["dry"]
+    misplaced, predicted = facts["misplaced"], facts["predicted"]
+    moved, minimum = int(report.get("moved", 0)), int(report.get("minimum", 0))
+    again_code, again, _ = facts["again"]
+    FACTS["hash"] = {"devices": devices, "code": code, "misplaced": len(misplaced), "plan": dry.get("minimum"),
+                     "moved": moved, "held": facts["after held"], "on key": facts["after on key"],
+                     "resets": w["reset"], "failed": w["failed"]}
+    rows = [
+        ["devices (one source address each, 127.0.4.1-...), held before the server is added",
+         _dist(facts["before devices"], order) + f"; on their key's server: {facts['before on key']}/{devices}",
+         "all on key", met(facts["before on key"] == devices)],
+        ["misplaced after C is added: nginx's answer (held server != a fresh connection's from the same address)",
+         f"{len(misplaced)} (probes failed: {facts['probe failed']})", "-", "-"],
+        ["misplaced predicted by nginxctl.hashring (ketama ring of A, B, C)", f"{len(predicted)}; same devices as "
+         f"nginx's: {predicted == misplaced}", "= nginx's", met(predicted == misplaced)],
+        ["`rebalance --dry-run`: exit, minimum (the plan), per server to move",
+         f"{dcode}, {dry.get('minimum')}, " + ", ".join(f"{r['address'].rsplit(':', 1)[1]}: {r.get('to_move')}"
+                                                        for r in dry.get("plan") or []),
+         "= misplaced", met(dry.get("minimum") == len(misplaced))],
+        ["closes seen by the devices: first / last after the rebalance started (s), rate between them",
+         _span(w), "-", "-"],
+        ["`rebalance --rate 200`: exit / report seconds / CLI wall s / reloads",
+         f"{code} / {report.get('seconds')} / {wall:.1f} / {report.get('reloads')}", "0 / - / - / 0",
+         met(code == 0 and report.get("reloads") == 0)],
+        ["moved / minimum", f"{moved} / {minimum}", "moved = misplaced", met(moved == minimum == len(misplaced))],
+        ["devices closed in the window (EOF + reset) / exactly the misplaced ones", f"{w['eof']} + {w['reset']} / "
+         f"{w['moved'] == misplaced}", "= moved / yes", met(w["closes"] == moved and w["moved"] == misplaced)],
+        ["after: held / on the server their key maps to (fresh connection from the same address)",
+         f"{facts['after held']} / {facts['after on key']} ({facts['after on key'] / max(1, facts['after held']):.1%})"
+         + (f", all back {facts['all back s']:.1f} s after rebalance exited" if facts["all back s"] is not None
+            else ", NOT all back"), "100%", met(facts["after held"] == devices and facts["after on key"] == devices)],
+        ["after: on the hashring's server for their address", f"{facts['after on ring']}/{facts['after held']}", "100%",
+         met(facts["after on ring"] == devices)],
+        ["after (devices)", _dist(facts["after devices"], order), "-", "-"],
+        ["rebalance's report before / after", f"{_dist(report.get('before') or {}, order)} -> "
+         f"{_dist(report.get('after') or {}, order)}", "-", "-"],
+        ["device resets / failed reconnects / devices not moved that lost a heartbeat",
+         f"{w['reset']} / {w['failed']} / {len(w['lost_unmoved'])}" + "".join(f"; {r}" for r in w["resets"]),
+         "0 / 0 / 0",
+         met(w["reset"] == 0 and w["failed"] == 0 and not w["lost_unmoved"])],
+        ["a second `rebalance --dry-run`: minimum", f"{again.get('minimum')} (exit {again_code})", "0",
+         met(again.get("minimum") == 0)],
+    ]
+    note = ("`balance: hash`, `hash_key: $remote_addr`, `consistent: true` (nginx `hash $remote_addr consistent`); "
+            "A and B, then C added to `servers:` and `nginxctl apply --reload` (no watch). A probe is a fresh "
+            "connection from the device's own source address: the backend nginx picks for that key now, found without "
+            "nginxctl. The window runs from the rebalance's start to 7 s after every device is back.")
+    if _error(report):
+        note += f" Rebalance said: {_error(report)[:300]}"
+    return table(f"Consistent hash: {devices} devices from {devices} addresses, a server added, `nginxctl rebalance` "
+                 "(`python bench/run.py --only hash`)", ["measure", "measured", "target", "met"], rows, note)
+
+
 def targets(quick: bool) -> str:
     """The issue's targets against what this run measured."""
     def met(ok: bool) -> str:
@@ -1029,6 +1461,21 @@ def targets(quick: bool) -> str:
             out = health[2]
             rows.append([f"{failure} backend taken out within interval x fails + one reload (2 s + ~0.3 s)",
                          "-" if out is None else f"{out:.1f} s", met(out is not None and out <= 3.0)])
+    if "scaleout" in FACTS:
+        f = FACTS["scaleout"]
+        rows.append([f"rebalance after a scale-out ({f['devices']:,} devices, C by label): moved <= 1.15x the minimum, "
+                     "0 resets, 0 failed reconnects, 0 unmoved devices losing a heartbeat",
+                     f"exit {f['code']}, {f['seconds']} s, {f['moved']}/{f['minimum']} ({f['ratio']:.3f}x), "
+                     f"{f['resets']} resets, {f['failed']} failed, {f['lost_unmoved']} lost",
+                     met(f["code"] == 0 and 0 < f["ratio"] <= 1.15 and f["resets"] == 0 and f["failed"] == 0
+                         and f["lost_unmoved"] == 0)])
+    if "hash" in FACTS:
+        f = FACTS["hash"]
+        rows.append([f"consistent hash ({f['devices']} devices): plan = misplaced = moved, afterwards 100% on their "
+                     "key's server", f"exit {f['code']}, misplaced {f['misplaced']}, plan {f['plan']}, moved "
+                     f"{f['moved']}, {f['on key']}/{f['held']} on key", met(
+                         f["code"] == 0 and f["misplaced"] == f["plan"] == f["moved"] and f["on key"] == f["held"]
+                         == f["devices"])])
     if "watch idle" in FACTS:
         cpu, rss = FACTS["watch idle"]
         rows.append(["idle watcher: no CPU (event-driven), under 80 MiB", f"{cpu:.2f} % CPU, {rss:.1f} MiB",
@@ -1054,7 +1501,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small smoke run; prints, writes nothing")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--only", help="comma-separated figures to run (startup, rate, hold, reloads, apply, watch, "
-                        "health, scale, churn); prints, writes nothing")
+                        "health, scale, churn, scaleout, hash); prints, writes nothing")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
     client = docker.from_env()
@@ -1071,7 +1518,9 @@ def main() -> None:
                    "watch": lambda: bench_watch(client, tmp, args.quick),
                    "health": lambda: bench_health(client, tmp, args.quick),
                    "scale": lambda: bench_scale(client, tmp, args.quick),
-                   "churn": lambda: bench_churn(client, tmp, args.quick)}
+                   "churn": lambda: bench_churn(client, tmp, args.quick),
+                   "scaleout": lambda: bench_scaleout(client, tmp, args.quick),
+                   "hash": lambda: bench_hash(client, tmp, args.quick)}
         for name, figure in figures.items():
             if only is not None and name not in only:
                 continue
