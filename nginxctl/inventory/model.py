@@ -189,6 +189,9 @@ class Inventory:
     positions: Positions | None = field(default=None, compare=False, repr=False)
     # The parsed YAML, kept so that capacity can be checked against a machine later without parsing again.
     data: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    # the digest of what shapes the nginx config: the inventory without `target:`/`targets:` (which say where
+    # it runs), so that editing only where it runs is no reload, no new worker generation
+    config_digest: str = ""
 
     def group(self, name: str) -> Group | None:
         return next((g for g in self.upstreams if g.name == name), None)
