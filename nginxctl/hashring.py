@@ -42,12 +42,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import UsageError
+from .inventory.grammar import KEY_VARIABLES
 from .inventory.model import Group
 
 POINTS_PER_WEIGHT = 160
 MAX_MOVES = 20  # points nginx moves on past the first before it falls back to round robin
-
-KEY_VARIABLES = ("remote_addr", "remote_port", "server_addr", "server_port")
 
 
 def split_server(text: str) -> tuple[bytes, bytes]:

@@ -3,15 +3,13 @@
 Works on one target (a `Deployer`) and the config nginx has loaded; reads no inventory file (the caller
 passes the group's balancing method). The steps:
 
-1. Count (`pool.read_pool`: sock_diag in nginx's namespace, per worker generation, with idleness) and plan
+1. Count (`closing.Sockets`: sock_diag in nginx's namespace, per worker generation, with idleness) and plan
    (`share.plan`: the fewest closes that bring every server within tolerance; `hash ... consistent`: the
    connections whose key the ring now sends elsewhere, `hashring`).
 2. Steer. The new generation's balancer does not see the connections old generations hold, and a reload
    restarts `least_conn` counts, so closing alone cannot choose where a client lands. For the share
-   methods a temporary *overlay* is loaded: the group's config with every server that must not receive
-   marked `down`, through the normal `Deployer.apply` (tested, reloaded, verified; the change lock is held
-   for that reload only). It is published (`.nginxctl/overlay.json`) so that `status` shows it and does not
-   call it drift, and kept out of the history. A consistent hash needs none: the ring decides.
+   methods a temporary *overlay* is loaded (`overlay`): the group's config with every server that must not
+   receive marked `down`, published, kept out of the history. A consistent hash needs none: the ring decides.
 3. Close, at most `rate` per second with jitter: nginx's upstream-side socket is destroyed, so nginx closes
    the client side with a FIN (the client reads EOF and reconnects at once). Old generations first, then
    the most idle (tcp_info last send/receive). Never more than a window of closed connections that have
@@ -21,6 +19,10 @@ passes the group's balancing method). The steps:
    tolerance, else a new plan from them.
 5. Put the normal config back (the one nginx ran before, byte for byte), verified. On timeout (exit 1),
    Ctrl-C (130) or any error, the overlay is removed first.
+
+One engine, two drivers: `start()` then `step()` whenever `due` has come does what the pace allows and
+returns at once; the one-shot command's `run()` sleeps between the steps, `watch` runs one per turn of its
+loop (`controller.rebalancing`), so that nothing it does waits behind a rebalance.
 """
 
 from __future__ import annotations
@@ -29,33 +31,22 @@ import contextlib
 import difflib
 import math
 import random
-import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .apply import Deployer
-from .errors import (
-    EnvironmentProblem,
-    Interrupted,
-    NginxctlError,
-    RebalanceTimeout,
-    UsageError,
-    WatchOwnsTarget,
-)
-from .fleet import Member
-from .hashring import Peer, Ring, address_text, key_for, key_parts
+from .closing import KernelSockets, Sockets, held_key, order, weight
+from .errors import EnvironmentProblem, Interrupted, NginxctlError, RebalanceTimeout, UsageError
+from .hashring import Peer, Ring, key_parts
 from .history import sha
 from .inventory import grammar as gr
 from .inventory.model import Group
-from .nginxtext import parse_upstreams, with_servers_down
-from .owner import check_owner
-from .pool import Held, Pool, ServerPool, read_pool
-from .published import Published
+from .nginxtext import parse_upstreams
+from .overlay import Overlay
+from .pool import Held, Pool, ServerPool
 from .share import MovePlan, converged, fair_shares, plan
-from .sockdiag import SockDiag
 
 RECOUNT = 0.5          # seconds between two counts while moving
 MIN_WINDOW = 5         # closed connections allowed to be on their way back at once (at least)
@@ -139,45 +130,76 @@ def check_method(group: Group | None, name: str) -> str:
     return group.balance
 
 
-def _order(held: list[Held]) -> list[Held]:
-    """Old generations first, then the most idle: the cheapest connections to move."""
-    return sorted(held, key=lambda h: (not h.old, -(h.sock.idle_ms or 0)))
+@dataclass
+class _Share:
+    """A fair-share run between two steps: the plan in force and the counts it works from."""
+
+    weights: dict[str, int]
+    current: MovePlan
+    counts: dict[str, int]
+    candidates: dict[str, list[Held]]
+    reference: int = 0                       # connections held when the plan in force was made
+    takes: dict[str, int] = field(default_factory=dict)
+    targets: dict[str, int] = field(default_factory=dict)
+    receivers: set[str] = field(default_factory=set)
+    closed_since_count: int = 0
+    last_close: float = 0.0
+    next_close: float = 0.0
+    next_count: float = 0.0
+
+    def follow(self, current: MovePlan, counts: dict[str, int]) -> None:
+        self.current, self.takes, self.receivers = current, dict(current.take), set(current.receivers)
+        self.targets = {s: counts[s] + n for s, n in current.give.items()}
+        self.reference = sum(counts.values())
 
 
-def _key(template: str, held: Held) -> bytes | None:
-    client = held.client
-    if client is None:
-        return None
-    family = socket.AF_INET6 if ":" in client.remote[0] else socket.AF_INET
-    remote = address_text(socket.inet_pton(family, client.remote[0]))
-    local = address_text(socket.inet_pton(family, client.local[0]))
-    return key_for(template, remote, client.remote[1], local, client.local[1])
+@dataclass
+class _Hash:
+    """A consistent-hash run between two steps: the ring and the connections it sends elsewhere."""
+
+    ring: Ring
+    template: str
+    misplaced: list[tuple[str, Held]]
+    index: int = 0
+    checked: float = 0.0
 
 
 class Rebalancer:
-    """One rebalance of one group on one target. `run()` returns a Result, raises RebalanceTimeout (exit 1),
-    Interrupted (130), UsageError, EnvironmentProblem, and what `Deployer.apply` raises."""
+    """One rebalance of one group on one target. `run()` blocks until it is done; `start()` then `step()` at
+    `due` until one returns the Result is the same run a step at a time (the watch's loop). Both raise
+    RebalanceTimeout (exit 1), UsageError, EnvironmentProblem, and what `Deployer.apply` raises; `run()` also
+    Interrupted (130). `by_watch`: the run of the watch that controls the target (no one-owner check)."""
 
     def __init__(self, deployer: Deployer, name: str, group: Group | None, options: Options, *,
                  on_step: Step = lambda _: None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
+                 by_watch: bool = False, sockets: Sockets | None = None) -> None:
         self.deployer, self.name, self.group, self.options = deployer, name, group, options
         self.on_step, self.clock, self.sleep = on_step, clock, sleep
         self.rng = rng or random.Random()
+        self.by_watch = by_watch
+        hashed = group is not None and group.balance == "hash"
+        self.sockets = sockets or KernelSockets(deployer, name, hashed)
+        self.overlay = Overlay(deployer, name, by_watch=by_watch)
         self.moved = 0
-        self.reloads = 0
-        self.normal: str | None = None       # the config nginx ran before: put back at the end
-        self.overlay: set[str] | None = None  # servers closed to new connections now (None: no overlay)
-        self.expected: str | None = None      # the hash of the overlay config this run loaded
+        self.minimum = 0
+        self.method = ""
+        self.began = 0.0
+        self.due = 0.0                        # when the next step is worth doing
         self.before: dict[str, int] = {}
-        self.published = Published(deployer.live, deployer.history.base)
+        self.notes: list[str] = []
+        self.rows: list[dict[str, Any]] = []
+        self._share: _Share | None = None
+        self._hash: _Hash | None = None
+
+    @property
+    def reloads(self) -> int:
+        return self.overlay.reloads
 
     # -- reading ------------------------------------------------------------------------------------------
 
     def _pool(self, text: str) -> Pool:
-        hashed = self.group is not None and self.group.balance == "hash"
-        return read_pool(self.deployer.live, text, history=self.deployer.history, info=True, pairs=hashed,
-                         only_group=self.name)
+        return self.sockets.pool(text)
 
     @staticmethod
     def _up(servers: list[ServerPool]) -> dict[str, int]:
@@ -189,45 +211,85 @@ class Rebalancer:
     # -- the run --------------------------------------------------------------------------------------------
 
     def run(self) -> Result:
-        began = self.clock()
+        with _interrupts(self):
+            try:
+                result = self.start()
+                while result is None:
+                    self.sleep(max(0.0, self.due - self.clock()))
+                    result = self.step()
+            except Exception:
+                # the error says what went wrong; an overlay that cannot be removed now shows in `status`
+                with contextlib.suppress(NginxctlError):
+                    self.overlay.remove()
+                raise
+            finally:
+                self.sockets.close()
+        return result
+
+    def start(self) -> Result | None:
+        """Count and plan; with something to move, load the overlay (the share methods) and return None: then
+        `step()` from `due` on. The Result at once when there is nothing to move (or a dry run)."""
+        self.began = self.clock()
         live = self.deployer.live
         _, loaded = self.deployer.loaded_config()
         if loaded is None:
             raise EnvironmentProblem(f"nginx in {live.name} runs a config nginxctl cannot identify",
                                      "run `nginxctl apply --reload` first, then rebalance")
-        existing = self.published.overlay()
-        if existing is not None and not existing.get("stale"):
+        existing = self.overlay.published.overlay()
+        if existing is not None and self.by_watch:
+            self.overlay.unpublish()   # the watch owns the target: its own run's, or a stopped one's, left over
+        elif existing is not None and not existing.get("stale"):
             raise EnvironmentProblem(f"another nginxctl rebalance (pid {existing.get('pid')} on "
                                      f"{existing.get('host')}) is moving the connections of "
                                      f"{existing.get('group')!r} on {live.name}",
                                      "wait for it to finish, or stop it (Ctrl-C removes its overlay)")
-        if existing is not None and sha(loaded) != existing.get("normal_sha256"):
+        elif existing is not None and sha(loaded) != existing.get("normal_sha256"):
             raise EnvironmentProblem(f"nginx in {live.name} still runs the overlay of a rebalance that stopped "
                                      "without removing it", "`nginxctl apply --reload` puts the normal config back")
         upstreams = parse_upstreams(loaded)
         if self.name not in upstreams:
             raise _known_groups(upstreams, self.group, self.name)
-        method = check_method(self.group, self.name)
-        self.normal = loaded
+        self.method = check_method(self.group, self.name)
+        self.overlay.normal = loaded
         up = {s.address: s for s in upstreams[self.name] if s.state == "up"}
         if len(up) <= 1:
             counts = {}
-            try:
+            with contextlib.suppress(EnvironmentProblem):
                 counts = self._counts(self._pool(loaded))
-            except EnvironmentProblem:
-                pass
-            return Result(live.name, self.name, method, 0, 0, counts, counts, round(self.clock() - began, 3),
-                          self.options.dry_run, notes=[f"group {self.name!r} has {len(up)} up primary server: "
-                                                       "nothing to rebalance"])
+            self.notes = [f"group {self.name!r} has {len(up)} up primary server: nothing to rebalance"]
+            return self._result(counts, counts)
         pool = self._pool(loaded)
-        if method == "hash consistent":
-            return self._hash(pool, loaded, method, began)
-        return self._share(pool, loaded, method, began)
+        if self.method == "hash consistent":
+            return self._start_hash(pool, loaded)
+        return self._start_share(pool, loaded)
 
-    def _result(self, method: str, minimum: int, before: dict[str, int], after: dict[str, int], began: float,
-                rows: list[dict[str, Any]], notes: list[str]) -> Result:
-        return Result(self.deployer.live.name, self.name, method, self.moved, minimum, before, after,
-                      round(self.clock() - began, 3), self.options.dry_run, rows, notes, self.reloads)
+    def step(self) -> Result | None:
+        """What the pace allows now (at most one count and one close, and the overlay reloads they call for), then
+        return: None until the run is done (the next step is due at `due`), then its Result."""
+        result = self._step_hash() if self._hash is not None else self._step_share()
+        if result is not None:
+            self.sockets.close()
+        return result
+
+    def stop(self) -> None:
+        """End the run here: remove the overlay if nginx still runs it (a config loaded meanwhile, such as the
+        watch's own, is left as it is). Raises what `Deployer.apply` raises."""
+        try:
+            if self.overlay.down is not None and not self.overlay.runs():
+                self.overlay.forget()
+            else:
+                self.overlay.remove()
+        finally:
+            self.sockets.close()
+
+    def _result(self, before: dict[str, int], after: dict[str, int], minimum: int | None = None) -> Result:
+        return Result(self.deployer.live.name, self.name, self.method, self.moved,
+                      self.minimum if minimum is None else minimum, before, after, round(self.clock() - self.began, 3),
+                      self.options.dry_run, self.rows, self.notes, self.reloads)
+
+    @property
+    def deadline(self) -> float:
+        return self.began + self.options.timeout
 
     # -- consistent hash --------------------------------------------------------------------------------------
 
@@ -239,7 +301,7 @@ class Rebalancer:
         unknown = 0
         for server in pool.group(self.name):
             for held in server.held:
-                key = _key(template, held)
+                key = held_key(template, held)
                 if key is None:
                     unknown += 1
                     continue
@@ -249,222 +311,135 @@ class Rebalancer:
         misplaced.sort(key=lambda item: (not item[1].old, -(item[1].sock.idle_ms or 0)))
         return misplaced, unknown
 
-    def _hash(self, pool: Pool, loaded: str, method: str, began: float) -> Result:
+    def _start_hash(self, pool: Pool, loaded: str) -> Result | None:
         assert self.group is not None and self.group.hash_key is not None
         template = self.group.hash_key
         servers = [s for s in parse_upstreams(loaded)[self.name] if "backup" not in s.params]
-        ring = Ring.build(Peer(s.address, _weight(s.params), "down" in s.params) for s in servers)
-        before = self._counts(pool)
+        ring = Ring.build(Peer(s.address, weight(s.params), "down" in s.params) for s in servers)
+        before = self.before = self._counts(pool)
         misplaced, unknown = self._misplaced(pool, ring, template)
-        minimum = len(misplaced)
-        notes = [f"{unknown} connection(s) whose client could not be told apart: left where they are"] \
+        self.minimum = len(misplaced)
+        self.notes = [f"{unknown} connection(s) whose client could not be told apart: left where they are"] \
             if unknown else []
-        rows = [{"address": a, "connections": n, "to_move": sum(1 for at, _ in misplaced if at == a)}
-                for a, n in before.items()]
+        self.rows = [{"address": a, "connections": n, "to_move": sum(1 for at, _ in misplaced if at == a)}
+                     for a, n in before.items()]
         if self.options.dry_run or not misplaced:
-            return self._result(method, minimum, before, before, began, rows, notes)
-        deadline = began + self.options.timeout
-        interval = 1.0 / self.options.rate
-        assert pool.processes.master is not None
-        with _interrupts(self), SockDiag(netns_pid=pool.processes.master.pid) as diag:
-            self.expected = sha(loaded)
-            checked = self.clock()
-            while misplaced and self.clock() < deadline:
-                for _, held in misplaced:
-                    if self.clock() >= deadline:
-                        break
-                    if self.clock() - checked >= RECOUNT:   # the ring this run computed is still nginx's
-                        self._check_loaded()
-                        checked = self.clock()
-                    if diag.destroy(held.sock):
-                        self.moved += 1
-                        self.on_step(Progress(self.moved, minimum, before))
-                    self.sleep(interval * self.rng.uniform(0.5, 1.5))
-                misplaced, _ = self._misplaced(self._pool(loaded), ring, template)
-            after = self._counts(self._pool(loaded))
-        if misplaced:
-            raise RebalanceTimeout(self._result(method, minimum, before, after, began, rows, notes),
-                                   f"{len(misplaced)} connection(s) still on another server than their key's after "
-                                   f"{self.options.timeout:g}s")
-        return self._result(method, minimum, before, after, began, rows, notes)
+            return self._result(before, before)
+        self.overlay.expected = sha(loaded)   # no overlay: the ring this run computed must stay nginx's
+        self._hash = _Hash(ring, template, misplaced, checked=self.clock())
+        self.due = self.clock()
+        return None
+
+    def _step_hash(self) -> Result | None:
+        h = self._hash
+        assert h is not None and self.overlay.normal is not None
+        now = self.clock()
+        if now >= self.deadline or h.index >= len(h.misplaced):
+            h.misplaced, _ = self._misplaced(self._pool(self.overlay.normal), h.ring, h.template)
+            h.index = 0
+            if h.misplaced and now < self.deadline:
+                self.due = now
+                return None
+            result = self._result(self.before, self._counts(self._pool(self.overlay.normal)))
+            if h.misplaced:
+                raise RebalanceTimeout(result, f"{len(h.misplaced)} connection(s) still on another server than "
+                                               f"their key's after {self.options.timeout:g}s")
+            return result
+        if now - h.checked >= RECOUNT:
+            self.overlay.check_loaded()
+            h.checked = now
+        _, held = h.misplaced[h.index]
+        h.index += 1
+        if self.sockets.destroy(held.sock):
+            self.moved += 1
+            self.on_step(Progress(self.moved, self.minimum, self.before))
+        self.due = now + self.rng.uniform(0.5, 1.5) / self.options.rate
+        return None
 
     # -- fair shares --------------------------------------------------------------------------------------------
 
-    def _share(self, pool: Pool, loaded: str, method: str, began: float) -> Result:
+    def _start_share(self, pool: Pool, loaded: str) -> Result | None:
         weights = self._up(pool.group(self.name))
         before = self.before = self._counts(pool)
-        tolerance = self.options.tolerance
-        current = plan(before, weights, tolerance)
-        notes = []
-        if method == "random_two_least_conn" or method == "random":
-            notes.append("random balancing: the overlay leaves only the servers that must receive, so moves land "
-                         "there whatever the draw")
+        current = plan(before, weights, self.options.tolerance)
+        if self.method in ("random_two_least_conn", "random"):
+            self.notes.append("random balancing: the overlay leaves only the servers that must receive, so moves "
+                              "land there whatever the draw")
+        self.minimum, self.rows = current.minimum, current.rows()
         if self.options.dry_run or current.minimum == 0:
-            return self._result(method, current.minimum, before, before, began, current.rows(), notes)
-        with _interrupts(self):
-            try:
-                after = self._move(pool, weights, current, method, began)
-            except Exception:
-                # the error says what went wrong; an overlay that cannot be removed now shows in `status`
-                with contextlib.suppress(NginxctlError):
-                    self._remove_overlay()
-                raise
-            self._remove_overlay()
-        return self._result(method, current.minimum, before, after, began, current.rows(), notes)
+            return self._result(before, before)
+        self.overlay.set(set(weights) - current.receivers, first=True)
+        s = self._share = _Share(weights, current, dict(current.counts), self._candidates(pool))
+        s.follow(current, s.counts)
+        s.last_close = s.next_close = self.due = self.clock()
+        s.next_count = s.last_close + RECOUNT
+        return None
 
-    def _move(self, pool: Pool, weights: dict[str, int], current: MovePlan, method: str, began: float) \
-            -> dict[str, int]:
-        """Close and recount until within tolerance (the counts then), or raise RebalanceTimeout."""
-        assert self.normal is not None
-        first = current
+    def _step_share(self) -> Result | None:
+        """Close and recount until within tolerance (then the normal config back, and the Result), or raise
+        RebalanceTimeout."""
+        s = self._share
+        assert s is not None and self.overlay.normal is not None
         tolerance = self.options.tolerance
-        deadline = began + self.options.timeout
         rate = self.options.rate
         window = max(MIN_WINDOW, math.ceil(rate))
-        counts = dict(current.counts)
-        reference = sum(counts.values())
-        takes = dict(current.take)
-        targets = {s: current.counts[s] + n for s, n in current.give.items()}
-        receivers = set(current.receivers)
-        self._set_overlay(set(weights) - receivers, first=True)
-        candidates = self._candidates(pool)
-        closed_since_count = 0
-        last_close = self.clock()
-        next_close = self.clock()
-        next_count = self.clock() + RECOUNT
-        assert pool.processes.master is not None
-        with SockDiag(netns_pid=pool.processes.master.pid) as diag:
-            while True:
-                now = self.clock()
-                in_flight = max(0, reference - sum(counts.values())) + closed_since_count
-                if now >= next_count:
-                    self._check_loaded()
-                    pool = self._pool(self.normal)
-                    counts = {a: n for a, n in self._counts(pool).items() if a in weights}
-                    closed_since_count = 0
-                    in_flight = max(0, reference - sum(counts.values()))
-                    candidates = self._candidates(pool)
-                    next_count = now + max(RECOUNT, 2 * pool.seconds)   # a large pool: count less often
-                    self.on_step(Progress(self.moved, current.total, counts))
-                    settled = in_flight == 0 or (sum(takes.values()) == 0 and now - last_close >= SETTLE)
-                    if converged(counts, weights, tolerance) and settled:
-                        return counts   # (a client that left for good is not waited for)
-                    full = {r for r in receivers if counts.get(r, 0) >= targets.get(r, 0)}
-                    if sum(takes.values()) == 0 and in_flight == 0:
-                        # the plan is done and its clients are back, yet not within: plan again from these counts
-                        current = plan(counts, weights, tolerance)
-                        if current.minimum == 0:
-                            return counts
-                        takes, receivers = dict(current.take), set(current.receivers)
-                        targets = {s: counts[s] + n for s, n in current.give.items()}
-                        reference = sum(counts.values())
-                        self._set_overlay(set(weights) - receivers)
-                    elif full and receivers - full:
-                        receivers -= full
-                        self._set_overlay(set(weights) - receivers)
-                if now >= deadline:
-                    why = (f"{in_flight} closed connection(s) did not come back within {self.options.timeout:g}s: "
-                           "the clients are not reconnecting (or cannot reach "
-                           f"{', '.join(sorted(receivers))})") if in_flight else \
-                        f"not within {tolerance:.0%} of the fair shares after {self.options.timeout:g}s"
-                    self._remove_overlay()
-                    after = self._counts(self._pool(self.normal))
-                    raise RebalanceTimeout(self._result(method, first.minimum, self.before, after, began,
-                                                        first.rows(), []), why)
-                if now >= next_close and in_flight < window and sum(takes.values()) > 0:
-                    giver = max(takes, key=lambda s: takes[s])
-                    while candidates.get(giver):
-                        held = candidates[giver].pop(0)
-                        if diag.destroy(held.sock):
-                            self.moved += 1
-                            takes[giver] -= 1
-                            closed_since_count += 1
-                            last_close = now
-                            break
-                    else:
-                        takes[giver] = 0   # nothing left to close there now: the next count plans again
-                    next_close = now + self.rng.uniform(0.5, 1.5) / rate
-                wake = min(next_count, deadline, next_close if sum(takes.values()) and in_flight < window
-                           else next_count)
-                self.sleep(max(0.0, min(wake - self.clock(), RECOUNT)))
+        now = self.clock()
+        in_flight = max(0, s.reference - sum(s.counts.values())) + s.closed_since_count
+        if now >= s.next_count:
+            self.overlay.check_loaded()
+            pool = self._pool(self.overlay.normal)
+            s.counts = {a: n for a, n in self._counts(pool).items() if a in s.weights}
+            s.closed_since_count = 0
+            in_flight = max(0, s.reference - sum(s.counts.values()))
+            s.candidates = self._candidates(pool)
+            s.next_count = now + max(RECOUNT, 2 * pool.seconds)   # a large pool: count less often
+            self.on_step(Progress(self.moved, s.current.total, s.counts))
+            settled = in_flight == 0 or (sum(s.takes.values()) == 0 and now - s.last_close >= SETTLE)
+            if converged(s.counts, s.weights, tolerance) and settled:
+                return self._finish(s.counts)   # (a client that left for good is not waited for)
+            full = {r for r in s.receivers if s.counts.get(r, 0) >= s.targets.get(r, 0)}
+            if sum(s.takes.values()) == 0 and in_flight == 0:
+                # the plan is done and its clients are back, yet not within: plan again from these counts
+                current = plan(s.counts, s.weights, tolerance)
+                if current.minimum == 0:
+                    return self._finish(s.counts)
+                s.follow(current, s.counts)
+                self.overlay.set(set(s.weights) - s.receivers)
+            elif full and s.receivers - full:
+                s.receivers -= full
+                self.overlay.set(set(s.weights) - s.receivers)
+        if now >= self.deadline:
+            why = (f"{in_flight} closed connection(s) did not come back within {self.options.timeout:g}s: "
+                   "the clients are not reconnecting (or cannot reach "
+                   f"{', '.join(sorted(s.receivers))})") if in_flight else \
+                f"not within {tolerance:.0%} of the fair shares after {self.options.timeout:g}s"
+            self.overlay.remove()
+            after = self._counts(self._pool(self.overlay.normal))
+            raise RebalanceTimeout(self._result(self.before, after), why)
+        if now >= s.next_close and in_flight < window and sum(s.takes.values()) > 0:
+            giver = max(s.takes, key=lambda a: s.takes[a])
+            while s.candidates.get(giver):
+                held = s.candidates[giver].pop(0)
+                if self.sockets.destroy(held.sock):
+                    self.moved += 1
+                    s.takes[giver] -= 1
+                    s.closed_since_count += 1
+                    s.last_close = now
+                    break
+            else:
+                s.takes[giver] = 0   # nothing left to close there now: the next count plans again
+            s.next_close = now + self.rng.uniform(0.5, 1.5) / rate
+        closing = sum(s.takes.values()) and in_flight < window
+        wake = min(s.next_count, self.deadline, s.next_close if closing else s.next_count)
+        self.due = min(wake, self.clock() + RECOUNT)
+        return None
+
+    def _finish(self, counts: dict[str, int]) -> Result:
+        self.overlay.remove()
+        return self._result(self.before, counts)
 
     def _candidates(self, pool: Pool) -> dict[str, list[Held]]:
-        return {s.address: _order(s.held) for s in pool.group(self.name) if s.state == "up"}
-
-    # -- the overlay ------------------------------------------------------------------------------------------
-
-    def _set_overlay(self, down: set[str], first: bool = False) -> None:
-        """Load the normal config with `down` closed to new connections (published first, so `status` expects
-        it). The first one is refused like any reload when too many old generations linger (nothing changed);
-        later ones never are: the run must be able to change and remove what it put in. Raises
-        EnvironmentProblem when the target's config changed under the run (another apply): it stops there."""
-        assert self.normal is not None
-        if down == self.overlay:
-            return
-        if not first:
-            self._check_unchanged()
-        text = with_servers_down(self.normal, self.name, down)
-        self.published.write(Published.overlay_files(self.name, sorted(down), sha(self.normal)))
-        limit = self.deployer.max_generations
-        if not first:
-            self.deployer.max_generations = None
-        try:
-            self.deployer.apply(text, reload=True)
-        except BaseException:
-            if first:
-                self.published.write(Published.overlay_files(None, []))
-            raise
-        finally:
-            self.deployer.max_generations = limit
-        self.overlay = down
-        self.expected = sha(text)
-        self.reloads += 1
-
-    def _check_unchanged(self) -> None:
-        """The target still runs the overlay this run loaded and no watch took it over; else someone changed it
-        meanwhile (an `apply` takes the change lock too, but between two of our reloads): stop, and put nothing
-        back over it. Raises EnvironmentProblem, WatchOwnsTarget."""
-        try:
-            check_owner([Member(self.deployer.live.name, self.deployer)])
-        except WatchOwnsTarget:
-            self.overlay = None   # the watch puts its own config back: never fight it
-            self.published.write(Published.overlay_files(None, []))
-            raise
-        self._check_loaded()
-
-    def _check_loaded(self) -> None:
-        """The target still runs this run's overlay (checked at every count: a few file reads); else stop."""
-        if self.expected is not None and self.deployer.loaded() != self.expected:
-            self.overlay = None
-            self.published.write(Published.overlay_files(None, []))
-            check_owner([Member(self.deployer.live.name, self.deployer)])   # a watch started meanwhile: say so
-            raise EnvironmentProblem(f"the config of {self.deployer.live.name} changed while rebalancing (another "
-                                     "nginxctl apply?): stopped; the new config is left as it is",
-                                     "run the rebalance again")
-
-    def _remove_overlay(self) -> None:
-        """Put back the config nginx ran before the rebalance, verified; then unpublish the overlay. A config
-        someone else installed meanwhile is left as it is (EnvironmentProblem)."""
-        if self.overlay is None or self.normal is None:
-            return
-        self._check_unchanged()
-        limit = self.deployer.max_generations
-        self.deployer.max_generations = None
-        try:
-            self.deployer.apply(self.normal, reload=True)
-        finally:
-            self.deployer.max_generations = limit
-        self.reloads += 1
-        self.overlay = None
-        self.expected = None
-        self.published.write(Published.overlay_files(None, []))
-
-
-def _weight(params: tuple[str, ...]) -> int:
-    for param in params:
-        if re.fullmatch(r"weight=\d+", param):
-            return max(1, int(param[7:]))
-    return 1
+        return {s.address: order(s.held) for s in pool.group(self.name) if s.state == "up"}
 
 
 class _interrupts:
@@ -482,8 +457,8 @@ class _interrupts:
         done = [f"{self.run.moved} connection(s) moved (closed; their clients reconnect)"]
         not_done = ["the rest of the rebalance"]
         try:
-            had = self.run.overlay is not None
-            self.run._remove_overlay()
+            had = self.run.overlay.down is not None
+            self.run.overlay.remove()
             if had:
                 done.append("the overlay removed: nginx runs the normal config again")
         except (KeyboardInterrupt, Exception) as again:  # noqa: BLE001 (said to the user, not swallowed)

@@ -22,12 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .. import nginx
 from ..capacity import Machine
 from ..desired import RenderTarget, render_target, target_of
-from ..errors import (
-    ConfigRejected,
-    FleetFailure,
-    GenerationsLingering,
-    NginxctlError,
-)
+from ..errors import ConfigRejected, FleetFailure, GenerationsLingering, NginxctlError
 from ..fleet import Member, rollout
 from ..history import sha
 from ..inventory import Inventory, check_capacity
@@ -39,7 +34,6 @@ from .debounce import Debouncer
 from .decide import Action, PassInput, Plan, classify, decide, describe, drift_lines, locate
 from .health import Checker
 from .healthstate import HealthState
-from .inventorywatch import reread
 from .leftout import LeftOut
 from .log import DecisionLog, Logged
 from .merge import Merged, merge
@@ -47,6 +41,8 @@ from .metrics import IDLE_BEAT, Metrics
 from .model import Event, EventKind, Snapshot, WatchOptions, backoff
 from .poolmetrics import PoolMetrics
 from .publisher import HEALTH_HEARTBEAT, Publisher
+from .rebalancing import Rebalancing
+from .reread import reread
 from .retiring import Generations
 from .sources import DockerSource, InventoryFile
 from .sourceset import SourceSet, ours
@@ -100,6 +96,7 @@ class Controller:
         self.reloaded = False
         self.waiting = False   # a `wait` line was logged: sources that never answered, not logged per retry
         self.generations = Generations(options, log, metrics, clock)
+        self.rebalancing = Rebalancing(log, metrics, clock)   # `rebalance:` groups, a step per turn
         self.takeouts: set[str] = set()   # health take-outs seen and not applied yet: never held by the limits
         self.held_since: float | None = None   # the desired config has not run since (a failed or deferred pass)
         metrics.pending_seconds.set_function(self._pending_seconds)
@@ -155,6 +152,7 @@ class Controller:
 
     def close(self) -> None:
         self.generations.end()
+        self.rebalancing.end()   # its overlay removed: the target keeps the normal config
         if self.health.checking:
             self._write_health(stopped=True)
         self.publisher.stopped(self.members or [])
@@ -214,6 +212,10 @@ class Controller:
                     if self.generations.step(self.members or []):
                         self.retry_at = self.clock()
                     now = self.clock()
+                if self.rebalancing.due is not None and now >= self.rebalancing.due:  # starts none while a change waits
+                    busy = self.debounce.pending or self.publisher.held is not None
+                    self.rebalancing.turn(self.members or [], busy=busy)
+                    now = self.clock()
                 if self.debounce.due(now) or (self.retry_at is not None and now >= self.retry_at):
                     self._reconcile(reason="change" if self.debounce.pending else "retry")
                 elif not self.debounce.pending and self.retry_at is None and (
@@ -236,7 +238,8 @@ class Controller:
 
     def _next_event(self) -> Event | None:
         deadlines = [d for d in (self.debounce.deadline(), self.retry_at, self.health.due, self.resync_at,
-                                 self.heartbeat_due, self.watchdog_due, self.generations.due) if d is not None]
+                                 self.heartbeat_due, self.watchdog_due, self.generations.due, self.rebalancing.due)
+                     if d is not None]
         # never sleep longer than IDLE_BEAT: an idle loop still beats (a hung one does not)
         timeout = min(IDLE_BEAT, max(0.0, min(deadlines) - self.clock())) if deadlines else IDLE_BEAT
         try:
@@ -282,17 +285,11 @@ class Controller:
 
     def _load(self) -> None:
         """Read the inventory file again; an invalid one is logged and the last good one kept."""
-        self.inventory_text, inventory = reread(self.options.inventory, self.inventory_text, self.machine,
-                                                self.log, self.metrics)
-        if inventory is None:
-            return
-        if self.inventory is not None and (inventory.target != self.inventory.target
-                                           or inventory.targets != self.inventory.targets):
-            self.log(Logged.INVENTORY, "the inventory names other targets now: this watch keeps controlling the "
-                     "ones it "
-                     "started with; restart it to follow the change", level="warning")
-        self.inventory = inventory
-        self.sources.follow_etcd(inventory, self.snapshots)
+        self.inventory_text, inventory = reread(self.options.inventory, self.inventory_text, self.inventory,
+                                                self.machine, self.log, self.metrics)
+        if inventory is not None:
+            self.inventory = inventory
+            self.sources.follow_etcd(inventory, self.snapshots)
 
     def _reconcile(self, reason: str) -> None:
         """One pass: gather what the target has loaded, decide once (`decide`), carry the plan out."""
@@ -338,7 +335,7 @@ class Controller:
             except NginxctlError:
                 self._publish_wanted()  # what waits for the unreachable target is still said on the others
                 raise
-        observed = {m.name: m.deployer.observed() for m in self.members}
+        observed = self.rebalancing.normal_view(self.members, {m.name: m.deployer.observed() for m in self.members})
         self.loaded = {name: (h, text) for name, (h, text, _) in observed.items()}
         self.left_out.prune(self.snapshots)
         plan = decide(PassInput(reason, self.inventory, self.snapshots, self.health.down, self.left_out.refused,
@@ -385,7 +382,8 @@ class Controller:
                      targets=list(plan.behind) if len(self.members) > 1 else None)
         for m in behind:  # a health take-out is never held back by the limits on lingering generations
             m.deployer.waive_limits = bool(self.takeouts)
-        result = rollout(behind, dict(plan.rendered), reload=plan.reload, dry_run=False, progress=lambda _: None)
+        with self.rebalancing.replacing(behind, plan.rendered):   # a reload that replaces a rebalance's overlay
+            result = rollout(behind, dict(plan.rendered), reload=plan.reload, dry_run=False, progress=lambda _: None)
         self.reloaded = any(o.reloaded for _, o in result.outcomes)
 
     def _carried_out(self, plan: Plan, reason: str, began: float) -> None:
@@ -446,6 +444,7 @@ class Controller:
         self._set_pending()
         self.publisher.rendered, self.publisher.loaded = rendered, {name: sha(t) for name, t in rendered.items()}
         self._publish()
+        self.rebalancing.observe(merged.inventory, rendered[self.members[0].name], changed=changed)
 
     def _publish(self) -> None:
         """Publish what this watch wants and whether it runs (see `publisher`), on every target last reached: a
@@ -488,6 +487,7 @@ class Controller:
         self.publisher.hold(message)
         self._set_pending()
         self._publish()
+        self.rebalancing.held(message)
 
     def _pending_seconds(self) -> float:
         """`nginxctl_pending_seconds`: how long the oldest change not applied yet has waited (0: none waits)."""

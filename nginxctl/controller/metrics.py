@@ -85,6 +85,8 @@ class Metrics:
         self.group_skew = Gauge("nginxctl_group_skew", "The largest relative distance of a server of the group from "
                                 "its fair share (its weight's part of what the up primaries hold): 0.1 is 10%",
                                 ["group"], registry=r)
+        self.rebalance_moves = Counter("nginxctl_rebalance_moves", "Connections the watch closed to rebalance a group "
+                                       "by itself (its `rebalance:`), by group", ["group"], registry=r)
         self.served = False   # /metrics is served: the pool gauges are worth reading
         self.running = True
         self.clock: Callable[[], float] = time.monotonic

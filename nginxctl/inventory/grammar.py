@@ -52,6 +52,8 @@ NGINX_VARIABLES = frozenset(
     ssl_preread_server_name status time_iso8601 time_local""".split()
 )
 _VAR = "|".join(sorted(NGINX_VARIABLES, key=len, reverse=True))
+# the variables of a hash key nginxctl can compute for a held connection (`hashring`, for rebalance)
+KEY_VARIABLES = ("remote_addr", "remote_port", "server_addr", "server_port")
 SAFE_TOKEN = re.compile(rf"(?:[A-Za-z0-9_.:/@%+=,*\[\]-]|\$(?:{_VAR})(?![A-Za-z0-9_]))+\Z")
 
 NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_-]{0,62}"

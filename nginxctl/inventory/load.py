@@ -20,6 +20,7 @@ from . import grammar as gr
 from .collect import Report, mapping, section
 from .ha import ha_section
 from .model import Group, HealthCheck, Inventory, NamedTarget, NginxSettings, Server, Target
+from .rebalance import group_rebalance, parse_rebalance
 from .schema import (
     FLEET_TARGET_KEYS,
     GROUP_KEYS,
@@ -59,6 +60,7 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
     raw_keys = set(raw)
     discover = parsed.pop("discover", None)
     raw_health = parsed.pop("health_check", None)
+    parsed.pop("rebalance", None)
     if raw_health is None and "health_check" in defaults and "health_check" not in raw:
         raw_health = defaults["health_check"]
         health_path: KeyPath = ("defaults", "health_check")
@@ -67,7 +69,7 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
     if "servers" not in raw_keys and "discover" not in raw_keys:
         report(path, f"missing required key 'servers' in group '{name}' (or 'discover', for servers found at "
                "run time)")
-    merged = {**{k: v for k, v in defaults.items() if k != "health_check"}, **parsed}
+    merged = {**{k: v for k, v in defaults.items() if k not in ("health_check", "rebalance")}, **parsed}
     for key in GROUP_KEYS:  # the table's defaults come last: inventory `defaults:` win over them
         if key.default is not None and key.name not in merged and key.name not in raw_keys:
             merged[key.name] = key.parse(key.default)
@@ -89,10 +91,11 @@ def _group(name: str, raw: Any, defaults: dict[str, Any], path: KeyPath, report:
         merged["proxy_timeout"] = gr.parse_duration("30s" if merged["protocol"] == "udp" else "1h")
     health = _health(raw_health, health_path, merged.get("protocol", "tcp"), report) if raw_health is not None \
         else None
+    rebalance = group_rebalance(raw, merged, defaults.get("rebalance"), path, report)
     if len(report.problems) > before:
         return None
     group = Group(name=name, servers=tuple(servers), health_check=health, discover=discover[0] if discover else None,
-                  discover_prefix=discover[1] if discover else None, **merged)
+                  discover_prefix=discover[1] if discover else None, rebalance=rebalance, **merged)
     for rule in GROUP_RULES:
         rule(group, raw, path, report)
     return group
@@ -319,6 +322,8 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
     defaults = mapping({k: v for k, v in raw_defaults.items() if k not in NOT_DEFAULTABLE}, ("defaults",),
                         [k for k in GROUP_KEYS if k.name not in NOT_DEFAULTABLE], report, "the defaults",
                         use_defaults=False) or {}
+    if "rebalance" in defaults:   # checked once here; each group it applies to takes it (`group_rebalance`)
+        defaults["rebalance"] = parse_rebalance(defaults["rebalance"], ("defaults", "rebalance"), report)
 
     groups: list[Group] = []
     upstreams = data.get("upstreams")

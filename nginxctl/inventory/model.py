@@ -58,6 +58,16 @@ class HealthCheck:
 
 
 @dataclass(frozen=True)
+class Rebalance:
+    """`rebalance:`: `nginxctl watch` rebalances the group by itself once its membership has been stable for
+    `after` (closes per second, a fraction of the fair share)."""
+
+    rate: float
+    tolerance: float
+    after: Duration
+
+
+@dataclass(frozen=True)
 class Group:
     """One upstream group and the `server {}` that listens for it."""
 
@@ -87,6 +97,7 @@ class Group:
     health_check: HealthCheck | None = None
     discover: str | None = None          # docker | etcd: servers found at run time (nginxctl watch)
     discover_prefix: str | None = None   # the etcd key prefix
+    rebalance: Rebalance | None = None   # watch rebalances the group by itself (None: it does not)
 
     @property
     def balance_tokens(self) -> list[str]:

@@ -118,6 +118,13 @@ GROUP_KEYS = [
     _k("health_check", lambda v: v, "Active health checks by `nginxctl watch` (open-source nginx has none): a "
        "server failing `fails` checks in a row is rendered down until it passes `passes`. TCP connect, or send "
        "and expect. See docs/controller.md.", "", json={"$ref": "#/$defs/health_check"}),
+    _k("rebalance", lambda v: v, "`nginxctl watch` rebalances the group by itself: once its membership (its up "
+       "primary servers, health take-outs and put-backs included) has been stable for `after`, it moves the "
+       "group's long connections as `nginxctl rebalance` does (paced, until every up primary server is within "
+       "`tolerance` of its fair share; consistent hash: exactly the misplaced); a new change cancels the run. "
+       "`true` or `{}`: the defaults; `false`: off. TCP only, not with plain hash. In `defaults:`, every group "
+       "it can rebalance. See docs/controller.md.", "",
+       json={"oneOf": [{"type": "boolean"}, {"$ref": "#/$defs/rebalance"}]}),
     _k("discover", v.discover, "Servers found at run time besides `servers`: `docker` (running containers "
        "labelled nginxctl.group=NAME) or `{etcd: /prefix/}` (one server per key under the prefix; needs "
        "discovery.etcd.endpoints). One source per group, not a list. See docs/controller.md.", "server",
@@ -135,6 +142,21 @@ HEALTH_KEYS = [
     _k("send", v.probe_text, "Bytes to send once connected (e.g. \"PING\\r\\n\"). Without send and expect a "
        "check is a TCP connect.", "", json={"type": "string"}),
     _k("expect", v.probe_text, "Text the reply must contain within timeout (needs send).", "", json={"type": "string"}),
+]
+
+# the patterns say what `values.rate` and `values.percent` take: a rate more than 0, a percentage up to 100
+_RATE = {"type": ["string", "number"], "exclusiveMinimum": 0,
+         "pattern": rf"^(?!0*(?:\.0*)?(?:/s)?{_END})[0-9]+(?:\.[0-9]+)?(?:/s)?{_END}"}
+_PERCENT = {"type": ["string", "number"], "minimum": 0, "maximum": 100,
+            "pattern": rf"^(?:100(?:\.0+)?|[0-9]{{1,2}}(?:\.[0-9]+)?)%?{_END}"}
+
+REBALANCE_KEYS = [
+    _k("rate", v.rate, "Most connections closed per second (with jitter), like `nginxctl rebalance --rate`.", "",
+       "20/s", _RATE),
+    _k("tolerance", v.percent, "Done when every up primary server holds its fair share within this (or within one "
+       "connection), like `--tolerance`.", "", "10%", _PERCENT),
+    _k("after", v.settle_time, "How long the group's membership must stay the same before the watch rebalances it "
+       "(at least 1s): a burst of changes is rebalanced once, after it.", "", "30s", {**_DURATION, "minimum": 1}),
 ]
 
 NGINX_KEYS = [
@@ -285,6 +307,7 @@ def json_schema() -> dict[str, Any]:
             "defaults": defaults,
             "nginx": _object(NGINX_KEYS),
             "health_check": _object(HEALTH_KEYS),
+            "rebalance": _object(REBALANCE_KEYS),
             "target": _object(TARGET_KEYS),
             "fleet_target": _object(FLEET_TARGET_KEYS, ("name", "container")),
             "ha": _object(HA_KEYS, ("vip", "virtual_router_id")),
@@ -357,7 +380,9 @@ def reference_markdown() -> str:
     sections = [("Top level", TOP_KEYS), ("A group: `upstreams.NAME`", GROUP_KEYS),
                 ("A server: `upstreams.NAME.servers[]`", SERVER_KEYS), ("`nginx:`", NGINX_KEYS),
                 ("`target:`", TARGET_KEYS), ("`upstreams.NAME.health_check` (or `defaults.health_check`)",
-                                             HEALTH_KEYS), ("A fleet: `targets[]`", FLEET_TARGET_KEYS),
+                                             HEALTH_KEYS),
+                ("`upstreams.NAME.rebalance` (or `defaults.rebalance`)", REBALANCE_KEYS),
+                ("A fleet: `targets[]`", FLEET_TARGET_KEYS),
                 ("A virtual IP: `ha:` (with `targets:`)", HA_KEYS)]
     out = []
     for title, keys in sections:
@@ -370,7 +395,8 @@ def reference_markdown() -> str:
                 typ = " or ".join(typ)
             elif typ is None:  # a section ($ref), or a choice of types
                 typ = {"worker_processes": "auto or integer", "listen": "address or list",
-                       "discover": "`docker` or `{etcd: /prefix/}`"}.get(k.name, "object" if "$ref" in k.json else None)
+                       "discover": "`docker` or `{etcd: /prefix/}`",
+                       "rebalance": "boolean or object"}.get(k.name, "object" if "$ref" in k.json else None)
             if typ is None:
                 raise TypeError(f"key {k.name!r}: say its type in reference_markdown()")
             default = "" if k.default is None else f"`{k.default}`"

@@ -196,3 +196,28 @@ def advert_interval(value: Any) -> g.Duration:
         raise g.Invalid("a whole number of seconds from 1s to 255s (VRRP version 2 carries whole seconds in "
                         "8 bits)", value)
     return g.Duration(f"{duration.ms // 1000}s", duration.ms)
+
+
+# `rebalance:` (the CLI's --rate and --tolerance take the same words; written in an inventory, plain decimals only,
+# so that the JSON Schema's patterns say exactly what loads)
+_RATE_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:/s)?\Z")
+_PERCENT_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?%?\Z")
+
+
+def rate(value: Any) -> float:
+    if isinstance(value, str) and not _RATE_TEXT.match(value):
+        raise g.Invalid("closes per second such as 20/s or 20", value)
+    return g.parse_rate(value)
+
+
+def percent(value: Any) -> float:
+    if isinstance(value, str) and not _PERCENT_TEXT.match(value):
+        raise g.Invalid("a percentage such as 10% or 10", value)
+    return g.parse_percent(value)
+
+
+def settle_time(value: Any) -> g.Duration:
+    duration = g.parse_duration(value)
+    if duration.ms < 1000:
+        raise g.Invalid("a duration of at least 1s, such as 30s", value)
+    return duration

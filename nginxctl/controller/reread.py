@@ -1,5 +1,5 @@
-"""The inventory file as the watch reads it: read again on every pass, parsed only when its text changed; an
-invalid or unreadable file is said (with every problem) and the last good inventory keeps running."""
+"""The inventory file read again at each pass of `watch`: an edit that loads replaces the inventory, an invalid
+one (a typo, a half-written save) is logged with its problems and the last good inventory kept."""
 
 from __future__ import annotations
 
@@ -12,16 +12,16 @@ from .log import DecisionLog, Logged
 from .metrics import Metrics
 
 
-def reread(path: Path, last_text: str | None, machine: Machine | None, log: DecisionLog,
-           metrics: Metrics) -> tuple[str | None, Inventory | None]:
-    """(the text now, the inventory when the text changed and loads; else None)."""
+def reread(path: Path, text_before: str | None, current: Inventory | None, machine: Machine | None,
+           log: DecisionLog, metrics: Metrics) -> tuple[str | None, Inventory | None]:
+    """(the file's text now, the inventory it loads when it changed and loads; else None)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         log(Logged.INVENTORY, f"cannot read {path} ({exc.strerror}); keeping the last good inventory")
         metrics.invalid_inventory.set(1)
-        return last_text, None
-    if text == last_text:
+        return text_before, None
+    if text == text_before:
         return text, None
     try:
         inventory = parse_inventory(text, str(path), machine=machine)
@@ -33,5 +33,8 @@ def reread(path: Path, last_text: str | None, machine: Machine | None, log: Deci
     except EnvironmentProblem:
         return text, None
     metrics.invalid_inventory.set(0)
+    if current is not None and (inventory.target != current.target or inventory.targets != current.targets):
+        log(Logged.INVENTORY, "the inventory names other targets now: this watch keeps controlling the ones it "
+            "started with; restart it to follow the change", level="warning")
     log(Logged.INVENTORY, f"{path} changed and loads", sha256=inventory.digest[:12])
     return text, inventory
