@@ -41,6 +41,7 @@ from .nginxtext import (
     staged_name,
 )
 from .observe import ReloadState, reload_state
+from .published import Published
 from .reload import ReloadPreview, ReloadResult, reload_and_verify
 from .retire import retire
 from .retireplan import Excess, Limits, excess
@@ -267,7 +268,7 @@ class Deployer:
         if outcome.changed:
             files = history.state_file(base.with_(phase=Phase.INSTALLING, hash=new, previous=previous))
             files[staged_name(self.config_path)] = rendered
-            if deployed is not None and self.record_history:
+            if deployed is not None and self.record_history and not self._overlaid(deployed):
                 files.update(history.record(deployed, entries))
             history.write(files)
             self.journal.did(Step.STAGE, "new config staged beside the old one (nothing nginx reads changed)")
@@ -339,6 +340,12 @@ class Deployer:
             cursor = failure.cursor
             poll_until(lambda: (reload_finished(reload_lines(self.live.log_since(cursor))[0]), None),
                        FAILED_RELOAD_SETTLE, interval=0.1)
+
+    def _overlaid(self, text: str) -> bool:
+        """`text` is a rebalance's overlay (one is published and `text` is not its normal config): runtime state,
+        like health decisions, that the history never keeps (`rollback` must not return to it)."""
+        overlay = Published(self.live, self.history.base).overlay()
+        return overlay is not None and overlay.get("normal_sha256") not in (None, sha(text))
 
     @property
     def limits(self) -> Limits:

@@ -66,7 +66,8 @@ class Overlay:
         if not first:
             self.check_unchanged()
         text = with_servers_down(self.normal, self.group, down)
-        self.published.write(Published.overlay_files(self.group, sorted(down), sha(self.normal)))
+        self.published.write(Published.overlay_files(self.group, sorted(down), sha(self.normal),
+                                                         by="watch" if self.by_watch else "rebalance"))
         try:
             with _reload_terms(self.deployer, limited=first):
                 self.deployer.apply(text, reload=True)

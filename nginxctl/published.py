@@ -200,11 +200,12 @@ class Published:
         return data
 
     @staticmethod
-    def overlay_files(group: str | None, down: list[str], normal_sha256: str | None = None) -> dict[str, str]:
-        """The overlay.json that says `group`'s servers `down` are closed to new connections by this process
-        (`group` None: no overlay)."""
+    def overlay_files(group: str | None, down: list[str], normal_sha256: str | None = None,
+                      by: str = "rebalance") -> dict[str, str]:
+        """The overlay.json that says `group`'s servers `down` are closed to new connections by this process,
+        `by` a one-shot `rebalance` or a `watch` (`group` None: no overlay)."""
         data: dict[str, Any] = {"format": FORMAT, "group": group}
         if group is not None:
-            data.update({"down": sorted(down), "by": "rebalance", "pid": os.getpid(), "host": socket.gethostname(),
+            data.update({"down": sorted(down), "by": by, "pid": os.getpid(), "host": socket.gethostname(),
                          "identity": process_identity(), "since": time.time(), "normal_sha256": normal_sha256})
         return {"overlay.json": json.dumps(data, indent=1) + "\n"}

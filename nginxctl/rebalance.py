@@ -239,7 +239,8 @@ class Rebalancer:
         if existing is not None and self.by_watch:
             self.overlay.unpublish()   # the watch owns the target: its own run's, or a stopped one's, left over
         elif existing is not None and not existing.get("stale"):
-            raise EnvironmentProblem(f"another nginxctl rebalance (pid {existing.get('pid')} on "
+            raise EnvironmentProblem(f"another nginxctl {existing.get('by', 'rebalance')} (pid "
+                                     f"{existing.get('pid')} on "
                                      f"{existing.get('host')}) is moving the connections of "
                                      f"{existing.get('group')!r} on {live.name}",
                                      "wait for it to finish, or stop it (Ctrl-C removes its overlay)")

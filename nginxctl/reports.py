@@ -327,7 +327,7 @@ class StatusReport:
         overlay = d.get("overlay")
         if overlay and not overlay.get("stale"):
             out.append(f"\nrebalance   {overlay['group']}: {', '.join(overlay.get('down', []))} closed to new "
-                       f"connections by nginxctl rebalance (pid {overlay.get('pid')}) since "
+                       f"connections by nginxctl {overlay.get('by', 'rebalance')} (pid {overlay.get('pid')}) since "
                        f"{_when(overlay.get('since'))}")
         return out
 

@@ -143,7 +143,8 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
     if overlaid and want.text is not None and overlay is not None:
         # a running rebalance's overlay is runtime state, like health decisions: expected, never drift
         want.text = with_servers_down(want.text, overlay["group"], {a for _, a in overlaid})
-        want.notes.append(f"nginxctl rebalance (pid {overlay.get('pid')}) moves connections of {overlay['group']}: "
+        want.notes.append(f"nginxctl {overlay.get('by', 'rebalance')} (pid {overlay.get('pid')}) moves connections of "
+                          f"{overlay['group']}: "
                           f"{', '.join(sorted(a for _, a in overlaid))} take no new connection until it ends")
     elif overlay is not None:
         want.notes.append(f"a rebalance of {overlay['group']} stopped without removing its overlay: if nginx still "

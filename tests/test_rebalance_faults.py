@@ -227,3 +227,33 @@ def test_a_terminal_sees_a_progress_bar(lb, backends):
         assert devices.resets == 0
     finally:
         devices.close()
+
+
+def test_an_overlay_never_enters_the_history(lb, backends):
+    """An apply while a rebalance's overlay runs keeps the overlay out of the history: `rollback` can never
+    return to a config with servers closed for a run that is over."""
+    a, b, c = backends("A"), backends("B"), backends("C")
+    port, group = lb.group([a.address, b.address])
+    lb.write({"pool": group})
+    _apply(lb.inventory)
+    devices = Devices(port, 40)
+    proc = None
+    try:
+        devices.wait(lambda d: d.counts() == {"A": 20, "B": 20}, 20, "clients spread over A and B")
+        group["servers"].append(c.address)
+        lb.write({"pool": group})
+        _apply(lb.inventory)
+        proc = _spawn(lb.inventory, "--rate", "2")
+        wait_for(lambda: devices.eofs > 0, 30, "the rebalance moves a first connection")
+        during = _status(lb.inventory)
+        assert during["overlay"] is not None
+        group["proxy_timeout"] = "2h"
+        lb.write({"pool": group})
+        _apply(lb.inventory)   # replaces the overlay's file: the file it replaces is not history
+        proc.communicate(timeout=60)
+        history = json.loads(cli("history", "-i", str(lb.inventory), "--format", "json").stdout)
+        assert during["loaded"] not in {e["sha256"] for e in history["entries"]}, (during["loaded"], history)
+        assert len(history["entries"]) == 4   # the image's own config, the two applied before, the last one
+    finally:
+        _finish(proc)
+        devices.close()
