@@ -2,7 +2,9 @@
 
 Works on a `LiveNginx` (nginx in a running container) and rendered text; reads no inventory file.
 What the target has run and runs now is kept by `history`; old workers and connections come from
-`observe`.
+`observe`. With `ha:`, the target's keepalived.conf goes in with its config, after nginx runs it (the check
+keepalived makes asks nginx's health listener), as one history entry, and keepalived is reloaded only when
+its keepalived.conf changed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from .errors import (
 )
 from .history import Entry, History, Phase, State, current_entry, loaded_now, select_rollback, sha
 from .host import started_at
-from .nginx import FileInfo, LiveNginx, TargetLock
+from .inventory.model import HA
+from .nginx import CompanionChange, FileInfo, LiveNginx, TargetLock, companion_config, ensure_companion
 from .nginxtext import (
     Process,
     Processes,
@@ -69,6 +72,11 @@ class Outcome:
     reload: ReloadResult | None = None
     preview: ReloadPreview | None = None
     generations: ReloadState | None = None
+    companion: CompanionChange | None = None   # what the keepalived.conf beside it came to (`ha:`)
+
+    @property
+    def keepalived_changed(self) -> bool:
+        return self.companion is not None and self.companion.action != "unchanged"
 
 
 @dataclass
@@ -89,6 +97,7 @@ class Deployer:
     release_lock_in_background: bool = False
     count_connections: bool = True   # the controller's passes skip it: nobody reads it there
     record_history: bool = True      # False: a runtime overlay (rebalance), kept out of the history rollback reads
+    keepalived_image: str = HA.image  # what the keepalived companion runs when one is made (`ha:`)
     _held: bool = False
     _checked: bool = False
 
@@ -99,6 +108,10 @@ class Deployer:
     def deployed(self) -> str | None:
         raw = self.live.read_file(self.config_path)
         return raw.decode() if raw is not None else None
+
+    def keepalived_conf(self) -> str | None:
+        """The keepalived.conf beside the target (`ha:`; None: no companion). Raises EnvironmentProblem."""
+        return companion_config(self.live.client, self.live.name)
 
     def loaded(self, state: State | None = None, info: FileInfo | None = None,
                procs: Processes | None = None) -> str | None:
@@ -215,8 +228,10 @@ class Deployer:
         state = reload_state(self.live, shutdown_timeout_of(deployed))
         return ReloadPreview(state, self.max_generations, bool(self._excess(state)), self.limits)
 
-    def apply(self, rendered: str, *, reload: bool, dry_run: bool = False) -> Outcome:
-        """Install `rendered` (and with `reload`, reload and verify it), or change nothing.
+    def apply(self, rendered: str, *, reload: bool, dry_run: bool = False, keepalived: str | None = None) -> Outcome:
+        """Install `rendered` (and with `reload`, reload and verify it), or change nothing. With `keepalived` and
+        `reload`, that keepalived.conf goes in beside it once nginx runs it (its companion created, recreated or
+        reloaded as needed), recorded with it as one history entry.
 
         Raises ConfigRejected (nothing changed), GenerationsLingering (nothing changed), ApplyFailure
         (previous config restored), RestoreFailed, UsageError, EnvironmentProblem, LockBusy.
@@ -224,7 +239,7 @@ class Deployer:
         if dry_run:
             return self._plan(rendered, reload=reload, dry_run=True)[0]
         with self.locked():
-            return self._apply_locked(rendered, reload=reload)
+            return self._apply_locked(rendered, reload=reload, keepalived=keepalived if reload else None)
 
     def _plan(self, rendered: str, *, reload: bool, dry_run: bool) -> tuple[Outcome, str | None, State]:
         info = self.live.stat_file(self.config_path)
@@ -241,7 +256,7 @@ class Deployer:
             self.check_target_file(procs.master)
         return outcome, deployed, state
 
-    def _apply_locked(self, rendered: str, *, reload: bool) -> Outcome:
+    def _apply_locked(self, rendered: str, *, reload: bool, keepalived: str | None) -> Outcome:
         outcome, deployed, state = self._plan(rendered, reload=reload, dry_run=False)
         new = sha(rendered)
         pending = outcome.loaded_before != new
@@ -249,15 +264,23 @@ class Deployer:
         # the workers that loaded what runs stay recorded through every phase: a reload by hand is seen later
         base = State(loaded=outcome.loaded_before, master=master,
                      workers=state.workers if state.master == master else None)
+        beside = self.keepalived_conf() if keepalived is not None else None   # what keepalived runs before
         if not outcome.changed and not (reload and pending):
-            outcome.messages.append("no changes: nothing installed, no reload" if not pending else
+            if keepalived is not None:
+                outcome.companion = self._companion(keepalived)
+            outcome.messages.append(("no changes to the nginx config: nginx not reloaded" if outcome.keepalived_changed
+                                     else "no changes: nothing installed, no reload") if not pending else
                                     "already installed, not loaded by nginx: use --reload")
-            if not pending and (state.phase is not Phase.DONE or state.loaded != new or state.master != master):
-                # nginx runs it (loaded at a restart, say): record that, and mark the history's current entry
+            stale = state.phase is not Phase.DONE or state.loaded != new or state.master != master
+            if not pending and (keepalived is not None or stale):
+                # nginx runs it (loaded at a restart, say): record that (with the keepalived.conf beside it before
+                # and now), and mark the history's current entry
                 entries = self.history.entries()
-                self.history.write({**self.history.record(rendered, entries),
-                                    **self.history.state_file(base.with_(phase=Phase.DONE, hash=new,
-                                                                         previous=state.previous))})
+                files = self.history.record(rendered, entries, keepalived=beside) if beside is not None else {}
+                files.update(self.history.record(rendered, entries, keepalived=keepalived))
+                if files or stale:
+                    self.history.write({**files, **self.history.state_file(base.with_(
+                        phase=Phase.DONE, hash=new, previous=state.previous))})
             return outcome
         if reload:
             gens = self._check_generations(deployed)
@@ -269,7 +292,7 @@ class Deployer:
             files = history.state_file(base.with_(phase=Phase.INSTALLING, hash=new, previous=previous))
             files[staged_name(self.config_path)] = rendered
             if deployed is not None and self.record_history and not self._overlaid(deployed):
-                files.update(history.record(deployed, entries))
+                files.update(history.record(deployed, entries, keepalived=beside))
             history.write(files)
             self.journal.did(Step.STAGE, "new config staged beside the old one (nothing nginx reads changed)")
             if not self.stream_only:
@@ -303,11 +326,22 @@ class Deployer:
             self._restore(deployed, failure, base)
         self.journal.did(Step.RELOAD, "reloaded and verified: nginx runs the new config")
         assert outcome.reload is not None
-        history.write({**(history.record(rendered, entries) if self.record_history else {}),
-                       **history.state_file(State(Phase.DONE, new, previous, new, self.live.master(),
-                                                  tuple(sorted(outcome.reload.new_workers))))})
         outcome.reloaded = True
+        try:
+            if keepalived is not None:
+                outcome.companion = self._companion(keepalived)
+        finally:  # nginx runs it either way; the entry names a keepalived.conf only once it is in place
+            installed = keepalived if outcome.companion is not None else None
+            history.write({**(history.record(rendered, entries, keepalived=installed) if self.record_history else {}),
+                           **history.state_file(State(Phase.DONE, new, previous, new, self.live.master(),
+                                                      tuple(sorted(outcome.reload.new_workers))))})
         return outcome
+
+    def _companion(self, keepalived: str) -> CompanionChange:
+        """keepalived.conf beside the target: its companion made, or reloaded only when the file changed."""
+        change = ensure_companion(self.live.client, self.live.container, self.keepalived_image, keepalived)
+        self.progress(str(change))
+        return change
 
     def _test_in_place(self, previous: str | None, base: State) -> None:
         """Stream-only: the included file cannot be tested alone; test nginx.conf with it in place,
@@ -405,23 +439,30 @@ class Deployer:
         return [t for t in texts if t]
 
     def rollback(self, to: int | None, *, reload: bool = True) -> tuple[Entry, Outcome]:
-        """Re-apply an earlier config from the history (default: the one before the current).
-        Raises UsageError when there is none, and what `apply` raises."""
+        """Re-apply an earlier config from the history (default: the one before the current), with the
+        keepalived.conf recorded with it (`ha:`). Raises UsageError when there is none, and what `apply` raises."""
         entries = self.history.entries()
         current = self.loaded() or sha(self.deployed() or "")
         try:
-            target = select_rollback(entries, current, to)
+            target = select_rollback(entries, current, to, self._keepalived_running(entries))
         except LookupError as exc:
             raise UsageError(f"{exc} on {self.live.name}") from None
-        text = self.history.read(target)
-        if text is None:
+        text, keepalived = self.history.read(target), self.history.read_keepalived(target)
+        if text is None or (target.keepalived and keepalived is None):
             raise UsageError(f"history entry {target.id} is no longer stored on {self.live.name}")
-        return target, self.apply(text, reload=reload)
+        return target, self.apply(text, reload=reload, keepalived=keepalived)
+
+    def _keepalived_running(self, entries: list[Entry]) -> str | None:
+        """The hash of the keepalived.conf beside the target, when its history speaks of keepalived at all."""
+        if not any(e.keepalived for e in entries):
+            return None
+        conf = self.keepalived_conf()
+        return sha(conf) if conf is not None else None
 
     def history_rows(self) -> list[tuple[Entry, bool]]:
-        """The history, newest first, with the one entry nginx runs marked."""
+        """The history, newest first, with the one entry nginx (and keepalived beside it) runs marked."""
         entries = self.history.entries()
         running = self.loaded() or (sha(self.deployed() or "") if entries else None)
-        current = current_entry(entries, running)
+        current = current_entry(entries, running, self._keepalived_running(entries))
         return [(e, e.id == current) for e in entries]
 

@@ -3,6 +3,7 @@
 Beside the config file in the container:
   .nginxctl/history/index.json        ids, times and hashes of the configs the target has run, newest first
   .nginxctl/history/slot-NN.conf      a ring of HISTORY_SLOTS files (the archive API cannot delete files)
+  .nginxctl/history/slot-NN.keepalived.conf   with `ha:`, the keepalived.conf installed with that entry
   .nginxctl/state.json                the phase of the last apply and the config last verified as loaded
 
 nginx cannot be asked which config its workers run. nginxctl records the hash it last *verified* as
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 HISTORY_SLOTS = 50
 # The format of what nginxctl keeps on a target (.nginxctl/: history index, state, published files). Format 1
 # (an older nginxctl: the index a bare list, no "format" key) is read as it is; the next write is format 2.
+# An entry's "keepalived" key (the hash of the keepalived.conf installed with it) is optional within format 2:
+# an entry without it speaks of nginx alone, and an older nginxctl reading the index ignores it.
 FORMAT = 2
 
 
@@ -55,6 +58,12 @@ class Entry:
     id: int
     time: float
     hash: str
+    keepalived: str | None = None   # sha256 of the keepalived.conf installed with it (`ha:`); None: nginx alone
+
+    def same(self, nginx: str, keepalived: str | None = None) -> bool:
+        """Whether this entry is that config: the same nginx config, and the same keepalived.conf when both this
+        entry and the question name one (an entry, or a target, without keepalived speaks of nginx alone)."""
+        return self.hash == nginx and (self.keepalived is None or keepalived is None or self.keepalived == keepalived)
 
 
 @dataclass(frozen=True)
@@ -118,26 +127,29 @@ def loaded_now(state: State, master: Master | None, file_hash: str | None, file_
     return None
 
 
-def select_rollback(entries: list[Entry], current_hash: str, to: int | None) -> Entry:
+def select_rollback(entries: list[Entry], current_hash: str, to: int | None,
+                    current_keepalived: str | None = None) -> Entry:
     """The entry `rollback` goes to: `to`, or the newest entry older than the current config with a
-    different config. Raises LookupError with a message for people."""
+    different config (nginx's, or the keepalived.conf beside it: `current_keepalived`, its hash). Raises
+    LookupError with a message for people."""
     if to is not None:
         for entry in entries:
             if entry.id == to:
                 return entry
         ids = ", ".join(str(e.id) for e in entries) or "none"
         raise LookupError(f"no history entry {to} (entries: {ids})")
-    idx = next((i for i, e in enumerate(entries) if e.hash == current_hash), None)
+    idx = next((i for i, e in enumerate(entries) if e.same(current_hash, current_keepalived)), None)
     older = entries[idx + 1:] if idx is not None else entries
     for entry in older:
-        if entry.hash != current_hash:
+        if not entry.same(current_hash, current_keepalived):
             return entry
     raise LookupError("no earlier config in the history to roll back to")
 
 
-def current_entry(entries: list[Entry], running_hash: str | None) -> int | None:
-    """The id of the one entry that is current: the newest whose config is `running_hash`."""
-    return next((e.id for e in entries if e.hash == running_hash), None) if running_hash else None
+def current_entry(entries: list[Entry], running_hash: str | None, running_keepalived: str | None = None) -> int | None:
+    """The id of the one entry that is current: the newest whose config is `running_hash` (and whose
+    keepalived.conf is `running_keepalived`, when both are known)."""
+    return next((e.id for e in entries if e.same(running_hash, running_keepalived)), None) if running_hash else None
 
 
 class History:
@@ -154,32 +166,47 @@ class History:
         try:
             data = json.loads(raw or b"[]")
             rows = data.get("entries", []) if isinstance(data, dict) else data   # format 2, or format 1's list
-            return [Entry(int(e["id"]), float(e["time"]), str(e["hash"])) for e in rows]
+            return [Entry(int(e["id"]), float(e["time"]), str(e["hash"]),
+                          str(e["keepalived"]) if e.get("keepalived") else None) for e in rows]
         except (ValueError, KeyError, TypeError, AttributeError):
             return []
 
     @staticmethod
-    def _slot(entry: Entry) -> str:
-        return f".nginxctl/history/slot-{entry.id % HISTORY_SLOTS:02d}.conf"
+    def _slot(entry: Entry, kind: str = "") -> str:
+        return f".nginxctl/history/slot-{entry.id % HISTORY_SLOTS:02d}{kind}.conf"
 
     def read(self, entry: Entry) -> str | None:
         """The config of one entry; None when its slot no longer holds it."""
-        raw = self.store.read_file(f"{self.base}/{self._slot(entry)}")
-        if raw is None or sha(raw) != entry.hash:
+        return self._read(self._slot(entry), entry.hash)
+
+    def read_keepalived(self, entry: Entry) -> str | None:
+        """The keepalived.conf installed with one entry; None when it has none or its slot no longer holds it."""
+        return self._read(self._slot(entry, ".keepalived"), entry.keepalived) if entry.keepalived else None
+
+    def _read(self, slot: str, expected: str) -> str | None:
+        raw = self.store.read_file(f"{self.base}/{slot}")
+        if raw is None or sha(raw) != expected:
             return None
         return raw.decode()
 
-    def record(self, text: str, entries: list[Entry], now: float | None = None) -> dict[str, str]:
-        """The files that add `text` to the history (nothing when it is already the newest entry).
-        Names are relative to the config's folder; `entries` is updated in place."""
-        if entries and entries[0].hash == sha(text):
+    def record(self, text: str, entries: list[Entry], now: float | None = None,
+               keepalived: str | None = None) -> dict[str, str]:
+        """The files that add `text` (with `keepalived`, the keepalived.conf installed with it: one entry for
+        both) to the history; nothing when it is already the newest entry. Names are relative to the config's
+        folder; `entries` is updated in place."""
+        wanted = sha(keepalived) if keepalived is not None else None
+        if entries and entries[0].hash == sha(text) and (wanted is None or entries[0].keepalived == wanted):
             return {}
-        entry = Entry((entries[0].id + 1) if entries else 1, time.time() if now is None else now, sha(text))
+        entry = Entry((entries[0].id + 1) if entries else 1, time.time() if now is None else now, sha(text), wanted)
         entries.insert(0, entry)
         del entries[HISTORY_SLOTS:]
-        index = json.dumps({"format": FORMAT, "entries": [{"id": e.id, "time": round(e.time, 3), "hash": e.hash}
-                                                           for e in entries]}, indent=1)
-        return {self._slot(entry): text, ".nginxctl/history/index.json": index + "\n"}
+        index = json.dumps({"format": FORMAT, "entries": [
+            {"id": e.id, "time": round(e.time, 3), "hash": e.hash, **({"keepalived": e.keepalived} if e.keepalived
+                                                                       else {})} for e in entries]}, indent=1)
+        files = {self._slot(entry): text, ".nginxctl/history/index.json": index + "\n"}
+        if keepalived is not None:
+            files[self._slot(entry, ".keepalived")] = keepalived
+        return files
 
     def state(self) -> State:
         return State.parse(self.store.read_file(f"{self.dir}/state.json"))

@@ -195,8 +195,9 @@ class HistoryReport:
     def lines(self) -> list[str]:
         if not self.rows:
             return [f"no history on {self.target} yet (apply records it)"]
-        return [f"{r['id']:>4}  {r['time']}  {str(r['sha256'])[:12]}{'  current' if r['current'] else ''}"
-                for r in self.rows]
+        return [f"{r['id']:>4}  {r['time']}  {str(r['sha256'])[:12]}"
+                f"{'  keepalived ' + r['keepalived_sha256'][:12] if r.get('keepalived_sha256') else ''}"
+                f"{'  current' if r['current'] else ''}" for r in self.rows]
 
 
 @dataclass
@@ -211,12 +212,16 @@ class RollbackReport:
         return self.outcome.diff
 
     def to_dict(self) -> dict[str, Any]:
+        companion = self.outcome.companion
         return {"target": self.target, "entry": self.entry_id, "sha256": self.entry_hash,
-                "reloaded": self.outcome.reloaded, "diff": self.outcome.diff}
+                "reloaded": self.outcome.reloaded, "diff": self.outcome.diff,
+                "keepalived": companion.action if companion is not None else None}
 
     def lines(self) -> list[str]:
-        state = "rolled back and reloaded" if self.outcome.reloaded else "already running"
-        return [f"{state}: {self.target} runs history entry {self.entry_id} (sha256:{self.entry_hash[:12]})"]
+        state = "rolled back and reloaded" if self.outcome.reloaded else \
+            "rolled back" if self.outcome.keepalived_changed else "already running"
+        companion = f"; {self.outcome.companion}" if self.outcome.keepalived_changed else ""
+        return [f"{state}: {self.target} runs history entry {self.entry_id} (sha256:{self.entry_hash[:12]}){companion}"]
 
 
 @dataclass

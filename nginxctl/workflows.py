@@ -30,10 +30,12 @@ from .errors import (
     UsageError,
 )
 from .files import write_atomic
-from .fleet import Member, fleet_targets, rollout
+from .fleet import Member, fleet_targets, rollout, standby_first
 from .host import local_machine
 from .inventory import Inventory, check_capacity
+from .inventory.model import HA
 from .inventoryfile import container_name, read_inventory
+from .nginx import vip
 from .owner import check_owner
 from .rebalance import Options, Rebalancer, check_method
 from .rebalance import Step as RebalanceStep
@@ -217,16 +219,15 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         journal = members[0].deployer.journal
         journal.plan(Step.INSTALL, Step.RELOAD)
         keepalived = _keepalived_plan(inv, members, templates, path.parent) if not dry_run else {}
+        notes = list(inv.nginx.notes) + opened.notes + forced
+        if not dry_run:
+            members = _standby_first(inv, members, progress, notes)
         with reporting(inv, rendered[members[0].name], journal):
             if dry_run:
                 _test_aside(members, rendered, progress)
-            result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress)
-        notes = list(inv.nginx.notes) + opened.notes + forced
-        for m in members:
-            if m.name in keepalived:
-                change = nginx.ensure_companion(m.deployer.live.client, m.deployer.live.container, *keepalived[m.name])
-                progress(str(change))
-                notes.append(str(change))
+            result = rollout(members, rendered, reload=reload, dry_run=dry_run, progress=progress,
+                             keepalived=keepalived)
+        notes += [str(o.companion) for _, o in result.outcomes if o.companion is not None]
         if any(m.deployer.stream_only for m in members) and inv.positions is not None and any(
                 key[:1] == ("nginx",) for key in inv.positions.keys):
             notes.append("nginx: settings are not deployed with --stream-only (only the stream {} block is): set "
@@ -251,11 +252,23 @@ def _test_aside(members: list[Member], rendered: dict[str, str], progress: Progr
             raise ConfigRejected(result).on(m.name) if len(members) > 1 else ConfigRejected(result)
 
 
-def _keepalived_plan(inv: Inventory, members: list[Member], templates: Path | None, base: Path) \
-        -> dict[str, tuple[str, str]]:
-    """With `ha:`, each member's keepalived image and keepalived.conf, checked before anything changes (the
-    image on each member's engine, `keepalived --config-test` there). Raises TemplateError, EnvironmentProblem,
-    KeepalivedRejected."""
+def _standby_first(inv: Inventory | None, members: list[Member], progress: Progress,
+                   notes: list[str] | None = None) -> list[Member]:
+    """With `ha:`, the members in rollout order: those not holding the virtual IP first, its holder last (said,
+    and noted in the report); the inventory order when no holder is seen."""
+    if inv is None or inv.ha is None or len(members) < 2:
+        return members
+    ordered, why = standby_first(members, vip.holders(members, inv.ha), inv.ha.address)
+    progress(why)
+    if notes is not None:
+        notes.append(why)
+    return ordered
+
+
+def _keepalived_plan(inv: Inventory, members: list[Member], templates: Path | None, base: Path) -> dict[str, str]:
+    """With `ha:`, each member's keepalived.conf (each member's Deployer set to make its companion of
+    `ha.image`), checked before anything changes (the image on each member's engine, `keepalived --config-test`
+    there). Raises TemplateError, EnvironmentProblem, KeepalivedRejected."""
     if inv.ha is None:
         return {}
     names = [m.name for m in members if any(t.name == m.name for t in inv.targets)]
@@ -271,7 +284,8 @@ def _keepalived_plan(inv: Inventory, members: list[Member], templates: Path | No
             result = nginx.test_keepalived_config(client, inv.ha.image, confs[m.name], inv.ha.interface)
             if result.exit_code != 0:
                 raise KeepalivedRejected(m.name, result)
-    return {name: (inv.ha.image, conf) for name, conf in confs.items()}
+        m.deployer.keepalived_image = inv.ha.image
+    return confs
 
 
 def target_history(path: Path | None, *, connect: Connect, container: str | None = None,
@@ -282,7 +296,7 @@ def target_history(path: Path | None, *, connect: Connect, container: str | None
         reports = []
         for m in members:
             rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
-                     "current": current} for e, current in m.deployer.history_rows()]
+                     "keepalived_sha256": e.keepalived, "current": current} for e, current in m.deployer.history_rows()]
             reports.append(HistoryReport(m.deployer.live.name, rows))
         if down:
             return Many([m.name for m in members], reports, down)
@@ -292,17 +306,20 @@ def target_history(path: Path | None, *, connect: Connect, container: str | None
 def rollback(path: Path | None, *, connect: Connect, container: str | None = None, to: int | None = None,
              config_path: str | None = None, lock_wait: float = 30.0, targets: list[str] | None = None,
              force: bool = False, progress: Progress = quiet) -> RollbackReport | Many:
-    """Re-apply an earlier config from the target's history: tested, reloaded, verified; for a fleet, each
-    target to its own earlier config, one at a time, stopping at the first that fails. Raises WatchOwnsTarget
+    """Re-apply an earlier config from the target's history: tested, reloaded, verified (with `ha:`, the
+    keepalived.conf recorded with it too); for a fleet, each target to its own earlier config, one at a time
+    (with `ha:` the holder of the virtual IP last), stopping at the first that fails. Raises WatchOwnsTarget
     when a watch controls a target (`force`: roll back anyway; the watch corrects it at its next resync)."""
 
     with open_engine(path, connect, container) as opened:
+        inv = opened.inventory
         members = open_members(opened, container, targets, connect, config_path=config_path, progress=progress,
-                               lock_wait=lock_wait)
+                               lock_wait=lock_wait, keepalived_image=inv.ha.image if inv and inv.ha else HA.image)
         for note in check_owner(members, force=force):
             progress(note)
         if to is not None and len(members) > 1:
             raise UsageError("--to names one target's history entry: add --targets NAME (or --container)")
+        members = _standby_first(inv, members, progress)
         reports = []
         for m in members:
             m.deployer.journal.plan((Step.INSTALL, "install the earlier config"), Step.RELOAD)

@@ -216,7 +216,7 @@ def test_the_watch_rebalances_a_group_once_its_membership_is_stable_for_after(tm
     assert h.clock.now == added + AFTER
     assert start["group"] == "pool" and start["counts"] == {A: 30, B: 30, C: 0} and start["to_move"] == 18
     assert down_servers(h.target.running) == {A, B}   # the overlay steers the moved clients to C
-    assert h.overlay()["down"] == [A, B] and h.overlay()["by"] == "rebalance"
+    assert h.overlay()["down"] == [A, B] and h.overlay()["by"] == "watch"   # status names the watch
 
     reloads, applies = h.target.reloads, len(h.events("apply"))
     h.ctl._reconcile("resync")   # the overlay is runtime state: in sync, no drift, not put back

@@ -122,3 +122,46 @@ def test_a_target_written_by_an_older_nginxctl_is_read_and_the_next_write_carrie
     from nginxctl.published import Published
 
     assert Published(store, "/etc/nginx").health() is None  # unreadable: no health, not a traceback
+
+
+# -- keepalived.conf (ha:) recorded with the nginx config: one entry, one rollback ------------------------------
+
+
+def test_a_keepalived_conf_is_recorded_with_its_config_as_one_entry():
+    store = DictStore()
+    history = History(store, "/etc/nginx/nginx.conf")
+    entries = history.entries()
+    history.write(history.record("nginx 1\n", entries, now=1.0, keepalived="advert_int 1\n"))
+    assert history.record("nginx 1\n", entries, keepalived="advert_int 1\n") == {}   # the newest already
+    history.write(history.record("nginx 1\n", entries, now=2.0, keepalived="advert_int 2\n"))   # keepalived alone
+    assert history.record("nginx 1\n", entries) == {}   # nginx alone (the watch): the newest entry is that config
+    entries = history.entries()
+    assert [(e.id, e.keepalived) for e in entries] == [(2, sha("advert_int 2\n")), (1, sha("advert_int 1\n"))]
+    assert [history.read(e) for e in entries] == ["nginx 1\n", "nginx 1\n"]
+    assert [history.read_keepalived(e) for e in entries] == ["advert_int 2\n", "advert_int 1\n"]
+    assert set(store.files) >= {"/etc/nginx/.nginxctl/history/slot-01.keepalived.conf",
+                                "/etc/nginx/.nginxctl/history/slot-02.keepalived.conf"}
+    # rollback from (nginx 1, advert 2) goes to the entry whose keepalived.conf differs; the current one is marked
+    assert select_rollback(entries, sha("nginx 1\n"), None, sha("advert_int 2\n")).id == 1
+    assert current_entry(entries, sha("nginx 1\n"), sha("advert_int 1\n")) == 1
+    assert current_entry(entries, sha("nginx 1\n")) == 2   # keepalived unknown: the newest with that nginx config
+
+
+def test_an_entry_without_keepalived_reads_fine_and_speaks_of_nginx_alone():
+    import json
+
+    store = DictStore()
+    # format 2 as an nginxctl without keepalived in its history wrote it: no "keepalived" key
+    store.files["/etc/nginx/.nginxctl/history/index.json"] = json.dumps({"format": 2, "entries": [
+        {"id": 2, "time": 2.0, "hash": sha("two\n")}, {"id": 1, "time": 1.0, "hash": sha("one\n")}]}).encode()
+    history = History(store, "/etc/nginx/nginx.conf")
+    entries = history.entries()
+    assert [(e.id, e.keepalived) for e in entries] == [(2, None), (1, None)]
+    assert history.read_keepalived(entries[0]) is None
+    assert select_rollback(entries, sha("two\n"), None, sha("any keepalived.conf")).id == 1
+    assert current_entry(entries, sha("two\n"), sha("any keepalived.conf")) == 2
+    # the next apply with ha: adds an entry for the same nginx config with its keepalived.conf
+    history.write(history.record("two\n", entries, now=3.0, keepalived="k\n"))
+    index = json.loads(store.files["/etc/nginx/.nginxctl/history/index.json"])
+    assert index["format"] == 2 and [e.get("keepalived") for e in index["entries"]] == [sha("k\n"), None, None]
+    assert [e.id for e in History(store, "/etc/nginx/nginx.conf").entries()] == [3, 2, 1]

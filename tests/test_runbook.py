@@ -462,3 +462,26 @@ def test_roll_a_change_across_an_ha_pair(lb, backends, docker_client):
         assert who(port) == "A"
     finally:
         lb2.remove(force=True)
+
+
+@pytest.mark.integration
+def test_change_a_fleet_behind_a_virtual_ip(docker_client, tmp_path):
+    from ha_net import VIP, inventory, network, wait_for
+
+    apply_and_history, rollback = blocks("Change a fleet behind a virtual IP")
+    with network(docker_client) as net:
+        inventory(tmp_path, net)
+        ok(run(apply_and_history[:1], tmp_path))
+        wait_for("the VIP on lb1", lambda: net.holders() == ["lb1"], net=net)
+        inventory(tmp_path, net, pool="proxy_connect_timeout: 2s")   # the edit
+        applied, history = ok(run(apply_and_history, tmp_path))
+        assert (f"ha: lb1 holds the virtual IP {VIP}: changing lb2 first (the canary is a standby), lb1 last"
+                in applied.stderr)
+        assert applied.stdout.index("lb2: applied and reloaded") < applied.stdout.index("lb1: applied and reloaded")
+        assert f"{net.name('lb2')}-keepalived: keepalived unchanged" in applied.stderr
+        entries = {t["name"]: t["entries"] for t in json.loads(history.stdout)["targets"]}
+        assert all(e["keepalived_sha256"] for name in ("lb1", "lb2") for e in entries[name][:2])
+        [rolled] = ok(run(rollback, tmp_path))
+        assert rolled.stdout.index(f"{net.name('lb2')} runs history entry") < \
+            rolled.stdout.index(f"{net.name('lb1')} runs history entry")
+        assert net.holders() == ["lb1"]

@@ -15,9 +15,11 @@ from ..inventoryfile import container_name
 from .model import WatchOptions
 
 
-def reach(options: WatchOptions, inv: Inventory, client: Any, connect: Callable[[str | None], Any]) -> list[Member]:
+def reach(options: WatchOptions, inv: Inventory, client: Any, connect: Callable[[str | None], Any],
+          away: dict[str, str] | None = None) -> list[Member]:
     """The targets: --container, else the inventory's fleet (limited by --targets) or its target. Raises
-    EnvironmentProblem naming an unreachable one, UsageError."""
+    EnvironmentProblem naming an unreachable one, UsageError; with `away`, a fleet's unreachable targets are put
+    there instead (see `fleet.open_fleet`)."""
 
     def make(live: nginx.LiveNginx, target: Target) -> Deployer:
         return Deployer(live, config_path=target.config_path, stream_only=target.stream_only,
@@ -30,7 +32,7 @@ def reach(options: WatchOptions, inv: Inventory, client: Any, connect: Callable[
     targets = fleet_targets(inv, options.targets)
     first_host = inv.target.docker_host
     return open_fleet(list(targets), lambda host: client if host == first_host else connect(host), make,
-                      [t.name for t in targets])
+                      [t.name for t in targets], away)
 
 
 def hold(members: list[Member], owner: str | None) -> list[nginx.TargetLock]:

@@ -60,6 +60,7 @@ class PassInput:
     backoff_pending: bool = False                  # that failure's backoff has not ended
     failed_for_good: bool = False                  # that failure is not retried (nginx rejects the config)
     installed: Mapping[str, str | None] = field(default_factory=dict)   # target -> hash of its config file
+    returned: frozenset[str] = frozenset()         # back from being unreachable (`ha:`): behind, not drifted
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def decide(p: PassInput, render: Callable[[Inventory], dict[str, str]]) -> Plan:
         return Plan(Action.IN_SYNC, f"nothing to do: the target runs the desired config ({p.trigger})", merged,
                     rendered)
     drift = tuple((name, p.loaded.get(name)) for name in not_loaded
-                  if p.verified is not None and p.loaded.get(name) != p.verified)
+                  if p.verified is not None and p.loaded.get(name) != p.verified and name not in p.returned)
     drift += tuple((name, p.loaded.get(name)) for name in file_only)
     reason = f"applying ({p.trigger}): the desired config differs from the loaded one" if not_loaded else \
         f"reinstalling ({p.trigger}): the config file differs from the one nginx runs (changed outside the watch)"

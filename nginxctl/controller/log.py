@@ -28,6 +28,8 @@ class Logged(str, enum.Enum):
     RETIRE = "retire"          # a lingering generation retired (start, progress, done)
     REBALANCE = "rebalance"    # a group rebalanced by the watch (start, progress, done, cancelled)
     VIP = "vip"                # the virtual IP moved
+    MEMBER = "member"          # with ha: a member of the fleet unreachable (the others kept in step), or back
+    ORDER = "order"            # with ha: the rollout order changed (standby first, the holder of the VIP last)
 
 
 class DecisionLog:

@@ -29,9 +29,9 @@ from ..inventory import Inventory, check_capacity
 from ..inventoryfile import read_inventory
 from ..published import Published
 from ..view import pending
-from .attach import hold, reach
 from .debounce import Debouncer
 from .decide import Action, PassInput, Plan, classify, decide, describe, drift_lines, locate
+from .hafleet import HAFleet
 from .health import Checker
 from .healthstate import HealthState
 from .leftout import LeftOut
@@ -99,6 +99,7 @@ class Controller:
         self.rebalancing = Rebalancing(log, metrics, clock)   # `rebalance:` groups, a step per turn
         self.takeouts: set[str] = set()   # health take-outs seen and not applied yet: never held by the limits
         self.held_since: float | None = None   # the desired config has not run since (a failed or deferred pass)
+        self.ha = HAFleet(log)   # the members reached and held; with ha:, standby first and one away not holding back
         metrics.pending_seconds.set_function(self._pending_seconds)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -119,12 +120,11 @@ class Controller:
         self.machine = nginx.engine_machine(self.client)  # the engine's machine does not change under us
         self.inventory = check_capacity(first, self.machine)
         self.members = self._attach()
-        self._locks = hold(self.members, self.options.lock_owner)
         names = [m.deployer.live.name for m in self.members]
         publish = self.events.put
         self.sources.add(InventoryFile(str(self.options.inventory), publish))
-        self.sources.add(DockerSource(lambda: self.connect(first.target.docker_host), publish, set(names),
-                                         local_engine=first.target.docker_host is None))
+        self.sources.add(DockerSource(lambda: self.connect(first.target.docker_host), publish,
+                                      set(names) | self.ha.containers, local_engine=first.target.docker_host is None))
         self.sources.follow_etcd(self.inventory, self.snapshots)
 
         # idle (no thread wakes) until a group has a health_check
@@ -167,13 +167,14 @@ class Controller:
         """The targets, each reached now, and what rendering needs of each (read once per attach). Raises
         EnvironmentProblem naming an unreachable one, UsageError."""
         members = self._reach()
+        self._locks += self.ha.hold(members, self.options.lock_owner)
         self.render_targets = [target_of(m.name, m.deployer) for m in members]
         self.attached = members
         return members
 
     def _reach(self) -> list[Member]:
         assert self.inventory is not None
-        return reach(self.options, self.inventory, self.client, self.connect)
+        return self.ha.reach(self.options, self.inventory, self.client, self.connect)
 
     def run(self, install_signals: bool = True) -> int:
         """Start, apply, then reconcile on every change until stopped. Returns the exit code (0)."""
@@ -329,7 +330,7 @@ class Controller:
     def _decide(self, reason: str) -> Plan:
         """Gather (the targets' loaded configs: I/O), then decide (pure)."""
         assert self.inventory is not None
-        if self.members is None:
+        if self.members is None or self.ha.away:   # with ha:, one away is looked for again at every pass
             try:
                 self.members = self._attach()
             except NginxctlError:
@@ -341,7 +342,8 @@ class Controller:
         plan = decide(PassInput(reason, self.inventory, self.snapshots, self.health.down, self.left_out.refused,
                                 {name: h for name, (h, _) in self.loaded.items()}, self.verified,
                                 self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at,
-                                self.failed_for_good, {name: f for name, (_, _, f) in observed.items()}),
+                                self.failed_for_good, {name: f for name, (_, _, f) in observed.items()},
+                                self.ha.take_returned()),
                       self._render)
         self.generations.observe(self.members)
         if plan.action is not Action.WAIT and self.waiting:  # the source answered: no longer held for it
@@ -371,15 +373,15 @@ class Controller:
 
     def _apply(self, plan: Plan) -> None:
         """Roll the plan's config to the targets behind (drift said first). Raises what `rollout` raises."""
-        assert self.members is not None
+        assert self.members is not None and self.inventory is not None
         for message, fields in drift_lines(plan, self.verified):
             self.log(Logged.DRIFT, message, **fields, level="warning")
         first = self.loaded[self.members[0].name][0]
-        behind = [m for m in self.members if m.name in plan.behind]
+        behind = self.ha.order([m for m in self.members if m.name in plan.behind], self.inventory)
         assert plan.desired is not None
         if self.publisher.held is None:  # a retry of a held change is not announced again
             self.log(Logged.APPLY, plan.reason, desired=plan.desired[:12], loaded=first[:12] if first else None,
-                     targets=list(plan.behind) if len(self.members) > 1 else None)
+                     targets=[m.name for m in behind] if len(self.members) > 1 or self.ha.away else None)
         for m in behind:  # a health take-out is never held back by the limits on lingering generations
             m.deployer.waive_limits = bool(self.takeouts)
         with self.rebalancing.replacing(behind, plan.rendered):   # a reload that replaces a rebalance's overlay

@@ -5,6 +5,7 @@ Every string in here has passed `grammar`; every default has been filled in by `
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +183,12 @@ class HA:
     @property
     def vrrp_version(self) -> int:
         return 2 if self.family == "inet" else 3
+
+    @property
+    def digest(self) -> str:
+        """sha256 of this section as parsed (defaults included), named in each keepalived.conf's first line: an
+        inventory change elsewhere leaves keepalived.conf as it is, so it costs keepalived no reload."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

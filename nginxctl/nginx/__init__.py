@@ -6,7 +6,9 @@
   live     a running nginx target: its files, processes, binary and reload, through one of two transports
            (this host's /proc, or the Docker API) chosen when it is attached
   lock     the change lock and the watch lock of a target
-  keepalived  `keepalived --config-test` of a target's keepalived.conf (`ha:`), in the sandbox
+  keepalived  `keepalived --config-test` of a target's keepalived.conf (`ha:`), in the sandbox; the companion
+           that runs it beside the target
+  vip      which targets hold the virtual IP (`ha:`), read from their network namespaces
 
 No shell runs in any nginx container: an image that holds nothing but nginx works (the keepalived image is
 nginxctl's own and carries busybox for the health check). Callers pass the Docker client
@@ -25,7 +27,7 @@ from .engine import (
     ensure_image,
     image_present,
 )
-from .keepalived import KEEPALIVED_HINT, CompanionChange, ensure_companion, test_keepalived_config
+from .keepalived import KEEPALIVED_HINT, CompanionChange, companion_config, ensure_companion, test_keepalived_config
 from .live import FileInfo, LiveNginx
 from .lock import LOCK_STALE_SECONDS, TargetLock, describe_holder
 from .sandbox import VALIDATE_TIMEOUT, image_build, test_config
@@ -33,4 +35,4 @@ from .sandbox import VALIDATE_TIMEOUT, image_build, test_config
 __all__ = ["BUILD_HINT", "DEFAULT_IMAGE", "LOCAL_IMAGE", "LOCK_STALE_SECONDS", "PLACEHOLDER_IP", "VALIDATE_TIMEOUT",
            "FileInfo", "LiveNginx", "Progress", "TargetLock", "connect", "describe_holder", "engine_machine",
            "ensure_image", "image_build", "image_present", "test_config", "KEEPALIVED_HINT", "test_keepalived_config",
-           "CompanionChange", "ensure_companion"]
+           "CompanionChange", "companion_config", "ensure_companion"]

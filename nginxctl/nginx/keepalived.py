@@ -93,6 +93,17 @@ def _read_config(companion: Container) -> str | None:
         return member.read().decode(errors="replace") if member else None
 
 
+def companion_config(client: docker.DockerClient, target: str) -> str | None:
+    """The keepalived.conf in `target`'s companion (None: no companion, or no config in it). Raises
+    EnvironmentProblem."""
+    with engine_call(f"cannot read keepalived.conf beside {target}", KEEPALIVED_HINT):
+        try:
+            companion = client.containers.get(companion_name(target))
+        except docker.errors.NotFound:
+            return None
+        return _read_config(companion)
+
+
 def ensure_companion(client: docker.DockerClient, target: Container, image: str, config: str) -> CompanionChange:
     """Run keepalived with `config` beside `target` (`<target>-keepalived`, network_mode container:<target>, only
     the COMPANION_CAPS): create it, recreate it when the target was restarted or recreated,
