@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -485,3 +486,41 @@ def test_change_a_fleet_behind_a_virtual_ip(docker_client, tmp_path):
         assert rolled.stdout.index(f"{net.name('lb2')} runs history entry") < \
             rolled.stdout.index(f"{net.name('lb1')} runs history entry")
         assert net.holders() == ["lb1"]
+
+
+@pytest.mark.integration
+def test_make_the_pair_highly_available(docker_client, tmp_path):
+    from ha_net import inventory, network, wait_for
+
+    [block] = blocks("Make the pair highly available")
+    with network(docker_client) as net:
+        inventory(tmp_path, net)   # the inventory of the section, with this network's names
+        validated, rendered, applied, status = ok(run(block, tmp_path))
+        assert "keepalived" in validated.stdout + validated.stderr
+        assert "vrrp_instance" in rendered.stdout and "priority 200" in rendered.stdout
+        assert f"{net.name('lb1')}-keepalived: keepalived created" in applied.stderr
+        assert all(t["drift"] is False for t in json.loads(status.stdout)["targets"])
+        wait_for("the VIP on lb1", lambda: net.holders() == ["lb1"], net=net)
+        wait_for("a connection through the VIP", lambda: net.connect() == "backend")
+
+
+@pytest.mark.integration
+def test_fail_over_by_hand(docker_client, tmp_path):
+    from ha_net import inventory, network, wait_for
+
+    hand_over, bring_back = blocks("Fail over by hand (maintenance on the master)")
+    with network(docker_client) as net:
+        inventory(tmp_path, net)
+        ok(run(["nginxctl apply --reload"], tmp_path))
+        wait_for("the VIP on lb1", lambda: net.holders() == ["lb1"], net=net)
+        master = net.name("lb1")
+        ok(run(hand_over, tmp_path, MASTER=master))
+        wait_for("the VIP on lb2", lambda: net.holders() == ["lb2"], net=net)
+        wait_for("a connection through the VIP on lb2", lambda: net.connect() == "backend")
+        since = int(time.time()) - 1
+        ok(run(bring_back, tmp_path, MASTER=master))
+        companion = docker_client.containers.get(f"{master}-keepalived")
+        wait_for("lb1's keepalived back in BACKUP",
+                 lambda: b"Entering BACKUP STATE" in companion.logs(since=since), net=net)
+        assert net.holders() == ["lb2"]   # nopreempt: the address stays where it is
+        assert net.connect() == "backend"
