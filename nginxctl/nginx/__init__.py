@@ -7,6 +7,7 @@
            (this host's /proc, or the Docker API) chosen when it is attached
   lock     the change lock and the watch lock of a target
   keepalived  `keepalived --config-test` of a target's keepalived.conf (`ha:`), in the sandbox
+  vip      who holds the virtual IP (each target's namespace) and what each keepalived says (`ha:`)
 
 No shell runs in any nginx container: an image that holds nothing but nginx works (the keepalived image is
 nginxctl's own and carries busybox for the health check). Callers pass the Docker client
