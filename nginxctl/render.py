@@ -27,6 +27,9 @@ else:
 # What nginx answers on the ha health listener, and what keepalived's check looks for: one constant, two templates.
 HEALTH_ANSWER = "nginxctl-ha-ok"
 KEEPALIVED_TEMPLATE = "keepalived/keepalived.conf.j2"
+# Where keepalived writes its VRRP state (MASTER, BACKUP, FAULT) in its companion container: the shipped
+# keepalived.conf's `notify` writes it, `status` and `watch` read it (nginx/vip.py).
+VRRP_STATE_FILE = "/run/nginxctl-vrrp.state"
 
 PROXY_DIRECTIVES = (
     "proxy_connect_timeout", "proxy_timeout", "proxy_next_upstream", "proxy_next_upstream_tries",
@@ -108,7 +111,8 @@ def render_keepalived(inv: Inventory, target: NamedTarget, env: jinja2.Environme
     answers). Raises TemplateError (also when the inventory has no `ha:`)."""
     if inv.ha is None:
         raise TemplateError("the inventory has no ha: section, so no target runs keepalived")
-    return _render(env, KEEPALIVED_TEMPLATE, inv=inv, ha=inv.ha, target=target, health_answer=HEALTH_ANSWER)
+    return _render(env, KEEPALIVED_TEMPLATE, inv=inv, ha=inv.ha, target=target, health_answer=HEALTH_ANSWER,
+                   state_file=VRRP_STATE_FILE)
 
 
 def _render(env: jinja2.Environment, name: str, **values: Any) -> str:

@@ -26,6 +26,7 @@ from .reports import DiffReport, Many, StatusReport
 from .share import fair_shares
 from .targets import Connect, Opened, open_engine, reachable_members
 from .view import ServerView, pending, servers_view
+from .vipstatus import with_vip, with_vip_error
 
 
 @dataclass
@@ -186,13 +187,16 @@ def target_status(path: Path | None, *, connect: Connect, container: str | None 
                   templates: Path | None = None, targets: list[str] | None = None) -> StatusReport | Many:
     """What each target runs: nginx, processes, lingering generations, the loaded config's servers and their
     states, what is pending and why. The targets of a fleet that cannot be reached are named in `unreachable`
-    and the others reported (the CLI exits 3)."""
+    and the others reported (the CLI exits 3). With `ha:`, the virtual IP's holders and keepalived states too."""
     with open_engine(path, connect, container) as opened:
-        members, down = reachable_members(opened, container, targets, connect, stream_only, config_path)
+        try:
+            members, down = reachable_members(opened, container, targets, connect, stream_only, config_path)
+        except EnvironmentProblem as exc:
+            raise with_vip_error(exc, opened, connect, container) from None
         reports = [_status(opened, m.deployer, templates) for m in members]
         if len(members) == 1 and not down and (opened.inventory is None or not opened.inventory.targets):
             return reports[0]
-        return Many([m.name for m in members], reports, down)
+        return with_vip(Many([m.name for m in members], reports, down), opened, connect, container)
 
 
 def diff_inventory(path: Path, *, connect: Connect, container: str | None = None, stream_only: bool | None = None,

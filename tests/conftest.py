@@ -18,9 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from ha_net import Net, network  # noqa: E402
 from helpers import BACKEND_CONF, IMAGE, Backend, Etcd, Pong, Watch, free_port, write_inventory  # noqa: E402
 
-DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd", "backend_containers", "isolated", "labelled"}
+DOCKER_FIXTURES = {"docker_client", "lb", "lb_factory", "etcd", "backend_containers", "isolated", "labelled", "ha_net"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -245,3 +246,11 @@ def labelled(docker_client: Any) -> Iterator[Callable[[dict[str, str]], Any]]:
     owned = OwnedContainers(docker_client)
     yield lambda labels: owned.run("nginxctl-test-lab-", labels)
     owned.remove()
+
+
+@pytest.fixture
+def ha_net(docker_client: Any) -> Iterator[Net]:
+    """The virtual IP's network (tests/ha_net.py): two nginx targets, a backend and a client in namespaces of
+    their own, in 10.254.0.0/16; all of it removed afterwards, even on failure."""
+    with network(docker_client) as net:
+        yield net

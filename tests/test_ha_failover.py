@@ -1,24 +1,22 @@
-"""The virtual IP for real: two nginx targets on a network this test builds (tests/ha_net.py), keepalived beside
-each (created by `nginxctl apply`), and the address moving when the master's nginx stops answering.
+"""The virtual IP for real: two nginx targets on a network this test builds, keepalived beside each (created by
+`nginxctl apply`), and the address moving when the master's nginx stops answering.
+
+The network exists only here (tests/ha_net.py, the `ha_net` fixture): a bridge inside a network namespace the test
+creates, veth pairs, addresses in 10.254.0.0/16. The nginx containers run with `network_mode: none` and get one
+veth end each as eth0; a backend and a client run in namespaces of their own on the same bridge. Everything is
+removed at the end, even on failure. No sleep synchronises anything: every wait polls a condition with a deadline.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from ha_net import Net, inventory, network, wait_for
+from ha_net import inventory, wait_for
 from helpers import cli
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def ha_net(docker_client) -> Iterator[Net]:  # type: ignore[no-untyped-def]
-    with network(docker_client) as net:
-        yield net
 
 
 def test_apply_runs_keepalived_beside_each_target_and_the_vip_follows_a_working_nginx(ha_net, tmp_path,

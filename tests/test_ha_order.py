@@ -14,23 +14,19 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from nginxctl.host import started_at
 from nginxctl.nginx import LiveNginx, companion_config
 
-from ha_net import VIP, Net, inventory, network, wait_for
+from ha_net import VIP, Net, inventory, wait_for
 from helpers import Watch, cli
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def ha_net(docker_client) -> Iterator[Net]:  # type: ignore[no-untyped-def]
-    with network(docker_client) as net:
-        yield net
 
 
 def reloaded_at(docker_client: Any, net: Net, lb: str) -> float:

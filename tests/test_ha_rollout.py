@@ -20,8 +20,9 @@ from nginxctl.errors import ApplyFailure, EnvironmentProblem, FleetFailure
 from nginxctl.fleet import Member, rollout, standby_first
 from nginxctl.inventory import parse_inventory
 from nginxctl.nginx import CompanionChange
-from nginxctl.nginx.vip import addresses, has
 from nginxctl.render import render_keepalived, template_env
+from nginxctl.vipview import has_address as has
+from nginxctl.vipview import parse_ip_addr as addresses
 
 from test_controller import FakeDeployer, Harness
 

@@ -12,8 +12,7 @@ import nginxctl
 
 PACKAGE = Path(nginxctl.__file__).parent
 COMMAND_LAYER = {"nginxctl.cli", "nginxctl.cliopts", "nginxctl.cliout", "nginxctl.__main__", "nginxctl.workflows",
-                 "nginxctl.status", "nginxctl.drain",
-                 "nginxctl.reports"}
+                 "nginxctl.status", "nginxctl.drain", "nginxctl.reports", "nginxctl.vipstatus"}
 HEAVY = ("docker", "requests", "prometheus_client", "etcd3gw", "watchdog")
 
 

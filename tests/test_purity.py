@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 CORE = ["nginxctl.inventory", "nginxctl.render", "nginxctl.capacity", "nginxctl.trace", "nginxctl.edit",
-        "nginxctl.hashring",
+        "nginxctl.hashring", "nginxctl.vipview",
         # the controller's pure rooms: its model, merging snapshots, the reconcile decision, damping, debouncing,
         # finding refused servers
         "nginxctl.controller.model", "nginxctl.controller.merge", "nginxctl.controller.decide",

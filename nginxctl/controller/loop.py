@@ -47,6 +47,7 @@ from .retiring import Generations
 from .sources import DockerSource, InventoryFile
 from .sourceset import SourceSet, ours
 from .systemd import notify, watchdog_interval
+from .vipwatch import VipWatch
 
 if TYPE_CHECKING:
     import docker
@@ -137,6 +138,7 @@ class Controller:
         self.sources.add(self.health.checker)
         if self.metrics.served:
             self.sources.add(PoolMetrics(self.metrics, self.options.resync, self._pool_view))
+        self.sources.add(VipWatch(self.metrics, self.log, self.connect, lambda: self.inventory))  # ha: off the loop
         self.sources.start()
         # the limits on lingering generations are fields of the line (said in text logs too)
         self.log(Logged.START, f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "

@@ -87,6 +87,9 @@ class Metrics:
                                 ["group"], registry=r)
         self.rebalance_moves = Counter("nginxctl_rebalance_moves", "Connections the watch closed to rebalance a group "
                                        "by itself (its `rebalance:`), by group", ["group"], registry=r)
+        self.vip_holder = Gauge("nginxctl_vip_holder", "With ha: 1 on each target whose network namespace holds the "
+                                "virtual IP, 0 on the others (read every advert interval; a target that cannot be "
+                                "read has no series)", ["vip", "target"], registry=r)
         self.served = False   # /metrics is served: the pool gauges are worth reading
         self.running = True
         self.clock: Callable[[], float] = time.monotonic
@@ -123,6 +126,13 @@ class Metrics:
         self.group_skew.clear()
         for group, value in skews.items():
             self.group_skew.labels(group).set(value)
+
+    def set_vip(self, vip: str, holds: dict[str, bool | None]) -> None:
+        """Replace the holder gauge: 1/0 per target read, no series for one that could not be read."""
+        self.vip_holder.clear()
+        for target, held in holds.items():
+            if held is not None:
+                self.vip_holder.labels(vip, target).set(1 if held else 0)
 
     def checked(self, servers: list[tuple[str, str]]) -> None:
         """Health-check counters at 0 for every (group, server) checked and every result, so a healthy pool's

@@ -8,7 +8,6 @@ sockets cannot be seen (a remote engine) leaves them as they were.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 from ..errors import NginxctlError
@@ -16,39 +15,25 @@ from ..nginx import LiveNginx
 from ..pool import read_pool
 from ..share import skew
 from .metrics import Metrics
+from .reader import Reader
 
 FIRST_READ = 1.0   # seconds after start: the first pass has read what the target loaded by then
 
 
-class PoolMetrics:
-    """The reader thread (started and stopped like a source). `view()` gives each target and the config it
-    loaded (None: not known yet)."""
+class PoolMetrics(Reader):
+    """The reader thread of the pool gauges. `view()` gives each target and the config it loaded (None: not
+    known yet)."""
+
+    name = "nginxctl-pool-metrics"
 
     def __init__(self, metrics: Metrics, interval: float,
                  view: Callable[[], list[tuple[LiveNginx, str | None]]]) -> None:
+        super().__init__(first=min(FIRST_READ, interval), retry=interval)
         self.metrics = metrics
         self.interval = interval
         self.view = view
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="nginxctl-pool-metrics", daemon=True)
 
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(10)
-
-    def _run(self) -> None:
-        delay = min(FIRST_READ, self.interval)
-        while not self.stopping.wait(delay):
-            delay = self.interval
-            try:
-                self.read_once()
-            except Exception:  # noqa: BLE001 (a metric is never worth the controller: the next read tries again)
-                continue
-
-    def read_once(self) -> None:
+    def read_once(self) -> float:
         """Count every target's connections per server (summed over a fleet) and set the gauges."""
         counts: dict[str, dict[str, int]] = {}
         weights: dict[str, dict[str, int]] = {}
@@ -69,3 +54,4 @@ class PoolMetrics:
                         weights.setdefault(group, {})[server.address] = server.weight
         if counts:
             self.metrics.set_pool(counts, {g: skew(c, weights.get(g, {})) for g, c in counts.items()})
+        return self.interval

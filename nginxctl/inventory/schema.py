@@ -350,8 +350,8 @@ NET_ADMIN, NET_BROADCAST and NET_RAW, plus SETUID and SETGID, which keepalived u
 It is recreated when the target container was restarted or recreated (keepalived left in a dead namespace holds
 nothing) and reloaded (SIGHUP) only when its keepalived.conf changed. `nginxctl render --keepalived` prints each
 target's `keepalived.conf`; `nginxctl validate` checks it with `keepalived --config-test`. Not yet: changing
-the standby first, keepalived.conf in the target's history and rollback, `watch`. What nginxctl decides for
-you, and why:
+the standby first, keepalived.conf in the target's history and rollback, `watch` running the companions. What
+nginxctl decides for you, and why:
 
 - **Every target starts as BACKUP**, and the healthy one with the highest priority becomes MASTER. With
   `nopreempt` (the default) a target that recovers does not take the address back from a healthy holder: the
@@ -365,6 +365,10 @@ you, and why:
 - **VRRP adverts are multicast** (224.0.0.18, or ff02::12 for an IPv6 virtual IP) on `interface`: a LAN or a
   bridge carries them. Networks that drop multicast (most clouds) are not supported yet: unicast peers need each
   target's own address, which the inventory does not have.
+- **keepalived says its state, the namespaces say who holds the address.** A `notify` line makes keepalived
+  write MASTER, BACKUP or FAULT to /run/nginxctl-vrrp.state in its companion at every transition; `nginxctl
+  status` shows it beside the holders, read from each target's network namespace, and says a split brain or no
+  holder loudly; `watch` exports `nginxctl_vip_holder` and logs each move (README, "Who holds it").
 - **No VRRP authentication.** RFC 3768 removed it from VRRP version 2 and keepalived advises against it: an
   8-byte clear-text password stops no one who can send adverts on the segment. Keep VRRP on a segment only the
   load balancers share.

@@ -8,7 +8,8 @@
   lock     the change lock and the watch lock of a target
   keepalived  `keepalived --config-test` of a target's keepalived.conf (`ha:`), in the sandbox; the companion
            that runs it beside the target
-  vip      which targets hold the virtual IP (`ha:`), read from their network namespaces
+  vip      who holds the virtual IP (each target's namespace) and what each keepalived says (`ha:`); the
+           holders a rollout changes last
 
 No shell runs in any nginx container: an image that holds nothing but nginx works (the keepalived image is
 nginxctl's own and carries busybox for the health check). Callers pass the Docker client

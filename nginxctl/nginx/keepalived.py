@@ -71,7 +71,7 @@ def _started(container: Container) -> str:
     return str(container.attrs.get("State", {}).get("StartedAt", ""))
 
 
-def _stale(companion: Container, target: Container) -> str:
+def companion_stale(companion: Container, target: Container) -> str:
     """Why `companion` cannot serve `target` as it runs now ("" when it can): keepalived in a namespace the
     target left holds an address nobody reaches."""
     if companion.attrs.get("HostConfig", {}).get("NetworkMode") != f"container:{target.id}":
@@ -117,7 +117,7 @@ def ensure_companion(client: docker.DockerClient, target: Container, image: str,
             existing = None
         why = ""
         if existing is not None:
-            why = _stale(existing, target)
+            why = companion_stale(existing, target)
             if not why:
                 if _read_config(existing) == config:
                     return CompanionChange(name, "unchanged")

@@ -1,39 +1,196 @@
-"""Which targets hold the virtual IP (`ha:`): read from their network namespaces, never guessed from keepalived.
+"""The virtual IP read off the targets (`ha:`): which target's network namespace has the address, and what its
+keepalived (the `<container>-keepalived` companion) says it is.
 
-A target holds the address when it is on `ha.interface` in the network namespace its nginx and its keepalived
-companion share. Two ways to read that, the first that works:
+How each is read, per target, in this order:
 
-- this host (the target is reached through /proc): `nsenter -t PID -n ip -o addr show dev IFACE`, with PID the
-  container's main process (needs CAP_SYS_ADMIN; a controller without it falls through);
-- the companion `<target>-keepalived` (any engine): `docker exec` of its busybox `ip -o addr show dev IFACE`,
-  unless it is stale (left in a namespace its target no longer has).
+- **The address**: the kernel's netlink dump in the companion's namespace (`ifaddr`: no exec, needs
+  CAP_SYS_ADMIN on the engine's host and the companion's process in this host's /proc); else `ip -o addr show
+  dev IFACE` run in the companion through the Docker API (`docker exec`: a remote engine, or no privilege to
+  enter a namespace). With the companion not running, the target's own namespace: netlink again when local,
+  else (when `throwaway`, i.e. `status`, never `watch`) `ip` in a throwaway container of ha.image joined to the
+  target's namespace. With neither running, there is no namespace to hold the address.
+- **The state**: the file the shipped keepalived.conf's `notify` writes at every transition
+  (`render.VRRP_STATE_FILE`), read through /proc/PID/root when local, else the Docker API's archive.
 
-When neither works the answer is unknown (None), never "no".
+Every engine failure becomes a member that is `down` with the reason, never an exception: a read-only report
+says what it can of every target.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import subprocess
-from collections.abc import Iterable
+import io
+import os
+import tarfile
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from ..inventory.model import HA
+from ..errors import EnvironmentProblem
+from ..ifaddr import NoSuchInterface, interface_addresses
+from ..inventory.model import HA, Inventory, NamedTarget
 from ..lazy import lazy_import
-from .keepalived import _stale, companion_name
-from .live import LiveNginx
+from ..nginxtext import parse_docker_time
+from ..render import VRRP_STATE_FILE
+from ..vipview import DOWN, UNKNOWN, MemberVip, VipView, has_address, parse_ip_addr, parse_state
+from .engine import engine_call, short
+from .keepalived import KEEPALIVED_HINT, companion_name, companion_stale
+from .live import LiveNginx, local_root
+from .sandbox import _run_throwaway
 
 if TYPE_CHECKING:
     import docker
     import docker.errors
-    import requests
-    import requests.exceptions
+    from docker.models.containers import Container
 else:
     docker = lazy_import("docker")
-    requests = lazy_import("requests")
 
-READ_TIMEOUT = 10.0
+Clients = Callable[[str | None], "docker.DockerClient"]
 
+
+def read_vip(clients: Clients, inv: Inventory, *, throwaway: bool = False) -> VipView:
+    """Every target of the fleet (all of `targets:`, whatever a command's --targets) as read now; `clients` gives
+    the engine of a docker_host (raising EnvironmentProblem when it cannot be reached)."""
+    assert inv.ha is not None
+    members = []
+    for target in inv.targets:
+        try:
+            client = clients(target.docker_host)
+        except EnvironmentProblem as exc:
+            members.append(MemberVip(target.name, DOWN, None, why=str(exc).splitlines()[0], via=""))
+            continue
+        members.append(read_member(client, target, inv.ha, throwaway=throwaway))
+    return VipView(inv.ha.vip, inv.ha.address, inv.ha.interface, tuple(members))
+
+
+def read_member(client: docker.DockerClient, target: NamedTarget, ha: HA, *, throwaway: bool = False) -> MemberVip:
+    """One target: its keepalived's state and whether its namespace holds ha.address (see the module docstring)."""
+    name = target.container or target.name
+    try:
+        with engine_call(f"cannot inspect {name} and its keepalived"):
+            nginx_box, companion = _get(client, name), _get(client, companion_name(name))
+    except EnvironmentProblem as exc:
+        return MemberVip(target.name, DOWN, None, why=str(exc).splitlines()[0])
+    if companion is None or companion.status != "running":
+        why = f"no keepalived beside {name} (apply runs {companion_name(name)})" if companion is None else \
+            f"keepalived is {companion.status}"
+        holds, via, unread = _holds_without(client, nginx_box, ha, throwaway)
+        return MemberVip(target.name, DOWN, holds, why="; ".join(w for w in (why, unread) if w), via=via)
+    state, since, quiet = _state(companion)
+    holds, via, unread = _holds_in(companion, ha)
+    stale = companion_stale(companion, nginx_box) if nginx_box is not None else f"container {name} is gone"
+    why = "; ".join(w for w in (quiet, unread, f"stale companion: {stale}" if stale else "") if w)
+    return MemberVip(target.name, state, holds, since, why, via)
+
+
+def _get(client: docker.DockerClient, name: str) -> Container | None:
+    try:
+        return client.containers.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def _local_pid(container: Container) -> int | None:
+    """The container's main process when this host's /proc shows it (None: a remote engine)."""
+    if local_root(container) is None:
+        return None
+    return int(container.attrs["State"]["Pid"])
+
+
+# -- keepalived's word -----------------------------------------------------------------------------------------
+
+def _state(companion: Container) -> tuple[str, float | None, str]:
+    """(state, since, why it is unknown) from the state file."""
+    pid = _local_pid(companion)
+    content: bytes | None = None
+    since: float | None = None
+    try:
+        if pid is not None:
+            with open(f"/proc/{pid}/root{VRRP_STATE_FILE}", "rb") as fh:
+                content, since = fh.read(), os.fstat(fh.fileno()).st_mtime
+        else:
+            content, since = _archive(companion, VRRP_STATE_FILE)
+    except FileNotFoundError:
+        content = None
+    except (OSError, EnvironmentProblem) as exc:
+        return UNKNOWN, None, f"its state file cannot be read ({exc})"
+    state = parse_state(content)
+    if state is not None:
+        return state, since, ""
+    if content is None:
+        return UNKNOWN, None, ("keepalived has not said its state (a keepalived.conf without nginxctl's notify "
+                               "line: it says it at its next transition, or at a restart of its companion)")
+    return UNKNOWN, since, f"keepalived said {content.decode(errors='replace').strip()!r}"
+
+
+def _archive(container: Container, path: str) -> tuple[bytes | None, float | None]:
+    """A file's content and mtime through the Docker API (None: no such file). Raises EnvironmentProblem."""
+    with engine_call(f"cannot read {path} in {container.name}"):
+        try:
+            chunks, stat = container.get_archive(path)
+            data = b"".join(chunks)
+        except docker.errors.NotFound:
+            return None, None
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        member = tar.next()
+        extracted = tar.extractfile(member) if member is not None else None
+        content = extracted.read() if extracted is not None else None
+    when = parse_docker_time(str(stat.get("mtime", ""))) if isinstance(stat, dict) else None
+    return content, when.timestamp() if when is not None else None
+
+
+# -- the namespace's truth -------------------------------------------------------------------------------------
+
+def _holds_in(companion: Container, ha: HA) -> tuple[bool | None, str, str]:
+    """(holds, via, why unknown) through the running companion: netlink in its namespace, else exec."""
+    pid = _local_pid(companion)
+    if pid is not None:
+        found = _netlink(pid, ha)
+        if found is not None:
+            return found
+    try:
+        with engine_call(f"cannot run ip in {companion.name}"):
+            result = companion.exec_run(["/bin/busybox", "ip", "-o", "addr", "show", "dev", ha.interface],
+                                        stdout=True, stderr=True)
+    except EnvironmentProblem as exc:
+        return None, "exec", str(exc)
+    output = bytes(result.output or b"").decode(errors="replace")
+    if result.exit_code != 0:
+        return None, "exec", f"ip addr show dev {ha.interface}: {output.strip() or result.exit_code}"
+    return has_address(parse_ip_addr(output), ha.address), "exec", ""
+
+
+def _netlink(pid: int, ha: HA) -> tuple[bool | None, str, str] | None:
+    """Through the kernel in the namespace of `pid`; None when the namespace cannot be entered here."""
+    try:
+        return has_address(interface_addresses(pid, ha.interface), ha.address), "netlink", ""
+    except NoSuchInterface:
+        return None, "netlink", f"no interface {ha.interface} in its namespace"
+    except (EnvironmentProblem, OSError):
+        return None   # no privilege to enter it (setns), or no netlink socket here: let the engine run ip
+
+
+def _holds_without(client: docker.DockerClient, nginx_box: Container | None, ha: HA,
+                   throwaway: bool) -> tuple[bool | None, str, str]:
+    """(holds, via, why unknown) with no keepalived running: the target's own namespace, if it has one."""
+    if nginx_box is None or nginx_box.status not in ("running", "paused"):
+        return False, "none", ""   # no process, no namespace: nothing can hold the address there
+    pid = _local_pid(nginx_box)
+    if pid is not None:
+        found = _netlink(pid, ha)
+        if found is not None:
+            return found
+    if not throwaway or nginx_box.status != "running":
+        return None, "", "its namespace cannot be read without its keepalived from here"
+    try:
+        result = _run_throwaway(client, ha.image, ["/bin/busybox", "ip", "-o", "addr", "show", "dev", ha.interface],
+                                network=f"container:{nginx_box.id}", caps=(), what="ip addr", hint=KEEPALIVED_HINT)
+    except EnvironmentProblem as exc:
+        return None, "throwaway", short(exc)
+    if result.exit_code != 0:
+        return None, "throwaway", f"ip addr show dev {ha.interface}: {result.output.strip()}"
+    return has_address(parse_ip_addr(result.output), ha.address), "throwaway", ""
+
+
+# -- who holds it, for a rollout's order --------------------------------------------------------------------------
 
 class Reached(Protocol):
     """A target as a command or the controller holds it (`fleet.Member`)."""
@@ -45,75 +202,9 @@ class Reached(Protocol):
     def live(self) -> LiveNginx: ...
 
 
-def addresses(text: str) -> list[str]:
-    """The addresses in `ip -o addr show` output (iproute2's or busybox's), without their prefix length:
-    `2: eth0    inet 10.254.7.100/16 scope global secondary eth0\\ ...` -> ['10.254.7.100']."""
-    found = []
-    for line in text.splitlines():
-        words = line.split()
-        found += [words[i + 1].split("/", 1)[0] for i, w in enumerate(words[:-1]) if w in ("inet", "inet6")][:1]
-    return found
-
-
-def has(found: list[str], address: str) -> bool:
-    """Whether `address` is among `found` (IPv6 compared as addresses: 2001:db8::64 is 2001:DB8:0::64)."""
-    try:
-        wanted = ipaddress.ip_address(address)
-    except ValueError:
-        return address in found
-    for text in found:
-        try:
-            if ipaddress.ip_address(text.split("%", 1)[0]) == wanted:
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def _by_nsenter(live: LiveNginx, interface: str) -> str | None:
-    pid = live.main_pid
-    if live.root is None or pid is None:
-        return None
-    try:
-        done = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-o", "addr", "show", "dev", interface],
-                              capture_output=True, text=True, timeout=READ_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
-def _by_companion(live: LiveNginx, interface: str) -> str | None:
-    try:
-        companion = live.client.containers.get(companion_name(live.name))
-        if _stale(companion, live.container):
-            return None
-        result = companion.exec_run(["/bin/busybox", "ip", "-o", "addr", "show", "dev", interface], demux=False)
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
-        return None
-    if result.exit_code != 0:
-        return None
-    return bytes(result.output or b"").decode(errors="replace")
-
-
-def addresses_on(live: LiveNginx, interface: str) -> list[str] | None:
-    """The addresses on `interface` in the target's network namespace; None when they cannot be read."""
-    try:
-        live.container.reload()   # its main process and start time now: a restart makes a new namespace
-    except (docker.errors.DockerException, requests.exceptions.RequestException):
-        return None
-    text = _by_nsenter(live, interface)
-    if text is None:
-        text = _by_companion(live, interface)
-    return None if text is None else addresses(text)
-
-
-def holds(live: LiveNginx, ha: HA) -> bool | None:
-    """Whether the target holds the virtual IP now (None: its namespace could not be read)."""
-    found = addresses_on(live, ha.interface)
-    return None if found is None else has(found, ha.address)
-
-
 def holders(members: Iterable[Reached], ha: HA) -> list[str]:
     """The names of the members that hold the virtual IP now, in their order (one, normally; none while no
-    keepalived runs or none can be read; two in a split brain)."""
-    return [m.name for m in members if holds(m.live, ha)]
+    keepalived runs or none can be read: unknown is not holding; two in a split brain). Read as `status` reads
+    it, without a throwaway container."""
+    return [m.name for m in members
+            if read_member(m.live.client, NamedTarget(container=m.live.name, name=m.name), ha).holds]
