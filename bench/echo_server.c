@@ -42,6 +42,12 @@ int main(int argc, char **argv) {
                     struct epoll_event cev = {.events = EPOLLIN, .data.fd = c};
                     epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
                 }
+                if (errno == EMFILE || errno == ENFILE) {
+                    /* full: stop watching the listen socket, or its pending connections keep epoll_wait
+                       returning at once and this process spins on a core */
+                    epoll_ctl(ep, EPOLL_CTL_DEL, ls, NULL);
+                    fprintf(stderr, "echo_server: out of files, no longer accepting\n");
+                }
                 continue;
             }
             ssize_t r = read(fd, buf, sizeof buf);

@@ -45,6 +45,25 @@ def parse_build(version_output: str) -> Build:
                  conf.group(1) if conf else f"{base}/conf/nginx.conf")
 
 
+def compiled_version(binary: bytes) -> str | None:
+    """What `nginx -V` prints that `parse_build` reads, as the nginx binary itself holds it: the version line
+    and the configure arguments line are string constants compiled into it (nginx.c writes them as they are).
+    None when the binary does not hold exactly one of each (packed, or not nginx): then it must be run."""
+    lines = []
+    for start in (b"nginx version: ", b"configure arguments:"):
+        at = binary.find(start)
+        if at < 0 or binary.find(start, at + 1) >= 0:
+            return None
+        end = binary.find(b"\0", at)
+        if end < 0:
+            return None
+        line = binary[at:end]
+        if not line.endswith(b"\n") or b"\n" in line[:-1]:
+            return None
+        lines.append(line.decode(errors="replace"))
+    return "".join(lines)
+
+
 def main_config(master_cmd: str, build: Build) -> str:
     """The file an nginx master loads: its `-c FILE`, else the build's --conf-path."""
     m = re.search(r"(?:^|\s)-c\s+(\S+)", master_cmd)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -29,7 +30,15 @@ from .history import History
 from .nginx import LiveNginx
 from .nginxtext import Processes, UpstreamServer, parse_upstreams
 from .observe import _start_ticks, group_generations, server_addresses
-from .sockdiag import TCP_ESTABLISHED, SockDiag, SockDiagUnavailable, TcpSocket, fd_owners, socket_owners
+from .sockdiag import (
+    TCP_ESTABLISHED,
+    SockDiag,
+    SockDiagUnavailable,
+    TcpSocket,
+    fd_owners,
+    paused_gc,
+    socket_owners,
+)
 
 TCP_LISTEN = 10
 HISTORY_LOOKBACK = 10   # earlier configs searched for servers that old workers still hold
@@ -180,47 +189,58 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
         if old and len(group_generations([(pid, _start_ticks(pid)) for pid in old], len(workers))) == 1 \
                 and _files(workers) < _files(old):
             read, other = workers, old[0]
+    # The kernel keeps IPv4 and IPv6 sockets in one table and a dump per family walks all of it (every socket
+    # of the namespace): only the families a socket of interest can have are dumped (a socket's remote
+    # address is of its own family; a client side, of its listener's).
+    families: set[int] = {socket.AF_INET6 if ":" in addr else socket.AF_INET for addr, _ in by_address}
     with SockDiag(netns_pid=master) as diag:
         listen_ports: set[int] = set()
         if pairs:
-            listening = {s.inode: s.local[1] for s in diag.tcp(states=(TCP_LISTEN,), info=False)}
             master_socks = socket_owners([master])
-            listen_ports = {port for inode, port in listening.items() if inode in master_socks}
+            listening = [s for s in diag.tcp(states=(TCP_LISTEN,), info=False) if s.inode in master_socks]
+            listen_ports = {s.local[1] for s in listening}
+            families |= {s.family for s in listening}
         backend_ports = {port for _, port in by_address}
         socks: list[TcpSocket] = []
         if listen_ports or backend_ports:
+            order = [f for f in (socket.AF_INET, socket.AF_INET6) if f in families]
             try:
                 socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports, remote_ports=backend_ports,
-                                 info=info, cgroup=cgroup)
+                                 families=order, info=info, cgroup=cgroup)
             except SockDiagUnavailable:
                 if cgroup is None:
                     raise
                 cgroup, read, other = None, workers + old, None   # a kernel without the cgroup test
                 socks = diag.tcp(states=(TCP_ESTABLISHED,), local_ports=listen_ports,
-                                 remote_ports=backend_ports, info=info)
+                                 remote_ports=backend_ports, families=order, info=info)
     fds = fd_owners(read) if pairs else None
     owners = {inode: pid for inode, (pid, _) in fds.items()} if fds is not None else socket_owners(read)
     clients: dict[int, int] = {pid: 0 for pid in workers + old}
     client_socks: dict[int, list[TcpSocket]] = {}
     upstream: list[tuple[TcpSocket, int, ServerPool]] = []
-    for sock in socks:
-        pid = owners.get(sock.inode)
-        held_by = by_address.get(sock.remote)
-        if pid is None:
-            if other is None or held_by is None or (cgroup is None and sock.uid != uid):
-                continue   # not nginx's
-            pid = other
-        if held_by is not None:
-            upstream.append((sock, pid, held_by))
-            if not pairs:
-                clients[pid] = clients.get(pid, 0) + 1
-        elif sock.local[1] in listen_ports:
-            clients[pid] += 1
-            client_socks.setdefault(pid, []).append(sock)
-    matched = pair_clients(client_socks, [(s, pid) for s, pid, _ in upstream], fds) if pairs else {}
     old_pids = set(old)
-    for sock, pid, member in upstream:
-        member.held.append(Held(sock, pid, pid in old_pids, matched.get(sock.inode)))
+    new = tuple.__new__   # Held(...) without its Python-level __new__: 40,000 calls at a status
+    with paused_gc():   # 40,000 Held tuples (see sockdiag.paused_gc)
+        for sock in socks:
+            pid = owners.get(sock.inode)
+            held_by = by_address.get(sock.remote)
+            if pid is None:
+                if other is None or held_by is None or (cgroup is None and sock.uid != uid):
+                    continue   # not nginx's
+                pid = other
+            if held_by is not None:
+                if pairs:
+                    upstream.append((sock, pid, held_by))   # held once its client side is known (below)
+                else:
+                    held_by.held.append(new(Held, (sock, pid, pid in old_pids, None)))
+                    clients[pid] = clients.get(pid, 0) + 1
+            elif sock.local[1] in listen_ports:
+                clients[pid] += 1
+                client_socks.setdefault(pid, []).append(sock)
+        if pairs:
+            matched = pair_clients(client_socks, [(s, pid) for s, pid, _ in upstream], fds)
+            for sock, pid, member in upstream:
+                member.held.append(new(Held, (sock, pid, pid in old_pids, matched.get(sock.inode))))
     return Pool(pools, clients, procs, time.monotonic() - began)
 
 

@@ -17,9 +17,11 @@ allow what was asked, with the errno and what to do.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
+import gc
 import os
 import socket
 import struct
@@ -73,6 +75,21 @@ _SNDBUF = 1 << 20
 
 T = TypeVar("T")
 Address = tuple[str, int]
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector off while a socket table is read into tuples: 40,000 records (and what is
+    built from them) hold no cycle, yet the collector runs every 700 new objects and its older generations'
+    passes walk all that was built so far again (a third of a pool read's time at 40,000). Put back on only if
+    it was on (another thread may pause it too)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class SockDiagUnavailable(EnvironmentProblem):
@@ -240,19 +257,102 @@ def _messages(data: bytes | memoryview) -> Iterator[tuple[int, int, memoryview]]
         offset += (length + 3) & ~3
 
 
-_ADDRESSES: dict[tuple[int, bytes], str] = {}
+# The text of each raw address seen, per family: a pool's sockets share a few addresses, and inet_ntop is
+# most of a record's cost otherwise.
+_ADDRESSES: dict[int, dict[bytes, str]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
 
 
 def _addr(family: int, raw: bytes) -> str:
-    """The text of an address; a cache, since a pool's sockets share a few addresses (inet_ntop is most of
-    a record's cost otherwise)."""
-    key = (family, raw)
-    text = _ADDRESSES.get(key)
+    """The text of an address (cached)."""
+    cache = _ADDRESSES.setdefault(family, {})
+    text = cache.get(raw)
     if text is None:
-        if len(_ADDRESSES) > 65536:
-            _ADDRESSES.clear()
-        text = _ADDRESSES[key] = socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
+        if len(cache) > 65536:
+            cache.clear()
+        text = cache[raw] = socket.inet_ntop(family, raw[:4] if family == socket.AF_INET else raw)
     return text
+
+
+_U32 = struct.Struct("=I")
+_HEAD = 16 + _MSG.size   # a record's netlink header and inet_diag_msg, before its attributes
+_LAYOUTS: dict[tuple[int, int | None], struct.Struct] = {}
+
+
+def _layout(length: int, info_at: int | None) -> struct.Struct:
+    """One whole record of `length` bytes as a struct: the netlink header (as bytes), the inet_diag_msg and, when
+    `info_at` (the offset of the INET_DIAG_INFO attribute in the record), its header and the tcp_info fields
+    read; the rest skipped."""
+    key = (length, info_at)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        fmt = "=16s" + _MSG.format.lstrip("=")
+        if info_at is None:
+            fmt += f"{length - _HEAD}x"
+        else:
+            fmt += (f"{info_at - _HEAD}x" + "4s" + f"{_TCPI_FROM}x" + _TCPI.format.lstrip("=")
+                    + f"{length - info_at - 4 - _TCPI_END}x")
+        layout = _LAYOUTS[key] = struct.Struct(fmt)
+    return layout
+
+
+def _info_offset(buf: bytearray, start: int, end: int) -> int | None:
+    """Where the INET_DIAG_INFO attribute (with a whole tcp_info) of the record buf[start:end] is, from
+    `start`; None when it has none."""
+    offset = start + _HEAD
+    while offset + 4 <= end:
+        length, kind = _RTA.unpack_from(buf, offset)
+        if length < 4:
+            return None
+        if kind == INET_DIAG_INFO:
+            return offset - start if length >= 4 + _TCPI_END else None
+        offset += (length + 3) & ~3
+    return None
+
+
+def _bulk(buf: bytearray, size: int, seq: int, family: int, info: bool, found: list[TcpSocket]) -> int:
+    """Parse the leading run of records of one datagram that share the first one's length and layout (all of
+    them, in a dump: the kernel writes every socket's record alike) in one struct pass, into `found`; return
+    where that run ends, for `_parse` to go on one record at a time (a different record, the dump's end).
+
+    Measured on 40,000 records: 2.6 us each one at a time, 1.5 us each a run at a time."""
+    if size < _HEAD:
+        return 0
+    length = _U32.unpack_from(buf, 0)[0]
+    if length < _HEAD or length & 3 or length > size:
+        return 0
+    info_at = _info_offset(buf, 0, length) if info else None
+    if info and info_at is None:
+        return 0   # asked for tcp_info, and this record has none: one at a time
+    kind, _flags, got = struct.unpack_from("=HHI", buf, 4)
+    if kind != SOCK_DIAG_BY_FAMILY or got != seq or buf[16] != family:
+        return 0
+    head = bytes(buf[:16])   # every record of a dump has the same header: length, kind, flags, seq, port
+    info_head = bytes(buf[info_at:info_at + 4]) if info_at is not None else b""
+    count = size // length
+    rows = _layout(length, info_at).iter_unpack(memoryview(buf)[:count * length])
+    cache = _ADDRESSES.setdefault(family, {})
+    new = tuple.__new__
+    ntohs = socket.ntohs
+    before = len(found)
+    for row in rows:
+        # a record with another header (length, kind, dump) ends the run: those before it were each at a
+        # true record boundary (every one of them `length` long); the rest is left to `_parse`
+        if row[0] != head or row[1] != family:
+            break
+        if info_at is None:
+            (_head, fam, state, _timer, _retrans, sport, dport, src, dst, interface, cookie_lo, cookie_hi, _expires,
+             rqueue, wqueue, uid, inode) = row
+            sent = recv = ack = rtt = None
+        else:
+            (_head, fam, state, _timer, _retrans, sport, dport, src, dst, interface, cookie_lo, cookie_hi, _expires,
+             rqueue, wqueue, uid, inode, rta, sent, recv, ack, rtt) = row
+            if rta != info_head:
+                break
+        local = cache.get(src) or _addr(fam, src)
+        remote = cache.get(dst) or _addr(fam, dst)
+        found.append(new(TcpSocket, (fam, state, (local, ntohs(sport)), (remote, ntohs(dport)), interface,
+                                     cookie_lo | (cookie_hi << 32), inode, uid, rqueue, wqueue, sent, recv, ack, rtt)))
+    return (len(found) - before) * length
 
 
 def _parse(buf: bytearray, start: int, end: int) -> TcpSocket:
@@ -337,19 +437,20 @@ class SockDiag:
         attr = _RTA.pack(4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode if bytecode else b""
         ext = 1 << (INET_DIAG_INFO - 1) if info else 0
         found: list[TcpSocket] = []
-        for family in families:
-            seq = self._send(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, _request(family, mask, ext) + attr)
-            found.extend(self._dump(seq))
+        with paused_gc():
+            for family in families:
+                seq = self._send(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, _request(family, mask, ext) + attr)
+                found.extend(self._dump(seq, family, info))
         return found
 
-    def _dump(self, seq: int) -> list[TcpSocket]:
+    def _dump(self, seq: int, family: int, info: bool) -> list[TcpSocket]:
         # Records are read in place from the receive buffer: at 40,000 sockets, slicing and a generator
-        # per record cost as much as parsing them.
+        # per record cost as much as parsing them. Each datagram's records go through `_bulk` first.
         buffer = bytearray(_RECV_SIZE)
         found: list[TcpSocket] = []
         while True:
             size = self._sock.recv_into(buffer)
-            offset = 0
+            offset = _bulk(buffer, size, seq, family, info, found)
             while offset + 16 <= size:
                 length, kind, _flags, got, _pid = _NLMSGHDR.unpack_from(buffer, offset)
                 if length < 16:

@@ -18,7 +18,7 @@ from .desired import render_for
 from .errors import EnvironmentProblem
 from .history import sha
 from .inventory import Inventory
-from .nginxtext import parse_groups, parse_version, shutdown_timeout_of, with_servers_down
+from .nginxtext import parse_groups, shutdown_timeout_of, with_servers_down
 from .observe import reload_state
 from .pool import Pool, ServerPool, memory_bytes, read_pool
 from .published import Published, WatchState
@@ -153,7 +153,7 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
     views = servers_view(loaded_text, health_down=health_down, drained=published.drained(),
                          overlay=overlaid) if loaded_text else None
     data: dict[str, Any] = {
-        "container": live.name, "nginx_version": parse_version(live.exec(["-v"]).output),
+        "container": live.name, "nginx_version": live.build().version,   # what `nginx -v` says, read once with -V
         "master_pid": state.processes.master.pid if state.processes.master else None,
         "worker_pids": sorted(state.processes.worker_pids), **state.to_dict(),
         "config_path": deployer.config_path,

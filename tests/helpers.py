@@ -74,6 +74,7 @@ class _TCPServer(socketserver.ThreadingTCPServer):
         self.name = name
         self.conns: set[socket.socket] = set()
         self.changed = threading.Condition()
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         super().__init__((host, port), _TCPHandler)
 
     def register(self, conn: socket.socket) -> None:
@@ -105,7 +106,7 @@ class _UDPServer(socketserver.ThreadingUDPServer):
 @dataclass
 class Backend:
     """An echo server on host:port (127.0.0.1 unless said) that sends its name first (TCP) or before the
-    echo (UDP); a TCP one may listen on another loopback address, e.g. 127.0.0.2."""
+    echo (UDP); a TCP one may listen on another loopback address, e.g. 127.0.0.2, or on ::1."""
 
     name: str
     port: int
@@ -122,7 +123,7 @@ class Backend:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def wait_connections(self, count: int, timeout: float = TIMEOUT) -> bool:
         """Block until exactly `count` connections are open to this backend (TCP)."""

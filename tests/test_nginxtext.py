@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nginxctl.nginxtext import (
+    compiled_version,
     config_from_dump,
     dump_files,
     emerg_lines,
@@ -117,6 +118,22 @@ def test_build_and_version():
     assert parse_build("nginx version: nginx/1.25.3\n--prefix=/etc/nginx --with-stream").stream_module \
         == "/etc/nginx/modules/ngx_stream_module.so"
     assert parse_version("nginx version: nginx/1.27.0\n") == "1.27.0"
+
+
+def test_what_nginx_v_says_read_from_the_binary_s_constants():
+    # the string constants as nginx.c compiles them, NUL-terminated, among the binary's other bytes
+    version = b"nginx version: nginx/1.22.1\n\0"
+    configure = b"configure arguments: --prefix=/usr/share/nginx --with-stream=dynamic\n\0"
+    binary = b"\x7fELF\0" + b"\0server: nginx/9.9\0" + version + b"\0\0TLS SNI support enabled\n\0" + configure
+    text = compiled_version(binary)
+    assert text == "nginx version: nginx/1.22.1\nconfigure arguments: --prefix=/usr/share/nginx --with-stream=dynamic\n"
+    assert parse_build(text) == parse_build("nginx version: nginx/1.22.1\nbuilt with OpenSSL 3.0.11\n"
+                                            "TLS SNI support enabled\n" + configure.decode().rstrip("\0"))
+    # not found as nginx.c writes them: run the binary instead
+    assert compiled_version(b"\x7fELF" + configure) is None                        # no version line
+    assert compiled_version(version + version + configure) is None                  # two: which one?
+    assert compiled_version(version + b"configure arguments: --prefix=/x\0") is None   # no line end
+    assert compiled_version(version + b"configure arguments: --prefix=/x\n") is None   # no NUL after it
 
 
 def test_parse_top_master_workers_and_old_workers():

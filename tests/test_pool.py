@@ -70,6 +70,23 @@ def test_status_counts_connections_per_server_and_generation(lb, backends):
 
 
 @pytest.mark.integration
+def test_connections_to_an_ipv6_server_are_counted_beside_the_ipv4_ones(lb, backends):
+    # the kernel is asked for the families the servers have: both here
+    a, b = backends("A"), backends("B", host="::1")
+    port, g = lb.group([a.address, b.address])
+    lb.write({"pool": g})
+    _apply(lb)
+    devices = Devices(port, 6)
+    try:
+        devices.wait(lambda d: d.counts() == {"A": 3, "B": 3}, 10, "round robin spreads 6 clients 3/3")
+        servers = _servers(_status(lb))
+        assert {k: (v["connections"], v["fair_share"]) for k, v in servers.items()} \
+            == {a.address: (3, 3.0), f"[::1]:{b.port}": (3, 3.0)}
+    finally:
+        devices.close()
+
+
+@pytest.mark.integration
 def test_a_target_reached_through_the_docker_api_alone_cannot_be_counted(lb, backends, docker_client):
     from nginxctl.nginx import LiveNginx
     from nginxctl.pool import PoolUnavailable, read_pool

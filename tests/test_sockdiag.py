@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -15,7 +16,15 @@ from typing import TypeVar
 import pytest
 from nginxctl.errors import EXIT_ENVIRONMENT
 from nginxctl.nginx import LiveNginx
-from nginxctl.sockdiag import SockDiag, SockDiagUnavailable, TcpSocket, in_netns, socket_owners
+from nginxctl.sockdiag import (
+    INET_DIAG_INFO,
+    SOCK_DIAG_BY_FAMILY,
+    SockDiag,
+    SockDiagUnavailable,
+    TcpSocket,
+    in_netns,
+    socket_owners,
+)
 
 from helpers import TIMEOUT, Backend, Held, cli, free_port, write_inventory
 
@@ -119,6 +128,92 @@ def test_the_kernel_port_filter_keeps_what_python_would_keep(pairs):
             assert all(s.local[1] in local or s.remote[1] in remote for s in filtered)
         assert len([s for s in diag.tcp(local_ports=[a.port], info=False) if s.local[0] == "127.0.0.1"]) == 3
         assert diag.tcp(remote_ports=[c.port], info=False)[0].last_data_sent_ms is None
+
+
+def _names(sock: socket.socket) -> tuple[tuple[str, int], tuple[str, int]]:
+    return sock.getsockname()[:2], sock.getpeername()[:2]
+
+
+def test_a_dump_over_many_datagrams_gives_every_socket_as_the_socket_itself_says(pairs):
+    # 800 sockets: several 32 KiB datagrams per dump, records read a run at a time, with and without tcp_info
+    v4, v6 = pairs(300), pairs(100, "::1")
+    truth = {os.fstat(sock.fileno()).st_ino: _names(sock) for p in (v4, v6) for sock in (*p.clients, *p.servers)}
+    with SockDiag() as diag:
+        for info in (False, True):
+            found = [s for s in diag.tcp(local_ports=[v4.port, v6.port], remote_ports=[v4.port, v6.port], info=info)
+                     if s.inode in truth]
+            assert sorted(s.inode for s in found) == sorted(truth)   # each once
+            for s in found:
+                assert (s.local, s.remote) == truth[s.inode]
+                assert (s.state_name, s.uid) == ("ESTABLISHED", os.getuid())
+                assert s.family == (socket.AF_INET6 if ":" in s.local[0] else socket.AF_INET)
+                assert (s.rtt_us is not None, s.last_data_recv_ms is not None) == (info, info)
+
+
+def _record(seq: int, inode: int, attrs: list[tuple[int, bytes]], *, family: int = socket.AF_INET) -> bytes:
+    """One SOCK_DIAG_BY_FAMILY record as the kernel writes it (netlink header, inet_diag_msg, attributes)."""
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    raw = socket.inet_pton(family, host).ljust(16, b"\0")
+    msg = struct.pack("=BBBBHH16s16sIIIIIIII", family, 1, 0, 0, socket.htons(40000 + inode), socket.htons(21000),
+                      raw, raw, 0, inode * 7, 1, 0, 3, 5, 1000, inode)
+    for kind, payload in attrs:
+        msg += struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+    return struct.pack("=IHHII", 16 + len(msg), SOCK_DIAG_BY_FAMILY, 2, seq, 4242) + msg
+
+
+def _tcp_info(inode: int) -> bytes:
+    """A tcp_info of the kernel's size, with last data sent/received, last ACK received and RTT set."""
+    info = bytearray(232)
+    struct.pack_into("=I", info, 44, inode + 1)    # tcpi_last_data_sent
+    struct.pack_into("=II", info, 52, inode + 2, inode + 3)   # tcpi_last_data_recv, tcpi_last_ack_recv
+    struct.pack_into("=I", info, 68, inode + 4)    # tcpi_rtt
+    return bytes(info)
+
+
+def _expected(inode: int, info: bool, family: int = socket.AF_INET) -> TcpSocket:
+    host = "127.0.0.1" if family == socket.AF_INET else "::1"
+    extra = (inode + 1, inode + 2, inode + 3, inode + 4) if info else (None, None, None, None)
+    return TcpSocket(family, 1, (host, 40000 + inode), (host, 21000), 0, inode * 7 | 1 << 32, inode, 1000, 3, 5,
+                     *extra)
+
+
+INET_DIAG_SHUTDOWN, INET_DIAG_MARK = 8, 15   # linux/inet_diag.h: attributes the kernel adds to every record
+SHUTDOWN = (INET_DIAG_SHUTDOWN, b"\0")
+
+
+@pytest.mark.parametrize("case", ["alike", "longer", "reordered", "other-dump", "ipv6"])
+def test_records_a_run_at_a_time_read_as_one_at_a_time(case):
+    """A datagram's records are read a run of alike records at a time (one struct over them); a record unlike
+    the first (more attributes, another layout of the same length, another dump's) ends the run and is read
+    alone. Whatever the mix, each socket comes out as the kernel wrote it: fed through a real socket to the
+    real reader, against values set by hand."""
+    seq, info = 9, case != "alike"
+    family = socket.AF_INET6 if case == "ipv6" else socket.AF_INET
+
+    def alike(inode: int) -> bytes:
+        return _record(seq, inode, [SHUTDOWN, (INET_DIAG_INFO, _tcp_info(inode))] if info else [SHUTDOWN],
+                       family=family)
+
+    records = [alike(i) for i in range(1, 6)]
+    expected = [_expected(i, info, family) for i in range(1, 6)]
+    if case == "longer":       # one record with an attribute more, in the middle
+        records[2] = _record(seq, 3, [SHUTDOWN, (INET_DIAG_INFO, _tcp_info(3)), (INET_DIAG_MARK, b"\1\0\0\0")])
+    elif case == "reordered":  # the same length, tcp_info elsewhere: not where the run reads it
+        records[2] = _record(seq, 3, [(INET_DIAG_INFO, _tcp_info(3)), SHUTDOWN])
+    elif case == "other-dump":  # a late record of an earlier dump: not this dump's
+        records[2] = _record(seq - 1, 3, [SHUTDOWN, (INET_DIAG_INFO, _tcp_info(3))])
+        del expected[2]
+    done = struct.pack("=IHHIIi", 20, 3, 2, seq, 4242, 0)   # NLMSG_DONE
+    # two datagrams, as the kernel splits a dump: the second ends with NLMSG_DONE
+    datagrams = [b"".join(records[:4]), records[4] + done]
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    mine.settimeout(TIMEOUT)   # a reader that lost its place would wait for a datagram that never comes
+    with SockDiag() as diag, mine, theirs:
+        diag._sock.close()
+        diag._sock = mine
+        for datagram in datagrams:
+            theirs.send(datagram)
+        assert diag._dump(seq, family, info) == expected
 
 
 def test_last_send_and_receive_tell_a_busy_connection_from_an_idle_one(pairs):
