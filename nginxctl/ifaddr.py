@@ -1,7 +1,7 @@
 """The addresses on one interface of another process's network namespace, from the kernel (rtnetlink's
 RTM_GETADDR dump, what `ip addr` reads), without running anything in the container.
 
-The netlink socket is made in the namespace of process P (`sockdiag.in_netns`: setns(2) in a short-lived
+The netlink socket is made in the namespace of process P (`netns.in_netns`: setns(2) in a short-lived
 thread, so CAP_SYS_ADMIN on the engine's host), and the interface's index is looked up there too. Standard
 library only. `parse_addresses` (bytes in, data out) is what the unit tests check.
 Errors: SockDiagUnavailable (an EnvironmentProblem) when the namespace cannot be entered; NoSuchInterface
@@ -14,7 +14,7 @@ import errno
 import socket
 import struct
 
-from .sockdiag import in_netns
+from .netns import in_netns
 
 NETLINK_ROUTE = 0
 RTM_NEWADDR = 20

@@ -18,18 +18,15 @@ allow what was asked, with the errno and what to do.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import gc
 import os
 import socket
 import struct
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
-from .errors import EnvironmentProblem
+from .netns import SockDiagUnavailable, in_netns
 
 # linux/netlink.h, linux/sock_diag.h, linux/inet_diag.h
 NETLINK_SOCK_DIAG = 4
@@ -46,7 +43,6 @@ INET_DIAG_BC_JMP = 1
 INET_DIAG_BC_S_EQ = 11
 INET_DIAG_BC_D_EQ = 12
 INET_DIAG_BC_CGROUP_COND = 13   # a cgroup v2 id (u64) follows the op (Linux 5.9)
-CLONE_NEWNET = 0x40000000
 
 # linux/tcp_states.h
 TCP_ESTABLISHED = 1
@@ -73,7 +69,6 @@ _NO_COOKIE = 0xFFFFFFFFFFFFFFFF
 _RECV_SIZE = 1 << 20
 _SNDBUF = 1 << 20
 
-T = TypeVar("T")
 Address = tuple[str, int]
 
 
@@ -90,16 +85,6 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-class SockDiagUnavailable(EnvironmentProblem):
-    """The kernel's socket tables cannot be read or changed here: no sock_diag, no destroy support
-    (CONFIG_INET_DIAG_DESTROY), missing privileges (CAP_NET_ADMIN, CAP_SYS_ADMIN for setns), or the
-    namespace's process is gone."""
-
-    def __init__(self, cause: str, hint: str = "", err: int | None = None) -> None:
-        self.errno = err
-        super().__init__(cause, hint)
 
 
 class TcpSocket(NamedTuple):
@@ -137,82 +122,6 @@ class TcpSocket(NamedTuple):
     @property
     def state_name(self) -> str:
         return TCP_STATES.get(self.state, str(self.state))
-
-
-@functools.lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    # the symbols already loaded in this process (glibc's setns): ctypes.util.find_library would run
-    # ldconfig, ~25 ms each time; os.setns exists only from Python 3.12
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc().setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _netns_path(pid: int) -> str:
-    return f"/proc/{pid}/ns/net"
-
-
-def same_netns(pid: int) -> bool:
-    """Whether process `pid` is in this thread's network namespace. Raises SockDiagUnavailable when
-    its namespace cannot be read (process gone, not allowed)."""
-    try:
-        theirs = os.stat(_netns_path(pid))
-    except OSError as exc:
-        raise SockDiagUnavailable(f"cannot read the network namespace of pid {pid} ({exc.strerror})",
-                                  "is the process running on this host, and nginxctl root?", exc.errno) from None
-    ours = os.stat("/proc/thread-self/ns/net")
-    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
-
-
-def in_netns(pid: int | None, action: Callable[[], T]) -> T:
-    """Run `action` in the network namespace of process `pid` (None: this one) and return its result.
-
-    setns(2) moves only the calling thread, so a fresh thread enters the namespace, runs `action`
-    and goes back; this thread never changes namespace. Sockets that `action` creates stay in the
-    namespace they were created in and can be used from any thread afterwards.
-    Raises SockDiagUnavailable when the namespace cannot be entered; re-raises what `action` raises.
-    """
-    if pid is None or same_netns(pid):
-        return action()
-    result: list[T] = []
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            target = os.open(_netns_path(pid), os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            failure.append(SockDiagUnavailable(f"cannot open the network namespace of pid {pid} ({exc.strerror})",
-                                               "is the process running on this host?", exc.errno))
-            return
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            try:
-                _setns(target)
-            except OSError as exc:
-                failure.append(SockDiagUnavailable(
-                    f"cannot enter the network namespace of pid {pid} (setns: {exc.strerror})",
-                    "nginxctl needs root (CAP_SYS_ADMIN) on the engine's host", exc.errno))
-                return
-            try:
-                result.append(action())
-            except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread)
-                failure.append(exc)
-            finally:
-                _setns(home)  # the thread ends anyway; going back keeps the rule 'no thread stays moved'
-        finally:
-            os.close(target)
-            os.close(home)
-
-    thread = threading.Thread(target=run, name=f"netns-{pid}", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
 
 
 def _bytecode(local_ports: Iterable[int], remote_ports: Iterable[int]) -> bytes:

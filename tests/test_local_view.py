@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from nginxctl.nginx import LiveNginx
-from nginxctl.nginx.live import ProcRoot
+from nginxctl.nginx.transport import ProcRoot
 
 from helpers import wait_for
 

@@ -29,9 +29,10 @@ from .engine import (
     image_present,
 )
 from .keepalived import KEEPALIVED_HINT, CompanionChange, companion_config, ensure_companion, test_keepalived_config
-from .live import FileInfo, LiveNginx
+from .live import LiveNginx
 from .lock import LOCK_STALE_SECONDS, TargetLock, describe_holder
 from .sandbox import VALIDATE_TIMEOUT, image_build, test_config
+from .transport import FileInfo
 
 __all__ = ["BUILD_HINT", "DEFAULT_IMAGE", "LOCAL_IMAGE", "LOCK_STALE_SECONDS", "PLACEHOLDER_IP", "VALIDATE_TIMEOUT",
            "FileInfo", "LiveNginx", "Progress", "TargetLock", "connect", "describe_holder", "engine_machine",

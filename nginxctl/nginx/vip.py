@@ -33,8 +33,9 @@ from ..render import VRRP_STATE_FILE
 from ..vipview import DOWN, UNKNOWN, MemberVip, VipView, has_address, parse_ip_addr, parse_state
 from .engine import engine_call, short
 from .keepalived import KEEPALIVED_HINT, companion_name, companion_stale
-from .live import LiveNginx, local_root
+from .live import LiveNginx
 from .sandbox import _run_throwaway
+from .transport import local_root
 
 if TYPE_CHECKING:
     import docker
