@@ -502,6 +502,9 @@ def test_make_the_pair_highly_available(docker_client, tmp_path):
         assert all(t["drift"] is False for t in json.loads(status.stdout)["targets"])
         wait_for("the VIP on lb1", lambda: net.holders() == ["lb1"], net=net)
         wait_for("a connection through the VIP", lambda: net.connect() == "backend")
+        [again] = ok(run(block[-1:], tmp_path))   # status, once keepalived has settled: who holds it, truly
+        assert json.loads(again.stdout)["ha"]["holders"] == ["lb1"] == net.holders()
+        assert json.loads(again.stdout)["ha"]["targets"] == {"lb1": "MASTER", "lb2": "BACKUP"}
 
 
 @pytest.mark.integration
@@ -514,11 +517,13 @@ def test_fail_over_by_hand(docker_client, tmp_path):
         ok(run(["nginxctl apply --reload"], tmp_path))
         wait_for("the VIP on lb1", lambda: net.holders() == ["lb1"], net=net)
         master = net.name("lb1")
-        ok(run(hand_over, tmp_path, MASTER=master))
+        before, _ = ok(run(hand_over, tmp_path, MASTER=master))
+        assert json.loads(before.stdout)["ha"]["holders"] == ["lb1"]   # status named the master to hand over
         wait_for("the VIP on lb2", lambda: net.holders() == ["lb2"], net=net)
         wait_for("a connection through the VIP on lb2", lambda: net.connect() == "backend")
         since = int(time.time()) - 1
-        ok(run(bring_back, tmp_path, MASTER=master))
+        _, after = ok(run(bring_back, tmp_path, MASTER=master))
+        assert json.loads(after.stdout)["ha"]["holders"] == ["lb2"]
         companion = docker_client.containers.get(f"{master}-keepalived")
         wait_for("lb1's keepalived back in BACKUP",
                  lambda: b"Entering BACKUP STATE" in companion.logs(since=since), net=net)
