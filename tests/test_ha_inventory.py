@@ -165,7 +165,15 @@ def test_priority_range(priority: Any) -> None:
 
 def test_two_targets_with_one_priority_are_refused() -> None:
     msg = one(GOOD.replace("container: lb2}", "container: lb2, priority: 200}"))
-    assert msg.startswith("inventory.yaml:8:43: targets[1].priority: priority 200 is also target 'lb1''s: give each")
+    assert msg.startswith("inventory.yaml:8:43: targets[1].priority: priority 200 is also the priority of target "
+                          "'lb1': give each")
+
+
+def test_a_refused_priority_is_said_once_not_compared_as_a_default() -> None:
+    """lb1's 255 is out of range: that is the one problem (its default, 200, is not held against lb2's 200)."""
+    text = GOOD.replace("container: lb1}", "container: lb1, priority: 255}").replace(
+        "container: lb2}", "container: lb2, priority: 200}")
+    assert "targets[0].priority: expected an integer >= 1 and <= 254" in one(text)
 
 
 @pytest.mark.parametrize(("listen", "what"), [

@@ -83,14 +83,17 @@ def test_header_names_the_inventory_hash() -> None:
 
 
 def test_where_it_runs_is_not_a_change_of_the_config() -> None:
-    """Editing only `target:` or `targets:` (a container name, a docker_host, a fleet member) renders the same
-    bytes: no reload, no new worker generation pinned by long connections. Any other edit is a change."""
+    """Editing only `target:` or `targets:` (a container name, a docker_host, a fleet member), or what only
+    keepalived reads in `ha:` (advert_interval), renders the same nginx config: no reload, no new worker generation
+    pinned by long connections. An edit nginx sees is a change."""
     text = (GOLDEN / "ha_pair" / "inventory.yaml").read_text()
     base = parse_inventory(text)
     moved = parse_inventory(text.replace("container: ", "container: other-"))
     assert moved.targets != base.targets and moved.digest != base.digest
     assert render(moved, template_env()) == render(base, template_env())
-    edited = parse_inventory(text.replace("advert_interval: 1s", "advert_interval: 2s"))
+    keepalived_only = parse_inventory(text.replace("advert_interval: 1s", "advert_interval: 2s"))
+    assert render(keepalived_only, template_env()) == render(base, template_env())
+    edited = parse_inventory(text.replace("balance: least_conn", "balance: round_robin"))
     assert render(edited, template_env()) != render(base, template_env())
 
 

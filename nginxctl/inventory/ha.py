@@ -87,10 +87,14 @@ def ha_section(data: dict[str, Any], fleet: list[NamedTarget], groups: list[Grou
     owner: dict[int, str] = {}
     for i, target in enumerate(fleet):
         explicit = target.priority is not None
+        written = i < len(raw_targets) and isinstance(raw_targets[i], dict) and "priority" in raw_targets[i]
         priority: int = target.priority if target.priority is not None else priorities[i]
+        if written and not explicit:   # its value was refused (said already): no default to compare
+            out.append(target)
+            continue
         if priority in owner:
             where: KeyPath = ("targets", i, "priority") if explicit else ("targets", i)
-            report(where, f"priority {priority} is also target '{owner[priority]}''s"
+            report(where, f"priority {priority} is also the priority of target '{owner[priority]}'"
                    f"{'' if explicit else ' (this one is the default for its place in targets:)'}: give each "
                    "target its own priority, or none (200, 190, ... in the order of targets:)")
         owner.setdefault(priority, target.name)

@@ -361,7 +361,7 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
     content = {"upstreams": groups, "nginx": nginx, "target": target, "targets": tuple(fleet),
                "templates": top.get("templates"), "vars": top.get("vars", {}), "discovery_etcd_endpoints": endpoints,
                "ha": ha}
-    where_it_runs = ("target", "targets")
+    where_it_runs = ("target", "targets", "ha")   # where it runs, and the keepalived beside it
     inv = Inventory(source=_safe_source(source), digest=inventory_digest(data), positions=positions, data=data,
                     config_digest=inventory_digest({k: v for k, v in data.items() if k not in where_it_runs}),
                     **content)

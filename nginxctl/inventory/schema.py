@@ -349,9 +349,9 @@ With `ha:`, `nginxctl apply` runs keepalived beside each target's nginx: a conta
 NET_ADMIN, NET_BROADCAST and NET_RAW, plus SETUID and SETGID, which keepalived uses to start each health check.
 It is recreated when the target container was restarted or recreated (keepalived left in a dead namespace holds
 nothing) and reloaded (SIGHUP) only when its keepalived.conf changed. `nginxctl render --keepalived` prints each
-target's `keepalived.conf`; `nginxctl validate` checks it with `keepalived --config-test`. Not yet: changing
-the standby first, keepalived.conf in the target's history and rollback, `watch` running the companions. What
-nginxctl decides for you, and why:
+target's `keepalived.conf`; `nginxctl validate` checks it with `keepalived --config-test`. A rollout changes the
+standbys first and the holder of the address last; keepalived.conf is kept in the target's history with the
+nginx config (one `rollback` puts both back). What nginxctl decides for you, and why:
 
 - **Every target starts as BACKUP**, and the healthy one with the highest priority becomes MASTER. With
   `nopreempt` (the default) a target that recovers does not take the address back from a healthy holder: the
