@@ -106,3 +106,20 @@ def test_the_vip_leaves_a_target_whose_nginx_container_was_killed(ha_net, tmp_pa
     wait_for("the VIP moving to lb2", lambda: ha_net.holders() == ["lb2"], net=ha_net)
     print(f"VIP moved {time.monotonic() - killed_at:.1f}s after nginx on lb1 was killed (pid {pid})")
     wait_for("a connection through the VIP on lb2", lambda: ha_net.connect() == "backend")
+
+
+def test_a_companion_killed_and_started_again_runs_and_survives_a_docker_restart_policy(ha_net, tmp_path,
+                                                                                         docker_client):
+    """A keepalived killed (not stopped) leaves no pid file behind it that stops the next start, and its companion
+    comes back by itself after a Docker restart unless stopped by hand."""
+    assert cli("apply", "-i", str(inventory(tmp_path, ha_net)), "--reload").returncode == 0
+    wait_for("the VIP on lb1", lambda: ha_net.holders() == ["lb1"], net=ha_net)
+    companion = docker_client.containers.get(f"{ha_net.prefix}-lb2-keepalived")
+    assert companion.attrs["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+    companion.kill()
+    since = int(time.time()) - 1
+    companion.start()
+    wait_for("lb2's keepalived running again, as BACKUP",
+             lambda: b"Entering BACKUP STATE" in companion.logs(since=since), net=ha_net)
+    companion.reload()
+    assert companion.status == "running" and b"already running" not in companion.logs(since=since)

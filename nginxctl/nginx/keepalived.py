@@ -128,6 +128,9 @@ def ensure_companion(client: docker.DockerClient, target: Container, image: str,
         companion = client.containers.create(
             image, ["--use-file", f"{CONF_DIR}/keepalived.conf"], name=name, network_mode=f"container:{target.id}",
             cap_drop=["ALL"], cap_add=list(COMPANION_CAPS), security_opt=["no-new-privileges"], pids_limit=64,
+            # /run on a tmpfs: a keepalived killed (not stopped) leaves its pid file, and one started again over it
+            # exits at once ("daemon is already running"); back after a Docker restart unless stopped by hand
+            tmpfs={"/run": "rw,nosuid,nodev,mode=755"}, restart_policy={"Name": "unless-stopped"},
             labels={"nginxctl.role": "keepalived", "nginxctl.target": target.name})
         companion.put_archive(CONF_DIR, tar_archive({"keepalived.conf": config}))
         companion.start()
