@@ -242,7 +242,7 @@ HA_KEYS = [
        "virtual IP). Failover takes about fall x advert_interval plus one check.", "keepalived: fall", 2),
     _k("rise", v.integer(1, 10), "Passed health checks in a row that take a target out of FAULT (with nopreempt it "
        "then waits as BACKUP).", "keepalived: rise", 2),
-    _k("image", v.image, "The keepalived image: apply runs it beside each target, validate checks each "
+    _k("image", v.image, "The keepalived image: apply and watch run it beside each target, validate checks each "
        "target's keepalived.conf with it (`keepalived --config-test`). scripts/setup.sh builds the default from "
        "Debian's keepalived package (scripts/build-keepalived-image.sh, no registry).", "",
        "nginxctl/keepalived:local", {"type": "string"}),
@@ -349,9 +349,9 @@ With `ha:`, `nginxctl apply` runs keepalived beside each target's nginx: a conta
 NET_ADMIN, NET_BROADCAST and NET_RAW, plus SETUID and SETGID, which keepalived uses to start each health check.
 It is recreated when the target container was restarted or recreated (keepalived left in a dead namespace holds
 nothing) and reloaded (SIGHUP) only when its keepalived.conf changed. `nginxctl render --keepalived` prints each
-target's `keepalived.conf`; `nginxctl validate` checks it with `keepalived --config-test`. Not yet: changing
-the standby first, keepalived.conf in the target's history and rollback, `watch` running the companions. What
-nginxctl decides for you, and why:
+target's `keepalived.conf`; `nginxctl validate` checks it with `keepalived --config-test`. `nginxctl watch` runs
+the companions too: an edit of `ha:` reaches them at the next pass, and a restarted target's companion is made
+again in its new namespace (docs/controller.md, Fleets). What nginxctl decides for you, and why:
 
 - **Every target starts as BACKUP**, and the healthy one with the highest priority becomes MASTER. With
   `nopreempt` (the default) a target that recovers does not take the address back from a healthy holder: the
