@@ -30,7 +30,15 @@ from .errors import (
 from .history import Entry, History, Phase, State, current_entry, loaded_now, select_rollback, sha
 from .host import started_at
 from .inventory.model import HA
-from .nginx import CompanionChange, FileInfo, LiveNginx, TargetLock, companion_config, ensure_companion
+from .nginx import (
+    CompanionChange,
+    FileInfo,
+    LiveNginx,
+    TargetLock,
+    companion_config,
+    companion_state,
+    ensure_companion,
+)
 from .nginxtext import (
     Process,
     Processes,
@@ -112,6 +120,11 @@ class Deployer:
     def keepalived_conf(self) -> str | None:
         """The keepalived.conf beside the target (`ha:`; None: no companion). Raises EnvironmentProblem."""
         return companion_config(self.live.client, self.live.name)
+
+    def keepalived_state(self) -> tuple[str | None, str]:
+        """The keepalived.conf beside the target and why its companion cannot serve it ("" when it can: see
+        `companion_stale`). Raises EnvironmentProblem."""
+        return companion_state(self.live.client, self.live.container)
 
     def loaded(self, state: State | None = None, info: FileInfo | None = None,
                procs: Processes | None = None) -> str | None:

@@ -88,6 +88,13 @@ class Net:
         run(*enter, "ip", "addr", "add", f"{address}/16", "dev", "eth0")
         run(*enter, "ip", "link", "set", "eth0", "up")
 
+    def replug(self, docker_client: Any, lb: str) -> None:
+        """`lb`'s container started again (a new network namespace, lo only): its eth0 made again."""
+        container = docker_client.containers.get(self.name(lb))
+        self.pids[lb] = container.attrs["State"]["Pid"]
+        subprocess.run(["ip", "-n", self.bridge_ns, "link", "del", f"v-{lb}"], capture_output=True)  # if left
+        self.plug(lb, str(self.pids[lb]), ADDRESSES[lb])
+
     def addresses(self, lb: str) -> str:
         return run("nsenter", "-t", str(self.pids[lb]), "-n", "ip", "-4", "-o", "addr", "show", "dev", "eth0")
 

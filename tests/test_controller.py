@@ -31,6 +31,7 @@ from nginxctl.errors import (
 from nginxctl.fleet import FleetFailure, Member, rollout
 from nginxctl.history import sha
 from nginxctl.inventory import parse_inventory
+from nginxctl.nginx import CompanionChange
 from nginxctl.nginxtext import Processes
 from nginxctl.observe import Generation
 
@@ -57,6 +58,7 @@ class FakeLive:
     def __init__(self, name: str) -> None:
         self.name = name
         self.files: dict[str, str] = {}
+        self.client = None   # the Docker client: only faked calls take it
 
     def read_file(self, path: str) -> bytes | None:
         text = self.files.get(path)
@@ -87,6 +89,8 @@ class FakeDeployer:
         self.fail: NginxctlError | None = None
         self.calls = calls
         self.reloads = 0
+        self.beside: str | None = None   # the keepalived.conf its companion holds (`ha:`)
+        self.stale = ""                  # why its companion cannot serve it ("" when it can)
 
     def observed(self) -> tuple[str | None, str | None, str | None]:
         loaded = (sha(self.running), self.running) if self.running is not None else (None, None)
@@ -101,16 +105,31 @@ class FakeDeployer:
     def precheck(self, rendered: str) -> None:
         self.calls.append(("precheck", self.live.name))
 
-    def apply(self, rendered: str, *, reload: bool, dry_run: bool = False) -> Outcome:
+    def keepalived_conf(self) -> str | None:
+        return self.beside
+
+    def keepalived_state(self) -> tuple[str | None, str]:
+        return self.beside, self.stale
+
+    def apply(self, rendered: str, *, reload: bool, dry_run: bool = False, keepalived: str | None = None) -> Outcome:
         self.calls.append(("apply", self.live.name))
         if self.fail is not None:
             raise self.fail
         before = self.file
         self.file = rendered
+        # with a keepalived.conf (`ha:`), as Deployer: nginx running the config already is not reloaded for it
+        reloaded = reload and (keepalived is None or self.running != rendered)
         if reload:
             self.running = rendered
-            self.reloads += 1
-        return Outcome(self.live.name, before != rendered, reload, "", None, sha(rendered))
+            self.reloads += reloaded
+        outcome = Outcome(self.live.name, before != rendered, reloaded, "", None, sha(rendered))
+        if keepalived is not None and reload:
+            action = "created" if self.beside is None else "recreated" if self.stale else \
+                "unchanged" if keepalived == self.beside else "reloaded"
+            outcome.companion = CompanionChange(f"{self.live.name}-keepalived", action, self.stale)
+            self.calls.append(("keepalived", self.live.name))
+            self.beside, self.stale = keepalived, ""
+        return outcome
 
 
 class Harness:

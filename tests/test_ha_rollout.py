@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nginxctl import nginx
 from nginxctl.apply import Outcome
 from nginxctl.controller import attach
+from nginxctl.controller.decide import Action, PassInput, Plan, decide
 from nginxctl.controller.model import Event, EventKind
-from nginxctl.errors import ApplyFailure, EnvironmentProblem, FleetFailure
+from nginxctl.errors import ApplyFailure, EnvironmentProblem, FleetFailure, NginxOutput
 from nginxctl.fleet import Member, rollout, standby_first
+from nginxctl.history import sha
 from nginxctl.inventory import parse_inventory
 from nginxctl.nginx import CompanionChange
 from nginxctl.render import render_keepalived, template_env
@@ -167,6 +170,14 @@ class HAHarness(Harness):
             return reached
 
         monkeypatch.setattr(attach, "open_fleet", open_fleet)
+        self.tested: list[str] = []   # `keepalived --config-test` runs (a text with "REFUSE-ME" is refused)
+
+        def config_test(client: Any, image: str, config: str, interface: str) -> NginxOutput:
+            self.tested.append(config)
+            return NginxOutput(["keepalived", "--config-test"], 1 if "REFUSE-ME" in config else 0,
+                               "bad config" if "REFUSE-ME" in config else "")
+
+        monkeypatch.setattr(nginx, "test_keepalived_config", config_test)
         self.ctl.ha.hold = lambda members, owner: []  # type: ignore[method-assign]
         self.ctl.ha.holders = lambda members, ha: [m.name for m in members if m.name in self.holding]
         self.ctl.health.checker = Checks()  # type: ignore[assignment]
@@ -253,3 +264,115 @@ def test_without_ha_one_unreachable_target_still_holds_back_all(tmp_path, monkey
     h.ctl._reconcile("change")
     assert h.applied() == [] and h.events("reload")[-1]["result"] == "error"
     assert "lb2 is not reachable" in h.events("reload")[-1]["message"] and not h.events("member")
+
+
+# -- the watch runs keepalived ----------------------------------------------------------------------------------
+
+
+def test_decide_applies_an_ha_only_change_and_is_in_sync_when_the_companions_hold_the_desired_conf():
+    """The nginx config does not change for an `ha:` edit: the installed keepalived.conf decides."""
+    inv = parse_inventory(HA_FLEET, "inventory.yaml")
+    conf = {"lb1": "nginx\n", "lb2": "nginx\n"}
+    wanted = {"lb1": "advert_int 2 (lb1)\n", "lb2": "advert_int 2 (lb2)\n"}
+    base: dict[str, Any] = dict(trigger="change", inventory=inv, snapshots={}, down=frozenset(), isolated={},
+                                loaded={name: sha(text) for name, text in conf.items()})
+
+    def run(held: dict[str, str | None], wants: dict[str, str] = wanted, **kw: Any) -> Plan:
+        return decide(PassInput(**base, keepalived=held, **kw), lambda _: dict(conf), lambda _: dict(wants))
+
+    plan = run({"lb1": "advert_int 1 (lb1)\n", "lb2": wanted["lb2"]})
+    assert plan.action is Action.APPLY and plan.behind == ("lb1",) and plan.reload and not plan.drift
+    assert plan.keepalived == wanted and plan.rendered == conf
+    assert "the keepalived.conf beside lb1 differs from the desired one" in plan.reason
+    assert run(dict(wanted)).action is Action.IN_SYNC
+    # a companion that cannot serve its target (it restarted) reads as holding none: behind
+    assert run({"lb1": wanted["lb1"], "lb2": None}).behind == ("lb2",)
+    # a refused keepalived.conf is remembered with the nginx config: held, until ha: changes again
+    assert plan.attempt != plan.desired
+    refused = run({"lb1": None, "lb2": None}, failed=plan.attempt, failed_for_good=True)
+    assert refused.action is Action.HOLD
+    edited = run({"lb1": None, "lb2": None}, {n: t + "# edited\n" for n, t in wanted.items()}, failed=plan.attempt,
+                 failed_for_good=True)
+    assert edited.action is Action.APPLY and edited.behind == ("lb1", "lb2")
+
+
+def test_the_watch_gives_an_ha_edit_to_the_companions_with_the_config(tmp_path, monkeypatch):
+    h = HAHarness(tmp_path, monkeypatch)
+    lb1, lb2 = h.targets
+    h.ctl._reconcile("start")
+    assert [e["action"] for e in h.events("keepalived")] == ["created", "created"]
+    assert "advert_int 1" in (lb1.beside or "") and "advert_int 1" in (lb2.beside or "")
+    h.calls.clear()
+    h.edit("virtual_router_id: 51}", "virtual_router_id: 51, advert_interval: 2s}")
+    h.ctl._reconcile("change")
+    assert h.events("apply")[-1]["targets"] == ["lb2", "lb1"]
+    assert h.calls == [("precheck", "lb2"), ("precheck", "lb1"), ("apply", "lb2"), ("keepalived", "lb2"),
+                       ("apply", "lb1"), ("keepalived", "lb1")]
+    assert "advert_int 2" in (lb1.beside or "") and "advert_int 2" in (lb2.beside or "")
+    said = [(e["target"], e["action"]) for e in h.events("keepalived")[2:]]
+    assert said == [("lb2", "reloaded"), ("lb1", "reloaded")] and h.events("reload")[-1]["result"] == "ok"
+    assert len(h.tested) == 4   # each keepalived.conf checked once before it goes in
+    h.calls.clear()
+    h.ctl._reconcile("resync")
+    assert h.calls == []
+
+
+def test_a_keepalived_conf_alone_behind_goes_in_without_reloading_nginx(tmp_path, monkeypatch):
+    h = HAHarness(tmp_path, monkeypatch)
+    lb1, lb2 = h.targets
+    h.ctl._reconcile("start")
+    desired, reloads, said = lb1.beside, (lb1.reloads, lb2.reloads), len(h.events("reload"))
+    lb1.beside = "vrrp_instance edited by hand\n"   # or a template change that only keepalived.conf shows
+    h.calls.clear()
+    h.ctl._reconcile("resync")
+    applying = h.events("apply")[-1]
+    assert "the keepalived.conf beside lb1 differs from the desired one" in applying["message"]
+    assert h.applied() == ["lb1"] and lb1.beside == desired and h.events("keepalived")[-1]["action"] == "reloaded"
+    assert (lb1.reloads, lb2.reloads) == reloads and len(h.events("reload")) == said   # nginx not reloaded
+    h.calls.clear()
+    h.ctl._reconcile("resync")
+    assert h.calls == []
+
+
+def test_the_watch_makes_a_restarted_targets_companion_again(tmp_path, monkeypatch):
+    h = HAHarness(tmp_path, monkeypatch)
+    lb1, lb2 = h.targets
+    h.ctl._reconcile("start")
+    h.calls.clear()
+    # lb2 restarted: its nginx loaded its config again, its companion is left in the namespace it had
+    lb2.stale = "the target restarted after it (a new network namespace)"
+    h.ctl._handle(Event(EventKind.TARGET, detail="target container start"))
+    h.ctl._reconcile("change")
+    stale, made = h.events("keepalived")[-2:]
+    assert stale["target"] == "lb2" and stale["state"] == "stale" and stale["level"] == "warning"
+    assert stale["message"] == ("lb2: its keepalived companion cannot serve it (the target restarted after it (a new "
+                                "network namespace)): this pass makes it again")
+    assert made == {**made, "target": "lb2", "action": "recreated", "companion": "lb2-keepalived",
+                    "message": "lb2-keepalived: keepalived recreated (the target restarted after it (a new network "
+                               "namespace))"}
+    assert h.applied() == ["lb2"] and ("keepalived", "lb1") not in h.calls and lb2.stale == ""
+    assert lb2.reloads == 1 and not h.events("drift")   # nginx untouched: it runs the desired config
+    assert len(h.tested) == 2   # the same keepalived.conf: not tested again
+    h.calls.clear()
+    h.ctl._reconcile("resync")
+    assert h.calls == []
+
+
+def test_a_keepalived_conf_keepalived_refuses_changes_nothing_and_waits_for_the_next_edit(tmp_path, monkeypatch):
+    h = HAHarness(tmp_path, monkeypatch)
+    lb1, lb2 = h.targets
+    h.ctl._reconcile("start")
+    before = (lb1.beside, lb2.beside)
+    shipped = h.ctl.companions.render
+    h.ctl.companions.render = lambda inv: {n: t + "# REFUSE-ME\n" for n, t in shipped(inv).items()}  # type: ignore
+    h.calls.clear()
+    h.ctl._reconcile("change")
+    refused = h.events("reload")[-1]
+    assert refused["result"] == "rejected" and "keepalived rejected its keepalived.conf" in refused["message"]
+    assert h.applied() == [] and (lb1.beside, lb2.beside) == before
+    h.ctl._reconcile("resync")   # held: the same inputs are not tried again
+    assert h.applied() == [] and h.events()[-1]["event"] != "apply"
+    h.ctl.companions.render = shipped  # type: ignore[method-assign]
+    h.edit("virtual_router_id: 51}", "virtual_router_id: 51, advert_interval: 2s}")
+    h.ctl._reconcile("change")
+    assert h.applied() == ["lb2", "lb1"] and "advert_int 2" in (lb1.beside or "")

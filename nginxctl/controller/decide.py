@@ -7,7 +7,9 @@ refused, what each target has loaded), then `decide` says what to do, once:
   HOLD     the same desired config failed moments ago: wait out its backoff, whatever woke the loop
   IN_SYNC  every target runs the desired config
   APPLY    these targets run something else: roll the desired config to them (and say which of them run a
-           config this watch did not put there: drift)
+           config this watch did not put there: drift); with `ha:`, a target whose keepalived companion holds
+           another keepalived.conf than the desired one (an `ha:` edit), or none that can serve it (the target
+           restarted: its companion is left in a dead network namespace), is behind too
 
 How a failed apply is counted and retried is `classify`: one table from the error to the reload result.
 """
@@ -25,6 +27,7 @@ from ..errors import (
     EnvironmentProblem,
     FleetFailure,
     GenerationsLingering,
+    KeepalivedRejected,
     NginxctlError,
     RestoreFailed,
     TemplateError,
@@ -61,6 +64,8 @@ class PassInput:
     failed_for_good: bool = False                  # that failure is not retried (nginx rejects the config)
     installed: Mapping[str, str | None] = field(default_factory=dict)   # target -> hash of its config file
     returned: frozenset[str] = frozenset()         # back from being unreachable (`ha:`): behind, not drifted
+    keepalived: Mapping[str, str | None] = field(default_factory=dict)  # ha: target -> the keepalived.conf its
+    #                                              companion holds (None: no companion, or one that cannot serve it)
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,26 @@ class Plan:
     reload: bool = True        # False: nginx runs the desired config already, only a file differs (reinstall)
     drift: tuple[tuple[str, str | None], ...] = ()               # (target, what it runs) not put there by us
     waiting_for: tuple[str, ...] = ()                            # sources that never answered
+    keepalived: Mapping[str, str] = field(default_factory=dict)  # ha: target -> its desired keepalived.conf
 
     @property
     def desired(self) -> str | None:
         """The hash of the first target's desired config (the one the log and the metrics speak of)."""
         first = next(iter(self.rendered.values()), None)
         return sha(first) if first is not None else None
+
+    @property
+    def attempt(self) -> str | None:
+        """What a failed apply is remembered by: the desired config, with `ha:` the keepalived.confs beside it (an
+        `ha:` edit after a refused keepalived.conf is a new attempt, though the nginx config is the same)."""
+        return attempt(self.rendered, self.keepalived)
+
+
+def attempt(rendered: Mapping[str, str], keepalived: Mapping[str, str]) -> str | None:
+    first = next(iter(rendered.values()), None)
+    if first is None or not keepalived:
+        return sha(first) if first is not None else None
+    return sha("\0".join([first, *(keepalived[name] for name in sorted(keepalived))]))
 
 
 def unknown_sources(inv: Inventory, snapshots: Mapping[str, Snapshot]) -> tuple[str, ...]:
@@ -87,9 +106,11 @@ def unknown_sources(inv: Inventory, snapshots: Mapping[str, Snapshot]) -> tuple[
                          and not (snapshots.get(g.discover) and snapshots[g.discover].known)}))
 
 
-def decide(p: PassInput, render: Callable[[Inventory], dict[str, str]]) -> Plan:
+def decide(p: PassInput, render: Callable[[Inventory], dict[str, str]],
+           render_keepalived: Callable[[Inventory], dict[str, str]] | None = None) -> Plan:
     """What this pass does. `render` turns the merged inventory into each target's config, in the targets'
-    order (pure: the templates and each target's build are fixed for the pass). Raises TemplateError."""
+    order (pure: the templates and each target's build are fixed for the pass); `render_keepalived` (`ha:`) into
+    each target's keepalived.conf, compared with `p.keepalived`. Raises TemplateError."""
     waiting = unknown_sources(p.inventory, p.snapshots)
     if waiting:
         return Plan(Action.WAIT, f"{', '.join(waiting)} not reachable yet: the target keeps what it runs until "
@@ -98,25 +119,35 @@ def decide(p: PassInput, render: Callable[[Inventory], dict[str, str]]) -> Plan:
     rendered = render(merged.inventory)
     if not rendered:
         raise NginxctlError("no target to render for (none attached)")
-    desired = sha(next(iter(rendered.values())))
-    if desired == p.failed and (p.backoff_pending or p.failed_for_good):
+    keepalived = render_keepalived(merged.inventory) if render_keepalived is not None else {}
+    if attempt(rendered, keepalived) == p.failed and (p.backoff_pending or p.failed_for_good):
         why = "nginx rejected this config: held until the inputs change" if p.failed_for_good else \
             "the same config failed moments ago: waiting for its backoff"
-        return Plan(Action.HOLD, why, merged, rendered)
+        return Plan(Action.HOLD, why, merged, rendered, keepalived=keepalived)
     not_loaded = tuple(name for name, text in rendered.items() if p.loaded.get(name) != sha(text))
     # a file changed under nginx (docker cp, no reload): nginx runs the right config, but a restart would not
     file_only = tuple(name for name, text in rendered.items() if name not in not_loaded
                       and name in p.installed and p.installed[name] != sha(text))
-    behind = tuple(name for name in rendered if name in not_loaded or name in file_only)
+    companions = tuple(name for name, text in keepalived.items()
+                       if name in rendered and p.keepalived.get(name) != text)
+    behind = tuple(name for name in rendered if name in not_loaded or name in file_only or name in companions)
     if not behind:
         return Plan(Action.IN_SYNC, f"nothing to do: the target runs the desired config ({p.trigger})", merged,
-                    rendered)
+                    rendered, keepalived=keepalived)
     drift = tuple((name, p.loaded.get(name)) for name in not_loaded
                   if p.verified is not None and p.loaded.get(name) != p.verified and name not in p.returned)
     drift += tuple((name, p.loaded.get(name)) for name in file_only)
-    reason = f"applying ({p.trigger}): the desired config differs from the loaded one" if not_loaded else \
-        f"reinstalling ({p.trigger}): the config file differs from the one nginx runs (changed outside the watch)"
-    return Plan(Action.APPLY, reason, merged, rendered, behind, bool(not_loaded), drift)
+    if not_loaded:
+        reason = f"applying ({p.trigger}): the desired config differs from the loaded one"
+    elif file_only:
+        reason = (f"reinstalling ({p.trigger}): the config file differs from the one nginx runs (changed outside the "
+                  "watch)")
+    else:
+        reason = (f"applying ({p.trigger}): the keepalived.conf beside {', '.join(companions)} differs from the "
+                  "desired one (an ha: change, or a companion to make again); nginx runs the desired config")
+    # keepalived.conf goes in only with a reload: one that finds nginx running the desired config reloads nothing
+    return Plan(Action.APPLY, reason, merged, rendered, behind, bool(not_loaded or companions), drift,
+                keepalived=keepalived)
 
 
 @dataclass(frozen=True)
@@ -134,6 +165,7 @@ class Failure:
 FAILURES: tuple[tuple[type[NginxctlError], Failure], ...] = (
     (TemplateError, Failure(Result.REJECTED, retry=False, remember=False)),
     (ConfigRejected, Failure(Result.REJECTED, retry=False)),
+    (KeepalivedRejected, Failure(Result.REJECTED, retry=False)),
     (GenerationsLingering, Failure(Result.REFUSED, retry=True, delay=GENERATIONS_RETRY, remember=False)),
     (RestoreFailed, Failure(Result.RESTORE_FAILED, retry=True)),
     (ApplyFailure, Failure(Result.RESTORED, retry=True)),

@@ -30,6 +30,7 @@ class Logged(str, enum.Enum):
     VIP = "vip"                # the virtual IP moved
     MEMBER = "member"          # with ha: a member of the fleet unreachable (the others kept in step), or back
     ORDER = "order"            # with ha: the rollout order changed (standby first, the holder of the VIP last)
+    KEEPALIVED = "keepalived"  # with ha: a companion stale (its target restarted), created, recreated or reloaded
 
 
 class DecisionLog:

@@ -34,6 +34,7 @@ from .decide import Action, PassInput, Plan, classify, decide, describe, drift_l
 from .hafleet import HAFleet
 from .health import Checker
 from .healthstate import HealthState
+from .keepalived import Companions
 from .leftout import LeftOut
 from .log import DecisionLog, Logged
 from .merge import Merged, merge
@@ -53,7 +54,6 @@ if TYPE_CHECKING:
     import docker
 
 Connect = Callable[[str | None], "docker.DockerClient"]
-
 
 MAX_ISOLATED_PER_PASS = 16   # discovered servers nginx refuses, found one rejection at a time
 
@@ -101,6 +101,7 @@ class Controller:
         self.takeouts: set[str] = set()   # health take-outs seen and not applied yet: never held by the limits
         self.held_since: float | None = None   # the desired config has not run since (a failed or deferred pass)
         self.ha = HAFleet(log)   # the members reached and held; with ha:, standby first and one away not holding back
+        self.companions = Companions(log, options.templates, options.inventory.parent)   # ha: keepalived beside each
         metrics.pending_seconds.set_function(self._pending_seconds)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -142,8 +143,7 @@ class Controller:
         self.sources.start()
         # the limits on lingering generations are fields of the line (said in text logs too)
         self.log(Logged.START, f"watching {self.options.inventory} for target{'s' if len(names) > 1 else ''} "
-                 f"{', '.join(names)}",
-                 quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
+                 f"{', '.join(names)}", quiet_period=self.options.quiet_period, max_wait=self.options.max_wait,
                  max_generations=self.options.max_generations, max_lingering_memory=self.options.max_memory,
                  retire_rate=self.options.retire_rate, sources=self.sources.names())
 
@@ -231,8 +231,7 @@ class Controller:
     def _log_stop(self, detail: str) -> None:
         """The `stop` line says what was seen and is not applied (a burst in its quiet period, a retry, a
         health change held by its damping): this watch drops it, the target keeps what it runs."""
-        pending = self.debounce.changes + (1 if self.retry_at is not None else 0) \
-            + (1 if self.health.due is not None else 0)
+        pending = self.debounce.changes + (self.retry_at is not None) + (self.health.due is not None)
         if pending:
             self.log(Logged.STOP, f"{detail}: stopping; {pending} change(s) seen were not applied; the target keeps "
                      "the config it runs", not_applied=pending, level="warning")
@@ -345,8 +344,8 @@ class Controller:
                                 {name: h for name, (h, _) in self.loaded.items()}, self.verified,
                                 self.failed_desired, self.retry_at is not None and self.clock() < self.retry_at,
                                 self.failed_for_good, {name: f for name, (_, _, f) in observed.items()},
-                                self.ha.take_returned()),
-                      self._render)
+                                self.ha.take_returned(), self.companions.installed(self.members, self.inventory)),
+                      self._render, self.companions.render)
         self.generations.observe(self.members)
         if plan.action is not Action.WAIT and self.waiting:  # the source answered: no longer held for it
             self.waiting = False
@@ -387,7 +386,9 @@ class Controller:
         for m in behind:  # a health take-out is never held back by the limits on lingering generations
             m.deployer.waive_limits = bool(self.takeouts)
         with self.rebalancing.replacing(behind, plan.rendered):   # a reload that replaces a rebalance's overlay
-            result = rollout(behind, dict(plan.rendered), reload=plan.reload, dry_run=False, progress=lambda _: None)
+            result = rollout(behind, dict(plan.rendered), reload=plan.reload, dry_run=False, progress=lambda _: None,
+                             keepalived=self.companions.checked(behind, plan.keepalived, self.inventory))
+        self.companions.said(result)
         self.reloaded = any(o.reloaded for _, o in result.outcomes)
 
     def _carried_out(self, plan: Plan, reason: str, began: float) -> None:
@@ -461,7 +462,7 @@ class Controller:
         next change, and publish it as held, so `status` says what waits and why."""
         failure = classify(exc)
         if failure.remember and plan is not None:
-            self.failed_desired = plan.desired
+            self.failed_desired = plan.attempt
             self.failed_for_good = not failure.retry
         if failure.detach:
             self.members = None
@@ -470,8 +471,7 @@ class Controller:
             self.held_since = self.burst_started or self.clock()
         lingering = exc.cause if isinstance(exc, FleetFailure) else exc
         if isinstance(lingering, GenerationsLingering):
-            message = self.generations.refused(lingering, message, self.members or [],
-                                               self.clock() - self.held_since)
+            message = self.generations.refused(lingering, message, self.members or [], self.clock() - self.held_since)
         again = message == self.publisher.held   # the same failure as the last attempt: counted, said once
         self.metrics.reloads.labels(failure.result.value).inc()
         located = locate(exc, plan) if isinstance(exc, ConfigRejected) else []

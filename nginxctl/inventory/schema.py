@@ -242,7 +242,7 @@ HA_KEYS = [
        "virtual IP). Failover takes about fall x advert_interval plus one check.", "keepalived: fall", 2),
     _k("rise", v.integer(1, 10), "Passed health checks in a row that take a target out of FAULT (with nopreempt it "
        "then waits as BACKUP).", "keepalived: rise", 2),
-    _k("image", v.image, "The keepalived image: apply runs it beside each target, validate checks each "
+    _k("image", v.image, "The keepalived image: apply and watch run it beside each target, validate checks each "
        "target's keepalived.conf with it (`keepalived --config-test`). scripts/setup.sh builds the default from "
        "Debian's keepalived package (scripts/build-keepalived-image.sh, no registry).", "",
        "nginxctl/keepalived:local", {"type": "string"}),
@@ -351,7 +351,9 @@ It is recreated when the target container was restarted or recreated (keepalived
 nothing) and reloaded (SIGHUP) only when its keepalived.conf changed. `nginxctl render --keepalived` prints each
 target's `keepalived.conf`; `nginxctl validate` checks it with `keepalived --config-test`. A rollout changes the
 standbys first and the holder of the address last; keepalived.conf is kept in the target's history with the
-nginx config (one `rollback` puts both back). What nginxctl decides for you, and why:
+nginx config (one `rollback` puts both back). `nginxctl watch` runs the companions too: an edit of `ha:` reaches
+them at the next pass, and a restarted target's companion is made again in its new namespace (docs/controller.md,
+Fleets). What nginxctl decides for you, and why:
 
 - **Every target starts as BACKUP**, and the healthy one with the highest priority becomes MASTER. With
   `nopreempt` (the default) a target that recovers does not take the address back from a healthy holder: the

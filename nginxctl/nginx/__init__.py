@@ -28,7 +28,14 @@ from .engine import (
     ensure_image,
     image_present,
 )
-from .keepalived import KEEPALIVED_HINT, CompanionChange, companion_config, ensure_companion, test_keepalived_config
+from .keepalived import (
+    KEEPALIVED_HINT,
+    CompanionChange,
+    companion_config,
+    companion_state,
+    ensure_companion,
+    test_keepalived_config,
+)
 from .live import LiveNginx
 from .lock import LOCK_STALE_SECONDS, TargetLock, describe_holder
 from .sandbox import VALIDATE_TIMEOUT, image_build, test_config
@@ -37,4 +44,5 @@ from .transport import FileInfo
 __all__ = ["BUILD_HINT", "DEFAULT_IMAGE", "LOCAL_IMAGE", "LOCK_STALE_SECONDS", "PLACEHOLDER_IP", "VALIDATE_TIMEOUT",
            "FileInfo", "LiveNginx", "Progress", "TargetLock", "connect", "describe_holder", "engine_machine",
            "ensure_image", "image_build", "image_present", "test_config", "KEEPALIVED_HINT", "test_keepalived_config",
-           "CompanionChange", "companion_config", "ensure_companion"]
+           "CompanionChange", "companion_config", "companion_state",
+           "ensure_companion"]

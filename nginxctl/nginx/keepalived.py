@@ -104,6 +104,19 @@ def companion_config(client: docker.DockerClient, target: str) -> str | None:
         return _read_config(companion)
 
 
+def companion_state(client: docker.DockerClient, target: Container) -> tuple[str | None, str]:
+    """The keepalived.conf in `target`'s companion (None: no companion, or no config in it), and why that companion
+    cannot serve the target as it runs now ("" when it can, or when there is none: see `companion_stale`). Raises
+    EnvironmentProblem."""
+    with engine_call(f"cannot read keepalived beside {target.name}", KEEPALIVED_HINT):
+        try:
+            companion = client.containers.get(companion_name(target.name))
+        except docker.errors.NotFound:
+            return None, ""
+        target.reload()   # its StartedAt now: a restart since the attach is seen
+        return _read_config(companion), companion_stale(companion, target)
+
+
 def ensure_companion(client: docker.DockerClient, target: Container, image: str, config: str) -> CompanionChange:
     """Run keepalived with `config` beside `target` (`<target>-keepalived`, network_mode container:<target>, only
     the COMPANION_CAPS): create it, recreate it when the target was restarted or recreated,
