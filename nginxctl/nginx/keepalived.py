@@ -117,6 +117,11 @@ def companion_state(client: docker.DockerClient, target: Container) -> tuple[str
         return _read_config(companion), companion_stale(companion, target)
 
 
+PID_DIR = "/run/keepalived"
+PID_FILES = (f"--pid={PID_DIR}/keepalived.pid", f"--vrrp_pid={PID_DIR}/vrrp.pid",
+             f"--checkers_pid={PID_DIR}/checkers.pid")
+
+
 def ensure_companion(client: docker.DockerClient, target: Container, image: str, config: str) -> CompanionChange:
     """Run keepalived with `config` beside `target` (`<target>-keepalived`, network_mode container:<target>, only
     the COMPANION_CAPS): create it, recreate it when the target was restarted or recreated,
@@ -139,11 +144,13 @@ def ensure_companion(client: docker.DockerClient, target: Container, image: str,
                 return CompanionChange(name, "reloaded")
             existing.remove(force=True)
         companion = client.containers.create(
-            image, ["--use-file", f"{CONF_DIR}/keepalived.conf"], name=name, network_mode=f"container:{target.id}",
+            image, ["--use-file", f"{CONF_DIR}/keepalived.conf", *PID_FILES], name=name,
+            network_mode=f"container:{target.id}",
             cap_drop=["ALL"], cap_add=list(COMPANION_CAPS), security_opt=["no-new-privileges"], pids_limit=64,
-            # /run on a tmpfs: a keepalived killed (not stopped) leaves its pid file, and one started again over it
-            # exits at once ("daemon is already running"); back after a Docker restart unless stopped by hand
-            tmpfs={"/run": "rw,nosuid,nodev,mode=755"}, restart_policy={"Name": "unless-stopped"},
+            # the pid files on a tmpfs: a keepalived killed (not stopped) leaves them, and one started again over
+            # them exits at once ("daemon is already running"); the state file stays in /run, where the Docker API
+            # can read it (an archive cannot read a tmpfs). Back after a Docker restart unless stopped by hand.
+            tmpfs={PID_DIR: "rw,nosuid,nodev,mode=755"}, restart_policy={"Name": "unless-stopped"},
             labels={"nginxctl.role": "keepalived", "nginxctl.target": target.name})
         companion.put_archive(CONF_DIR, tar_archive({"keepalived.conf": config}))
         companion.start()
