@@ -347,6 +347,12 @@ def rebalance(
                        "balanced after this long (10m, 30s, or seconds).")] = "10m",  # type: ignore[assignment]
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (per server: connections, fair "
                        "share, to move; the minimum); close nothing.")] = False,
+    max_generations: Annotated[int, typer.Option("--max-generations", min=1, help="The first overlay reload is "
+                               "refused while this many old worker generations linger.")] = 3,
+    retire_rate: Annotated[float, typer.Option(
+        "--retire-rate", parser=rate_per_second, metavar="N/s", help="Past --max-generations, retire the oldest "
+        "generation first: close its connections at N per second (idle first; clients see an orderly close), "
+        "then rebalance. Default 0: refuse (exit 4).")] = "0",  # type: ignore[assignment]
     lock_timeout: LockTimeoutOpt = "30s",  # type: ignore[assignment]
     fmt: FormatOpt = Format.text, quiet: QuietOpt = False,
 ) -> None:
@@ -359,7 +365,8 @@ def rebalance(
     try:
         report = workflows.rebalance_group(_inventory(inventory), group, connect=_connect, options=options,
                                            container=container, targets=_names(targets), lock_wait=lock_timeout,
-                                           progress=progress_lines(quiet or fmt is Format.json), on_step=step)
+                                           progress=progress_lines(quiet or fmt is Format.json), on_step=step,
+                                           max_generations=max_generations, retire_rate=retire_rate or None)
     finally:
         close()
     emit(report, fmt)

@@ -152,12 +152,12 @@ class InternalError(NginxctlError):
 class WatchOwnsTarget(EnvironmentProblem):
     """A running `nginxctl watch` controls the target: other commands do not change it behind its back."""
 
-    def __init__(self, target: str, watch: str, resync: float | None) -> None:
+    def __init__(self, target: str, watch: str, resync: float | None, hint: str | None = None) -> None:
         self.target = target
         self.watch = watch
         again = f"within {resync:g}s" if resync else "at its next resync"
         super().__init__(f"{target} is controlled by nginxctl watch ({watch}); nothing changed",
-                         "change what the watch applies instead: edit its inventory (`down: true` to drain a "
+                         hint or "change what the watch applies instead: edit its inventory (`down: true` to drain a "
                          "server) and it reloads, verified, on its own; or stop the watch. --force (apply, "
                          f"rollback) changes the target anyway: the watch sees the drift and puts its config back "
                          f"{again}")

@@ -123,6 +123,23 @@ def _pool(deployer: Deployer, loaded_text: str | None, inv: Inventory | None, no
         return None
 
 
+def _with_overlay(want: Any, published: Published) -> tuple[dict[str, Any] | None, set[tuple[str, str]]]:
+    """A running rebalance's overlay is runtime state, like health decisions: what is wanted includes it (never
+    drift, in `status` and `diff` alike), and a note says who holds it. Returns (the overlay, its servers)."""
+    overlay = published.overlay()
+    overlaid = {(overlay["group"], a) for a in overlay.get("down", [])} \
+        if overlay is not None and not overlay["stale"] else set()
+    if overlaid and want.text is not None and overlay is not None:
+        want.text = with_servers_down(want.text, overlay["group"], {a for _, a in overlaid})
+        want.notes.append(f"nginxctl {overlay.get('by', 'rebalance')} (pid {overlay.get('pid')}) moves connections of "
+                          f"{overlay['group']}: "
+                          f"{', '.join(sorted(a for _, a in overlaid))} take no new connection until it ends")
+    elif overlay is not None:
+        want.notes.append(f"a rebalance of {overlay['group']} stopped without removing its overlay: if nginx still "
+                          "runs it (drift below), `nginxctl apply --reload` puts the normal config back")
+    return overlay, overlaid
+
+
 def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> StatusReport:
     inv = opened.inventory
     live = deployer.live
@@ -138,18 +155,7 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
         raise EnvironmentProblem(f"no nginx master process runs in {live.name}",
                                  "is the container's command nginx? (`docker top` shows what runs in it)")
     published = Published(live, deployer.history.base)
-    overlay = published.overlay()
-    overlaid = {(overlay["group"], a) for a in overlay.get("down", [])} \
-        if overlay is not None and not overlay["stale"] else set()
-    if overlaid and want.text is not None and overlay is not None:
-        # a running rebalance's overlay is runtime state, like health decisions: expected, never drift
-        want.text = with_servers_down(want.text, overlay["group"], {a for _, a in overlaid})
-        want.notes.append(f"nginxctl {overlay.get('by', 'rebalance')} (pid {overlay.get('pid')}) moves connections of "
-                          f"{overlay['group']}: "
-                          f"{', '.join(sorted(a for _, a in overlaid))} take no new connection until it ends")
-    elif overlay is not None:
-        want.notes.append(f"a rebalance of {overlay['group']} stopped without removing its overlay: if nginx still "
-                          "runs it (drift below), `nginxctl apply --reload` puts the normal config back")
+    overlay, overlaid = _with_overlay(want, published)
     views = servers_view(loaded_text, health_down=health_down, drained=published.drained(),
                          overlay=overlaid) if loaded_text else None
     data: dict[str, Any] = {
@@ -211,6 +217,7 @@ def diff_inventory(path: Path, *, connect: Connect, container: str | None = None
         for m in members:
             want = desired_config(opened, m.deployer, templates)
             assert want.text is not None
+            _with_overlay(want, Published(m.deployer.live, m.deployer.history.base))
             deployed = m.deployer.deployed()
             loaded, loaded_text = m.deployer.loaded_config()
             change = pending(loaded_text, want.text, unknown_groups=want.unknown_groups) \

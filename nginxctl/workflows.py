@@ -28,6 +28,7 @@ from .errors import (
     RebalanceTimeout,
     Step,
     UsageError,
+    WatchOwnsTarget,
 )
 from .files import write_atomic
 from .fleet import Member, fleet_targets, rollout, standby_first
@@ -333,7 +334,8 @@ def rollback(path: Path | None, *, connect: Connect, container: str | None = Non
 
 def rebalance_group(path: Path, group: str, *, connect: Connect, options: Options, container: str | None = None,
                     targets: list[str] | None = None, lock_wait: float = 30.0, progress: Progress = quiet,
-                    on_step: RebalanceStep | None = None) -> RebalanceReport | Many:
+                    on_step: RebalanceStep | None = None, max_generations: int = 3,
+                    retire_rate: float | None = None) -> RebalanceReport | Many:
     """Move the group's connections until every up primary server is within tolerance of its fair share (or,
     `hash ... consistent`, on the server its key maps to), target by target. Raises UsageError (unknown, UDP
     or plain-hash group, a hash key nginxctl cannot compute), WatchOwnsTarget (a watch controls the target;
@@ -351,9 +353,15 @@ def rebalance_group(path: Path, group: str, *, connect: Connect, options: Option
                                                                  f" (groups: {', '.join(names)})"))
         check_method(meta, group)
         members = open_members(opened, container, targets, connect, progress=progress, lock_wait=lock_wait,
-                               max_generations=3, record_history=False)
+                               max_generations=max_generations, retire_rate=retire_rate, record_history=False)
         if not options.dry_run:
-            check_owner(members)
+            try:
+                check_owner(members)
+            except WatchOwnsTarget as exc:
+                raise WatchOwnsTarget(exc.target, exc.watch, None, hint=(
+                    "let the watch rebalance the group itself: `rebalance: {rate: 20/s, tolerance: 10%, after: 30s}` "
+                    f"on {group} in its inventory (docs/controller.md); or stop the watch, rebalance, and start it "
+                    "again (it finds its config running)")) from None
         reports = []
         for m in members:
             try:
@@ -366,8 +374,9 @@ def rebalance_group(path: Path, group: str, *, connect: Connect, options: Option
                 raise GenerationsLingering(
                     exc.count, exc.limit, exc.details, memory=exc.memory, max_memory=exc.max_memory,
                     reason=exc.reason, generations=exc.generations, excess=exc.excess, target=exc.target,
-                    advice="The rebalance steers reconnects with a reload and closed no connection. Retire the "
-                    "oldest generations first (`nginxctl apply --reload --retire-rate 20/s`), or wait for them to "
-                    "drain, then rebalance again") from None
+                    advice="The rebalance steers reconnects with a reload and closed no connection. Add "
+                    "--retire-rate 20/s to retire the oldest generation first (its connections closed at that pace, "
+                    "idle first; clients see an orderly close), raise --max-generations, or wait for them to "
+                    "drain") from None
             reports.append(RebalanceReport(result))
         return one_or_many(opened, members, reports)

@@ -173,6 +173,8 @@ def test_refused_while_a_watch_controls_the_target(lb, backends, watches):
     code, report = _rebalance(lb)
     assert code == 3, report
     assert "controlled by nginxctl watch" in report["errors"][0]["message"]
+    said = cli("rebalance", "pool", "-i", str(lb.inventory)).stderr
+    assert "rebalance: {rate: 20/s" in said and "stop the watch, rebalance" in said, said   # what to do instead
     assert _rebalance(lb, "--dry-run")[0] == 0   # a dry run changes nothing: never refused
 
 

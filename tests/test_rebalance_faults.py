@@ -145,11 +145,16 @@ def test_a_first_overlay_refused_by_lingering_generations_changes_nothing(lb, ba
         code, report = _rebalance(lb.inventory, "--rate", "100")
         assert code == 4, report   # the overlay is a reload like any other: refused past the limit
         message = report["errors"][0]["message"]
-        assert "still shutting down" in message and "apply --reload --retire-rate" in message, message
+        assert "still shutting down" in message and "Add --retire-rate 20/s" in message, message
         assert sum(d.eofs + d.resets for d in held) == 0   # nothing closed
         status = _status(lb.inventory)
         assert status["overlay"] is None and status["drift"] is False
         assert status["loaded"] == before["loaded"] and status["worker_pids"] == before["worker_pids"]   # no reload
+        # the advice works: the oldest generation retired first (its 4 clients closed, in order), then the moves
+        code, report = _rebalance(lb.inventory, "--rate", "100", "--retire-rate", "100/s", "--timeout", "60s")
+        assert code == 0, report
+        assert held[0].eofs >= 4 and sum(d.resets for d in held) == 0   # all 4 of the oldest, maybe a move too
+        assert _status(lb.inventory)["overlay"] is None
     finally:
         for fleet in held:
             fleet.close()
@@ -247,6 +252,7 @@ def test_an_overlay_never_enters_the_history(lb, backends):
         wait_for(lambda: devices.eofs > 0, 30, "the rebalance moves a first connection")
         during = _status(lb.inventory)
         assert during["overlay"] is not None
+        assert cli("diff", "-i", str(lb.inventory)).returncode == 0   # the overlay is no difference, as in status
         group["proxy_timeout"] = "2h"
         lb.write({"pool": group})
         _apply(lb.inventory)   # replaces the overlay's file: the file it replaces is not history

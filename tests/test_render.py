@@ -93,6 +93,9 @@ def test_where_it_runs_is_not_a_change_of_the_config() -> None:
     assert render(moved, template_env()) == render(base, template_env())
     keepalived_only = parse_inventory(text.replace("advert_interval: 1s", "advert_interval: 2s"))
     assert render(keepalived_only, template_env()) == render(base, template_env())
+    paced = parse_inventory(text.replace("balance: least_conn", "balance: least_conn\n    rebalance: {rate: 5/s}"))
+    assert paced.upstreams[0].rebalance is not None   # how the watch rebalances: nothing nginx reads either
+    assert render(paced, template_env()) == render(base, template_env())
     edited = parse_inventory(text.replace("balance: least_conn", "balance: round_robin"))
     assert render(edited, template_env()) != render(base, template_env())
 

@@ -222,6 +222,21 @@ def inventory_digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _nginx_reads(data: dict[str, Any]) -> dict[str, Any]:
+    """The inventory without what nginx's config does not depend on: where it runs (`target:`, `targets:`), the
+    keepalived beside it (`ha:`: what nginx sees of it is rendered in the config itself) and how the watch
+    rebalances (`rebalance:` of a group or of `defaults:`). Editing only those is no reload."""
+    def bare(section: Any) -> Any:
+        return {k: v for k, v in section.items() if k != "rebalance"} if isinstance(section, dict) else section
+
+    out = {k: v for k, v in data.items() if k not in ("target", "targets", "ha")}
+    if isinstance(out.get("upstreams"), dict):
+        out["upstreams"] = {name: bare(group) for name, group in out["upstreams"].items()}
+    if "defaults" in out:
+        out["defaults"] = bare(out["defaults"])
+    return out
+
+
 def _safe_source(source: str) -> str:
     name = source.replace("\\", "/").rsplit("/", 1)[-1] or "inventory"
     return re.sub(r"[^A-Za-z0-9_.@+-]", "_", name)
@@ -361,10 +376,8 @@ def parse_inventory(text: str, source: str = "inventory.yaml", *, machine: capac
     content = {"upstreams": groups, "nginx": nginx, "target": target, "targets": tuple(fleet),
                "templates": top.get("templates"), "vars": top.get("vars", {}), "discovery_etcd_endpoints": endpoints,
                "ha": ha}
-    where_it_runs = ("target", "targets", "ha")   # where it runs, and the keepalived beside it
     inv = Inventory(source=_safe_source(source), digest=inventory_digest(data), positions=positions, data=data,
-                    config_digest=inventory_digest({k: v for k, v in data.items() if k not in where_it_runs}),
-                    **content)
+                    config_digest=inventory_digest(_nginx_reads(data)), **content)
     return inv if machine is None else check_capacity(inv, machine)
 
 
