@@ -124,6 +124,13 @@ def test_watch_exports_connections_per_server_and_the_skew(lb, backends, watches
 
         wait_for(lambda: gauges()[0] == {a.address: 4, b.address: 4, c.address: 0}, 15, lambda: str(gauges()))
         assert gauges()[1] == pytest.approx(1.0)   # C holds none of its share of 8/3: 100% off
+        d = backends("D")   # D added and B removed: its 4 clients stay on the old workers, and are counted
+        g["servers"] = [a.address, c.address, d.address]
+        lb.write({"pool": g})
+        watch.reload()
+        wait_for(lambda: gauges()[0] == {a.address: 4, b.address: 4, c.address: 0, d.address: 0}, 15,
+                 lambda: str(gauges()))   # D there: read since the change; B there: removed, still held
+        assert gauges()[1] == pytest.approx(2.0)   # over the up servers A, C, D: A holds 4 of a share of 4/3
     finally:
         devices.close()
 

@@ -24,7 +24,7 @@ from ..capacity import Machine
 from ..desired import RenderTarget, render_target, target_of
 from ..errors import ConfigRejected, FleetFailure, GenerationsLingering, NginxctlError
 from ..fleet import Member, rollout
-from ..history import sha
+from ..history import History, sha
 from ..inventory import Inventory, check_capacity
 from ..inventoryfile import read_inventory
 from ..published import Published
@@ -147,10 +147,10 @@ class Controller:
                  max_generations=self.options.max_generations, max_lingering_memory=self.options.max_memory,
                  retire_rate=self.options.retire_rate, sources=self.sources.names())
 
-    def _pool_view(self) -> list[tuple[nginx.LiveNginx, str | None]]:
-        """Each target and the config this loop last read as loaded (for the pool metrics' thread)."""
+    def _pool_view(self) -> list[tuple[nginx.LiveNginx, str | None, History]]:
+        """Each target, the config it runs as this loop last knew it, its history (for the pool metrics' thread)."""
         members, loaded = self.members or [], self.loaded
-        return [(m.deployer.live, loaded.get(m.name, (None, None))[1]) for m in members]
+        return [(m.deployer.live, loaded.get(m.name, (None, None))[1], m.deployer.history) for m in members]
 
     def close(self) -> None:
         self.generations.end()
@@ -447,7 +447,8 @@ class Controller:
         self.failed_for_good = False
         self.publisher.release()
         self._set_pending()
-        self.publisher.rendered, self.publisher.loaded = rendered, {name: sha(t) for name, t in rendered.items()}
+        self.loaded = {name: (sha(t), t) for name, t in rendered.items()}   # what runs now (the pool gauges read it)
+        self.publisher.rendered, self.publisher.loaded = rendered, {name: h for name, (h, _) in self.loaded.items()}
         self._publish()
         self.rebalancing.observe(merged.inventory, rendered[self.members[0].name], changed=changed)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import NginxctlError
+from ..history import History
 from ..nginx import LiveNginx
 from ..pool import read_pool
 from ..share import skew
@@ -27,7 +28,7 @@ class PoolMetrics(Reader):
     name = "nginxctl-pool-metrics"
 
     def __init__(self, metrics: Metrics, interval: float,
-                 view: Callable[[], list[tuple[LiveNginx, str | None]]]) -> None:
+                 view: Callable[[], list[tuple[LiveNginx, str | None, History]]]) -> None:
         super().__init__(first=min(FIRST_READ, interval), retry=interval)
         self.metrics = metrics
         self.interval = interval
@@ -37,11 +38,11 @@ class PoolMetrics(Reader):
         """Count every target's connections per server (summed over a fleet) and set the gauges."""
         counts: dict[str, dict[str, int]] = {}
         weights: dict[str, dict[str, int]] = {}
-        for live, loaded in self.view():
+        for live, loaded, history in self.view():
             if loaded is None:
                 continue
             try:
-                pool = read_pool(live, loaded)
+                pool = read_pool(live, loaded, history=history)   # removed servers still held too
             except NginxctlError:
                 continue
             for group, servers in pool.servers.items():
