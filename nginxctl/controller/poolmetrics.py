@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ..errors import NginxctlError
 from ..history import History
 from ..nginx import LiveNginx
+from ..nginxtext import parse_groups
 from ..pool import read_pool
 from ..share import skew
 from .metrics import Metrics
@@ -38,9 +39,11 @@ class PoolMetrics(Reader):
         """Count every target's connections per server (summed over a fleet) and set the gauges."""
         counts: dict[str, dict[str, int]] = {}
         weights: dict[str, dict[str, int]] = {}
+        hashed: set[str] = set()   # a hash group follows its keys, not shares: no skew (nothing to rebalance)
         for live, loaded, history in self.view():
             if loaded is None:
                 continue
+            hashed |= {name for name, g in parse_groups(loaded).items() if g.balance == "hash"}
             try:
                 pool = read_pool(live, loaded, history=history)   # removed servers still held too
             except NginxctlError:
@@ -54,5 +57,6 @@ class PoolMetrics(Reader):
                     if server.state == "up":
                         weights.setdefault(group, {})[server.address] = server.weight
         if counts:
-            self.metrics.set_pool(counts, {g: skew(c, weights.get(g, {})) for g, c in counts.items()})
+            self.metrics.set_pool(counts, {g: skew(c, weights.get(g, {})) for g, c in counts.items()
+                                           if g not in hashed})
         return self.interval
