@@ -25,6 +25,7 @@ from .errors import (
 )
 from .inventory import Inventory
 from .inventory.model import NamedTarget, Target
+from .netns import nonlocal_bind
 from .nginx import LiveNginx
 
 Progress = Callable[[str], None]
@@ -161,3 +162,31 @@ def _apply(deployer: Deployer, text: str, *, reload: bool, dry_run: bool = False
     if keepalived is None:
         return deployer.apply(text, reload=reload, dry_run=dry_run)
     return deployer.apply(text, reload=reload, dry_run=dry_run, keepalived=keepalived)
+
+
+def allow_vip_listen(inv: Inventory, members: list[Member]) -> list[str]:
+    """With a group listening on the virtual IP itself, let every target's nginx bind it before it holds it
+    (ip_nonlocal_bind in its namespace, set from this host). Returns notes: what was set, and for a target whose
+    namespace cannot be entered from here (a remote engine) what to make sure of (its reload fails otherwise: the
+    standby goes first and is put back). Raises EnvironmentProblem when a local namespace cannot be entered."""
+    if inv.ha is None or not inv.ha.nonlocal_bind:
+        return []
+    sysctl = f"net.{'ipv4' if inv.ha.family == 'inet' else 'ipv6'}.ip_nonlocal_bind"
+    notes = []
+    for m in members:
+        pid = m.deployer.live.main_pid
+        if m.deployer.live.root is None or pid is None:
+            notes.append(f"{m.name}: a group listens on the virtual IP {inv.ha.address}: its container must have "
+                         f"been created with --sysctl {sysctl}=1 (nginxctl cannot set it through a remote engine)")
+            continue
+        try:
+            if nonlocal_bind(pid, inv.ha.family):
+                notes.append(f"{m.name}: {sysctl}=1 in its network namespace (a group listens on the virtual IP "
+                             f"{inv.ha.address}, which a standby does not hold)")
+        except EnvironmentProblem as exc:
+            raise EnvironmentProblem(f"{m.name}: cannot set {sysctl} in its network namespace "
+                                     f"({str(exc).splitlines()[0]}); a group listens on the virtual IP "
+                                     f"{inv.ha.address}; nothing changed",
+                                     f"create the target container with --sysctl {sysctl}=1, or run nginxctl on "
+                                     "the engine's host as root") from None
+    return notes

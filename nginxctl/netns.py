@@ -101,3 +101,21 @@ def in_netns(pid: int | None, action: Callable[[], T]) -> T:
     if failure:
         raise failure[0]
     return result[0]
+
+
+def nonlocal_bind(pid: int, family: str) -> bool:
+    """Let the sockets of process `pid`'s network namespace bind an address it does not hold
+    (`net.ipv4.ip_nonlocal_bind`, or ipv6): a standby's nginx listening on the virtual IP. True when it was
+    off and is on now. A net sysctl is per namespace: written from a thread that entered it. Raises
+    SockDiagUnavailable (the namespace cannot be entered from here)."""
+    path = f"/proc/sys/net/{'ipv4' if family == 'inet' else 'ipv6'}/ip_nonlocal_bind"
+
+    def switch() -> bool:
+        with open(path, encoding="ascii") as fh:
+            if fh.read().strip() == "1":
+                return False
+        with open(path, "w", encoding="ascii") as fh:
+            fh.write("1\n")
+        return True
+
+    return in_netns(pid, switch)

@@ -31,7 +31,7 @@ from .errors import (
     WatchOwnsTarget,
 )
 from .files import write_atomic
-from .fleet import Member, fleet_targets, rollout, standby_first
+from .fleet import Member, allow_vip_listen, fleet_targets, rollout, standby_first
 from .host import local_machine
 from .inventory import Inventory, check_capacity
 from .inventory.model import HA
@@ -223,6 +223,7 @@ def apply_inventory(path: Path, *, connect: Connect, container: str | None = Non
         notes = list(inv.nginx.notes) + opened.notes + forced
         if not dry_run:
             members = _standby_first(inv, members, progress, notes)
+            notes += allow_vip_listen(inv, members)
         with reporting(inv, rendered[members[0].name], journal):
             if dry_run:
                 _test_aside(members, rendered, progress)

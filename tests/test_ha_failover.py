@@ -9,11 +9,12 @@ removed at the end, even on failure. No sleep synchronises anything: every wait 
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
 
-from ha_net import inventory, wait_for
+from ha_net import BACKEND, CLIENT, VIP, inventory, run, wait_for
 from helpers import cli
 
 pytestmark = pytest.mark.integration
@@ -123,3 +124,19 @@ def test_a_companion_killed_and_started_again_runs_and_survives_a_docker_restart
              lambda: b"Entering BACKUP STATE" in companion.logs(since=since), net=ha_net)
     companion.reload()
     assert companion.status == "running" and b"already running" not in companion.logs(since=since)
+
+
+def test_a_group_listening_on_the_virtual_ip_itself_binds_on_the_standby_too(ha_net, tmp_path):
+    """`listen: VIP:PORT`: the standby's nginx binds an address it does not hold (apply sets ip_nonlocal_bind in
+    each target's namespace first), and clients reach the group through the holder."""
+    inv = inventory(tmp_path, ha_net)
+    inv.write_text(inv.read_text().replace("upstreams:\n", "upstreams:\n  on_vip: {listen: "
+                                           f"\"{VIP}:6667\", servers: [\"{BACKEND[0]}:{BACKEND[1]}\"]}}\n"))
+    result = cli("apply", "-i", str(inv), "--reload")
+    assert result.returncode == 0, result.stderr
+    assert "lb2: net.ipv4.ip_nonlocal_bind=1 in its network namespace" in result.stdout + result.stderr
+    wait_for("the VIP on lb1", lambda: ha_net.holders() == ["lb1"], net=ha_net)
+    wait_for("a connection to the group on the VIP", lambda: run(
+        "ip", "netns", "exec", f"{ha_net.prefix}-cl", sys.executable, "-c", CLIENT, VIP, "6667").strip() == "backend")
+    again = cli("apply", "-i", str(inv), "--reload")
+    assert again.returncode == 0 and "ip_nonlocal_bind" not in again.stdout + again.stderr   # set once

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import nginx
-from ..fleet import Member, fleet_targets, standby_first
+from ..fleet import Member, allow_vip_listen, fleet_targets, standby_first
 from ..inventory import Inventory
 from ..inventory.model import HA
 from ..nginx import vip
@@ -79,7 +79,10 @@ class HAFleet:
 
     def order(self, members: list[Member], inv: Inventory) -> list[Member]:
         """The members in rollout order: with `ha:`, the standbys first and the holder of the virtual IP last
-        (said when it changes)."""
+        (said when it changes); each allowed to bind the virtual IP first when a group listens on it. Raises
+        EnvironmentProblem (a namespace that cannot be entered)."""
+        for note in allow_vip_listen(inv, members):
+            self.log(Logged.KEEPALIVED, note)
         if inv.ha is None or len(members) < 2:
             return members
         ordered, why = standby_first(members, self.holders(members, inv.ha), inv.ha.address)

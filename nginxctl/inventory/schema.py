@@ -375,9 +375,10 @@ Fleets). What nginxctl decides for you, and why:
   8-byte clear-text password stops no one who can send adverts on the segment. Keep VRRP on a segment only the
   load balancers share.
 - **A group that listens on the virtual IP itself** (rather than on a port alone) needs the standbys to bind an
-  address they do not hold: `ip_nonlocal_bind` in the targets' namespace. `validate` allows it; `apply` does not
-  set it yet: create the target containers with `--sysctl net.ipv4.ip_nonlocal_bind=1` (or `ipv6`). Any other
-  specific listen address must be loopback: every target runs the same config.
+  address they do not hold: `ip_nonlocal_bind` in the targets' namespace. `validate` allows it; `apply` and
+  `watch` set it in each target's namespace before its reload (from the engine's host, as root); through a
+  remote engine they cannot: create the target containers with `--sysctl net.ipv4.ip_nonlocal_bind=1` (or
+  `ipv6`). Any other specific listen address must be loopback: every target runs the same config.
 """
 
 
