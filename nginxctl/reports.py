@@ -91,6 +91,9 @@ class ApplyReport:
             data["before_reload"] = o.generations.to_dict()
         if o.preview is not None:
             data["reload_preview"] = o.preview.to_dict()
+        if o.companion is not None:   # with ha: what the keepalived.conf beside it came to
+            data["keepalived"] = {"container": o.companion.name, "action": o.companion.action,
+                                  "why": o.companion.why or None}
         return data
 
     def lines(self) -> list[str]:
@@ -108,6 +111,8 @@ class ApplyReport:
                     "previous config (use --reload)"]
         if o.loaded_before != o.new_hash:
             return [f"{o.target} has this config installed but nginx has not loaded it: use --reload"]
+        if o.keepalived_changed:
+            return [f"{o.target} already runs this nginx config (not reloaded); {o.companion}"]
         return [f"no changes: {o.target} already runs this config; nothing done"]
 
 

@@ -93,6 +93,8 @@ def test_keepalived_conf_is_recorded_with_the_config_and_rollback_puts_both_back
     result = apply(inventory(tmp_path, ha_net, ha="advert_interval: 2s"))
     for lb in ("lb1", "lb2"):
         assert f"{ha_net.name(lb)}-keepalived: keepalived reloaded" in result.stderr
+        assert (f"{ha_net.name(lb)} already runs this nginx config (not reloaded); {ha_net.name(lb)}-keepalived: "
+                "keepalived reloaded") in result.stdout   # the result says what changed: keepalived alone
         assert "advert_int 2" in (companion_config(docker_client, ha_net.name(lb)) or "")
 
     # two entries, each with both files: the nginx config and the keepalived.conf installed with it
