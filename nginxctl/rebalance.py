@@ -162,6 +162,7 @@ class _Hash:
     misplaced: list[tuple[str, Held]]
     index: int = 0
     checked: float = 0.0
+    last_close: float = 0.0
 
 
 class Rebalancer:
@@ -341,7 +342,11 @@ class Rebalancer:
             if h.misplaced and now < self.deadline:
                 self.due = now
                 return None
-            result = self._result(self.before, self._counts(self._pool(self.overlay.normal)))
+            after = self._counts(self._pool(self.overlay.normal))
+            if sum(after.values()) < sum(self.before.values()) and now - h.last_close < SETTLE and not h.misplaced:
+                self.due = now + RECOUNT   # the moved clients are coming back: count them where they land
+                return None
+            result = self._result(self.before, after)
             if h.misplaced:
                 raise RebalanceTimeout(result, f"{len(h.misplaced)} connection(s) still on another server than "
                                                f"their key's after {self.options.timeout:g}s")
@@ -353,6 +358,7 @@ class Rebalancer:
         h.index += 1
         if self.sockets.destroy(held.sock):
             self.moved += 1
+            h.last_close = now
             self.on_step(Progress(self.moved, self.minimum, self.before))
         self.due = now + self.rng.uniform(0.5, 1.5) / self.options.rate
         return None

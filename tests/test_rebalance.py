@@ -153,6 +153,7 @@ def test_consistent_hash_moves_exactly_the_misplaced(lb, backends):
         assert code == 0, report
         assert report["minimum"] == report["moved"] == len(predicted), (report["notes"], report["plan"])
         assert report["method"] == "hash consistent" and report["reloads"] == 0   # the ring steers: no overlay
+        assert sum(report["after"].values()) == len(sources)   # counted once the moved clients are back
         devices.wait(lambda d: d.connected() == len(sources), 10, "every client back")
         assert devices.eofs == len(predicted) and devices.resets == 0
         # every held connection is where a new one with the same key goes
