@@ -35,7 +35,7 @@ def test_watch_gives_an_ha_edit_to_the_companions_and_remakes_a_restarted_target
 
         # (a) an edit of ha: alone: both companions get it, with the nginx config, one history entry each
         inventory(tmp_path, ha_net, ha="advert_interval: 2s")
-        w.reload()
+        w.wait(lambda e: e["event"] == "in-sync" and "keepalived.conf applied" in e["message"])   # nginx: no reload
         said = {(e["target"], e["action"]) for e in w.seen if e["event"] == "keepalived"}
         assert said == {("lb1", "reloaded"), ("lb2", "reloaded")}, w.seen[-10:]
         history = cli("history", "-i", str(inv), "--format", "json")

@@ -1,12 +1,11 @@
 """The reconcile loop of `nginxctl watch`.
 
-Level-triggered: an event (the inventory file, a source's snapshot, the target restarting) only says
-"look again". After the quiet period (never later than max-wait after the first change) the loop
-renders the desired config from the last good inventory and the latest snapshots, compares it with
-what the target has loaded, and applies the difference through the same `Deployer` as `nginxctl apply`
-(test, install, reload, verify, restore). A pass that cannot finish (lingering generations, the
-target or the engine gone, a reload that did not take) stays pending and is retried with backoff:
-"pending" is simply "desired differs from loaded". Everything runs on one thread; sources only enqueue.
+Level-triggered: an event (the inventory file, a source's snapshot, the target restarting) only says "look again".
+After the quiet period (never later than max-wait after the first change) the loop renders the desired config from
+the last good inventory and the latest snapshots, compares it with what the target has loaded, and applies the
+difference through the same `Deployer` as `nginxctl apply` (test, install, reload, verify, restore). A pass that
+cannot finish (lingering generations, the target or the engine gone, a reload that did not take) stays pending,
+retried with backoff: "pending" is simply "desired differs from loaded". One thread; sources only enqueue.
 """
 
 from __future__ import annotations
@@ -409,8 +408,9 @@ class Controller:
             self._publish()
             return
         assert plan.merged is not None and self.members is not None
-        self._succeeded(plan.merged, dict(plan.rendered), self.loaded[self.members[0].name],
-                        changed=plan.action is Action.APPLY and self.reloaded, reason=reason, began=began)
+        self._succeeded(plan.merged, dict(plan.rendered), self.loaded[self.members[0].name], changed=plan.action is
+                        Action.APPLY and self.reloaded, reason=reason if self.reloaded or plan.action is not
+                        Action.APPLY else f"{reason}: nginx not reloaded, keepalived.conf applied", began=began)
 
     def _succeeded(self, merged: Merged, rendered: dict[str, str], before: tuple[str | None, str | None], *,
                    changed: bool, reason: str, began: float) -> None:
@@ -432,8 +432,8 @@ class Controller:
                      seconds=round(now - began, 3), sha256=desired[:12],
                      since_first_change=None if self.burst_started is None else round(now - self.burst_started, 3))
         elif reason != "resync" or self.verified != desired:
-            self.log(Logged.IN_SYNC, f"nothing to do: the target runs the desired config ({reason})",
-                     sha256=desired[:12], servers=count)
+            self.log(Logged.IN_SYNC, f"in sync: the target runs the desired config ({reason})", sha256=desired[:12],
+                     servers=count)
         self.verified = desired
         self.failed_desired = None
         self.takeouts.clear()
