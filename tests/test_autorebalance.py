@@ -6,7 +6,6 @@ steers real clients. No Docker, no sleep: time is the fake clock, moved to each 
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from pathlib import Path
@@ -14,21 +13,16 @@ from typing import Any
 
 from nginxctl.apply import Outcome
 from nginxctl.controller.health import Checker
-from nginxctl.controller.log import DecisionLog
-from nginxctl.controller.loop import Controller, WatchOptions
-from nginxctl.controller.metrics import Metrics
-from nginxctl.controller.model import Snapshot
-from nginxctl.desired import RenderTarget
 from nginxctl.errors import ConfigRejected, GenerationsLingering, NginxOutput
 from nginxctl.fleet import Member
 from nginxctl.history import History, sha
-from nginxctl.inventory import parse_inventory
 from nginxctl.nginxtext import Processes, parse_upstreams
 from nginxctl.pool import Held, Pool, ServerPool
 from nginxctl.rebalance import Rebalancer
 from nginxctl.sockdiag import TcpSocket
 
-from test_controller import Clock, FakeDeployer
+from test_controller import FakeDeployer
+from test_controller import Harness as ControllerHarness
 
 A, B, C, D = "127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003", "127.0.0.1:7004"
 AFTER = 30.0
@@ -121,22 +115,14 @@ class Kernel:
         self.closed += 1
 
 
-class Harness:
+class Harness(ControllerHarness):
+    """test_controller's harness (a controller on a fake clock), with one target whose clients reconnect through a
+    simulated kernel wherever the config it runs sends them."""
+
     def __init__(self, tmp_path: Path, text: str, clients: dict[str, int]) -> None:
-        self.path = tmp_path / "inventory.yaml"
-        self.path.write_text(text)
-        self.clock = Clock()
-        self.stream = io.StringIO()
-        self.metrics = Metrics()
-        self.calls: list[tuple[str, str]] = []
-        self.ctl = Controller(WatchOptions(self.path, quiet_period=0.3, max_wait=3.0), connect=lambda _: None,
-                              log=DecisionLog("json", self.stream), metrics=self.metrics, clock=self.clock)
-        self.ctl.inventory = parse_inventory(text, str(self.path))
-        self.ctl.inventory_text = text
+        super().__init__(tmp_path, text)
         self.target = Target("lb", self.calls)
         self.ctl.members = [Member("lb", self.target)]  # type: ignore[arg-type]
-        self.ctl.render_targets = [RenderTarget("lb", stream_only=True)]
-        self.ctl.snapshots = {"docker": Snapshot("docker")}
         n = 0
         where = {}
         for server, count in clients.items():

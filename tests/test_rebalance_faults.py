@@ -52,6 +52,31 @@ def _finish(proc: subprocess.Popen[str] | None) -> None:
         proc.stdout.close()
 
 
+def _scaled_out(lb: Any, backends: Any, per_server: int) -> tuple[Devices, tuple[Any, Any, Any], dict[str, Any]]:
+    """A and B holding `per_server` reconnecting clients each, then C added and reloaded."""
+    a, b, c = backends("A"), backends("B"), backends("C")
+    port, group = lb.group([a.address, b.address])
+    lb.write({"pool": group})
+    _apply(lb.inventory)
+    devices = Devices(port, 2 * per_server)
+    try:
+        devices.wait(lambda d: d.counts() == {"A": per_server, "B": per_server}, 20, "clients spread over A and B")
+        group["servers"].append(c.address)
+        lb.write({"pool": group})
+        _apply(lb.inventory)
+    except BaseException:
+        devices.close()
+        raise
+    return devices, (a, b, c), group
+
+
+def _moving(lb: Any, devices: Devices) -> subprocess.Popen[str]:
+    """A slow rebalance (2/s) that has moved its first connection."""
+    proc = _spawn(lb.inventory, "--rate", "2")
+    wait_for(lambda: devices.eofs > 0, 30, "the rebalance moves a first connection")
+    return proc
+
+
 def test_a_fleet_rebalances_the_targets_it_is_given(lb, isolated, backends):
     a, b, c = backends("A"), backends("B"), backends("C")
     lb2 = isolated()   # a second load balancer in a namespace of its own: it holds no client
@@ -88,19 +113,10 @@ def test_a_fleet_rebalances_the_targets_it_is_given(lb, isolated, backends):
 
 
 def test_the_server_the_moves_go_to_removed_mid_run_stops_it(lb, backends):
-    a, b, c = backends("A"), backends("B"), backends("C")
-    port, group = lb.group([a.address, b.address])
-    lb.write({"pool": group})
-    _apply(lb.inventory)
-    devices = Devices(port, 60)
+    devices, (a, b, c), group = _scaled_out(lb, backends, 30)
     proc = None
     try:
-        devices.wait(lambda d: d.counts() == {"A": 30, "B": 30}, 20, "clients spread over A and B")
-        group["servers"].append(c.address)
-        lb.write({"pool": group})
-        _apply(lb.inventory)
-        proc = _spawn(lb.inventory, "--rate", "2")
-        wait_for(lambda: devices.eofs > 0, 30, "the rebalance moves a first connection")
+        proc = _moving(lb, devices)
         group["servers"].remove(c.address)   # C goes away: the plan it was moving for no longer holds
         lb.write({"pool": group})
         _apply(lb.inventory)
@@ -161,19 +177,10 @@ def test_a_first_overlay_refused_by_lingering_generations_changes_nothing(lb, ba
 
 
 def test_a_watch_started_mid_run_takes_the_target_over(lb, backends, watches):
-    a, b, c = backends("A"), backends("B"), backends("C")
-    port, group = lb.group([a.address, b.address])
-    lb.write({"pool": group})
-    _apply(lb.inventory)
-    devices = Devices(port, 60)
+    devices, (a, b, c), group = _scaled_out(lb, backends, 30)
     proc = None
     try:
-        devices.wait(lambda d: d.counts() == {"A": 30, "B": 30}, 20, "clients spread over A and B")
-        group["servers"].append(c.address)
-        lb.write({"pool": group})
-        _apply(lb.inventory)
-        proc = _spawn(lb.inventory, "--rate", "2")
-        wait_for(lambda: devices.eofs > 0, 30, "the rebalance moves a first connection")
+        proc = _moving(lb, devices)
         watch = watches(lb.inventory)
         out, _ = proc.communicate(timeout=60)
         report = json.loads(out)
@@ -190,16 +197,8 @@ def test_a_watch_started_mid_run_takes_the_target_over(lb, backends, watches):
 
 
 def test_a_terminal_sees_a_progress_bar(lb, backends):
-    a, b, c = backends("A"), backends("B"), backends("C")
-    port, group = lb.group([a.address, b.address])
-    lb.write({"pool": group})
-    _apply(lb.inventory)
-    devices = Devices(port, 40)
+    devices, _, _ = _scaled_out(lb, backends, 20)
     try:
-        devices.wait(lambda d: d.counts() == {"A": 20, "B": 20}, 20, "clients spread over A and B")
-        group["servers"].append(c.address)
-        lb.write({"pool": group})
-        _apply(lb.inventory)
         # stderr on a pseudo-terminal, as a person runs it; stdout (the report) on a pipe
         primary, secondary = pty.openpty()
         proc = subprocess.Popen([sys.executable, "-m", "nginxctl", "rebalance", "pool", "-i", str(lb.inventory),
@@ -237,19 +236,10 @@ def test_a_terminal_sees_a_progress_bar(lb, backends):
 def test_an_overlay_never_enters_the_history(lb, backends):
     """An apply while a rebalance's overlay runs keeps the overlay out of the history: `rollback` can never
     return to a config with servers closed for a run that is over."""
-    a, b, c = backends("A"), backends("B"), backends("C")
-    port, group = lb.group([a.address, b.address])
-    lb.write({"pool": group})
-    _apply(lb.inventory)
-    devices = Devices(port, 40)
+    devices, (a, b, c), group = _scaled_out(lb, backends, 20)
     proc = None
     try:
-        devices.wait(lambda d: d.counts() == {"A": 20, "B": 20}, 20, "clients spread over A and B")
-        group["servers"].append(c.address)
-        lb.write({"pool": group})
-        _apply(lb.inventory)
-        proc = _spawn(lb.inventory, "--rate", "2")
-        wait_for(lambda: devices.eofs > 0, 30, "the rebalance moves a first connection")
+        proc = _moving(lb, devices)
         during = _status(lb.inventory)
         assert during["overlay"] is not None
         assert cli("diff", "-i", str(lb.inventory)).returncode == 0   # the overlay is no difference, as in status
