@@ -1276,9 +1276,9 @@ def bench_scaleout(client: Any, tmp: Path, quick: bool) -> str:
     note = (f"Least_conn group of A and B with `discover: docker`; C is a greeting server on the host announced by a "
             f"container (nginxctl/nginx:bare, host network) labelled `nginxctl.group`/`nginxctl.port`. The watch "
             f"refuses to share the target, so rebalance under it exits {facts['under watch'][0]} "
-            f"(\"{facts['under watch'][1]}\"). The docs name no way to rebalance a watched target (README and "
-            "runbook: refused under the one-owner rule; changing what the watch reads cannot move connections), so "
-            "the watch is stopped (SIGTERM), rebalance runs, and the watch is started again. "
+            f"(\"{facts['under watch'][1]}\"). The issue's figure is the one-shot command, so the watch is "
+            "stopped (SIGTERM), rebalance runs, and the watch is started again (the other way: `rebalance:` on the "
+            "group, and the watch rebalances it by itself). "
             "The window runs from the rebalance's start to 7 s after every device is back. Devices: a "
             "heartbeat a second, reconnect 10-200 ms after a close (`bench/churn_fleet.py fleet`).")
     if errors:
