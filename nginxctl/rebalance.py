@@ -46,7 +46,7 @@ from .inventory.model import Group
 from .nginxtext import parse_upstreams
 from .overlay import Overlay
 from .pool import Held, Pool, ServerPool
-from .share import MovePlan, converged, fair_shares, plan
+from .share import MovePlan, converged, plan
 
 RECOUNT = 0.5          # seconds between two counts while moving
 MIN_WINDOW = 5         # closed connections allowed to be on their way back at once (at least)
@@ -472,9 +472,3 @@ class _interrupts:
             not_done.append(f"removing the overlay ({again or 'interrupted again'}): `nginxctl apply --reload` "
                             "puts the normal config back")
         raise Interrupted(done, not_done) from None
-
-
-def fair_share_rows(servers: list[ServerPool]) -> dict[str, float]:
-    """Each up primary's fair share of what the group's up primaries hold (for `status`)."""
-    weights = {s.address: s.weight for s in servers if s.state == "up"}
-    return fair_shares({s.address: s.connections for s in servers}, weights)

@@ -95,8 +95,13 @@ def _group_rows(views: dict[str, list[ServerView]], loaded: str, pool: Pool | No
         # a server the loaded config no longer has, still held by old workers
         items += [{"address": p.address, "state": "removed", "reason": None, "flags": [], **_connections(p)}
                   for p in held.values() if p.state == "removed" and p.connections]
-        weights = {p.address: p.weight for p in held.values() if p.state == "up" and p.countable}
-        shares = fair_shares({a: held[a].connections for a in weights}, weights) if weights else {}
+        # a server a rebalance closed for now (its overlay) keeps its share; a hash group's connections follow their
+        # keys, not shares
+        moving = {s.address for s in servers if s.reason == "rebalance"}
+        weights = {p.address: p.weight for p in held.values()
+                   if p.countable and (p.state == "up" or p.address in moving)}
+        hashed = g is not None and g.balance == "hash"
+        shares = fair_shares({a: held[a].connections for a in weights}, weights) if weights and not hashed else {}
         for item in items:
             item["fair_share"] = round(shares[item["address"]], 2) if item["address"] in shares else None
         rows.append({"name": name, "protocol": g.protocol if g else None, "balance": g.balance if g else None,

@@ -160,6 +160,8 @@ def test_consistent_hash_moves_exactly_the_misplaced(lb, backends):
         assert all(devices.names[i] == names[str(after_ring.lookup(src.encode()))] for i, src in enumerate(sources))
         code, again = _rebalance(lb)
         assert code == 0 and again["moved"] == again["minimum"] == 0
+        status = json.loads(cli("status", "-i", str(lb.inventory), "--format", "json").stdout)
+        assert all(s["fair_share"] is None for s in status["groups"][0]["servers"])   # keys, not shares
     finally:
         devices.close()
 
@@ -221,6 +223,8 @@ def test_ctrl_c_removes_the_overlay_and_says_how_many_moved(lb, backends):
         assert status["overlay"]["down"] == sorted([a.address, b.address]) and status["drift"] is False
         servers = {s["address"]: s for s in status["groups"][0]["servers"]}
         assert servers[a.address]["reason"] == "rebalance" and servers[c.address]["state"] == "up"
+        # the overlaid servers keep their share while the run closes them for now: 60 held, 20 each
+        assert all(servers[x.address]["fair_share"] == pytest.approx(20, abs=1) for x in (a, b, c)), servers
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 130
         reader.join(10)
