@@ -182,7 +182,8 @@ def allow_vip_listen(inv: Inventory, members: list[Member]) -> list[str]:
         try:
             if nonlocal_bind(pid, inv.ha.family):
                 notes.append(f"{m.name}: {sysctl}=1 in its network namespace (a group listens on the virtual IP "
-                             f"{inv.ha.address}, which a standby does not hold)")
+                             f"{inv.ha.address}, which a standby does not hold); a restarted container starts "
+                             f"without it and nginx cannot bind: create it with --sysctl {sysctl}=1")
         except EnvironmentProblem as exc:
             raise EnvironmentProblem(f"{m.name}: cannot set {sysctl} in its network namespace "
                                      f"({str(exc).splitlines()[0]}); a group listens on the virtual IP "

@@ -131,3 +131,16 @@ def test_cli_render_keepalived_refusals(tmp_path: Path) -> None:
     assert minimal.returncode == 2 and "no ha: section, so no target runs keepalived" in minimal.stderr
     stray = cli("render", "-i", str(PAIR), "--targets", "lb1")
     assert stray.returncode == 2 and "--targets chooses whose keepalived.conf --keepalived prints" in stray.stderr
+
+
+def test_a_group_on_the_vip_added_or_removed_is_no_change_of_keepalived_conf() -> None:
+    """What keepalived reads is `ha:`; a group listening on the VIP itself (which makes nginxctl set
+    ip_nonlocal_bind) changes nginx's config only: no keepalived reload for it."""
+    text = PAIR.read_text()
+    with_group = load(text)
+    without = load(text.replace("  on_vip:\n    listen: 10.254.7.100:7000\n    servers: [10.254.1.5:7000]\n", ""))
+    assert with_group.ha is not None and with_group.ha.nonlocal_bind and without.ha is not None
+    assert not without.ha.nonlocal_bind
+    env = template_env()
+    assert [render_keepalived(with_group, t, env) for t in with_group.targets] == \
+        [render_keepalived(without, t, env) for t in without.targets]

@@ -206,3 +206,18 @@ def test_watch_without_ha_reads_nothing() -> None:
 
     watch = VipWatch(metrics, DecisionLog("json", io.StringIO()), refuse, lambda: inv)  # type: ignore[arg-type]
     assert watch.read_once() == 5.0
+
+
+def test_a_vip_line_says_what_changed_in_words_that_are_true() -> None:
+    """Only who can be read changed: 'still on'; a second holder: 'now on ... too', never 'moved from lb1 to lb1'."""
+    stream = io.StringIO()
+    watch = VipWatch(Metrics(), DecisionLog("json", stream), lambda host: None,  # type: ignore[arg-type,return-value]
+                     lambda: None)
+    one = view(MemberVip("lb1", "MASTER", True), MemberVip("lb2", "BACKUP", False))
+    unread = view(MemberVip("lb1", "MASTER", True), MemberVip("lb2", "unknown", None))
+    both = view(MemberVip("lb1", "MASTER", True), MemberVip("lb2", "MASTER", True))
+    watch._say(one, unread)
+    watch._say(one, both)
+    first, second = (json.loads(line)["message"] for line in stream.getvalue().splitlines())
+    assert first.startswith("the virtual IP 10.254.7.100/24 is still on lb1")
+    assert second.startswith("the virtual IP 10.254.7.100/24 is now on lb1, lb2 too (it stayed on lb1)")

@@ -70,8 +70,13 @@ class VipWatch(Reader):
         where = ", ".join(now) or "no target"
         if before is None:
             message = f"the virtual IP {after.vip} is on {where}"
+        elif was == now:   # who can be read changed, not who holds it
+            message = f"the virtual IP {after.vip} is still on {where}" if now else \
+                f"the virtual IP {after.vip} is still on no target"
         elif not now:
             message = f"the virtual IP {after.vip} left {', '.join(was or []) or 'no target'}: no target holds it"
+        elif was and set(was) < set(now):
+            message = f"the virtual IP {after.vip} is now on {where} too (it stayed on {', '.join(was)})"
         else:
             message = f"the virtual IP {after.vip} moved from {', '.join(was or []) or 'no target'} to {where}"
         if after.error is not None:

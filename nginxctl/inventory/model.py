@@ -6,7 +6,7 @@ Every string in here has passed `grammar`; every default has been filled in by `
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .grammar import Address, Duration, Size
@@ -187,8 +187,9 @@ class HA:
     @property
     def digest(self) -> str:
         """sha256 of this section as parsed (defaults included), named in each keepalived.conf's first line: an
-        inventory change elsewhere leaves keepalived.conf as it is, so it costs keepalived no reload."""
-        return hashlib.sha256(repr(self).encode()).hexdigest()
+        inventory change elsewhere leaves keepalived.conf as it is, so it costs keepalived no reload (`nonlocal_bind`
+        is derived from the groups' listens and is nothing keepalived reads)."""
+        return hashlib.sha256(repr(replace(self, nonlocal_bind=False)).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -376,9 +376,10 @@ Fleets). What nginxctl decides for you, and why:
   load balancers share.
 - **A group that listens on the virtual IP itself** (rather than on a port alone) needs the standbys to bind an
   address they do not hold: `ip_nonlocal_bind` in the targets' namespace. `validate` allows it; `apply` and
-  `watch` set it in each target's namespace before its reload (from the engine's host, as root); through a
-  remote engine they cannot: create the target containers with `--sysctl net.ipv4.ip_nonlocal_bind=1` (or
-  `ipv6`). Any other specific listen address must be loopback: every target runs the same config.
+  `watch` set it in each target's namespace before its reload (from the engine's host, as root), but a
+  namespace is new at every container start and nginx then cannot bind before anything sets it: create the
+  target containers with `--sysctl net.ipv4.ip_nonlocal_bind=1` (or `ipv6`), which a remote engine needs anyway.
+  Any other specific listen address must be loopback: every target runs the same config.
 """
 
 
