@@ -140,6 +140,11 @@ def network(docker_client: Any) -> Iterator[Net]:
                 process.stdout.close()
         for name in net.containers:
             subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        # the nginxctl locks left on these targets (a watch killed before it let go, say)
+        for lock in docker_client.containers.list(all=True, filters={"label": "nginxctl.role=lock"},
+                                                  ignore_removed=True):
+            if lock.labels.get("nginxctl.target") in net.containers:
+                subprocess.run(["docker", "rm", "-f", lock.name], capture_output=True)
         for ns in reversed(net.namespaces):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
