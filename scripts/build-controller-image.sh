@@ -9,8 +9,9 @@
 # Skips the build when the image exists and was built from the same wheel: the image carries the label
 # nginxctl.wheel, a hash of the wheel's contents (names and bytes; its timestamps do not count).
 set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
-IMAGE=nginxctl/nginxctl:local
+IMAGE=${IMAGE:-nginxctl/nginxctl:local}
 wheel=$(realpath "$1")
 python=${PYTHON:-python3}
 case "$python" in */*) python="$(cd "$(dirname "$python")" && pwd)/$(basename "$python")" ;; esac  # we cd below
@@ -48,28 +49,13 @@ ln -s python3.11 "$root/usr/bin/python3"
 
 # The shared libraries Python and its extension modules link against, from this (Debian) machine: the
 # release the packages were built for. A module whose library this machine lacks is left unusable.
-copy_libs() {
-  ldd "$1" | awk '/=> \//{print $3} /^\t\/lib/{print $1}' | while read -r lib; do
-    mkdir -p "$root$(dirname "$lib")"
-    [ -e "$root$lib" ] || cp -L "$lib" "$root$lib"
-  done
-}
-copy_libs "$root/usr/bin/python3.11"
+copy_libs "$root" "$root/usr/bin/python3.11"
 for module in "$root"/usr/lib/python3.11/lib-dynload/*.so; do
-  copy_libs "$module"
+  copy_libs "$root" "$module"
 done
 
 mkdir -p "$root/etc" "$root/tmp" "$root/dev" "$root/root"
-chmod 1777 "$root/tmp"
-cat >"$root/etc/passwd" <<'EOF'
-root:x:0:0:root:/root:/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-EOF
-cat >"$root/etc/group" <<'EOF'
-root:x:0:
-nogroup:x:65534:
-EOF
-echo 'hosts: files dns' >"$root/etc/nsswitch.conf"
+base_etc "$root"
 
 # The venv, made and filled by the image's own Python (pip run from Debian's pip wheel), offline.
 cp -r "$work/wheels" "$root/tmp/wheels"
@@ -82,7 +68,7 @@ in_root /opt/nginxctl/bin/python "/$pip_wheel/pip" install -q --no-index --no-ca
   --disable-pip-version-check --find-links /tmp/wheels "/tmp/wheels/$(basename "$wheel")"
 # The dependencies' own compiled modules (manylinux wheels) need libraries of this machine too.
 while read -r module; do
-  copy_libs "$module"
+  copy_libs "$root" "$module"
 done < <(find "$root/opt/nginxctl" -name '*.so')
 # Debian compiles the standard library at install time; so do we (the root file system is read-only at run).
 in_root /usr/bin/python3.11 -m compileall -q /usr/lib/python3.11 >/dev/null || true

@@ -11,8 +11,9 @@
 # Usage: scripts/build-keepalived-image.sh [--force]
 # Skips the build when the tag exists, unless --force.
 set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
-IMAGE=nginxctl/keepalived:local
+IMAGE=${IMAGE:-nginxctl/keepalived:local}
 if [ "${1:-}" != "--force" ] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
   echo "image $IMAGE exists (use --force to rebuild)"
   exit 0
@@ -45,27 +46,13 @@ if [ -n "$missing" ]; then
   echo "keepalived needs libraries no package above provides: $missing" >&2
   exit 1
 fi
-LD_LIBRARY_PATH=$libpath ldd "$root/usr/sbin/keepalived" | awk '/=> \//{print $3} /^\t\/lib/{print $1}' \
-  | while read -r lib; do
-      case "$lib" in "$root"/*) continue ;; esac
-      mkdir -p "$root$(dirname "$lib")"
-      cp -L "$lib" "$root$lib"
-    done
+copy_libs "$root" "$root/usr/sbin/keepalived"
 # The packages' own libraries were found under $root by path; the loader must find them there too.
 mkdir -p "$root/etc"
 printf '/lib/x86_64-linux-gnu\n/usr/lib/x86_64-linux-gnu\n' >"$root/etc/ld.so.conf"
 
 mkdir -p "$root/bin" "$root/run" "$root/tmp" "$root/etc/keepalived" "$root/var/run"
-chmod 1777 "$root/tmp"
-cat >"$root/etc/passwd" <<'EOF'
-root:x:0:0:root:/root:/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-EOF
-cat >"$root/etc/group" <<'EOF'
-root:x:0:
-nogroup:x:65534:
-EOF
-echo 'hosts: files dns' >"$root/etc/nsswitch.conf"
+base_etc "$root"
 
 # --dont-fork --log-console: one process tree in the foreground, its log on stderr (docker logs).
 tar -C "$root" -c . | docker import \

@@ -9,8 +9,9 @@
 # Usage: scripts/build-nginx-image.sh [--force]
 # Skips the build when both tags exist, unless --force.
 set -euo pipefail
+. "$(cd "$(dirname "$0")" && pwd)/lib.sh"
 
-REPO=nginxctl/nginx
+REPO=${REPO:-nginxctl/nginx}
 if [ "${1:-}" != "--force" ] \
    && docker image inspect "$REPO:bare" >/dev/null 2>&1 \
    && docker image inspect "$REPO:latest" >/dev/null 2>&1; then
@@ -36,30 +37,12 @@ rm -rf "$root/usr/share/doc" "$root/usr/share/man" "$root/etc/init.d" \
 
 # The shared libraries nginx and the module link against, taken from this
 # (Debian) machine: the same release the packages were built for.
-copy_libs() {
-  ldd "$1" | awk '/=> \//{print $3} /^\t\/lib/{print $1}' | while read -r lib; do
-    mkdir -p "$root$(dirname "$lib")"
-    cp -L "$lib" "$root$lib"
-  done
-}
-copy_libs "$root/usr/sbin/nginx"
-copy_libs "$root/usr/lib/nginx/modules/ngx_stream_module.so"
+copy_libs "$root" "$root/usr/sbin/nginx"
+copy_libs "$root" "$root/usr/lib/nginx/modules/ngx_stream_module.so"
 
 mkdir -p "$root/etc" "$root/run" "$root/tmp" "$root/var/log/nginx" \
          "$root/var/lib/nginx" "$root/etc/nginx/modules-enabled"
-chmod 1777 "$root/tmp"
-cat >"$root/etc/passwd" <<'EOF'
-root:x:0:0:root:/root:/sbin/nologin
-www-data:x:33:33:www-data:/var/www:/sbin/nologin
-nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-EOF
-cat >"$root/etc/group" <<'EOF'
-root:x:0:
-www-data:x:33:
-nogroup:x:65534:
-EOF
-# glibc reads /etc/hosts only when nsswitch.conf says so.
-echo 'hosts: files dns' >"$root/etc/nsswitch.conf"
+base_etc "$root" "www-data:x:33:33:www-data:/var/www:/sbin/nologin" "www-data:x:33:"
 # A bootstrap config: nothing listens until nginxctl applies an inventory.
 cat >"$root/etc/nginx/nginx.conf" <<'EOF'
 load_module /usr/lib/nginx/modules/ngx_stream_module.so;
