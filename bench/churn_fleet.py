@@ -66,6 +66,20 @@ async def backends(ports: list[int]) -> None:
         server.close()
 
 
+async def greeted(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """A connection to 127.0.0.1:PORT from SOURCE and the backend's greeting (its name). Raises OSError,
+    asyncio.TimeoutError, ConnectionError (closed before the greeting)."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 5)
+    try:
+        name = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
+        if not name:
+            raise ConnectionResetError("closed before the greeting")
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer, name
+
+
 async def devices(port: int, count: int, sources: int, seconds: float, out: str, arrive: float) -> None:
     stats: dict[str, Any] = {"connections": [], "eof": 0, "reset": 0, "failed": 0, "lost": 0}
     connected = asyncio.Event()
@@ -77,11 +91,7 @@ async def devices(port: int, count: int, sources: int, seconds: float, out: str,
         first = True
         while not stop.is_set():
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 5)
-                name = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
-                if not name:
-                    raise ConnectionResetError("closed before the greeting")
+                reader, writer, name = await greeted(port, source)
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 stats["failed"] += 1
                 await asyncio.sleep(random.uniform(0.01, 0.2))
@@ -193,11 +203,7 @@ async def fleet(port: int, sources: list[str], count: int, ramp: float, seconds:
         while not stop.is_set():
             writer = None
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 5)
-                name = (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
-                if not name:
-                    raise ConnectionResetError("closed before the greeting")
+                reader, writer, name = await greeted(port, source)
             except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
                 note(i, "failed", type(exc).__name__)
                 if writer is not None:

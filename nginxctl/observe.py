@@ -155,13 +155,6 @@ def server_connections(live: LiveNginx, host: str, port: int) -> dict[int, int] 
                          and s.remote[0] in addresses))}
 
 
-def _total(memory: Callable[[int], int | None] | None, pids: list[int]) -> int | None:
-    if memory is None:
-        return None
-    sizes = [memory(pid) for pid in pids]
-    return sum(s for s in sizes if s is not None) if any(s is not None for s in sizes) else None
-
-
 def _start_ticks(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:

@@ -104,10 +104,6 @@ class LiveNginx:
         return str(self.container.attrs.get("State", {}).get("StartedAt", ""))
 
     @property
-    def on_host_network(self) -> bool:
-        return self.container.attrs.get("HostConfig", {}).get("NetworkMode") == "host"
-
-    @property
     def main_pid(self) -> int | None:
         """The container's main process as this host sees it (None: not running)."""
         pid = self.container.attrs.get("State", {}).get("Pid")
