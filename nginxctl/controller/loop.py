@@ -425,6 +425,7 @@ class Controller:
         self.metrics.last_success.set(time.time())
         if changed:
             self.metrics.reloads.labels("ok").inc()
+            self.generations.observe(self.members)   # the generation this reload made old counts from now
             if self.burst_started is not None:
                 self.metrics.change_to_reload.observe(max(0.0, now - self.burst_started))
             self.log(Logged.RELOAD, f"reloaded and verified ({reason})", result="ok", **what,
@@ -441,8 +442,7 @@ class Controller:
         self.health.change = ([], [])
         if self.health.checking:
             self._write_health()
-        self.retry_at = None
-        self.failures = 0
+        self.retry_at, self.failures = None, 0
         self.burst_started = None
         self.failed_for_good = False
         self.publisher.release()
