@@ -88,7 +88,7 @@ class Retirement:
         self._idle_until = self.started
         self._ports: list[int] = []      # the backends' ports of this generation's upstream sides
         self._full_at: float | None = None
-        self.left = generation.connections   # its connections (client sides) at the last whole dump
+        self.left = generation.connections   # its connections (client sides): the last whole dump, less closes since
 
     @property
     def deadline(self) -> float:
@@ -130,6 +130,8 @@ class Retirement:
         elif self._no_upstream_since is None:
             self._no_upstream_since = now
         done = sum(1 for sock in step.close if self.diag.destroy(sock))
+        if self.left is not None:   # those closed since the last whole dump are not left (closed + left: the start)
+            self.left = max(0, self.left - done)
         self.pacer.spend(len(step.close))
         if step.fallback:
             self.resets += done

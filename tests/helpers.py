@@ -367,6 +367,16 @@ class Watch:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            # stuck: its threads' stacks (SIGUSR1, faulthandler) and its last lines say where
+            start, deadline = len(self.all), time.monotonic() + 5
+            self.proc.send_signal(signal.SIGUSR1)
+            while time.monotonic() < deadline:  # the dump has come and nothing more for 0.5 s
+                self.changed.clear()
+                if not self.changed.wait(0.5) and any("most recent call first" in str(e) for e in self.all[start:]):
+                    break
+            tail = "\n".join(str(e.get("message", e)) for e in self.all[-60:])
+            raise AssertionError(f"the watch did not stop within 30s of signal {sig}; last lines:\n{tail}") from None
         finally:
             self.close()
 

@@ -4,6 +4,7 @@ loud. Real nginx, real held connections on 127.0.0.1."""
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,25 @@ def test_the_memory_limit_triggers_too(lb, backends):
         assert done.returncode == 0, done.stderr
         assert all(closed(h) for h in held[0])
         assert generations(lb) == []
+    finally:
+        for h in held[0]:
+            h.close()
+
+
+def test_retire_progress_counts_closed_and_left_that_add_up_to_the_start(lb, backends):
+    a = backends("A")
+    _, group = lb.group([a.address])
+    held, groups = linger(lb, group, [30])
+    try:
+        groups["more"] = {"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}
+        lb.write(groups)
+        done = apply(lb, "--max-generations", "1", "--retire-rate", "4")   # 30 at 4/s: a line at 5 s, then the end
+        assert done.returncode == 0, done.stderr
+        counts = [(int(m.group(1)), int(m.group(2))) for m in
+                  re.finditer(r"(\d+) connection\(s\) closed \(EOF\), (\d+) left", done.stderr)]
+        assert len(counts) >= 2, done.stderr        # progress while it ran, and the last line
+        assert all(c + left <= 30 for c, left in counts), counts   # a connection is closed or left, not both
+        assert counts[-1] == (30, 0), counts
     finally:
         for h in held[0]:
             h.close()

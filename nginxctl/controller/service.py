@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
+import signal
+import sys
+
 from ..errors import EnvironmentProblem, UsageError
 from .log import DecisionLog
 from .loop import Connect, Controller
@@ -20,6 +24,8 @@ def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "tex
     if options.max_wait < options.quiet_period:
         raise UsageError(f"--max-wait ({options.max_wait:g}s) must not be shorter than --quiet-period "
                          f"({options.quiet_period:g}s)")
+    # `kill -USR1` a watch that seems stuck: every thread's stack goes to stderr (the log stream), and it runs on
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     registry = Metrics()
     server = None
     if metrics is not None:

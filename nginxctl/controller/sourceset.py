@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,6 +18,7 @@ from .model import BACKOFF, Event, EventKind, Snapshot
 from .sources import EtcdSource
 
 FIRST_SNAPSHOT_WAIT = 5.0
+STOP_WAIT = 10.0   # for the sources to stop, together
 
 
 class Source(Protocol):
@@ -42,10 +45,26 @@ class SourceSet:
             source.start()
         self.started = True
 
-    def stop(self) -> None:
-        for source in self.sources:
+    def stop(self, wait: float = STOP_WAIT) -> list[str]:
+        """Stop every source at once (each may wait a few seconds for its thread): the stop takes the slowest
+        one's time, not their sum, and at most `wait` seconds. Returns the names of those still stopping then
+        (their threads are daemons: they do not keep the process alive)."""
+        def stop_one(source: Source) -> None:
             with contextlib.suppress(Exception):  # stopping is best effort
                 source.stop()
+
+        stoppers = [(type(s).__name__, threading.Thread(target=stop_one, args=(s,), name=f"stop-{type(s).__name__}",
+                                                        daemon=True)) for s in self.sources]
+        for _, thread in stoppers:
+            thread.start()
+        deadline = time.monotonic() + wait
+        for _, thread in stoppers:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [name for name, thread in stoppers if thread.is_alive()]
+        if stuck:
+            self.log(Logged.STOP, f"{', '.join(stuck)} did not stop within {wait:g}s: exiting without them",
+                     stuck=stuck, level="warning")
+        return stuck
 
     def names(self) -> list[str]:
         return [type(s).__name__ for s in self.sources]
