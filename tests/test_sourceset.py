@@ -46,7 +46,7 @@ class Failing(Quick):
 
 def test_a_source_hung_in_its_stop_is_named_and_left_behind_while_the_others_stop():
     stream = io.StringIO()
-    sources = SourceSet(queue.Queue(), DecisionLog("json", stream), Metrics())
+    sources = SourceSet(queue.SimpleQueue(), DecisionLog("json", stream), Metrics())
     hung, first, last = Hung(), Quick(), Quick()
     for source in (first, hung, Failing(), last):
         sources.add(source)
@@ -62,7 +62,7 @@ def test_a_source_hung_in_its_stop_is_named_and_left_behind_while_the_others_sto
 
 def test_sources_that_stop_are_not_reported():
     stream = io.StringIO()
-    sources = SourceSet(queue.Queue(), DecisionLog("json", stream), Metrics())
+    sources = SourceSet(queue.SimpleQueue(), DecisionLog("json", stream), Metrics())
     quick = [Quick(), Quick()]
     for source in quick:
         sources.add(source)

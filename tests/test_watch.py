@@ -266,6 +266,21 @@ def test_sigterm_in_the_middle_of_an_apply_leaves_a_whole_valid_config(lb, backe
     assert replies(port) == ({"B"} if after != before else {"A"})
 
 
+def test_sigusr1_dumps_every_thread_and_the_watch_goes_on(lb, backends, watches):
+    a, b = backends("A"), backends("B")
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
+    w = watches(inv, *QUIET)
+    w.reload()
+    w.proc.send_signal(signal.SIGUSR1)
+    w.wait(lambda e: "most recent call first" in e.get("message", ""))
+    w.wait(lambda e: "in _run" in e.get("message", ""))   # the sources' threads too, not only the loop's
+    inv.write_text(inv.read_text().replace(a.address, b.address))   # it still follows changes
+    w.wait(lambda e: e["event"] == "reload" and e.get("result") == "ok")
+    assert replies(port) == {"B"}
+    assert w.stop() == 0
+
+
 def test_a_second_watch_on_the_same_target_fails_at_once_naming_the_holder(lb, backends, watches):
     a = backends("A")
     inv = write(lb, {"pool": {"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}})

@@ -67,7 +67,7 @@ class Controller:
         self.log = log
         self.metrics = metrics
         self.clock = clock
-        self.events: queue.Queue[Event] = queue.Queue()
+        self.events: queue.SimpleQueue[Event] = queue.SimpleQueue()   # put() is safe in a signal handler
         self.debounce = Debouncer(options.quiet_period, options.max_wait)
         self.inventory: Inventory | None = None
         self.inventory_text: str | None = None

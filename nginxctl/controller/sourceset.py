@@ -30,7 +30,7 @@ class Source(Protocol):
 
 
 class SourceSet:
-    def __init__(self, events: queue.Queue[Event], log: DecisionLog, metrics: Metrics) -> None:
+    def __init__(self, events: queue.SimpleQueue[Event], log: DecisionLog, metrics: Metrics) -> None:
         self.events = events
         self.log = log
         self.metrics = metrics
