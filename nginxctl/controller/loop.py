@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import signal
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .. import nginx
@@ -58,7 +56,7 @@ MAX_ISOLATED_PER_PASS = 16   # discovered servers nginx refuses, found one rejec
 
 
 class Controller:
-    """One controller for one target. `run()` blocks until `stop()` (or SIGTERM/SIGINT) and returns 0."""
+    """One controller for one target. `run()` blocks until `stop()` and returns 0."""
 
     def __init__(self, options: WatchOptions, *, connect: Connect, log: DecisionLog, metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -107,9 +105,6 @@ class Controller:
 
     def stop(self, reason: str = "stop requested") -> None:
         self.events.put(Event(EventKind.STOP, detail=reason))
-
-    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
-        self.stop(f"{signal.Signals(signum).name} received")
 
     def start(self) -> None:
         """Load the inventory, reach the target, take the watch lock, start the sources. Raises
@@ -177,11 +172,9 @@ class Controller:
         assert self.inventory is not None
         return self.ha.reach(self.options, self.inventory, self.client, self.connect)
 
-    def run(self, install_signals: bool = True) -> int:
-        """Start, apply, then reconcile on every change until stopped. Returns the exit code (0)."""
-        if install_signals:
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+    def run(self) -> int:
+        """Start, apply, then reconcile on every change until stopped (`stop()`, which the signal handlers of
+        `service` call). Returns the exit code (0)."""
         try:
             self.start()
             # Ready once the loop runs, not after a first apply: a discovery source down at start (the

@@ -13,6 +13,7 @@ from .metrics import Metrics, parse_address, serve
 from .model import WatchOptions
 
 MIN_RESYNC = 1.0
+STOP_REPORT = 20.0   # seconds after SIGTERM/SIGINT: a stop still going says where it waits
 
 
 def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "text", metrics: str | None = None) -> int:
@@ -35,8 +36,17 @@ def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "tex
             registry.served = True
         except OSError as exc:
             raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
+    controller = Controller(options, connect=connect, log=DecisionLog(log_format), metrics=registry)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # a stop still going STOP_REPORT seconds later writes every thread's stack to stderr: where it waits
+        faulthandler.dump_traceback_later(STOP_REPORT, file=sys.stderr)
+        controller.stop(f"{signal.Signals(signum).name} received")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
-        return Controller(options, connect=connect, log=DecisionLog(log_format), metrics=registry).run()
+        return controller.run()
     finally:
         if server is not None:
             server.shutdown()
