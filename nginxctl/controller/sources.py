@@ -275,6 +275,9 @@ class EtcdSource:
         resp = client.session.post(client.get_url("/watch"), json=request, stream=True, timeout=(self.timeout, None))
         with self._lock:
             self._responses.append(resp)
+        if self.stopping.is_set():   # stopped while the request was on its way: _close_streams missed this one
+            self._close_streams()
+            return
         if resp.status_code != 200:
             raise ConnectionError(f"etcd watch refused: HTTP {resp.status_code}")
         for line in _lines(resp):
