@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 Connect = Callable[[str | None], "docker.DockerClient"]
 
+LOCK_RELEASE_WAIT = 10.0   # seconds a stopping watch waits for its locks' removal
 MAX_ISOLATED_PER_PASS = 16   # discovered servers nginx refuses, found one rejection at a time
 
 
@@ -153,8 +154,9 @@ class Controller:
             self._write_health(stopped=True)
         self.publisher.stopped(self.members or [])
         self.sources.stop()
-        for lock in self._locks:
-            lock.__exit__(None, None, None)
+        if left := nginx.release_all(self._locks, LOCK_RELEASE_WAIT):   # a slow engine: the next nginxctl takes them
+            self.log(Logged.STOP, f"the locks on {', '.join(left)} were not removed within {LOCK_RELEASE_WAIT:g}s (a "
+                     "slow Docker engine): the next nginxctl takes them over", level="warning", targets=left)
         if self.client is not None:
             self.client.close()
         self.metrics.running = False

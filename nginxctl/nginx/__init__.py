@@ -37,12 +37,13 @@ from .keepalived import (
     test_keepalived_config,
 )
 from .live import LiveNginx
-from .lock import LOCK_STALE_SECONDS, TargetLock, describe_holder
+from .lock import LOCK_STALE_SECONDS, TargetLock, describe_holder, release_all
 from .sandbox import VALIDATE_TIMEOUT, image_build, test_config
 from .transport import FileInfo
 
 __all__ = ["BUILD_HINT", "DEFAULT_IMAGE", "LOCAL_IMAGE", "LOCK_STALE_SECONDS", "PLACEHOLDER_IP", "VALIDATE_TIMEOUT",
            "FileInfo", "LiveNginx", "Progress", "TargetLock", "connect", "describe_holder", "engine_machine",
-           "ensure_image", "image_build", "image_present", "test_config", "KEEPALIVED_HINT", "test_keepalived_config",
+           "ensure_image", "image_build", "image_present", "release_all", "test_config", "KEEPALIVED_HINT",
+           "test_keepalived_config",
            "CompanionChange", "companion_config", "companion_state",
            "ensure_companion"]

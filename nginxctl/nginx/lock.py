@@ -7,6 +7,7 @@ import hashlib
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -139,14 +140,31 @@ class TargetLock:
             if not self.release_in_background:
                 self._remove(container)
                 return
-            # The controller's next change is a quiet period away: release off the critical path. The
-            # thread is not a daemon (the process waits for it), and the next take waits for it too.
-            thread = threading.Thread(target=self._remove, args=(container,), name="nginxctl-lock-release")
+            # The controller's next change is a quiet period away: release off the critical path. The next
+            # take waits for it, and so does the controller when it stops (`release_all`, bounded).
+            thread = threading.Thread(target=self._remove, args=(container,), daemon=True,
+                                      name=f"nginxctl-lock-release:{self.live.name}")
             _RELEASING[self.name] = thread
             thread.start()
 
 
 _RELEASING: dict[str, threading.Thread] = {}
+
+
+def release_all(locks: Sequence[TargetLock], wait: float) -> list[str]:
+    """Release `locks`, and wait for the releases still going on in the background, all together and for `wait`
+    seconds at most: a slow engine must not keep a stopping controller alive (its calls may take a minute).
+    Returns the names of the targets whose lock was still being removed then: left to the engine; the next
+    nginxctl takes such a lock over (its holder is gone)."""
+    pending = [threading.Thread(target=lock.__exit__, args=(None, None, None), daemon=True,
+                                name=f"nginxctl-lock-release:{lock.live.name}") for lock in locks]
+    for thread in pending:
+        thread.start()
+    pending += list(_RELEASING.values())
+    deadline = time.monotonic() + wait
+    for thread in pending:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return sorted({thread.name.split(":", 1)[1] for thread in pending if thread.is_alive()})
 
 
 def describe_holder(labels: dict[str, str]) -> str:

@@ -1,5 +1,6 @@
-"""The watch's sources stop together and within a bound: one that hangs in its stop neither delays the others'
-nor keeps the watch from exiting, and the `stop` line names it."""
+"""A stopping watch is bounded: its sources stop together, and its locks are removed together, each within a
+few seconds; one that hangs (a source's thread, a slow Docker engine) neither delays the others nor keeps the watch
+from exiting, and is named."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import json
 import queue
 import threading
 
+import docker.errors  # noqa: F401 (loaded, as in a watch, which has talked to the engine long before it stops)
 from nginxctl.controller.log import DecisionLog
 from nginxctl.controller.metrics import Metrics
 from nginxctl.controller.sourceset import SourceSet
+from nginxctl.nginx import TargetLock, release_all
 
 
 class Quick:
@@ -69,3 +72,41 @@ def test_sources_that_stop_are_not_reported():
     assert sources.stop() == []
     assert all(q.stopped.is_set() for q in quick)
     assert stream.getvalue() == ""
+
+
+class Container:
+    """A lock container whose removal takes as long as the engine makes it (until `answered` is set)."""
+
+    def __init__(self, answered: bool = True) -> None:
+        self.answered = threading.Event()
+        if answered:
+            self.answered.set()
+        self.removed = threading.Event()
+
+    def remove(self, force: bool = False) -> None:
+        self.answered.wait(60)
+        self.removed.set()
+
+
+class Live:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def lock(name: str, container: Container, background: bool = False) -> TargetLock:
+    held = TargetLock(None, Live(name), release_in_background=background)  # type: ignore[arg-type]
+    held._container = container  # type: ignore[assignment]
+    return held
+
+
+def test_locks_are_released_together_and_a_slow_engine_is_named_not_waited_for():
+    slow, quick, background = Container(answered=False), Container(), Container(answered=False)
+    lock("lb-bg", background, background=True).__exit__(None, None, None)   # a change lock, released off the loop
+    try:
+        assert release_all([lock("lb-slow", slow), lock("lb-quick", quick)], wait=0.2) == ["lb-bg", "lb-slow"]
+        assert quick.removed.is_set() and not slow.removed.is_set()
+    finally:
+        slow.answered.set()
+        background.answered.set()
+    assert background.removed.wait(5) and slow.removed.wait(5)
+    assert release_all([], wait=1) == []   # nothing pending once the engine has answered
