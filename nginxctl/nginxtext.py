@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 STREAM_MODULE = "ngx_stream_module.so"
@@ -155,6 +155,49 @@ def reload_lines(log: str) -> tuple[list[str], bool]:
         return lines, False
     end = starts[1] if len(starts) > 1 else len(lines)
     return lines[starts[0]:end], True
+
+
+_UPSTREAM_FAILED = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) \[(?:error|warn)\] \d+#\d+: \*\d+ (.+?) while "
+                              r"connecting to upstream, client: [^,]*, server: [^,]*, upstream: \"([^\"]+)\"")
+TAKEN_OUT = "upstream server temporarily disabled"
+
+
+@dataclass
+class UpstreamFailures:
+    """nginx's failures to reach one server (`upstream` as nginx logs it: the address it connected to)."""
+
+    count: int = 0                   # connect() failed, timed out: each a client passed on to the next server
+    last: float = 0.0                # the latest (nginx's clock, read as UTC)
+    error: str = ""                  # what the latest said, e.g. `connect() failed (111: Connection refused)`
+    taken_out: float | None = None   # the latest `temporarily disabled` (max_fails reached: out for fail_timeout)
+
+
+def upstream_failures(log: str) -> dict[str, UpstreamFailures]:
+    """The servers nginx failed to connect to in `log` (error-log text), by upstream address: its passive checks
+    (`max_fails`, `fail_timeout`) at work, which nothing else shows. `no live upstreams` names a group, not a server:
+    not counted here."""
+    failures: dict[str, UpstreamFailures] = {}
+    for line in log.splitlines():
+        match = _UPSTREAM_FAILED.match(line)
+        if match is None or match.group(2) == "no live upstreams":
+            continue
+        when, what, upstream = match.groups()
+        try:
+            at = datetime.strptime(when, "%Y/%m/%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+        seen = failures.setdefault(upstream, UpstreamFailures())
+        if what == TAKEN_OUT:
+            seen.taken_out = at
+        else:
+            seen.count, seen.last, seen.error = seen.count + 1, at, what
+    return {address: f for address, f in failures.items() if f.count}
+
+
+def error_log_level(config: str | None) -> str:
+    """The level of the loaded config's first `error_log` (nginx's default: error)."""
+    match = re.search(r"^\s*error_log\s+\S+\s+(\w+)\s*;", config or "", re.MULTILINE)
+    return match.group(1) if match else "error"
 
 
 def emerg_lines(lines: list[str]) -> list[str]:

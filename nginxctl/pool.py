@@ -89,6 +89,7 @@ class Pool:
     clients_per_pid: dict[int, int]
     processes: Processes
     seconds: float
+    endpoints: dict[tuple[str, int], ServerPool] = field(default_factory=dict)   # (ip, port) nginx connects to
 
     def group(self, name: str) -> list[ServerPool]:
         return self.servers.get(name, [])
@@ -241,7 +242,7 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
             matched = pair_clients(client_socks, [(s, pid) for s, pid, _ in upstream], fds)
             for sock, pid, member in upstream:
                 member.held.append(new(Held, (sock, pid, pid in old_pids, matched.get(sock.inode))))
-    return Pool(pools, clients, procs, time.monotonic() - began)
+    return Pool(pools, clients, procs, time.monotonic() - began, by_address)
 
 
 def cgroup_id(pid: int) -> int | None:

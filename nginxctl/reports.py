@@ -323,6 +323,7 @@ class StatusReport:
         out += [f"note        {note}" for note in d.get("notes", [])]
         if d.get("groups") is None:
             out.append("\nthe servers nginx runs cannot be listed: the loaded config is not known")
+        failing = {(f["group"], f["address"]): f for f in d.get("recent_failures") or []}
         for g in d.get("groups") or []:
             head = f"\n{g['name']}"
             if g["protocol"]:
@@ -334,6 +335,12 @@ class StatusReport:
                 state = s["state"] + (f" ({s['reason']})" if s.get("reason") else "")
                 extra = " ".join(f for f in s["flags"] if f not in ("down", "backup"))
                 out.append(f"  {s['address']:<{width}}  {state:<20} {_bar(s, most)}  {extra}".rstrip())
+                if failed := failing.get((g["name"], s["address"])):
+                    out.append(f"  {'':<{width}}  nginx could not connect {failed['count']} time(s) in the last "
+                               f"{failed['window_seconds']:g}s, last {failed['seconds_ago']}s ago: {failed['error']}"
+                               + ("" if failed["taken_out_seconds_ago"] is None else
+                                  f"; its passive check took it out {failed['taken_out_seconds_ago']}s ago "
+                                  "(max_fails, for fail_timeout)"))
         overlay = d.get("overlay")
         if overlay and not overlay.get("stale"):
             out.append(f"\nrebalance   {overlay['group']}: {', '.join(overlay.get('down', []))} closed to new "

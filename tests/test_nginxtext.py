@@ -7,6 +7,7 @@ from nginxctl.nginxtext import (
     config_from_dump,
     dump_files,
     emerg_lines,
+    error_log_level,
     error_log_of,
     hosts_lookup,
     includes,
@@ -18,6 +19,7 @@ from nginxctl.nginxtext import (
     reload_finished,
     reload_lines,
     shutdown_timeout_of,
+    upstream_failures,
 )
 
 # A port held by another process (nginx 1.22.1): the first reload retries bind() for ~2.5 s, then gives up;
@@ -171,3 +173,39 @@ def test_docker_times():
     assert t is not None and t.microsecond == 123456 and t.utcoffset() is not None
     assert parse_docker_time("0001-01-01T00:00:00Z") is not None
     assert parse_docker_time("") is None
+
+
+# nginx 1.22.1, a stream group with one server refusing (max_fails 1) and one timing out, lines from a real run
+FAILED_CONNECTS = """\
+2026/12/05 00:53:37 [error] 7#7: *1 connect() failed (111: Connection refused) while connecting to upstream, \
+client: 127.0.0.1, server: 127.0.0.1:39930, upstream: "127.0.0.1:39931", bytes from/to client:0/0, bytes from/to \
+upstream:0/0
+2026/12/05 00:53:37 [warn] 7#7: *1 upstream server temporarily disabled while connecting to upstream, client: \
+127.0.0.1, server: 127.0.0.1:39930, upstream: "127.0.0.1:39931", bytes from/to client:0/0, bytes from/to upstream:0/0
+2026/12/05 00:53:39 [error] 7#7: *4 upstream timed out (110: Connection timed out) while connecting to upstream, \
+client: 127.0.0.2, server: 0.0.0.0:39930, upstream: "[::1]:39932", bytes from/to client:0/0, bytes from/to upstream:0/0
+2026/12/05 00:53:40 [error] 7#7: *5 connect() failed (111: Connection refused) while connecting to upstream, \
+client: 127.0.0.1, server: 127.0.0.1:39930, upstream: "127.0.0.1:39931", bytes from/to client:0/0, bytes from/to \
+upstream:0/0
+2026/12/05 00:53:41 [error] 7#7: *6 no live upstreams while connecting to upstream, client: 127.0.0.1, server: \
+127.0.0.1:39930, upstream: "pool", bytes from/to client:0/0, bytes from/to upstream:0/0
+2026/12/05 00:53:42 [notice] 1#1: signal 1 (SIGHUP) received, reconfiguring
+"""
+
+
+def test_failed_connects_are_counted_per_server_with_the_latest_error_and_the_take_out():
+    failures = upstream_failures(FAILED_CONNECTS)
+    assert set(failures) == {"127.0.0.1:39931", "[::1]:39932"}   # "no live upstreams" names a group: not a server
+    refused, timed_out = failures["127.0.0.1:39931"], failures["[::1]:39932"]
+    assert (refused.count, refused.error) == (2, "connect() failed (111: Connection refused)")
+    assert refused.last - refused.taken_out == 3.0                  # taken out at :37, failed again at :40
+    assert refused.last == 1796432020.0                               # 2026-12-05T00:53:40Z
+    assert (timed_out.count, timed_out.error, timed_out.taken_out) == (
+        1, "upstream timed out (110: Connection timed out)", None)
+    assert upstream_failures("") == {} and upstream_failures("2026/12/05 00:53:37 [error] garbage") == {}
+
+
+def test_error_log_level_is_read_from_the_config_with_nginxs_default():
+    assert error_log_level("error_log stderr notice;\nevents {}") == "notice"
+    assert error_log_level("error_log /var/log/nginx/error.log crit;") == "crit"
+    assert error_log_level("error_log stderr;") == "error" and error_log_level(None) == "error"

@@ -4,12 +4,13 @@ removed from the config that old workers still hold; the pure share arithmetic."
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 from nginxctl.nginxtext import emerg_lines, parse_upstreams, with_servers_down
 from nginxctl.share import converged, fair_shares, minimum, plan, skew
 
-from helpers import Devices, cli, wait_for, write_inventory
+from helpers import Devices, cli, free_port, read_line, wait_for, write_inventory
 
 
 def _status(lb) -> dict:  # type: ignore[no-untyped-def]
@@ -67,6 +68,29 @@ def test_status_counts_connections_per_server_and_generation(lb, backends):
         assert "removed" in text.stdout and "█" in text.stdout or "▒" in text.stdout, text.stdout
     finally:
         devices.close()
+
+
+@pytest.mark.integration
+def test_status_shows_the_connects_nginx_failed_to_a_dead_server_without_a_health_check(lb, backends):
+    a = backends("A")
+    dead = f"127.0.0.1:{free_port()}"          # nothing listens: nginx's connects are refused
+    port, g = lb.group([a.address, dead])
+    lb.write({"pool": g})
+    _apply(lb)
+    answers = []
+    for _ in range(4):   # nginx passes each refused connect on to A: the clients see A
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            answers.append(read_line(conn))
+    assert answers == ["A"] * 4, answers
+    data = _status(lb)
+    assert _servers(data)[dead]["state"] == "up"          # as the loaded config has it...
+    (failed,) = data["recent_failures"]                   # ...and what nginx saw: A is not there
+    assert (failed["group"], failed["address"]) == ("pool", dead)
+    assert failed["count"] >= 1 and "Connection refused" in failed["error"], failed
+    assert failed["window_seconds"] == 60 and 0 <= failed["seconds_ago"] <= 60
+    assert failed["taken_out_seconds_ago"] is not None   # max_fails 1: out for its fail_timeout
+    text = cli("status", "-i", str(lb.inventory))
+    assert "nginx could not connect" in text.stdout and "Connection refused" in text.stdout, text.stdout
 
 
 @pytest.mark.integration

@@ -203,13 +203,16 @@ class LiveNginx:
         content = self.read_file(error_log)
         return (error_log, len(content) if content else 0)
 
-    def log_since(self, cursor: tuple[str, float | int]) -> str:
+    def log_since(self, cursor: tuple[str, float | int], tail: int | None = None) -> str:
+        """What nginx logged since `cursor`; `tail`: at most that many of the last lines of stderr (the engine
+        reads a container's log from its end then, not its start)."""
         where, mark = cursor
         if where == "stderr":
             # A float, not a datetime: the SDK truncates a datetime to whole seconds, which would
             # bring back up to a second of lines logged before the cursor.
             with engine_call(f"cannot read the logs of {self.name}"):
-                raw = self.container.logs(stdout=False, stderr=True, since=max(float(mark) - 0.001, 0.001))
+                raw = self.container.logs(stdout=False, stderr=True, since=max(float(mark) - 0.001, 0.001),
+                                          tail=tail if tail is not None else "all")
             return bytes(raw).decode(errors="replace")
         content = self.read_file(where) or b""
         return content[int(mark):].decode(errors="replace")
