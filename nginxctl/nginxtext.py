@@ -157,41 +157,64 @@ def reload_lines(log: str) -> tuple[list[str], bool]:
     return lines[starts[0]:end], True
 
 
-_UPSTREAM_FAILED = re.compile(r"^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) \[(?:error|warn)\] \d+#\d+: \*\d+ (.+?) while "
-                              r"connecting to upstream, client: [^,]*, server: [^,]*, upstream: \"([^\"]+)\"")
+# an error-log line about one client's connection to an upstream; optionally led by Docker's own UTC timestamp
+# (`docker logs --timestamps`), which is used then: nginx writes the container's local time
+_UPSTREAM_LINE = re.compile(r"^(?:(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\S*Z )?(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) "
+                            r"\[(?:crit|error|warn)\] \d+#\d+: \*\d+ (.+?) while (connecting to upstream|proxying "
+                            r"connection), (udp )?client: [^,]*, server: ([^,]+), upstream: \"([^\"]+)\"")
 TAKEN_OUT = "upstream server temporarily disabled"
+NO_LIVE = "no live upstreams"
 
 
 @dataclass
 class UpstreamFailures:
-    """nginx's failures to reach one server (`upstream` as nginx logs it: the address it connected to)."""
+    """nginx's failures to reach one server from one listen (as nginx logs them: the listen's address, the
+    address it connected to)."""
 
     count: int = 0                   # connect() failed, timed out: each a client passed on to the next server
-    last: float = 0.0                # the latest (nginx's clock, read as UTC)
+    last: float = 0.0                # the latest (Docker's UTC timestamp, else nginx's clock read as UTC)
     error: str = ""                  # what the latest said, e.g. `connect() failed (111: Connection refused)`
     taken_out: float | None = None   # the latest `temporarily disabled` (max_fails reached: out for fail_timeout)
 
 
-def upstream_failures(log: str) -> dict[str, UpstreamFailures]:
-    """The servers nginx failed to connect to in `log` (error-log text), by upstream address: its passive checks
-    (`max_fails`, `fail_timeout`) at work, which nothing else shows. `no live upstreams` names a group, not a server:
-    not counted here."""
-    failures: dict[str, UpstreamFailures] = {}
+@dataclass
+class LogFailures:
+    servers: dict[tuple[str, str], UpstreamFailures] = field(default_factory=dict)   # (listen, upstream)
+    no_live: dict[str, int] = field(default_factory=dict)   # listen -> `no live upstreams` (clients turned away)
+
+
+def upstream_failures(log: str) -> LogFailures:
+    """What nginx's passive checks (`max_fails`, `fail_timeout`) saw in `log` (error-log text), which nothing else
+    shows: the servers it failed to connect to (a UDP server: refused datagrams) per listen, when it took one out,
+    and how often a listen found no live server at all."""
+    out = LogFailures()
     for line in log.splitlines():
-        match = _UPSTREAM_FAILED.match(line)
-        if match is None or match.group(2) == "no live upstreams":
+        match = _UPSTREAM_LINE.match(line)
+        if match is None:
             continue
-        when, what, upstream = match.groups()
+        stamp, when, what, action, udp, listen, upstream = match.groups()
+        if action == "proxying connection" and not udp:
+            continue   # a TCP connection that failed while established: no sign of the server's availability
         try:
-            at = datetime.strptime(when, "%Y/%m/%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+            at = (datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S") if stamp else
+                  datetime.strptime(when, "%Y/%m/%d %H:%M:%S")).replace(tzinfo=timezone.utc).timestamp()
         except ValueError:
             continue
-        seen = failures.setdefault(upstream, UpstreamFailures())
+        if what == NO_LIVE:
+            out.no_live[listen] = out.no_live.get(listen, 0) + 1
+            continue
+        seen = out.servers.setdefault((listen, upstream), UpstreamFailures())
         if what == TAKEN_OUT:
             seen.taken_out = at
         else:
             seen.count, seen.last, seen.error = seen.count + 1, at, what
-    return {address: f for address, f in failures.items() if f.count}
+    out.servers = {key: f for key, f in out.servers.items() if f.count}
+    return out
+
+
+def listen_port(listen: str) -> str:
+    """The port of a `listen` address as nginx writes or logs it (`127.0.0.1:53`, `[::1]:53`, `53`)."""
+    return listen.rsplit(":", 1)[-1].split()[0]
 
 
 def error_log_level(config: str | None) -> str:

@@ -339,8 +339,9 @@ class StatusReport:
                     out.append(f"  {'':<{width}}  nginx could not connect {failed['count']} time(s) in the last "
                                f"{failed['window_seconds']:g}s, last {failed['seconds_ago']}s ago: {failed['error']}"
                                + ("" if failed["taken_out_seconds_ago"] is None else
-                                  f"; its passive check took it out {failed['taken_out_seconds_ago']}s ago "
-                                  "(max_fails, for fail_timeout)"))
+                                  f"; its passive check took it out {failed['taken_out_seconds_ago']}s ago (max_fails"
+                                  f"), {'out' if failed['out_now'] else 'back in'} now (fail_timeout "
+                                  f"{failed['fail_timeout_seconds']:g}s)"))
         overlay = d.get("overlay")
         if overlay and not overlay.get("stale"):
             out.append(f"\nrebalance   {overlay['group']}: {', '.join(overlay.get('down', []))} closed to new "

@@ -9,26 +9,17 @@ that discover from it are left out of `pending`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .apply import Deployer
 from .desired import render_for
 from .errors import EnvironmentProblem
+from .failures import failure_rows, read_failures
 from .history import sha
 from .inventory import Inventory
-from .nginxtext import (
-    UpstreamFailures,
-    error_log_level,
-    error_log_of,
-    parse_groups,
-    shutdown_timeout_of,
-    upstream_failures,
-    with_servers_down,
-)
+from .nginxtext import parse_groups, shutdown_timeout_of, with_servers_down
 from .observe import reload_state
 from .pool import Pool, ServerPool, memory_bytes, read_pool
 from .published import Published, WatchState
@@ -37,10 +28,6 @@ from .share import fair_shares
 from .targets import Connect, Opened, open_engine, reachable_members
 from .view import ServerView, pending, servers_view
 from .vipstatus import with_vip, with_vip_error
-
-FAILURE_WINDOW = 60      # seconds of nginx's error log read for its failed connects to each server
-LOG_TAIL = 1 << 20       # the bytes read from the end of an error log file
-LOG_LINES = 20_000       # the lines read from the end of nginx's stderr (the engine reads them from the end)
 
 
 @dataclass
@@ -123,53 +110,6 @@ def _group_rows(views: dict[str, list[ServerView]], loaded: str, pool: Pool | No
     return rows
 
 
-def _failed_rows(views: dict[str, list[ServerView]], pool: Pool | None,
-                 failures: dict[str, UpstreamFailures]) -> list[dict[str, Any]]:
-    """The loaded config's servers nginx failed to connect to lately, each with its group."""
-    called: dict[tuple[str, str], list[str]] = {}   # each server's addresses as nginx logs what it connects to
-    for (ip, port), server in (pool.endpoints if pool is not None else {}).items():
-        called.setdefault((server.group, server.address), []).append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
-    rows = []
-    for name, servers in views.items():
-        for s in servers:
-            failed = _failed(failures, [s.address, *called.get((name, s.address), [])])
-            if failed is not None:
-                rows.append({"group": name, "address": s.address, **failed})
-    return rows
-
-
-def _failed(failures: dict[str, UpstreamFailures], names: list[str]) -> dict[str, Any] | None:
-    """A server's failures as status shows them (None: nginx logged none in the window), under any of its names
-    (its address as configured, the addresses nginx resolved it to)."""
-    found = [failures[n] for n in dict.fromkeys(names) if n in failures]
-    if not found:
-        return None
-    latest = max(found, key=lambda f: f.last)
-    taken = max((f.taken_out for f in found if f.taken_out is not None), default=None)
-    now = time.time()
-    return {"count": sum(f.count for f in found), "window_seconds": FAILURE_WINDOW,
-            "last": datetime.fromtimestamp(latest.last, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "seconds_ago": max(0, round(now - latest.last)), "error": latest.error,
-            "taken_out_seconds_ago": None if taken is None else max(0, round(now - taken))}
-
-
-def _failures(live: Any, loaded: str | None, notes: list[str]) -> dict[str, UpstreamFailures]:
-    """nginx's failed connects to its servers in the last FAILURE_WINDOW seconds, by upstream address ({} and a
-    note when its error log cannot be read, or does not log them)."""
-    where, level = error_log_of(loaded), error_log_level(loaded)
-    if level in ("crit", "alert", "emerg") or not (where == "stderr" or where.startswith("/")):
-        notes.append(f"nginx's failed connects to its servers unknown: it logs to {where} at level {level}")
-        return {}
-    since = time.time() - FAILURE_WINDOW
-    try:
-        text = live.log_since(("stderr", since), tail=LOG_LINES) if where == "stderr" else \
-            (live.read_file(where) or b"")[-LOG_TAIL:].decode(errors="replace")
-    except EnvironmentProblem as exc:
-        notes.append(f"nginx's failed connects to its servers unknown: {exc}")
-        return {}
-    return {a: f for a, f in upstream_failures(text).items() if f.last >= since - 1}
-
-
 def _connections(server: ServerPool | None) -> dict[str, int | None]:
     """A server's connections as status shows them (None: not counted, a unix: or UDP server, or no pool)."""
     if server is None or not server.countable:
@@ -224,7 +164,7 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
     overlay, overlaid = _with_overlay(want, published)
     views = servers_view(loaded_text, health_down=health_down, drained=published.drained(),
                          overlay=overlaid) if loaded_text else None
-    failures = _failures(live, loaded_text, want.notes) if views else {}
+    failures = read_failures(live, loaded_text, want.notes) if views else None
     data: dict[str, Any] = {
         "container": live.name, "nginx_version": live.build().version,   # what `nginx -v` says, read once with -V
         "master_pid": state.processes.master.pid if state.processes.master else None,
@@ -235,7 +175,8 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
         # unknown (None) when what nginx runs cannot be identified: neither "pending" nor "not pending" is true
         "reload_pending": None if loaded is None else deployed is not None and loaded != sha(deployed),
         "groups": _group_rows(views, loaded_text, pool) if views is not None and loaded_text else None,
-        "recent_failures": _failed_rows(views, pool, failures) if views is not None else None,
+        "recent_failures": failure_rows(views, {n: g.listen for n, g in parse_groups(loaded_text).items()}, pool,
+                                        failures, want.notes) if views and failures and loaded_text else [],
         "overlay": overlay, "pool_seconds": round(pool.seconds, 3) if pool else None,
         "wanted_by": want.by, "notes": want.notes,
         "watch": None if want.watch is None else {

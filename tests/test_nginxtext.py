@@ -193,16 +193,36 @@ upstream:0/0
 """
 
 
-def test_failed_connects_are_counted_per_server_with_the_latest_error_and_the_take_out():
-    failures = upstream_failures(FAILED_CONNECTS)
-    assert set(failures) == {"127.0.0.1:39931", "[::1]:39932"}   # "no live upstreams" names a group: not a server
-    refused, timed_out = failures["127.0.0.1:39931"], failures["[::1]:39932"]
+def test_failed_connects_are_counted_per_listen_and_server_with_the_latest_error_and_the_take_out():
+    found = upstream_failures(FAILED_CONNECTS)
+    assert set(found.servers) == {("127.0.0.1:39930", "127.0.0.1:39931"), ("0.0.0.0:39930", "[::1]:39932")}
+    refused = found.servers[("127.0.0.1:39930", "127.0.0.1:39931")]
+    timed_out = found.servers[("0.0.0.0:39930", "[::1]:39932")]
     assert (refused.count, refused.error) == (2, "connect() failed (111: Connection refused)")
     assert refused.last - refused.taken_out == 3.0                  # taken out at :37, failed again at :40
     assert refused.last == 1796432020.0                               # 2026-12-05T00:53:40Z
     assert (timed_out.count, timed_out.error, timed_out.taken_out) == (
         1, "upstream timed out (110: Connection timed out)", None)
-    assert upstream_failures("") == {} and upstream_failures("2026/12/05 00:53:37 [error] garbage") == {}
+    assert found.no_live == {"127.0.0.1:39930": 1}                    # a group with no live server: a count
+    assert upstream_failures("2026/12/05 00:53:37 [error] garbage").servers == {}
+
+
+def test_docker_timestamps_win_over_nginxs_local_clock_and_udp_and_crit_lines_count():
+    lines = (
+        '2026-12-05T06:00:01.123456789Z 2026/12/05 01:00:01 [error] 7#7: *9 recv() failed (111: Connection '
+        'refused) while proxying connection, udp client: 127.0.0.1, server: 127.0.0.1:53, upstream: "127.0.0.1:5353"'
+        ', bytes from/to client:1/0, bytes from/to upstream:0/1\n'
+        '2026-12-05T06:00:02.5Z 2026/12/05 01:00:02 [crit] 7#7: *10 connect() to unix:/run/app.sock failed (2: No '
+        'such file or directory) while connecting to upstream, client: 127.0.0.1, server: 127.0.0.1:8000, upstream: '
+        '"unix:/run/app.sock", bytes from/to client:0/0, bytes from/to upstream:0/0\n'
+        '2026-12-05T06:00:03Z 2026/12/05 01:00:03 [error] 7#7: *11 recv() failed (104: Connection reset by peer) '
+        'while proxying connection, client: 127.0.0.1, server: 127.0.0.1:8000, upstream: "127.0.0.1:9000", bytes '
+        'from/to client:0/0, bytes from/to upstream:0/0\n')
+    found = upstream_failures(lines)
+    udp = found.servers[("127.0.0.1:53", "127.0.0.1:5353")]
+    assert udp.last == 1796450401.0          # 06:00:01 UTC by the engine, not nginx's 01:00:01 (a UTC-5 container)
+    assert found.servers[("127.0.0.1:8000", "unix:/run/app.sock")].error.startswith("connect() to unix:")
+    assert ("127.0.0.1:8000", "127.0.0.1:9000") not in found.servers   # a reset of an established TCP connection
 
 
 def test_error_log_level_is_read_from_the_config_with_nginxs_default():

@@ -75,7 +75,8 @@ def test_status_shows_the_connects_nginx_failed_to_a_dead_server_without_a_healt
     a = backends("A")
     dead = f"127.0.0.1:{free_port()}"          # nothing listens: nginx's connects are refused
     port, g = lb.group([a.address, dead])
-    lb.write({"pool": g})
+    _, other = lb.group([dead, a.address])          # the same dead server in a group no client uses
+    lb.write({"pool": g, "other": other})
     _apply(lb)
     answers = []
     for _ in range(4):   # nginx passes each refused connect on to A: the clients see A
@@ -84,13 +85,30 @@ def test_status_shows_the_connects_nginx_failed_to_a_dead_server_without_a_healt
     assert answers == ["A"] * 4, answers
     data = _status(lb)
     assert _servers(data)[dead]["state"] == "up"          # as the loaded config has it...
-    (failed,) = data["recent_failures"]                   # ...and what nginx saw: A is not there
+    (failed,) = data["recent_failures"]                   # ...and what nginx saw: not A, not the group unused
     assert (failed["group"], failed["address"]) == ("pool", dead)
     assert failed["count"] >= 1 and "Connection refused" in failed["error"], failed
     assert failed["window_seconds"] == 60 and 0 <= failed["seconds_ago"] <= 60
-    assert failed["taken_out_seconds_ago"] is not None   # max_fails 1: out for its fail_timeout
+    assert failed["taken_out_seconds_ago"] is not None   # max_fails 1: out for its fail_timeout (10 s)...
+    assert failed["fail_timeout_seconds"] == 10
+    assert failed["out_now"] is (failed["taken_out_seconds_ago"] < 10)   # ...and said whether it still is
     text = cli("status", "-i", str(lb.inventory))
     assert "nginx could not connect" in text.stdout and "Connection refused" in text.stdout, text.stdout
+
+
+@pytest.mark.integration
+def test_failed_connects_are_read_from_an_error_log_file_too(lb, backends):
+    a = backends("A")
+    dead = f"127.0.0.1:{free_port()}"
+    port, g = lb.group([dead, a.address])
+    lb.write({"pool": g}, nginx={"error_log": "/var/log/nginx/nginxctl-test.log"})
+    _apply(lb)
+    for _ in range(4):   # round robin tries the dead server (listed first) and passes the client on to A
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            assert read_line(conn) == "A"
+    data = _status(lb)
+    assert [(f["group"], f["address"]) for f in data["recent_failures"]] == [("pool", dead)], data["notes"]
+    assert "Connection refused" in data["recent_failures"][0]["error"]
 
 
 @pytest.mark.integration

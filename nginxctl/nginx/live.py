@@ -17,7 +17,9 @@ the container fails.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -152,6 +154,19 @@ class LiveNginx:
         info = self.stat_file(path)
         return info.content if info else None
 
+    def read_tail(self, path: str, size: int) -> tuple[bytes, bool]:
+        """The last `size` bytes of a file in the container (b"" when it does not exist) and whether it is longer:
+        read from its end through /proc/PID/root (a log of gigabytes costs nothing), whole through the Docker API."""
+        root = self.root
+        if root is not None:
+            with contextlib.suppress(OSError):   # gone, or not readable from here: the API says which
+                with open(root + path, "rb") as fh:
+                    end = fh.seek(0, os.SEEK_END)
+                    fh.seek(max(0, end - size))
+                    return fh.read(), end > size
+        content = self.read_file(path) or b""
+        return content[-size:], len(content) > size
+
     def put_files(self, directory: str, files: Mapping[str, bytes | str]) -> None:
         """Create or replace files under `directory` (subfolders are created)."""
         try:
@@ -203,16 +218,17 @@ class LiveNginx:
         content = self.read_file(error_log)
         return (error_log, len(content) if content else 0)
 
-    def log_since(self, cursor: tuple[str, float | int], tail: int | None = None) -> str:
+    def log_since(self, cursor: tuple[str, float | int], tail: int | None = None, timestamps: bool = False) -> str:
         """What nginx logged since `cursor`; `tail`: at most that many of the last lines of stderr (the engine
-        reads a container's log from its end then, not its start)."""
+        reads a container's log from its end then, not its start); `timestamps`: each stderr line led by the
+        engine's UTC time of it."""
         where, mark = cursor
         if where == "stderr":
             # A float, not a datetime: the SDK truncates a datetime to whole seconds, which would
             # bring back up to a second of lines logged before the cursor.
             with engine_call(f"cannot read the logs of {self.name}"):
                 raw = self.container.logs(stdout=False, stderr=True, since=max(float(mark) - 0.001, 0.001),
-                                          tail=tail if tail is not None else "all")
+                                          tail=tail if tail is not None else "all", timestamps=timestamps)
             return bytes(raw).decode(errors="replace")
         content = self.read_file(where) or b""
         return content[int(mark):].decode(errors="replace")

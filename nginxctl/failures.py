@@ -1,0 +1,98 @@
+"""What nginx's passive checks saw lately, as `status` reports it: the servers nginx failed to connect to (refused,
+timed out; a UDP server refusing datagrams) in the last minute of its error log, per group, when `max_fails` took
+one out and whether its `fail_timeout` still keeps it out, and how often a group had no live server at all.
+Without a `health_check` this is the only sign of a dead server: its state in the loaded config stays `up`, and
+nginx passes each refused connect on to the next server.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import EnvironmentProblem
+from .inventory.grammar import Invalid, parse_duration_seconds
+from .nginx import LiveNginx
+from .nginxtext import LogFailures, UpstreamFailures, error_log_level, error_log_of, listen_port, upstream_failures
+from .pool import Pool
+from .view import ServerView
+
+WINDOW = 60              # seconds of nginx's error log read
+LOG_LINES = 20_000       # the lines read from the end of nginx's stderr (the engine reads them from the end)
+LOG_TAIL = 1 << 20       # the bytes kept from the end of an error log file
+FAIL_TIMEOUT = 10.0      # nginx's default fail_timeout
+
+
+def read_failures(live: LiveNginx, loaded: str | None, notes: list[str]) -> LogFailures:
+    """What nginx logged of its servers' failures in the last WINDOW seconds (nothing, with a note saying why, when
+    its error log cannot be read, does not log them, or was cut)."""
+    where, level = error_log_of(loaded), error_log_level(loaded)
+    if level in ("crit", "alert", "emerg") or not (where == "stderr" or where.startswith("/")):
+        notes.append(f"nginx's failed connects to its servers unknown: it logs to {where} at level {level}")
+        return LogFailures()
+    since = time.time() - WINDOW
+    try:
+        if where == "stderr":
+            text = live.log_since(("stderr", since), tail=LOG_LINES, timestamps=True)
+            cut = text.count("\n") >= LOG_LINES
+        else:
+            content, cut = live.read_tail(where, LOG_TAIL)
+            text = content.decode(errors="replace")
+    except EnvironmentProblem as exc:
+        notes.append(f"nginx's failed connects to its servers unknown: {exc}")
+        return LogFailures()
+    if cut:
+        notes.append(f"nginx logged more than {LOG_LINES if where == 'stderr' else LOG_TAIL} "
+                     f"{'lines' if where == 'stderr' else 'bytes'} lately: its failed connects were read from the "
+                     "last of them only (older ones in the last minute are not counted)")
+    found = upstream_failures(text)
+    found.servers = {key: f for key, f in found.servers.items() if f.last >= since - 1}
+    return found
+
+
+def failure_rows(views: dict[str, list[ServerView]], listens: dict[str, tuple[str, ...]], pool: Pool | None,
+                 found: LogFailures, notes: list[str]) -> list[dict[str, Any]]:
+    """The loaded config's servers nginx failed to connect to lately, each with its group (told apart by the
+    listen nginx logged: a server shared by two groups is counted for the one whose clients failed). A group whose
+    clients found no live server at all gets a note."""
+    called: dict[tuple[str, str], list[str]] = {}   # each server's addresses as nginx logs what it connects to
+    for (ip, port), server in (pool.endpoints if pool is not None else {}).items():
+        called.setdefault((server.group, server.address), []).append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+    rows = []
+    for name, servers in views.items():
+        ports = {listen_port(listen) for listen in listens.get(name, ())}
+        for s in servers:
+            names = {s.address, *called.get((name, s.address), [])}
+            seen = [f for (listen, upstream), f in found.servers.items()
+                    if upstream in names and listen_port(listen) in ports]
+            if seen:
+                rows.append({"group": name, "address": s.address, **_row(seen, s.flags)})
+        turned_away = sum(n for listen, n in found.no_live.items() if listen_port(listen) in ports)
+        if turned_away:
+            notes.append(f"nginx found no live server in {name} for {turned_away} client(s) in the last {WINDOW}s: "
+                         "they were refused")
+    return rows
+
+
+def _row(seen: list[UpstreamFailures], flags: tuple[str, ...]) -> dict[str, Any]:
+    latest = max(seen, key=lambda f: f.last)
+    taken = max((f.taken_out for f in seen if f.taken_out is not None), default=None)
+    now = time.time()
+    fail_timeout = _fail_timeout(flags)
+    return {"count": sum(f.count for f in seen), "window_seconds": WINDOW,
+            "last": datetime.fromtimestamp(latest.last, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "seconds_ago": max(0, round(now - latest.last)), "error": latest.error,
+            "taken_out_seconds_ago": None if taken is None else max(0, round(now - taken)),
+            "fail_timeout_seconds": fail_timeout,
+            "out_now": taken is not None and now - taken < fail_timeout}
+
+
+def _fail_timeout(flags: tuple[str, ...]) -> float:
+    for flag in flags:
+        if flag.startswith("fail_timeout="):
+            try:
+                return parse_duration_seconds(flag.split("=", 1)[1]).seconds
+            except Invalid:
+                break
+    return FAIL_TIMEOUT
