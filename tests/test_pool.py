@@ -24,6 +24,15 @@ def _servers(data: dict, group: str = "pool") -> dict[str, dict]:
     return {s["address"]: s for s in g["servers"]}
 
 
+def _greetings(port: int, count: int) -> list[str]:
+    """What `count` fresh clients through nginx's `port` are greeted with, one after the other (the backend)."""
+    answers = []
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            answers.append(read_line(conn))
+    return answers
+
+
 def _apply(lb) -> None:  # type: ignore[no-untyped-def]
     result = cli("apply", "--reload", "-q", "-i", str(lb.inventory))
     assert result.returncode == 0, result.stderr
@@ -78,10 +87,7 @@ def test_status_shows_the_connects_nginx_failed_to_a_dead_server_without_a_healt
     _, other = lb.group([dead, a.address])          # the same dead server in a group no client uses
     lb.write({"pool": g, "other": other})
     _apply(lb)
-    answers = []
-    for _ in range(4):   # nginx passes each refused connect on to A: the clients see A
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            answers.append(read_line(conn))
+    answers = _greetings(port, 4)   # nginx passes each refused connect on to A: the clients see A
     assert answers == ["A"] * 4, answers
     data = _status(lb)
     assert _servers(data)[dead]["state"] == "up"          # as the loaded config has it...
@@ -103,9 +109,8 @@ def test_failed_connects_are_read_from_an_error_log_file_too(lb, backends):
     port, g = lb.group([dead, a.address])
     lb.write({"pool": g}, nginx={"error_log": "/var/log/nginx/nginxctl-test.log"})
     _apply(lb)
-    for _ in range(4):   # round robin tries the dead server (listed first) and passes the client on to A
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-            assert read_line(conn) == "A"
+    # round robin tries the dead server (listed first) and passes the client on to A
+    assert _greetings(port, 4) == ["A"] * 4
     data = _status(lb)
     assert [(f["group"], f["address"]) for f in data["recent_failures"]] == [("pool", dead)], data["notes"]
     assert "Connection refused" in data["recent_failures"][0]["error"]
