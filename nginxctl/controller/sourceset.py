@@ -5,12 +5,12 @@ says of its source's reachability (a `source` line when it changes, the stale ga
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
-import threading
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..bounded import together
 from ..inventory import Inventory
 from .log import DecisionLog, Logged
 from .metrics import Metrics
@@ -47,20 +47,13 @@ class SourceSet:
 
     def stop(self, wait: float = STOP_WAIT) -> list[str]:
         """Stop every source at once (each may wait a few seconds for its thread): the stop takes the slowest
-        one's time, not their sum, and at most `wait` seconds. Returns the names of those still stopping then
-        (their threads are daemons: they do not keep the process alive)."""
+        one's time, not their sum, and at most `wait` seconds. Returns the names of those still stopping then,
+        said in a warning `stop` line."""
         def stop_one(source: Source) -> None:
             with contextlib.suppress(Exception):  # stopping is best effort
                 source.stop()
 
-        stoppers = [(type(s).__name__, threading.Thread(target=stop_one, args=(s,), name=f"stop-{type(s).__name__}",
-                                                        daemon=True)) for s in self.sources]
-        for _, thread in stoppers:
-            thread.start()
-        deadline = time.monotonic() + wait
-        for _, thread in stoppers:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        stuck = [name for name, thread in stoppers if thread.is_alive()]
+        stuck = together([(type(s).__name__, functools.partial(stop_one, s)) for s in self.sources], wait)
         if stuck:
             self.log(Logged.STOP, f"{', '.join(stuck)} did not stop within {wait:g}s: exiting without them",
                      stuck=stuck, level="warning")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import socket
 import threading
@@ -24,6 +25,7 @@ else:
     docker = lazy_import("docker")
     requests = lazy_import("requests")
 
+from ..bounded import together
 from ..errors import LockBusy
 from ..history import FORMAT
 from ..host import process_alive, process_identity
@@ -156,15 +158,8 @@ def release_all(locks: Sequence[TargetLock], wait: float) -> list[str]:
     seconds at most: a slow engine must not keep a stopping controller alive (its calls may take a minute).
     Returns the names of the targets whose lock was still being removed then: left to the engine; the next
     nginxctl takes such a lock over (its holder is gone)."""
-    pending = [threading.Thread(target=lock.__exit__, args=(None, None, None), daemon=True,
-                                name=f"nginxctl-lock-release:{lock.live.name}") for lock in locks]
-    for thread in pending:
-        thread.start()
-    pending += list(_RELEASING.values())
-    deadline = time.monotonic() + wait
-    for thread in pending:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return sorted({thread.name.split(":", 1)[1] for thread in pending if thread.is_alive()})
+    return together([(lock.live.name, functools.partial(lock.__exit__, None, None, None)) for lock in locks], wait,
+                    [(thread.name.split(":", 1)[1], thread) for thread in _RELEASING.values()])
 
 
 def describe_holder(labels: dict[str, str]) -> str:
