@@ -14,7 +14,15 @@ from typing import Any
 from .errors import EnvironmentProblem
 from .inventory.grammar import Invalid, parse_duration_seconds
 from .nginx import LiveNginx
-from .nginxtext import LogFailures, UpstreamFailures, error_log_level, error_log_of, listen_port, upstream_failures
+from .nginxtext import (
+    LoadedGroup,
+    LogFailures,
+    UpstreamFailures,
+    error_log_level,
+    error_log_of,
+    listen_port,
+    upstream_failures,
+)
 from .pool import Pool
 from .view import ServerView
 
@@ -46,12 +54,10 @@ def read_failures(live: LiveNginx, loaded: str | None, notes: list[str]) -> LogF
         notes.append(f"nginx logged more than {LOG_LINES if where == 'stderr' else LOG_TAIL} "
                      f"{'lines' if where == 'stderr' else 'bytes'} lately: its failed connects were read from the "
                      "last of them only (older ones in the last minute are not counted)")
-    found = upstream_failures(text)
-    found.servers = {key: f for key, f in found.servers.items() if f.last >= since - 1}
-    return found
+    return upstream_failures(text, since)
 
 
-def failure_rows(views: dict[str, list[ServerView]], listens: dict[str, tuple[str, ...]], pool: Pool | None,
+def failure_rows(views: dict[str, list[ServerView]], groups: dict[str, LoadedGroup], pool: Pool | None,
                  found: LogFailures, notes: list[str]) -> list[dict[str, Any]]:
     """The loaded config's servers nginx failed to connect to lately, each with its group (told apart by the
     listen nginx logged: a server shared by two groups is counted for the one whose clients failed). A group whose
@@ -61,18 +67,24 @@ def failure_rows(views: dict[str, list[ServerView]], listens: dict[str, tuple[st
         called.setdefault((server.group, server.address), []).append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
     rows = []
     for name, servers in views.items():
-        ports = {listen_port(listen) for listen in listens.get(name, ())}
+        g = groups.get(name)
+        ours = {_key(listen, g.protocol == "udp") for listen in g.listen} if g else set()
         for s in servers:
             names = {s.address, *called.get((name, s.address), [])}
             seen = [f for (listen, upstream), f in found.servers.items()
-                    if upstream in names and listen_port(listen) in ports]
+                    if upstream in names and _key(listen) in ours]
             if seen:
                 rows.append({"group": name, "address": s.address, **_row(seen, s.flags)})
-        turned_away = sum(n for listen, n in found.no_live.items() if listen_port(listen) in ports)
+        turned_away = sum(n for listen, n in found.no_live.items() if _key(listen) in ours)
         if turned_away:
             notes.append(f"nginx found no live server in {name} for {turned_away} client(s) in the last {WINDOW}s: "
                          "they were refused")
     return rows
+
+
+def _key(listen: str, udp: bool | None = None) -> str:
+    """A listen by protocol and port: how a listen nginx logged (`udp ` leading a UDP one) is told to be a group's."""
+    return f"{'udp ' if (listen.startswith('udp ') if udp is None else udp) else ''}{listen_port(listen)}"
 
 
 def _row(seen: list[UpstreamFailures], flags: tuple[str, ...]) -> dict[str, Any]:

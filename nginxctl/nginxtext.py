@@ -159,7 +159,7 @@ def reload_lines(log: str) -> tuple[list[str], bool]:
 
 # an error-log line about one client's connection to an upstream; optionally led by Docker's own UTC timestamp
 # (`docker logs --timestamps`), which is used then: nginx writes the container's local time
-_UPSTREAM_LINE = re.compile(r"^(?:(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\S*Z )?(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) "
+_UPSTREAM_LINE = re.compile(r"^(?:(\d{4}-\d\d-\d\dT\S+Z) )?(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) "
                             r"\[(?:crit|error|warn)\] \d+#\d+: \*\d+ (.+?) while (connecting to upstream|proxying "
                             r"connection), (udp )?client: [^,]*, server: ([^,]+), upstream: \"([^\"]+)\"")
 TAKEN_OUT = "upstream server temporarily disabled"
@@ -183,10 +183,11 @@ class LogFailures:
     no_live: dict[str, int] = field(default_factory=dict)   # listen -> `no live upstreams` (clients turned away)
 
 
-def upstream_failures(log: str) -> LogFailures:
-    """What nginx's passive checks (`max_fails`, `fail_timeout`) saw in `log` (error-log text), which nothing else
-    shows: the servers it failed to connect to (a UDP server: refused datagrams) per listen, when it took one out,
-    and how often a listen found no live server at all."""
+def upstream_failures(log: str, since: float = 0.0) -> LogFailures:
+    """What nginx's passive checks (`max_fails`, `fail_timeout`) saw in `log` (error-log text) from `since` (a
+    UTC timestamp) on, which nothing else shows: the servers it failed to connect to (a UDP server: refused
+    datagrams) per listen (`udp ` leads a UDP listen), when it took one out, and how often a listen found no
+    live server at all."""
     out = LogFailures()
     for line in log.splitlines():
         match = _UPSTREAM_LINE.match(line)
@@ -195,11 +196,10 @@ def upstream_failures(log: str) -> LogFailures:
         stamp, when, what, action, udp, listen, upstream = match.groups()
         if action == "proxying connection" and not udp:
             continue   # a TCP connection that failed while established: no sign of the server's availability
-        try:
-            at = (datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S") if stamp else
-                  datetime.strptime(when, "%Y/%m/%d %H:%M:%S")).replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
+        moment = parse_docker_time(stamp) if stamp else _nginx_time(when)
+        if moment is None or moment.timestamp() < since:
             continue
+        at, listen = moment.timestamp(), f"{udp or ''}{listen}"
         if what == NO_LIVE:
             out.no_live[listen] = out.no_live.get(listen, 0) + 1
             continue
@@ -208,8 +208,16 @@ def upstream_failures(log: str) -> LogFailures:
             seen.taken_out = at
         else:
             seen.count, seen.last, seen.error = seen.count + 1, at, what
-    out.servers = {key: f for key, f in out.servers.items() if f.count}
+    out.servers = {key: f for key, f in out.servers.items() if f.count}   # taken-out lines alone: older failures
     return out
+
+
+def _nginx_time(text: str) -> datetime | None:
+    """nginx's log time (the container's local clock), read as UTC."""
+    try:
+        return datetime.strptime(text, "%Y/%m/%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def listen_port(listen: str) -> str:

@@ -19,7 +19,7 @@ from .errors import EnvironmentProblem
 from .failures import failure_rows, read_failures
 from .history import sha
 from .inventory import Inventory
-from .nginxtext import parse_groups, shutdown_timeout_of, with_servers_down
+from .nginxtext import LoadedGroup, LogFailures, parse_groups, shutdown_timeout_of, with_servers_down
 from .observe import reload_state
 from .pool import Pool, ServerPool, memory_bytes, read_pool
 from .published import Published, WatchState
@@ -84,10 +84,10 @@ def desired_config(opened: Opened, deployer: Deployer, templates: Path | None) -
     return Desired(text, "inventory", watch, set(opened.unknown_groups), notes, health)
 
 
-def _group_rows(views: dict[str, list[ServerView]], loaded: str, pool: Pool | None) -> list[dict[str, Any]]:
+def _group_rows(views: dict[str, list[ServerView]], groups: dict[str, LoadedGroup],
+                pool: Pool | None) -> list[dict[str, Any]]:
     """The groups as nginx runs them (balancing and listens from the loaded config, not the inventory), each
     server with the connections nginx holds to it and its fair share."""
-    groups = parse_groups(loaded)
     rows = []
     for name, servers in views.items():
         g = groups.get(name)
@@ -164,7 +164,8 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
     overlay, overlaid = _with_overlay(want, published)
     views = servers_view(loaded_text, health_down=health_down, drained=published.drained(),
                          overlay=overlaid) if loaded_text else None
-    failures = read_failures(live, loaded_text, want.notes) if views else None
+    failures = read_failures(live, loaded_text, want.notes) if views else LogFailures()
+    groups = parse_groups(loaded_text) if loaded_text else {}
     data: dict[str, Any] = {
         "container": live.name, "nginx_version": live.build().version,   # what `nginx -v` says, read once with -V
         "master_pid": state.processes.master.pid if state.processes.master else None,
@@ -174,9 +175,8 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
         "loaded": loaded, "last_apply": deployer.history.last_phase(), "health": health,
         # unknown (None) when what nginx runs cannot be identified: neither "pending" nor "not pending" is true
         "reload_pending": None if loaded is None else deployed is not None and loaded != sha(deployed),
-        "groups": _group_rows(views, loaded_text, pool) if views is not None and loaded_text else None,
-        "recent_failures": failure_rows(views, {n: g.listen for n, g in parse_groups(loaded_text).items()}, pool,
-                                        failures, want.notes) if views and failures and loaded_text else [],
+        "groups": _group_rows(views, groups, pool) if views is not None and loaded_text else None,
+        "recent_failures": failure_rows(views, groups, pool, failures, want.notes) if views else [],
         "overlay": overlay, "pool_seconds": round(pool.seconds, 3) if pool else None,
         "wanted_by": want.by, "notes": want.notes,
         "watch": None if want.watch is None else {

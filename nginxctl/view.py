@@ -103,8 +103,9 @@ def pending(loaded: str, desired: str, *, unknown_groups: AbstractSet[str] = fro
 
 
 def _settings(text: str) -> str:
-    """The config without its upstreams' server lines (those are compared one by one above)."""
-    return re.sub(r"^\s*server\s+[^{};]+;\s*$", "", text, flags=re.M)
+    """The config without its upstreams' server lines (those are compared one by one above) and its comment lines
+    (the header names the inventory's digest, which every edit changes: no setting of nginx's)."""
+    return re.sub(r"^\s*(?:server\s+[^{};]+;|#.*)\s*$", "", text, flags=re.M)
 
 
 def _without_groups(text: str, groups: AbstractSet[str]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from nginxctl.failures import failure_rows
-from nginxctl.nginxtext import LogFailures, UpstreamFailures
+from nginxctl.nginxtext import LoadedGroup, LogFailures, UpstreamFailures
 from nginxctl.view import ServerView
 
 
@@ -14,11 +14,13 @@ def test_a_server_shared_by_two_groups_is_blamed_only_where_its_clients_failed()
     now = time.time()
     views = {"pool": [ServerView("127.0.0.1:9", "up", flags=("max_fails=2", "fail_timeout=5s"))],
              "other": [ServerView("127.0.0.1:9", "up"), ServerView("127.0.0.1:10", "up")]}
-    listens = {"pool": ("127.0.0.1:8000",), "other": ("8001",)}
+    groups = {"pool": LoadedGroup("round_robin", ("127.0.0.1:8000",)), "other": LoadedGroup("round_robin", ("8001",)),
+              "dns": LoadedGroup("round_robin", ("127.0.0.1:8000",), "udp")}   # same port, UDP: not blamed
+    views["dns"] = [ServerView("127.0.0.1:9", "up")]
     found = LogFailures({("127.0.0.1:8000", "127.0.0.1:9"): UpstreamFailures(2, now - 1, "connect() failed", now - 7)},
                         {"0.0.0.0:8001": 3})
     notes: list[str] = []
-    (row,) = failure_rows(views, listens, None, found, notes)
+    (row,) = failure_rows(views, groups, None, found, notes)
     assert (row["group"], row["address"], row["count"], row["error"]) == ("pool", "127.0.0.1:9", 2, "connect() failed")
     assert row["taken_out_seconds_ago"] == 7 and row["fail_timeout_seconds"] == 5 and row["out_now"] is False
     assert notes == ["nginx found no live server in other for 3 client(s) in the last 60s: they were refused"]
@@ -27,7 +29,7 @@ def test_a_server_shared_by_two_groups_is_blamed_only_where_its_clients_failed()
 def test_the_take_out_is_current_within_nginxs_default_fail_timeout():
     now = time.time()
     found = LogFailures({("127.0.0.1:8000", "127.0.0.1:9"): UpstreamFailures(1, now - 2, "timed out", now - 2)})
-    (row,) = failure_rows({"pool": [ServerView("127.0.0.1:9", "up")]}, {"pool": ("127.0.0.1:8000",)}, None, found, [])
+    groups = {"pool": LoadedGroup("round_robin", ("127.0.0.1:8000",))}
+    (row,) = failure_rows({"pool": [ServerView("127.0.0.1:9", "up")]}, groups, None, found, [])
     assert row["fail_timeout_seconds"] == 10 and row["out_now"] is True
-    assert failure_rows({"pool": [ServerView("127.0.0.1:9", "up")]}, {"pool": ("127.0.0.1:8000",)}, None,
-                        LogFailures(), []) == []
+    assert failure_rows({"pool": [ServerView("127.0.0.1:9", "up")]}, groups, None, LogFailures(), []) == []

@@ -204,6 +204,10 @@ def test_failed_connects_are_counted_per_listen_and_server_with_the_latest_error
     assert (timed_out.count, timed_out.error, timed_out.taken_out) == (
         1, "upstream timed out (110: Connection timed out)", None)
     assert found.no_live == {"127.0.0.1:39930": 1}                    # a group with no live server: a count
+    recent = upstream_failures(FAILED_CONNECTS, since=1796432019.0)   # from 00:53:39 on: the window
+    assert {key: f.count for key, f in recent.servers.items()} == {
+        ("127.0.0.1:39930", "127.0.0.1:39931"): 1, ("0.0.0.0:39930", "[::1]:39932"): 1}
+    assert recent.no_live == {"127.0.0.1:39930": 1} and upstream_failures(FAILED_CONNECTS, since=2e9).no_live == {}
     assert upstream_failures("2026/12/05 00:53:37 [error] garbage").servers == {}
 
 
@@ -219,8 +223,8 @@ def test_docker_timestamps_win_over_nginxs_local_clock_and_udp_and_crit_lines_co
         'while proxying connection, client: 127.0.0.1, server: 127.0.0.1:8000, upstream: "127.0.0.1:9000", bytes '
         'from/to client:0/0, bytes from/to upstream:0/0\n')
     found = upstream_failures(lines)
-    udp = found.servers[("127.0.0.1:53", "127.0.0.1:5353")]
-    assert udp.last == 1796450401.0          # 06:00:01 UTC by the engine, not nginx's 01:00:01 (a UTC-5 container)
+    udp = found.servers[("udp 127.0.0.1:53", "127.0.0.1:5353")]   # a UDP listen says so
+    assert int(udp.last) == 1796450401       # 06:00:01 UTC by the engine, not nginx's 01:00:01 (a UTC-5 container)
     assert found.servers[("127.0.0.1:8000", "unix:/run/app.sock")].error.startswith("connect() to unix:")
     assert ("127.0.0.1:8000", "127.0.0.1:9000") not in found.servers   # a reset of an established TCP connection
 

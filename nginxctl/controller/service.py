@@ -25,8 +25,6 @@ def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "tex
     if options.max_wait < options.quiet_period:
         raise UsageError(f"--max-wait ({options.max_wait:g}s) must not be shorter than --quiet-period "
                          f"({options.quiet_period:g}s)")
-    # `kill -USR1` a watch that seems stuck: every thread's stack goes to stderr (the log stream), and it runs on
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     registry = Metrics()
     server = None
     if metrics is not None:
@@ -43,11 +41,16 @@ def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "tex
         faulthandler.dump_traceback_later(STOP_REPORT, file=sys.stderr)
         controller.stop(f"{signal.Signals(signum).name} received")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # `kill -USR1` a watch that seems stuck: every thread's stack goes to stderr (the log stream), and it runs on
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     try:
         return controller.run()
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
+        faulthandler.cancel_dump_traceback_later()   # stopped in time: nothing to say where it waited
+        faulthandler.unregister(signal.SIGUSR1)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

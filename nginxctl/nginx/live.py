@@ -17,9 +17,7 @@ the container fails.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
@@ -156,16 +154,14 @@ class LiveNginx:
 
     def read_tail(self, path: str, size: int) -> tuple[bytes, bool]:
         """The last `size` bytes of a file in the container (b"" when it does not exist) and whether it is longer:
-        read from its end through /proc/PID/root (a log of gigabytes costs nothing), whole through the Docker API."""
-        root = self.root
-        if root is not None:
-            with contextlib.suppress(OSError):   # gone, or not readable from here: the API says which
-                with open(root + path, "rb") as fh:
-                    end = fh.seek(0, os.SEEK_END)
-                    fh.seek(max(0, end - size))
-                    return fh.read(), end > size
-        content = self.read_file(path) or b""
-        return content[-size:], len(content) > size
+        read from its end through /proc/PID/root (a log of gigabytes costs nothing, no link followed), else whole
+        through the Docker API (a link there is the link, not this host's file it would name)."""
+        transport = self.transport
+        data = transport.read_binary(path, last=size + 1) if isinstance(transport, ProcRoot) else None
+        if data is None:
+            info = self.api.stat_file(path)
+            data = info.content if info else b""
+        return data[-size:], len(data) > size
 
     def put_files(self, directory: str, files: Mapping[str, bytes | str]) -> None:
         """Create or replace files under `directory` (subfolders are created)."""

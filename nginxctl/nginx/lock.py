@@ -64,7 +64,7 @@ class TargetLock:
     def __enter__(self) -> TargetLock:
         releasing = _RELEASING.pop(self.name, None)
         if releasing is not None:
-            releasing.join()
+            releasing[1].join()
         deadline = time.monotonic() + self.wait
         labels = {"nginxctl.role": "lock", "nginxctl.format": str(FORMAT), "nginxctl.host": socket.gethostname(),
                   **{f"nginxctl.{key}": value for key, value in process_identity().items()},
@@ -144,13 +144,12 @@ class TargetLock:
                 return
             # The controller's next change is a quiet period away: release off the critical path. The next
             # take waits for it, and so does the controller when it stops (`release_all`, bounded).
-            thread = threading.Thread(target=self._remove, args=(container,), daemon=True,
-                                      name=f"nginxctl-lock-release:{self.live.name}")
-            _RELEASING[self.name] = thread
+            thread = threading.Thread(target=self._remove, args=(container,), daemon=True, name="nginxctl-lock-release")
+            _RELEASING[self.name] = (self.live.name, thread)
             thread.start()
 
 
-_RELEASING: dict[str, threading.Thread] = {}
+_RELEASING: dict[str, tuple[str, threading.Thread]] = {}   # lock -> (target, its release)
 
 
 def release_all(locks: Sequence[TargetLock], wait: float) -> list[str]:
@@ -159,7 +158,7 @@ def release_all(locks: Sequence[TargetLock], wait: float) -> list[str]:
     Returns the names of the targets whose lock was still being removed then: left to the engine; the next
     nginxctl takes such a lock over (its holder is gone)."""
     return together([(lock.live.name, functools.partial(lock.__exit__, None, None, None)) for lock in locks], wait,
-                    [(thread.name.split(":", 1)[1], thread) for thread in _RELEASING.values()])
+                    list(_RELEASING.values()))
 
 
 def describe_holder(labels: dict[str, str]) -> str:

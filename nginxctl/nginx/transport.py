@@ -232,10 +232,10 @@ class ProcRoot:
         except OSError as exc:
             raise LocalViewLost(f"signalling nginx's master {master.pid}: {exc.strerror}") from None
 
-    def read_binary(self, path: str) -> bytes | None:
-        """The file at the absolute `path` in the container, read without following any symbolic link (an
-        absolute link would be resolved against this host's root, not the container's); None when a link
-        is on the way or it cannot be read."""
+    def read_binary(self, path: str, last: int | None = None) -> bytes | None:
+        """The file at the absolute `path` in the container (its `last` bytes only, read from its end), read
+        without following any symbolic link (an absolute link would be resolved against this host's root, not
+        the container's); None when a link is on the way or it cannot be read."""
         if not path.startswith("/"):
             return None
         parts = [p for p in path.split("/") if p]
@@ -250,6 +250,8 @@ class ProcRoot:
                 fd = step
             file = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             with open(file, "rb") as fh:
+                if last is not None:
+                    fh.seek(max(0, fh.seek(0, os.SEEK_END) - last))
                 return fh.read()
         except (OSError, IndexError):
             return None
