@@ -368,7 +368,7 @@ class Watch:
         try:
             return self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            # stuck: its threads' stacks (SIGUSR1, faulthandler) and its last lines say where
+            # stuck: its threads' stacks (SIGUSR1) and its last lines say where
             start, deadline = len(self.all), time.monotonic() + 5
             self.proc.send_signal(signal.SIGUSR1)
             while time.monotonic() < deadline:  # the dump has come and nothing more for 0.5 s

@@ -12,6 +12,7 @@ import threading
 import docker.errors  # noqa: F401 (loaded, as in a watch, which has talked to the engine long before it stops)
 from nginxctl.controller.log import DecisionLog
 from nginxctl.controller.metrics import Metrics
+from nginxctl.controller.service import write_stacks
 from nginxctl.controller.sourceset import SourceSet
 from nginxctl.nginx import TargetLock, release_all
 
@@ -110,3 +111,32 @@ def test_locks_are_released_together_and_a_slow_engine_is_named_not_waited_for()
         background.answered.set()
     assert background.removed.wait(5) and slow.removed.wait(5)
     assert release_all([], wait=1) == []   # nothing pending once the engine has answered
+
+
+def test_the_stack_dump_names_every_thread_while_they_run_and_leaves_them_running():
+    # faulthandler's dump read a running thread's frames without the GIL and crashed a watch (exit -11);
+    # write_stacks reads them with the GIL held, so threads busy in Python code are safe to walk, many times
+    stop = threading.Event()
+    counted = []
+
+    def busy_in_python() -> None:
+        while not stop.is_set():
+            counted.append(sum(range(50)))
+
+    worker = threading.Thread(target=busy_in_python, name="busy-worker")
+    worker.start()
+    try:
+        for _ in range(200):
+            stream = io.StringIO()
+            write_stacks(stream)
+        text = stream.getvalue()
+        assert "Thread busy-worker (most recent call first):" in text
+        assert " in busy_in_python" in text
+        assert f"Thread {threading.current_thread().name} (most recent call first):" in text
+        assert " in test_the_stack_dump_names_every_thread_while_they_run_and_leaves_them_running" in text
+        before = len(counted)
+        assert worker.is_alive()
+    finally:
+        stop.set()
+        worker.join(5)
+    assert len(counted) >= before > 0

@@ -272,9 +272,10 @@ def test_sigusr1_dumps_every_thread_and_the_watch_goes_on(lb, backends, watches)
     inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
     w = watches(inv, *QUIET)
     w.reload()
-    w.proc.send_signal(signal.SIGUSR1)
-    w.wait(lambda e: "most recent call first" in e.get("message", ""))
-    w.wait(lambda e: "in _run" in e.get("message", ""))   # the sources' threads too, not only the loop's
+    for _ in range(5):   # each time, while its threads run (a dump that walked them unlocked crashed it)
+        w.proc.send_signal(signal.SIGUSR1)
+        w.wait(lambda e: "most recent call first" in e.get("message", ""))
+        w.wait(lambda e: "in _run" in e.get("message", ""))   # the sources' threads too, not only the loop's
     inv.write_text(inv.read_text().replace(a.address, b.address))   # it still follows changes
     w.wait(lambda e: e["event"] == "reload" and e.get("result") == "ok")
     assert replies(port) == {"B"}

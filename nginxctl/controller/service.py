@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import faulthandler
 import signal
 import sys
+import threading
+import traceback
+from typing import TextIO
 
 from ..errors import EnvironmentProblem, UsageError
 from .log import DecisionLog
@@ -14,6 +16,20 @@ from .model import WatchOptions
 
 MIN_RESYNC = 1.0
 STOP_REPORT = 20.0   # seconds after SIGTERM/SIGINT: a stop still going says where it waits
+
+
+def write_stacks(stream: TextIO) -> None:
+    """Every thread's stack, innermost call first. Called with the GIL held (a Python signal handler, a timer
+    thread), so no thread's frames change under it: faulthandler's dump walks them without the GIL from the C
+    handler and can crash the process while a thread is running."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    lines = []
+    for ident, frame in sys._current_frames().items():
+        lines.append(f"Thread {names.get(ident, hex(ident))} (most recent call first):")
+        calls = reversed(traceback.extract_stack(frame))
+        lines.extend(f'  File "{call.filename}", line {call.lineno} in {call.name}' for call in calls)
+    stream.write("\n".join(lines) + "\n")
+    stream.flush()
 
 
 def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "text", metrics: str | None = None) -> int:
@@ -36,21 +52,25 @@ def run_watch(options: WatchOptions, *, connect: Connect, log_format: str = "tex
             raise EnvironmentProblem(f"cannot serve metrics on {metrics} ({exc.strerror})") from None
     controller = Controller(options, connect=connect, log=DecisionLog(log_format), metrics=registry)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        # a stop still going STOP_REPORT seconds later writes every thread's stack to stderr: where it waits
-        faulthandler.dump_traceback_later(STOP_REPORT, file=sys.stderr)
+    # a stop still going STOP_REPORT seconds after SIGTERM/SIGINT writes every thread's stack to stderr: where it
+    # waits
+    report = threading.Timer(STOP_REPORT, write_stacks, (sys.stderr,))
+    report.daemon = True
+
+    def on_stop(signum: int, _frame: object) -> None:
+        if report.ident is None:   # the first signal starts it; a second one does not again
+            report.start()
         controller.stop(f"{signal.Signals(signum).name} received")
 
-    before = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    before = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     # `kill -USR1` a watch that seems stuck: every thread's stack goes to stderr (the log stream), and it runs on
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    before[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, lambda _signum, _frame: write_stacks(sys.stderr))
     try:
         return controller.run()
     finally:
         if server is not None:
             server.shutdown()
             server.server_close()
-        faulthandler.cancel_dump_traceback_later()   # stopped in time: nothing to say where it waited
-        faulthandler.unregister(signal.SIGUSR1)
+        report.cancel()   # stopped in time: nothing to say where it waited
         for sig, handler in before.items():
             signal.signal(sig, handler)
