@@ -1,4 +1,5 @@
-"""Waiting with a deadline: the one polling loop of nginxctl, with an injectable clock for the tests."""
+"""Time: waiting with a deadline (the one polling loop of nginxctl, with an injectable clock for the tests), and
+the one way a moment is written for people and JSON (UTC, to the second)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+
+def utc_text(t: float) -> str:
+    """A moment (seconds since the epoch) as UTC text: 2026-12-05T02:35:04Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 @dataclass

@@ -4,7 +4,6 @@ and the hash key of one, from its client-side socket."""
 
 from __future__ import annotations
 
-import re
 import socket
 from typing import Protocol
 
@@ -70,8 +69,3 @@ class KernelSockets:
         self.diag = None
 
 
-def weight(params: tuple[str, ...]) -> int:
-    for param in params:
-        if re.fullmatch(r"weight=\d+", param):
-            return max(1, int(param[7:]))
-    return 1

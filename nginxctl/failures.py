@@ -8,9 +8,9 @@ nginx passes each refused connect on to the next server.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from typing import Any
 
+from .clock import utc_text
 from .errors import EnvironmentProblem
 from .inventory.grammar import Invalid, parse_duration_seconds
 from .nginx import LiveNginx
@@ -21,6 +21,7 @@ from .nginxtext import (
     error_log_level,
     error_log_of,
     listen_port,
+    server_param,
     upstream_failures,
 )
 from .pool import Pool
@@ -93,7 +94,7 @@ def _row(seen: list[UpstreamFailures], flags: tuple[str, ...]) -> dict[str, Any]
     now = time.time()
     fail_timeout = _fail_timeout(flags)
     return {"count": sum(f.count for f in seen), "window_seconds": WINDOW,
-            "last": datetime.fromtimestamp(latest.last, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "last": utc_text(latest.last),
             "seconds_ago": max(0, round(now - latest.last)), "error": latest.error,
             "taken_out_seconds_ago": None if taken is None else max(0, round(now - taken)),
             "fail_timeout_seconds": fail_timeout,
@@ -101,10 +102,8 @@ def _row(seen: list[UpstreamFailures], flags: tuple[str, ...]) -> dict[str, Any]
 
 
 def _fail_timeout(flags: tuple[str, ...]) -> float:
-    for flag in flags:
-        if flag.startswith("fail_timeout="):
-            try:
-                return parse_duration_seconds(flag.split("=", 1)[1]).seconds
-            except Invalid:
-                break
-    return FAIL_TIMEOUT
+    value = server_param(flags, "fail_timeout")
+    try:
+        return FAIL_TIMEOUT if value is None else parse_duration_seconds(value).seconds
+    except Invalid:
+        return FAIL_TIMEOUT

@@ -342,6 +342,22 @@ class UpstreamServer:
         """The parameters other than down/backup (weight, max_fails...): a change of these is a change."""
         return tuple(p for p in self.params if p not in ("down", "backup"))
 
+    @property
+    def weight(self) -> int:
+        """Its `weight=` (1 when absent or not a positive number, as nginx's default)."""
+        return server_weight(self.params)
+
+
+def server_param(params: tuple[str, ...], name: str) -> str | None:
+    """The value of a `server` line's first `name=` parameter (weight=, fail_timeout=...); None when absent."""
+    return next((p.split("=", 1)[1] for p in params if p.startswith(f"{name}=")), None)
+
+
+def server_weight(params: tuple[str, ...]) -> int:
+    """A `server` line's weight: its `weight=` when a whole number, else 1 (nginx's default)."""
+    value = server_param(params, "weight")
+    return max(1, int(value)) if value is not None and value.isdigit() else 1
+
 
 _COMMENT = re.compile(r"#[^\n]*")
 _UPSTREAM = re.compile(r"\bupstream\s+([^\s{;]+)\s*\{([^}]*)\}", re.S)

@@ -95,16 +95,6 @@ class Pool:
         return self.servers.get(name, [])
 
 
-def _weight(server: UpstreamServer) -> int:
-    for param in server.params:
-        if param.startswith("weight="):
-            try:
-                return max(1, int(param[7:]))
-            except ValueError:
-                return 1
-    return 1
-
-
 def host_port(address: str) -> tuple[str, int] | None:
     """(host, port) of a `server` address text; None for unix: sockets and addresses without a port."""
     if address.lower().startswith("unix:"):
@@ -155,13 +145,13 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
     for group, servers in loaded.items():
         if only_group is not None and group != only_group:
             continue
-        pools[group] = [ServerPool(group, s.address, s.state, _weight(s), countable=group not in udp)
+        pools[group] = [ServerPool(group, s.address, s.state, s.weight, countable=group not in udp)
                         for s in servers]
     if history is not None:
         for group, servers in _removed_servers(history, loaded).items():
             if group in pools or (only_group is None and group not in loaded):
                 pools.setdefault(group, []).extend(
-                    ServerPool(group, s.address, "removed", _weight(s), countable=group not in udp)
+                    ServerPool(group, s.address, "removed", s.weight, countable=group not in udp)
                     for s in servers)
     hosts = live.hosts_file()
     by_address: dict[tuple[str, int], ServerPool] = {}

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .apply import Deployer
-from .closing import KernelSockets, Sockets, held_key, order, weight
+from .closing import KernelSockets, Sockets, held_key, order
 from .errors import EnvironmentProblem, Interrupted, NginxctlError, RebalanceTimeout, UsageError
 from .hashring import Peer, Ring, key_parts
 from .history import sha
@@ -317,7 +317,7 @@ class Rebalancer:
         assert self.group is not None and self.group.hash_key is not None
         template = self.group.hash_key
         servers = [s for s in parse_upstreams(loaded)[self.name] if "backup" not in s.params]
-        ring = Ring.build(Peer(s.address, weight(s.params), "down" in s.params) for s in servers)
+        ring = Ring.build(Peer(s.address, s.weight, "down" in s.params) for s in servers)
         before = self.before = self._counts(pool)
         misplaced, unknown = self._misplaced(pool, ring, template)
         self.minimum = len(misplaced)

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .apply import Outcome
+from .clock import utc_text
 from .errors import ConfigRejected, NginxOutput
 from .fleet import Member
 from .inventory import Inventory
@@ -373,7 +373,7 @@ def _bar(server: dict[str, Any], most: int) -> str:
 
 
 def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "?"
+    return utc_text(t) if t else "?"
 
 
 @dataclass

@@ -15,9 +15,10 @@ outage of everything behind the address. Both are said loudly: a `WARNING` line 
 from __future__ import annotations
 
 import ipaddress
-import time
 from dataclasses import dataclass
 from typing import Any
+
+from .clock import utc_text
 
 STATES = ("MASTER", "BACKUP", "FAULT")
 DOWN = "down"
@@ -143,7 +144,7 @@ class VipView:
             elif m.holds is None:
                 text += "  holding unknown"
             if m.since is not None and m.state in STATES:
-                text += f"  since {_when(m.since)}"
+                text += f"  since {utc_text(m.since)}"
             if m.why:
                 text += f"  ({m.why})"
             out.append(text.rstrip())
@@ -154,6 +155,3 @@ def moved(before: VipView | None, after: VipView) -> bool:
     """Whether the holders (or which targets cannot be read) changed: a `vip` line is due."""
     return before is None or (before.holders, before.unreadable) != (after.holders, after.unreadable)
 
-
-def _when(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

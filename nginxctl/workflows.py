@@ -11,12 +11,12 @@ import contextlib
 import difflib
 import os
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import nginx
+from .clock import utc_text
 from .desired import keepalived_configs, render_config, render_for, stream_module
 from .errors import (
     ApplyFailure,
@@ -297,7 +297,7 @@ def target_history(path: Path | None, *, connect: Connect, container: str | None
         members, down = reachable_members(opened, container, targets, connect, None, config_path)
         reports = []
         for m in members:
-            rows = [{"id": e.id, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.time)), "sha256": e.hash,
+            rows = [{"id": e.id, "time": utc_text(e.time), "sha256": e.hash,
                      "keepalived_sha256": e.keepalived, "current": current} for e, current in m.deployer.history_rows()]
             reports.append(HistoryReport(m.deployer.live.name, rows))
         if down:

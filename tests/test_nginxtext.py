@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from nginxctl.nginxtext import (
+    UpstreamServer,
     compiled_version,
     config_from_dump,
     dump_files,
@@ -18,6 +19,8 @@ from nginxctl.nginxtext import (
     parse_version,
     reload_finished,
     reload_lines,
+    server_param,
+    server_weight,
     shutdown_timeout_of,
     upstream_failures,
 )
@@ -233,3 +236,12 @@ def test_error_log_level_is_read_from_the_config_with_nginxs_default():
     assert error_log_level("error_log stderr notice;\nevents {}") == "notice"
     assert error_log_level("error_log /var/log/nginx/error.log crit;") == "crit"
     assert error_log_level("error_log stderr;") == "error" and error_log_level(None) == "error"
+
+
+def test_a_server_lines_parameters_are_read_by_name_and_its_weight_defaults_as_nginxs():
+    params = ("weight=3", "max_fails=2", "fail_timeout=5s", "fail_timeout=9s")
+    assert server_param(params, "fail_timeout") == "5s"   # the first one, as written
+    assert server_param(params, "max_fails") == "2"
+    assert server_param(params, "fails") is None and server_param(("backup",), "backup") is None
+    assert server_weight(params) == 3 == UpstreamServer("127.0.0.1:1", params).weight
+    assert [server_weight(p) for p in [(), ("weight=",), ("weight=x",), ("weight=-2",), ("weight=0",)]] == [1] * 5

@@ -21,7 +21,6 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from ..apply import Deployer
-from ..closing import weight
 from ..errors import GenerationsLingering, NginxctlError, RebalanceTimeout
 from ..fleet import Member
 from ..history import sha
@@ -83,7 +82,7 @@ class Rebalancing:
         now = self.clock()
         for name, group in self.settings.items():
             assert group.rebalance is not None
-            up = frozenset((s.address, weight(s.params)) for s in upstreams.get(name, ()) if s.state == "up")
+            up = frozenset((s.address, s.weight) for s in upstreams.get(name, ()) if s.state == "up")
             if self.membership.get(name) != up:
                 self.membership[name] = up
                 self.timers[name] = now + group.rebalance.after.seconds
