@@ -69,23 +69,28 @@ def failure_rows(views: dict[str, list[ServerView]], groups: dict[str, LoadedGro
     rows = []
     for name, servers in views.items():
         g = groups.get(name)
-        ours = {_key(listen, g.protocol == "udp") for listen in g.listen} if g else set()
+        ours = {_key(listen_port(listen), g.protocol == "udp") for listen in g.listen} if g else set()
         for s in servers:
             names = {s.address, *called.get((name, s.address), [])}
             seen = [f for (listen, upstream), f in found.servers.items()
-                    if upstream in names and _key(listen) in ours]
+                    if upstream in names and _logged(listen) in ours]
             if seen:
                 rows.append({"group": name, "address": s.address, **_row(seen, s.flags)})
-        turned_away = sum(n for listen, n in found.no_live.items() if _key(listen) in ours)
+        turned_away = sum(n for listen, n in found.no_live.items() if _logged(listen) in ours)
         if turned_away:
             notes.append(f"nginx found no live server in {name} for {turned_away} client(s) in the last {WINDOW}s: "
                          "they were refused")
     return rows
 
 
-def _key(listen: str, udp: bool | None = None) -> str:
-    """A listen by protocol and port: how a listen nginx logged (`udp ` leading a UDP one) is told to be a group's."""
-    return f"{'udp ' if (listen.startswith('udp ') if udp is None else udp) else ''}{listen_port(listen)}"
+def _key(port: str, udp: bool) -> str:
+    """A listen by protocol and port: how a listen nginx logged is told to be a group's."""
+    return f"{'udp ' if udp else ''}{port}"
+
+
+def _logged(listen: str) -> str:
+    """The key of a listen as nginx logs it (`udp ` leading a UDP one)."""
+    return _key(listen_port(listen), listen.startswith("udp "))
 
 
 def _row(seen: list[UpstreamFailures], flags: tuple[str, ...]) -> dict[str, Any]:

@@ -121,10 +121,15 @@ def includes(dump: str, path: str, test_output: str = "") -> bool:
     return False
 
 
+def directive_args(config: str | None, name: str) -> list[str]:
+    """The arguments of the first top-level-looking `name` directive in `config` ([] when there is none)."""
+    m = re.search(rf"^\s*{re.escape(name)}\s+([^;{{}}]+);", config or "", re.M)
+    return m.group(1).split() if m else []
+
+
 def directive(config: str | None, name: str) -> str | None:
     """The first argument of the first top-level-looking `name` directive in `config`."""
-    m = re.search(rf"^\s*{re.escape(name)}\s+([^\s;]+)", config or "", re.M)
-    return m.group(1) if m else None
+    return next(iter(directive_args(config, name)), None)
 
 
 def error_log_of(config: str | None) -> str:
@@ -227,8 +232,8 @@ def listen_port(listen: str) -> str:
 
 def error_log_level(config: str | None) -> str:
     """The level of the loaded config's first `error_log` (nginx's default: error)."""
-    match = re.search(r"^\s*error_log\s+\S+\s+(\w+)\s*;", config or "", re.MULTILINE)
-    return match.group(1) if match else "error"
+    args = directive_args(config, "error_log")
+    return args[1] if len(args) > 1 else "error"
 
 
 def emerg_lines(lines: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ from .errors import EnvironmentProblem
 from .failures import failure_rows, read_failures
 from .history import sha
 from .inventory import Inventory
-from .nginxtext import LoadedGroup, LogFailures, parse_groups, shutdown_timeout_of, with_servers_down
+from .nginxtext import LoadedGroup, parse_groups, shutdown_timeout_of, with_servers_down
 from .observe import reload_state
 from .pool import Pool, ServerPool, memory_bytes, read_pool
 from .published import Published, WatchState
@@ -164,8 +164,9 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
     overlay, overlaid = _with_overlay(want, published)
     views = servers_view(loaded_text, health_down=health_down, drained=published.drained(),
                          overlay=overlaid) if loaded_text else None
-    failures = read_failures(live, loaded_text, want.notes) if views else LogFailures()
     groups = parse_groups(loaded_text) if loaded_text else {}
+    failed = [] if not views else failure_rows(views, groups, pool, read_failures(live, loaded_text, want.notes),
+                                               want.notes)
     data: dict[str, Any] = {
         "container": live.name, "nginx_version": live.build().version,   # what `nginx -v` says, read once with -V
         "master_pid": state.processes.master.pid if state.processes.master else None,
@@ -176,7 +177,7 @@ def _status(opened: Opened, deployer: Deployer, templates: Path | None) -> Statu
         # unknown (None) when what nginx runs cannot be identified: neither "pending" nor "not pending" is true
         "reload_pending": None if loaded is None else deployed is not None and loaded != sha(deployed),
         "groups": _group_rows(views, groups, pool) if views is not None and loaded_text else None,
-        "recent_failures": failure_rows(views, groups, pool, failures, want.notes) if views else [],
+        "recent_failures": failed,
         "overlay": overlay, "pool_seconds": round(pool.seconds, 3) if pool else None,
         "wanted_by": want.by, "notes": want.notes,
         "watch": None if want.watch is None else {

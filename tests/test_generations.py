@@ -4,8 +4,10 @@ loud. Real nginx, real held connections on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,32 +44,43 @@ def listens(port: int) -> bool:
         return False
 
 
-def linger(lb: Any, group: dict[str, Any], per_generation: list[int]) -> tuple[list[list[Held]], dict[str, Any]]:
-    """Make one old generation per entry, each holding that many connections (oldest first); returns the
-    held connections per generation and the groups written so far."""
+@contextlib.contextmanager
+def lingering(lb: Any, group: dict[str, Any], per_generation: list[int]) -> Iterator[tuple[list[list[Held]],
+                                                                                        dict[str, Any]]]:
+    """Make one old generation per entry, each holding that many connections (oldest first); yields the held
+    connections per generation and the groups written so far, and closes every held connection at the end."""
     groups: dict[str, Any] = {"pool": group}
     lb.write(groups)
     assert apply(lb, "--max-generations", "50").returncode == 0
     port = int(group["listen"].rsplit(":", 1)[1])
     held: list[list[Held]] = []
-    for i, count in enumerate(per_generation):
-        held.append([Held(port) for _ in range(count)])
-        groups[f"extra{i}"] = {"listen": f"127.0.0.1:{free_port()}", "servers": group["servers"]}
-        lb.write(groups)
-        result = apply(lb, "--max-generations", "50")
-        assert result.returncode == 0, result.stderr
-    return held, groups
+    try:
+        for i, count in enumerate(per_generation):
+            held.append([Held(port) for _ in range(count)])
+            groups[f"extra{i}"] = {"listen": f"127.0.0.1:{free_port()}", "servers": group["servers"]}
+            lb.write(groups)
+            result = apply(lb, "--max-generations", "50")
+            assert result.returncode == 0, result.stderr
+        yield held, groups
+    finally:
+        for h in (h for generation in held for h in generation):
+            h.close()
+
+
+def one_more(lb: Any, groups: dict[str, Any], address: str, name: str = "more") -> int:
+    """Another group (a change that needs a reload) written to the inventory; returns its listen port."""
+    port = free_port()
+    groups[name] = {"listen": f"127.0.0.1:{port}", "servers": [address]}
+    lb.write(groups)
+    return port
 
 
 def test_apply_refuses_past_the_limit_saying_retire_rate_exists_then_retires_the_oldest(lb, backends):
     a = backends("A")
     _, group = lb.group([a.address])
-    held, groups = linger(lb, group, [3, 2])
-    try:
+    with lingering(lb, group, [3, 2]) as (held, groups):
         assert [g.connections for g in generations(lb)] == [3, 2]
-        third = free_port()
-        groups["third"] = {"listen": f"127.0.0.1:{third}", "servers": [a.address]}
-        lb.write(groups)
+        third = one_more(lb, groups, a.address, "third")
         refused = apply(lb, "--max-generations", "2")
         assert refused.returncode == 4, refused.stderr
         assert "refused: 2 old worker generation(s) still shutting down (--max-generations 2)" in refused.stderr
@@ -81,18 +94,13 @@ def test_apply_refuses_past_the_limit_saying_retire_rate_exists_then_retires_the
         assert all(h.echo() == b"ping\n" for h in held[1])            # the newer generation's stay
         assert listens(third)                                         # then it reloaded
         assert [g.connections for g in generations(lb)] == [2]
-    finally:
-        for h in held[0] + held[1]:
-            h.close()
 
 
 def test_the_memory_limit_triggers_too(lb, backends):
     a = backends("A")
     _, group = lb.group([a.address])
-    held, groups = linger(lb, group, [2])
-    try:
-        groups["more"] = {"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}
-        lb.write(groups)
+    with lingering(lb, group, [2]) as (held, groups):
+        one_more(lb, groups, a.address)
         # an old generation of 2 idle workers costs a few MiB: 1 MiB is less than the current workers alone
         refused = apply(lb, "--max-generations", "50", "--max-lingering-memory", "1m")
         assert refused.returncode == 4, refused.stderr
@@ -101,18 +109,13 @@ def test_the_memory_limit_triggers_too(lb, backends):
         assert done.returncode == 0, done.stderr
         assert all(closed(h) for h in held[0])
         assert generations(lb) == []
-    finally:
-        for h in held[0]:
-            h.close()
 
 
 def test_retire_progress_counts_closed_and_left_that_add_up_to_the_start(lb, backends):
     a = backends("A")
     _, group = lb.group([a.address])
-    held, groups = linger(lb, group, [30])
-    try:
-        groups["more"] = {"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}
-        lb.write(groups)
+    with lingering(lb, group, [30]) as (held, groups):
+        one_more(lb, groups, a.address)
         done = apply(lb, "--max-generations", "1", "--retire-rate", "4")   # 30 at 4/s: a line at 5 s, then the end
         assert done.returncode == 0, done.stderr
         counts = [(int(m.group(1)), int(m.group(2))) for m in
@@ -120,17 +123,13 @@ def test_retire_progress_counts_closed_and_left_that_add_up_to_the_start(lb, bac
         assert len(counts) >= 2, done.stderr        # progress while it ran, and the last line
         assert all(c + left <= 30 for c, left in counts), counts   # a connection is closed or left, not both
         assert counts[-1] == (30, 0), counts
-    finally:
-        for h in held[0]:
-            h.close()
 
 
 def test_watch_retires_by_default_and_applies_within_the_bound(lb, backends, watches):
     a, b = backends("A"), backends("B")
     _, group = lb.group([a.address])
-    held, groups = linger(lb, group, [5, 1])
     inv: Path = lb.inventory
-    try:
+    with lingering(lb, group, [5, 1]) as (held, groups):
         w = watches(inv, *QUIET, "--max-generations", "2")     # 2 linger: the next reload must retire one
         w.wait(lambda e: e["event"] in ("in-sync", "reload"))
         group["servers"] = [b.address]
@@ -145,16 +144,12 @@ def test_watch_retires_by_default_and_applies_within_the_bound(lb, backends, wat
         assert m[("nginxctl_retired_connections_total", (("close", "eof"),))] == 5
         assert m[("nginxctl_lingering_generations", ())] <= 2
         assert m[("nginxctl_pending_seconds", ())] == 0
-    finally:
-        for h in held[0] + held[1]:
-            h.close()
 
 
 def test_retire_rate_0_holds_the_change_loudly_and_status_says_it(lb, backends, watches):
     a, b = backends("A"), backends("B")
     _, group = lb.group([a.address])
-    held, groups = linger(lb, group, [2])
-    try:
+    with lingering(lb, group, [2]) as (held, groups):
         w = watches(lb.inventory, *QUIET, "--max-generations", "1", "--retire-rate", "0")
         w.wait(lambda e: e["event"] in ("in-sync", "reload"))
         group["servers"] = [b.address]
@@ -169,9 +164,6 @@ def test_retire_rate_0_holds_the_change_loudly_and_status_says_it(lb, backends, 
         status = cli("status", "-i", str(lb.inventory))
         assert "2 connection(s)" in status.stdout and "--retire-rate 0" in status.stdout, status.stdout
         assert all(h.echo() == b"ping\n" for h in held[0])       # nothing was cut
-    finally:
-        for h in held[0]:
-            h.close()
     w.reload(timeout=30)   # they left on their own: applied
 
 
@@ -179,8 +171,7 @@ def test_a_health_take_out_is_not_held_behind_a_retirement(lb, backends, pongs, 
     a = backends("A")
     p, q = pongs("P"), pongs("Q")
     _, group = lb.group([a.address])
-    held, groups = linger(lb, group, [30])
-    try:
+    with lingering(lb, group, [30]) as (held, groups):
         check = {"interval": "300ms", "timeout": "200ms", "fails": 2, "passes": 1, "send": "PING\r\n",
                  "expect": "PONG"}
         health_port = free_port()
@@ -195,6 +186,3 @@ def test_a_health_take_out_is_not_held_behind_a_retirement(lb, backends, pongs, 
                        and e.get("health_down"), timeout=10)
         assert taken["health_down"] == [f"checked/127.0.0.1:{p.server_address[1]}"]
         assert w.metrics()[("nginxctl_retiring", ())] == 1           # the retirement goes on meanwhile
-    finally:
-        for h in held[0]:
-            h.close()

@@ -51,6 +51,15 @@ def write(lb: Any, groups: dict[str, Any], **top: Any) -> Path:
     return lb.inventory
 
 
+def watched(lb: Any, watches: Any, server: Any) -> tuple[int, Path, Any]:
+    """A group "pool" of `server` on a free port, under a watch that has applied it: (port, inventory, watch)."""
+    port = free_port()
+    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [server.address]}})
+    w = watches(inv, *QUIET)
+    w.reload()
+    return port, inv, w
+
+
 def test_a_labelled_container_joins_and_leaves(lb, backends, backend_containers, watches):
     static = backends("S")
     port = free_port()
@@ -206,10 +215,7 @@ def test_etcd_outage_keeps_the_servers_and_resyncs(lb, backends, etcd, watches):
 
 def test_an_invalid_edit_keeps_the_last_good_config_and_the_next_valid_one_applies(lb, backends, watches):
     a, b = backends("A"), backends("B")
-    port = free_port()
-    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
-    w = watches(inv, *QUIET)
-    w.reload()
+    port, inv, w = watched(lb, watches, a)
     good = LiveNginx.attach(lb.client, lb.name).read_file("/etc/nginx/nginx.conf")
     inv.write_text(inv.read_text().replace(a.address, "127.0.0.1:99999"))
     event = w.wait(lambda e: e["event"] == "inventory" and "invalid" in e["message"])
@@ -233,10 +239,7 @@ def test_an_invalid_edit_keeps_the_last_good_config_and_the_next_valid_one_appli
 
 def test_an_editor_saving_by_rename_is_seen(lb, backends, watches):
     a, b = backends("A"), backends("B")
-    port = free_port()
-    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
-    w = watches(inv, *QUIET)
-    w.reload()
+    port, inv, w = watched(lb, watches, a)
     tmp = inv.with_name(".inventory.yaml.swp")
     tmp.write_text(inv.read_text().replace(a.address, b.address))
     os.replace(tmp, inv)
@@ -246,10 +249,7 @@ def test_an_editor_saving_by_rename_is_seen(lb, backends, watches):
 
 def test_sigterm_in_the_middle_of_an_apply_leaves_a_whole_valid_config(lb, backends, watches):
     a, b = backends("A"), backends("B")
-    port = free_port()
-    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
-    w = watches(inv, *QUIET)
-    w.reload()
+    port, inv, w = watched(lb, watches, a)
     live = LiveNginx.attach(lb.client, lb.name)
     before = live.read_file("/etc/nginx/nginx.conf")
     inv.write_text(inv.read_text().replace(a.address, b.address))
@@ -268,10 +268,7 @@ def test_sigterm_in_the_middle_of_an_apply_leaves_a_whole_valid_config(lb, backe
 
 def test_sigusr1_dumps_every_thread_and_the_watch_goes_on(lb, backends, watches):
     a, b = backends("A"), backends("B")
-    port = free_port()
-    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
-    w = watches(inv, *QUIET)
-    w.reload()
+    port, inv, w = watched(lb, watches, a)
     for _ in range(5):   # each time, while its threads run (a dump that walked them unlocked crashed it)
         w.proc.send_signal(signal.SIGUSR1)
         w.wait(lambda e: "most recent call first" in e.get("message", ""))
@@ -314,10 +311,7 @@ def test_bad_labels_are_logged_and_skipped_without_breaking_the_others(lb, backe
 
 def test_the_target_restarted_is_checked_and_reapplied(lb, backends, backend_containers, watches):
     a = backends("A")
-    port = free_port()
-    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
-    w = watches(inv, *QUIET)
-    w.reload()
+    port, inv, w = watched(lb, watches, a)
     lb.container.restart(timeout=5)  # nginx starts from the installed file: in sync, nothing to do
     w.wait(lambda e: e["event"] == "in-sync")
     assert replies(port) == {"A"}
@@ -443,10 +437,7 @@ def test_the_docker_engine_going_away_and_coming_back(lb, backends, watches, tmp
 
 def test_the_target_removed_then_created_again_is_reapplied(lb, backends, watches, docker_client):
     a = backends("A")
-    port = free_port()
-    inv = write(lb, {"pool": {"listen": f"127.0.0.1:{port}", "servers": [a.address]}})
-    w = watches(inv, *QUIET)
-    w.reload()
+    port, inv, w = watched(lb, watches, a)
     lb.container.remove(force=True)
     assert reply(port) is None
     w.wait(lambda e: e["event"] == "target" or (e["event"] == "reload" and e.get("result") == "error"))
