@@ -236,6 +236,7 @@ def test_error_log_level_is_read_from_the_config_with_nginxs_default():
     assert error_log_level("error_log stderr notice;\nevents {}") == "notice"
     assert error_log_level("error_log /var/log/nginx/error.log crit;") == "crit"
     assert error_log_level("error_log stderr;") == "error" and error_log_level(None) == "error"
+    assert error_log_level("error_log\n    /var/log/nginx/error.log\n    warn;") == "warn"   # over lines
 
 
 def test_a_server_lines_parameters_are_read_by_name_and_its_weight_defaults_as_nginxs():
