@@ -104,7 +104,7 @@ def report_error(exc: NginxctlError, as_json: bool) -> None:
     if errors and errors[0].get("type") == InventoryError.__name__:
         for line in text.splitlines():
             print(line, file=sys.stderr)
-        print(f"error: {len(errors)} problem(s) in the inventory; nothing was written", file=sys.stderr)
+        print(f"error: {len(errors)} problem(s) in the inventory; no target was changed", file=sys.stderr)
         return
     for i, line in enumerate(text.splitlines()):
         print(("error: " if i == 0 else "  ") + line, file=sys.stderr)

@@ -7,6 +7,7 @@ nginx passes each refused connect on to the next server.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from .nginxtext import (
     server_param,
     upstream_failures,
 )
-from .pool import Pool
+from .pool import Pool, host_port
 from .view import ServerView
 
 WINDOW = 60              # seconds of nginx's error log read
@@ -60,27 +61,51 @@ def read_failures(live: LiveNginx, loaded: str | None, notes: list[str]) -> LogF
 
 def failure_rows(views: dict[str, list[ServerView]], groups: dict[str, LoadedGroup], pool: Pool | None,
                  found: LogFailures, notes: list[str]) -> list[dict[str, Any]]:
-    """The loaded config's servers nginx failed to connect to lately, each with its group (told apart by the
-    listen nginx logged: a server shared by two groups is counted for the one whose clients failed). A group whose
-    clients found no live server at all gets a note."""
+    """The servers nginx failed to connect to lately, each with its group (told apart by the listen nginx logged: a
+    server shared by two groups is counted for the one whose clients failed): the loaded config's (`in_config`),
+    then those an old generation still connects to or that were removed since (by their address in an earlier
+    config when the pool knows it, else as nginx logged it). A group whose clients found no live server at all gets
+    a note."""
     called: dict[tuple[str, str], list[str]] = {}   # each server's addresses as nginx logs what it connects to
+    logged_as: dict[tuple[str, str], str] = {}       # (group, address as nginx logs it) -> the server's address
     for (ip, port), server in (pool.endpoints if pool is not None else {}).items():
-        called.setdefault((server.group, server.address), []).append(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+        text = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        called.setdefault((server.group, server.address), []).append(text)
+        logged_as[(server.group, text)] = server.address
     rows = []
     for name, servers in views.items():
         g = groups.get(name)
         ours = {_key(listen_port(listen), g.protocol == "udp") for listen in g.listen} if g else set()
+        mine = {key: f for key, f in found.servers.items() if _logged(key[0]) in ours}
         for s in servers:
             names = {s.address, *called.get((name, s.address), [])}
-            seen = [f for (listen, upstream), f in found.servers.items()
-                    if upstream in names and _logged(listen) in ours]
+            seen = [mine.pop(key) for key in [k for k in mine if k[1] in names]]
             if seen:
-                rows.append({"group": name, "address": s.address, **_row(seen, s.flags)})
+                rows.append({"group": name, "address": s.address, "in_config": True, **_row(seen, s.flags)})
+        gone: dict[str, list[UpstreamFailures]] = {}
+        if any(not _literal(s.address) and (name, s.address) not in called for s in servers):
+            mine = {}   # a host name nginx resolved, its addresses unknown here: what is left may be that server's
+        for (_, upstream), f in mine.items():
+            gone.setdefault(logged_as.get((name, upstream), upstream), []).append(f)
+        rows += [{"group": name, "address": address, "in_config": False, **_row(seen, ())}
+                 for address, seen in sorted(gone.items())]
         turned_away = sum(n for listen, n in found.no_live.items() if _logged(listen) in ours)
         if turned_away:
             notes.append(f"nginx found no live server in {name} for {turned_away} client(s) in the last {WINDOW}s: "
                          "they were refused")
     return rows
+
+
+def _literal(address: str) -> bool:
+    """Whether a server address is written as nginx logs its connects (an IP and port, a unix: path)."""
+    hp = host_port(address)
+    if hp is None:
+        return address.lower().startswith("unix:")
+    try:
+        ipaddress.ip_address(hp[0])
+    except ValueError:
+        return False
+    return True
 
 
 def _key(port: str, udp: bool) -> str:

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from .errors import EnvironmentProblem
 from .history import History
+from .host import started_at
 from .nginx import LiveNginx
 from .nginxtext import Processes, UpstreamServer, parse_upstreams
 from .observe import _start_ticks, group_generations, server_addresses
@@ -41,7 +42,7 @@ from .sockdiag import (
 )
 
 TCP_LISTEN = 10
-HISTORY_LOOKBACK = 10   # earlier configs searched for servers that old workers still hold
+CLOCK_SLACK = 1.0   # seconds: a history entry recorded this much after the oldest old worker started still counts
 PAIR_GAP = 4            # see pair_clients
 CURRENT = 0             # the pid a socket of an unknown current worker is filed under (no current worker)
 
@@ -105,18 +106,24 @@ def host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def _removed_servers(history: History, loaded: dict[str, list[UpstreamServer]]) -> dict[str, list[UpstreamServer]]:
-    """Servers of earlier configs (the target's history, newest first) that the loaded config lacks."""
+def _removed_servers(history: History, loaded: dict[str, list[UpstreamServer]],
+                     since: float) -> dict[str, list[UpstreamServer]]:
+    """Servers the loaded config lacks, of the configs old workers may run: the target's history, newest first,
+    back to the newest entry recorded before `since` (when the oldest old worker started: the config it runs),
+    however many reloads ago that was (a fixed look-back lost the servers of an older generation, and its
+    connections)."""
     have = {s.address for servers in loaded.values() for s in servers}
     found: dict[str, list[UpstreamServer]] = {}
     seen: set[str] = set()
-    for entry in history.entries()[:HISTORY_LOOKBACK]:
+    for entry in history.entries():
         text = history.read(entry)
         for group, servers in parse_upstreams(text or "").items():
             for server in servers:
                 if server.address not in have and server.address not in seen:
                     seen.add(server.address)
                     found.setdefault(group, []).append(server)
+        if entry.time < since - CLOCK_SLACK:
+            break
     return found
 
 
@@ -147,8 +154,10 @@ def read_pool(live: LiveNginx, loaded_config: str, *, history: History | None = 
             continue
         pools[group] = [ServerPool(group, s.address, s.state, s.weight, countable=group not in udp)
                         for s in servers]
-    if history is not None:
-        for group, servers in _removed_servers(history, loaded).items():
+    if history is not None and procs.old_workers:   # only old workers can hold a server the loaded config lacks
+        starts = [t for t in (started_at(p.pid) for p in procs.old_workers) if t is not None]
+        since = min(starts, default=0.0)   # unknown: the whole history
+        for group, servers in _removed_servers(history, loaded, since).items():
             if group in pools or (only_group is None and group not in loaded):
                 pools.setdefault(group, []).extend(
                     ServerPool(group, s.address, "removed", s.weight, countable=group not in udp)

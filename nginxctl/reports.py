@@ -316,8 +316,9 @@ class StatusReport:
                 out.append(f"health      {row['group']}/{row['address']} passes its checks again, still out: "
                            f"{row.get('why') or 'put back at the next reload'}")
         if health and not any(r.get("state") == "down" or r.get("rendered_down") for r in health.get("servers", [])):
-            out.append(f"health      {len(health.get('servers', []))} server(s) checked by watch (pid "
-                       f"{health.get('watch_pid')}), all passing")
+            checked = len(health.get("servers", []))
+            out.append(f"health      {checked} server(s) all passing at its last checks" if health.get("stale") else
+                       f"health      {checked} server(s) checked by watch (pid {health.get('watch_pid')}), all passing")
         if d["last_apply"] not in ("done", "none") and d["reload_pending"]:
             out.append(f"last apply  unfinished ({d['last_apply']}): the next apply --reload completes it")
         out += [f"note        {note}" for note in d.get("notes", [])]
@@ -335,13 +336,10 @@ class StatusReport:
                 state = s["state"] + (f" ({s['reason']})" if s.get("reason") else "")
                 extra = " ".join(f for f in s["flags"] if f not in ("down", "backup"))
                 out.append(f"  {s['address']:<{width}}  {state:<20} {_bar(s, most)}  {extra}".rstrip())
-                if failed := failing.get((g["name"], s["address"])):
-                    out.append(f"  {'':<{width}}  nginx could not connect {failed['count']} time(s) in the last "
-                               f"{failed['window_seconds']:g}s, last {failed['seconds_ago']}s ago: {failed['error']}"
-                               + ("" if failed["taken_out_seconds_ago"] is None else
-                                  f"; its passive check took it out {failed['taken_out_seconds_ago']}s ago (max_fails"
-                                  f"), {'out' if failed['out_now'] else 'back in'} now (fail_timeout "
-                                  f"{failed['fail_timeout_seconds']:g}s)"))
+                if failed := failing.pop((g["name"], s["address"]), None):
+                    out.append(f"  {'':<{width}}  {_failed_text(failed)}")
+            out += [f"  {f['address']}  not in the loaded config: {_failed_text(f)}" for (group, _), f in
+                    failing.items() if group == g["name"]]
         overlay = d.get("overlay")
         if overlay and not overlay.get("stale"):
             out.append(f"\nrebalance   {overlay['group']}: {', '.join(overlay.get('down', []))} closed to new "
@@ -370,6 +368,15 @@ def _bar(server: dict[str, Any], most: int) -> str:
     if share is not None:
         text += f"  share {share:g}"
     return text
+
+
+def _failed_text(failed: dict[str, Any]) -> str:
+    """A `recent_failures` row as a sentence."""
+    return (f"nginx could not connect {failed['count']} time(s) in the last {failed['window_seconds']:g}s, last "
+            f"{failed['seconds_ago']}s ago: {failed['error']}"
+            + ("" if failed["taken_out_seconds_ago"] is None else
+               f"; its passive check took it out {failed['taken_out_seconds_ago']}s ago (max_fails), "
+               f"{'out' if failed['out_now'] else 'back in'} now (fail_timeout {failed['fail_timeout_seconds']:g}s)"))
 
 
 def _when(t: float | None) -> str:

@@ -80,6 +80,33 @@ def test_status_counts_connections_per_server_and_generation(lb, backends):
 
 
 @pytest.mark.integration
+def test_a_removed_server_held_by_a_generation_many_reloads_old_is_still_counted(lb, backends):
+    a, b = backends("A"), backends("B")
+    port, g = lb.group([a.address, b.address])
+    groups = {"pool": g}
+    lb.write(groups)
+    _apply(lb)
+    devices = Devices(port, 6)
+    try:
+        devices.wait(lambda d: d.counts() == {"A": 3, "B": 3}, 10, "round robin spreads 6 clients 3/3")
+        g["servers"] = [a.address]   # B removed: its 3 stay on the oldest generation...
+        for i in range(13):          # ...through more reloads than a fixed look-back at the history saw
+            lb.write(groups)
+            result = cli("apply", "--reload", "-q", "-i", str(lb.inventory), "--max-generations", "50")
+            assert result.returncode == 0, result.stderr
+            groups[f"more{i}"] = {"listen": f"127.0.0.1:{free_port()}", "servers": [a.address]}
+        data = _status(lb)
+        servers = _servers(data)
+        assert servers[b.address]["state"] == "removed", servers
+        assert (servers[b.address]["connections"], servers[b.address]["old_generation_connections"]) == (3, 3)
+        assert servers[a.address]["connections"] == 3
+        (oldest,) = data["lingering_generations"]   # the generations between held nothing and are gone
+        assert oldest["connections"] == 6           # A's 3 and B's 3
+    finally:
+        devices.close()
+
+
+@pytest.mark.integration
 def test_status_shows_the_connects_nginx_failed_to_a_dead_server_without_a_health_check(lb, backends):
     a = backends("A")
     dead = f"127.0.0.1:{free_port()}"          # nothing listens: nginx's connects are refused
@@ -100,6 +127,13 @@ def test_status_shows_the_connects_nginx_failed_to_a_dead_server_without_a_healt
     assert failed["out_now"] is (failed["taken_out_seconds_ago"] < 10)   # ...and said whether it still is
     text = cli("status", "-i", str(lb.inventory))
     assert "nginx could not connect" in text.stdout and "Connection refused" in text.stdout, text.stdout
+    assert failed["in_config"] is True
+    g["servers"] = [a.address]   # taken out of the config: what nginx saw of it is still said, as no longer there
+    lb.write({"pool": g, "other": other})
+    _apply(lb)
+    rows = _status(lb)["recent_failures"]
+    assert [(f["group"], f["address"], f["in_config"]) for f in rows] == [("pool", dead, False)]
+    assert f"{dead}  not in the loaded config: nginx could not connect" in cli("status", "-i", str(lb.inventory)).stdout
 
 
 @pytest.mark.integration
