@@ -81,13 +81,13 @@ def failure_rows(views: dict[str, list[ServerView]], groups: dict[str, LoadedGro
             names = {s.address, *called.get((name, s.address), [])}
             seen = [mine.pop(key) for key in [k for k in mine if k[1] in names]]
             if seen:
-                rows.append({"group": name, "address": s.address, "in_config": True, **_row(seen, s.flags)})
+                rows.append({"group": name, "address": s.address, **_row(seen, s.flags)})
         gone: dict[str, list[UpstreamFailures]] = {}
         if any(not _literal(s.address) and (name, s.address) not in called for s in servers):
             mine = {}   # a host name nginx resolved, its addresses unknown here: what is left may be that server's
         for (_, upstream), f in mine.items():
             gone.setdefault(logged_as.get((name, upstream), upstream), []).append(f)
-        rows += [{"group": name, "address": address, "in_config": False, **_row(seen, ())}
+        rows += [{"group": name, "address": address, **_row(seen, None)}
                  for address, seen in sorted(gone.items())]
         turned_away = sum(n for listen, n in found.no_live.items() if _logged(listen) in ours)
         if turned_away:
@@ -118,17 +118,19 @@ def _logged(listen: str) -> str:
     return _key(listen_port(listen), listen.startswith("udp "))
 
 
-def _row(seen: list[UpstreamFailures], flags: tuple[str, ...]) -> dict[str, Any]:
+def _row(seen: list[UpstreamFailures], flags: tuple[str, ...] | None) -> dict[str, Any]:
+    """One server's failures; `flags`: its parameters in the loaded config, None when that no longer has it (then
+    nginx's passive check no longer applies to it: no fail_timeout, not out or in)."""
     latest = max(seen, key=lambda f: f.last)
     taken = max((f.taken_out for f in seen if f.taken_out is not None), default=None)
     now = time.time()
-    fail_timeout = _fail_timeout(flags)
-    return {"count": sum(f.count for f in seen), "window_seconds": WINDOW,
+    fail_timeout = None if flags is None else _fail_timeout(flags)
+    return {"in_config": flags is not None, "count": sum(f.count for f in seen), "window_seconds": WINDOW,
             "last": utc_text(latest.last),
             "seconds_ago": max(0, round(now - latest.last)), "error": latest.error,
             "taken_out_seconds_ago": None if taken is None else max(0, round(now - taken)),
             "fail_timeout_seconds": fail_timeout,
-            "out_now": taken is not None and now - taken < fail_timeout}
+            "out_now": None if fail_timeout is None else taken is not None and now - taken < fail_timeout}
 
 
 def _fail_timeout(flags: tuple[str, ...]) -> float:

@@ -375,8 +375,9 @@ def _failed_text(failed: dict[str, Any]) -> str:
     return (f"nginx could not connect {failed['count']} time(s) in the last {failed['window_seconds']:g}s, last "
             f"{failed['seconds_ago']}s ago: {failed['error']}"
             + ("" if failed["taken_out_seconds_ago"] is None else
-               f"; its passive check took it out {failed['taken_out_seconds_ago']}s ago (max_fails), "
-               f"{'out' if failed['out_now'] else 'back in'} now (fail_timeout {failed['fail_timeout_seconds']:g}s)"))
+               f"; its passive check took it out {failed['taken_out_seconds_ago']}s ago (max_fails)")
+            + ("" if failed["taken_out_seconds_ago"] is None or failed["out_now"] is None else
+               f", {'out' if failed['out_now'] else 'back in'} now (fail_timeout {failed['fail_timeout_seconds']:g}s)"))
 
 
 def _when(t: float | None) -> str:
